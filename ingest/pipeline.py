@@ -1,0 +1,133 @@
+"""File ingestion into the store: detect, read, check, write in batches, keep the refused.
+
+Valid records in a file land even when others in the same file are refused; the
+refused ones go to the store's dead-letter table with the raw text and the
+reason, from which they can be re-ingested after a fix.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from ingest.fhir_files import detect_format, iter_files, read_json, read_ndjson
+from ingest.records import Problem, Record
+from store.store import Store, StoreError
+
+BATCH_SIZE = 5000
+
+Validator = Callable[[dict[str, Any]], list[Problem]]
+
+
+@dataclass
+class IngestSummary:
+    """What an ingest run did, for people and for tests."""
+
+    files: int = 0
+    accepted: int = 0
+    unchanged: int = 0
+    rejected: int = 0
+    by_type: Counter[str] = field(default_factory=Counter)
+    errors: list[str] = field(default_factory=list)
+
+    def add(self, other: IngestSummary) -> None:
+        self.files += other.files
+        self.accepted += other.accepted
+        self.unchanged += other.unchanged
+        self.rejected += other.rejected
+        self.by_type.update(other.by_type)
+        self.errors.extend(other.errors)
+
+
+def _records(path: Path) -> Iterator[Record]:
+    fmt = detect_format(path)
+    if fmt == "ndjson":
+        yield from read_ndjson(path)
+    elif fmt == "json":
+        yield from read_json(path)
+    else:
+        rec = Record(source=str(path), line=None, raw=b"", format=fmt or "unknown")
+        rec.problems.append(Problem(f"unsupported file format ({fmt or 'unknown suffix'})", None, "not-supported"))
+        yield rec
+
+
+class Ingestor:
+    """Moves records into a store in batches, checking each resource on the way."""
+
+    def __init__(self, store: Store, validator: Validator | None = None) -> None:
+        self.store = store
+        self.validator = validator
+
+    def _check(self, rec: Record) -> None:
+        if self.validator is None or not rec.ok:
+            return
+        for i, res in enumerate(rec.resources):
+            for problem in self.validator(res):
+                if len(rec.resources) > 1 and problem.expression:
+                    problem.expression = f"Bundle.entry[{i}].resource.{problem.expression}"
+                rec.problems.append(problem)
+
+    def ingest_records(self, records: Iterable[Record], on_record: Callable[[Record], None] | None = None) -> IngestSummary:
+        """Write good records in batches; dead-letter the rest. Bundles are written whole."""
+        summary = IngestSummary()
+        pending: list[Record] = []
+        pending_count = 0
+        for rec in records:
+            self._check(rec)
+            if not rec.ok:
+                self._refuse(rec, summary)
+            else:
+                pending.append(rec)
+                pending_count += len(rec.resources)
+                if pending_count >= BATCH_SIZE:
+                    self._flush(pending, summary)
+                    pending, pending_count = [], 0
+            if on_record:
+                on_record(rec)
+        if pending:
+            self._flush(pending, summary)
+        return summary
+
+    def _flush(self, batch: list[Record], summary: IngestSummary) -> None:
+        try:
+            results = self.store.write(res for rec in batch for res in rec.resources)
+        except StoreError:
+            # One bad resource must not sink the batch: retry record by record to isolate it.
+            for rec in batch:
+                try:
+                    results = self.store.write(rec.resources)
+                except StoreError as exc:
+                    rec.problems.append(Problem(str(exc), exc.expression, exc.code))
+                    self._refuse(rec, summary)
+                    continue
+                self._tally(results, summary)
+            return
+        self._tally(results, summary)
+
+    @staticmethod
+    def _tally(results: list[Any], summary: IngestSummary) -> None:
+        for r in results:
+            if r.outcome == "unchanged":
+                summary.unchanged += 1
+            else:
+                summary.accepted += 1
+            summary.by_type[r.resource_type] += 1
+
+    def _refuse(self, rec: Record, summary: IngestSummary) -> None:
+        summary.rejected += 1
+        first = rec.problems[0]
+        where = f" at {first.expression}" if first.expression else ""
+        summary.errors.append(f"{rec.where()}: {first.diagnostics}{where}")
+        self.store.dead_letter(rec.source, rec.line, rec.format, rec.raw, [p.as_issue() for p in rec.problems])
+
+    def ingest_paths(self, paths: Iterable[Path], on_record: Callable[[Record], None] | None = None) -> IngestSummary:
+        """Ingest every file under ``paths``."""
+        summary = IngestSummary()
+        for path in iter_files(list(paths)):
+            part = self.ingest_records(_records(path), on_record)
+            part.files = 1
+            summary.add(part)
+        return summary

@@ -1,0 +1,36 @@
+"""DDL of the feature store.
+
+FHIR JSON is the record: every write appends a row to ``resource_versions`` and
+replaces the row in ``resources_current``; the ``resources`` view is what the
+view engine, search and twins read (current, not deleted). Search index tables
+are filled by the writer in the same transaction as the resource rows, so a
+search never sees a resource without its index entries or the other way round.
+"""
+
+from __future__ import annotations
+
+import duckdb
+
+RESOURCE_COLUMNS = (
+    "resource_type VARCHAR NOT NULL, id VARCHAR NOT NULL, version_id BIGINT NOT NULL, "
+    "last_updated TIMESTAMPTZ NOT NULL, deleted BOOLEAN NOT NULL, patient_id VARCHAR, "
+    "content_hash VARCHAR, json JSON"
+)
+
+DDL = f"""
+CREATE TABLE IF NOT EXISTS resource_versions ({RESOURCE_COLUMNS});
+CREATE TABLE IF NOT EXISTS resources_current ({RESOURCE_COLUMNS});
+CREATE OR REPLACE VIEW resources AS
+    SELECT resource_type, id, version_id, last_updated, deleted, patient_id, json
+    FROM resources_current WHERE NOT deleted;
+CREATE TABLE IF NOT EXISTS dead_letters (
+    dl_id VARCHAR PRIMARY KEY, received TIMESTAMPTZ NOT NULL, source VARCHAR, line BIGINT,
+    format VARCHAR, raw VARCHAR, reason JSON, replayed BOOLEAN NOT NULL DEFAULT false
+);
+"""
+
+
+def ensure_schema(con: duckdb.DuckDBPyConnection) -> None:
+    """Create the store's tables if the database is new; idempotent."""
+    con.execute("SET TimeZone = 'UTC'")
+    con.execute(DDL)

@@ -1,0 +1,373 @@
+"""The DuckDB feature store: versioned FHIR resources and the single writer.
+
+Design (see docs/architecture.md, "reads vs writes"): DuckDB holds every
+version, the search index and the feature views. Because a DuckDB point lookup
+costs ~0.5 ms, the writer also keeps a hot map of the *current* version of
+every resource (serialized JSON bytes), updated only after the DuckDB
+transaction commits. All writes go through this one object, so a read after a
+successful write always sees it: the map is a write-through cache of the file,
+never a second source of truth.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import duckdb
+import orjson
+import pyarrow as pa
+
+from store.compartment import patients_of
+from store.ids import FHIR_ID, assign_id, content_hash, stable_id
+from store.schema import ensure_schema
+
+
+class StoreError(ValueError):
+    """A write the store refuses (bad id, missing resourceType, version conflict)."""
+
+    def __init__(self, message: str, *, expression: str | None = None, code: str = "invalid") -> None:
+        super().__init__(message)
+        self.expression = expression
+        self.code = code
+
+
+@dataclass(slots=True)
+class Current:
+    """What the hot map holds for the current version of one resource."""
+
+    version_id: int
+    content_hash: str
+    last_updated: datetime
+    deleted: bool
+    json: bytes | None
+
+
+@dataclass(frozen=True, slots=True)
+class WriteResult:
+    """Outcome of writing one resource: what happened and which version is now current."""
+
+    resource_type: str
+    id: str
+    version_id: int
+    last_updated: datetime
+    outcome: str  # created | updated | unchanged | deleted | not-found
+
+
+def fhir_instant(ts: datetime) -> str:
+    """A FHIR ``instant`` string in UTC with microseconds."""
+    return ts.astimezone(UTC).isoformat(timespec="microseconds").replace("+00:00", "Z")
+
+
+_ARROW_SCHEMA = pa.schema(
+    [
+        ("resource_type", pa.string()),
+        ("id", pa.string()),
+        ("version_id", pa.int64()),
+        ("last_updated", pa.timestamp("us", tz="UTC")),
+        ("deleted", pa.bool_()),
+        ("patient_id", pa.string()),
+        ("content_hash", pa.string()),
+        ("json", pa.string()),
+    ]
+)
+
+
+class Store:
+    """Single-writer store over one DuckDB database file (or ``:memory:``)."""
+
+    def __init__(self, path: str | Path = ":memory:", *, read_only: bool = False) -> None:
+        self.path = str(path)
+        self._con = duckdb.connect(self.path, read_only=read_only)
+        if not read_only:
+            ensure_schema(self._con)
+        self._con.execute("SET TimeZone = 'UTC'")
+        self._write_lock = threading.RLock()
+        self._last_ts = datetime.min.replace(tzinfo=UTC)
+        self._current: dict[tuple[str, str], Current] = {}
+        self._listeners: list[Any] = []
+        self._index_hooks: list[Any] = []
+        self._load_current()
+
+    # -- lifecycle -------------------------------------------------------
+    def close(self) -> None:
+        """Checkpoint and release the database file."""
+        with self._write_lock:
+            self._con.close()
+
+    def __enter__(self) -> Store:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def _load_current(self) -> None:
+        rows = self._con.execute(
+            "SELECT resource_type, id, version_id, content_hash, last_updated, deleted, json "
+            "FROM resources_current"
+        ).fetchall()
+        for rtype, rid, vid, chash, ts, deleted, js in rows:
+            self._current[(rtype, rid)] = Current(vid, chash, ts, deleted, None if deleted else js.encode())
+            self._last_ts = max(self._last_ts, ts)
+
+    def cursor(self) -> duckdb.DuckDBPyConnection:
+        """A connection for read queries from any thread (DuckDB MVCC snapshot per query)."""
+        return self._con.cursor()
+
+    def add_index_hook(self, hook: Any) -> None:
+        """Register ``hook(con, staged_table)`` run inside every write transaction (search index)."""
+        self._index_hooks.append(hook)
+
+    def on_commit(self, listener: Any) -> None:
+        """Register ``listener(results)`` called after every committed write batch."""
+        self._listeners.append(listener)
+
+    # -- reads -------------------------------------------------------------
+    def current(self, resource_type: str, rid: str) -> Current | None:
+        """Current version record (deleted ones included) from the hot map."""
+        return self._current.get((resource_type, rid))
+
+    def read_bytes(self, resource_type: str, rid: str) -> bytes | None:
+        """Serialized current version, or None when absent or deleted."""
+        cur = self._current.get((resource_type, rid))
+        return cur.json if cur and not cur.deleted else None
+
+    def read(self, resource_type: str, rid: str) -> dict[str, Any] | None:
+        """Current version as a dict, or None when absent or deleted."""
+        raw = self.read_bytes(resource_type, rid)
+        return orjson.loads(raw) if raw is not None else None
+
+    def vread(self, resource_type: str, rid: str, version_id: int) -> tuple[bool, dict[str, Any] | None] | None:
+        """A given version: None if it never existed, else (deleted, resource)."""
+        row = self.cursor().execute(
+            "SELECT deleted, json FROM resource_versions WHERE resource_type = ? AND id = ? AND version_id = ?",
+            [resource_type, rid, version_id],
+        ).fetchone()
+        if row is None:
+            return None
+        return bool(row[0]), (orjson.loads(row[1]) if row[1] is not None else None)
+
+    def history(
+        self,
+        resource_type: str | None = None,
+        rid: str | None = None,
+        *,
+        since: datetime | None = None,
+        at: datetime | None = None,
+        limit: int = 100,
+        offset: int = 0,
+    ) -> tuple[int, list[tuple[str, str, int, datetime, bool, dict[str, Any] | None]]]:
+        """Versions newest first: (total, rows of type, id, version, lastUpdated, deleted, resource)."""
+        where, args = [], []
+        if resource_type:
+            where.append("resource_type = ?")
+            args.append(resource_type)
+        if rid:
+            where.append("id = ?")
+            args.append(rid)
+        if since:
+            where.append("last_updated > ?")
+            args.append(since)
+        if at:
+            where.append("last_updated <= ?")
+            args.append(at)
+        clause = ("WHERE " + " AND ".join(where)) if where else ""
+        cur = self.cursor()
+        total = cur.execute(f"SELECT count(*) FROM resource_versions {clause}", args).fetchone()[0]
+        rows = cur.execute(
+            f"SELECT resource_type, id, version_id, last_updated, deleted, json FROM resource_versions {clause} "
+            "ORDER BY last_updated DESC, id, version_id DESC LIMIT ? OFFSET ?",
+            [*args, limit, offset],
+        ).fetchall()
+        return total, [(t, i, v, ts, d, orjson.loads(j) if j is not None else None) for t, i, v, ts, d, j in rows]
+
+    def count(self, resource_type: str | None = None) -> int:
+        """Number of current, non-deleted resources (of one type)."""
+        return sum(
+            1
+            for (t, _), c in self._current.items()
+            if not c.deleted and (resource_type is None or t == resource_type)
+        )
+
+    def counts_by_type(self) -> dict[str, int]:
+        """Current, non-deleted resources per type."""
+        out: dict[str, int] = {}
+        for (t, _), c in self._current.items():
+            if not c.deleted:
+                out[t] = out.get(t, 0) + 1
+        return dict(sorted(out.items()))
+
+    @staticmethod
+    def as_of_sql(as_of: datetime | None) -> str:
+        """SQL relation of resources as known at ``as_of`` (by lastUpdated), same columns as ``resources``.
+
+        Point-in-time reads keep model calibration free of leakage: the twin sees
+        only versions that had been written by then.
+        """
+        if as_of is None:
+            return "resources"
+        ts = fhir_instant(as_of)
+        return (
+            "(SELECT resource_type, id, version_id, last_updated, deleted, patient_id, json FROM ("
+            "SELECT *, row_number() OVER (PARTITION BY resource_type, id ORDER BY version_id DESC) AS rn "
+            f"FROM resource_versions WHERE last_updated <= TIMESTAMPTZ '{ts}') WHERE rn = 1 AND NOT deleted)"
+        )
+
+    # -- writes ------------------------------------------------------------
+    def _next_timestamp(self) -> datetime:
+        now = datetime.now(UTC)
+        if now <= self._last_ts:
+            now = self._last_ts + timedelta(microseconds=1)
+        self._last_ts = now
+        return now
+
+    @contextmanager
+    def _transaction(self) -> Iterator[duckdb.DuckDBPyConnection]:
+        con = self._con
+        con.execute("BEGIN TRANSACTION")
+        try:
+            yield con
+        except BaseException:
+            con.execute("ROLLBACK")
+            raise
+        con.execute("COMMIT")
+
+    def write(self, resources: Iterable[dict[str, Any]]) -> list[WriteResult]:
+        """Write resources as one all-or-nothing batch; identical content makes no new version.
+
+        Resources are modified in place: ``id`` assigned if missing and ``meta``
+        versionId/lastUpdated set for those that changed.
+        """
+        with self._write_lock:
+            ts = self._next_timestamp()
+            results: list[WriteResult] = []
+            staged: dict[tuple[str, str], tuple[dict[str, Any], str, int]] = {}
+            for res in resources:
+                rtype = res.get("resourceType")
+                if not isinstance(rtype, str) or not rtype:
+                    raise StoreError("resource has no resourceType", expression="resourceType", code="required")
+                rid = assign_id(res)
+                if not FHIR_ID.match(rid):
+                    raise StoreError(f"invalid id {rid!r}", expression=f"{rtype}.id", code="value")
+                res["id"] = rid
+                chash = content_hash(res)
+                key = (rtype, rid)
+                prev = staged.get(key)
+                base = self._current.get(key)
+                base_version = prev[2] if prev else (base.version_id if base else 0)
+                base_hash = prev[1] if prev else (base.content_hash if base and not base.deleted else None)
+                if base_hash == chash:
+                    cur = self._current[key] if not prev else None
+                    results.append(
+                        WriteResult(rtype, rid, base_version, cur.last_updated if cur else ts, "unchanged")
+                    )
+                    continue
+                version = (base.version_id if base else 0) + 1 if not prev else prev[2]
+                meta = dict(res.get("meta") or {})
+                meta["versionId"] = str(version)
+                meta["lastUpdated"] = fhir_instant(ts)
+                res["meta"] = meta
+                staged[key] = (res, chash, version)
+                existed = (base is not None and not base.deleted) or prev is not None
+                results.append(WriteResult(rtype, rid, version, ts, "updated" if existed else "created"))
+            if staged:
+                self._commit(staged, ts, deleted=False)
+            self._notify(results)
+            return results
+
+    def delete(self, resource_type: str, rid: str) -> WriteResult:
+        """Mark a resource deleted (a new version with no content); idempotent."""
+        with self._write_lock:
+            cur = self._current.get((resource_type, rid))
+            if cur is None:
+                return WriteResult(resource_type, rid, 0, self._last_ts, "not-found")
+            if cur.deleted:
+                return WriteResult(resource_type, rid, cur.version_id, cur.last_updated, "unchanged")
+            ts = self._next_timestamp()
+            tomb = {"resourceType": resource_type, "id": rid}
+            self._commit({(resource_type, rid): (tomb, "", cur.version_id + 1)}, ts, deleted=True)
+            result = WriteResult(resource_type, rid, cur.version_id + 1, ts, "deleted")
+            self._notify([result])
+            return result
+
+    def _commit(
+        self, staged: dict[tuple[str, str], tuple[dict[str, Any], str, int]], ts: datetime, *, deleted: bool
+    ) -> None:
+        cols: dict[str, list[Any]] = {name: [] for name in _ARROW_SCHEMA.names}
+        blobs: list[bytes | None] = []
+        for (rtype, rid), (res, chash, version) in staged.items():
+            blob = None if deleted else orjson.dumps(res)
+            blobs.append(blob)
+            pats = patients_of(res)
+            cols["resource_type"].append(rtype)
+            cols["id"].append(rid)
+            cols["version_id"].append(version)
+            cols["last_updated"].append(ts)
+            cols["deleted"].append(deleted)
+            cols["patient_id"].append(pats[0] if pats else None)
+            cols["content_hash"].append(chash)
+            cols["json"].append(blob.decode() if blob is not None else None)
+        batch = pa.table(cols, schema=_ARROW_SCHEMA)
+        with self._transaction() as con:
+            con.register("_staged", batch)
+            try:
+                con.execute(
+                    "INSERT INTO resource_versions SELECT resource_type, id, version_id, last_updated, deleted, "
+                    "patient_id, content_hash, json::JSON FROM _staged"
+                )
+                con.execute(
+                    "DELETE FROM resources_current c USING _staged s "
+                    "WHERE c.resource_type = s.resource_type AND c.id = s.id"
+                )
+                con.execute(
+                    "INSERT INTO resources_current SELECT resource_type, id, version_id, last_updated, deleted, "
+                    "patient_id, content_hash, json::JSON FROM _staged"
+                )
+                for hook in self._index_hooks:
+                    hook(con, "_staged")
+            finally:
+                con.unregister("_staged")
+        for ((rtype, rid), (_, chash, version)), blob in zip(staged.items(), blobs, strict=True):
+            self._current[(rtype, rid)] = Current(version, chash, ts, deleted, blob)
+
+    def _notify(self, results: list[WriteResult]) -> None:
+        changed = [r for r in results if r.outcome in ("created", "updated", "deleted")]
+        if changed:
+            for listener in self._listeners:
+                listener(changed)
+
+    # -- dead letters -------------------------------------------------------
+    def dead_letter(
+        self, source: str, line: int | None, fmt: str, raw: str | bytes, issues: list[dict[str, Any]]
+    ) -> str:
+        """Keep a refused record with its raw text and reasons; returns its dead-letter id."""
+        text = raw.decode("utf-8", errors="replace") if isinstance(raw, bytes) else raw
+        dl_id = stable_id("dead-letter", source, str(line), text)
+        with self._write_lock:
+            self._con.execute(
+                "INSERT INTO dead_letters (dl_id, received, source, line, format, raw, reason) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT (dl_id) DO UPDATE SET "
+                "received = excluded.received, reason = excluded.reason, replayed = false",
+                [dl_id, datetime.now(UTC), source, line, fmt, text, orjson.dumps(issues).decode()],
+            )
+        return dl_id
+
+    def dead_letters(self, *, include_replayed: bool = False) -> list[dict[str, Any]]:
+        """Refused records, oldest first."""
+        where = "" if include_replayed else "WHERE NOT replayed"
+        rows = self.cursor().execute(
+            f"SELECT dl_id, received, source, line, format, raw, reason, replayed FROM dead_letters {where} "
+            "ORDER BY received, dl_id"
+        ).fetchall()
+        keys = ("dl_id", "received", "source", "line", "format", "raw", "reason", "replayed")
+        return [dict(zip(keys, (*row[:6], orjson.loads(row[6]), row[7]), strict=True)) for row in rows]
+
+    def mark_replayed(self, dl_id: str) -> None:
+        """Record that a dead letter was re-ingested successfully."""
+        with self._write_lock:
+            self._con.execute("UPDATE dead_letters SET replayed = true WHERE dl_id = ?", [dl_id])

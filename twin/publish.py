@@ -1,0 +1,135 @@
+"""Twin results as FHIR R4: predicted Observations, the model as a Device, Provenance.
+
+Every published number says which model and version produced it (method,
+Device), from which inputs (derivedFrom, Provenance.entity) and how uncertain it
+is (80%/95% interval components); a tag and a category set it apart from
+measured data for any client. Ids are deterministic per (patient, model,
+quantity, origin) so refits replace earlier output with new versions instead of
+piling up copies.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from store.ids import stable_id
+from store.store import fhir_instant
+from twin.vocab import OBS_CATEGORY, SIMULATED_TAG, TWIN_CATEGORY, TWIN_CS, interval_code, quantity
+
+
+@dataclass(frozen=True)
+class PredictedValue:
+    """One predicted measurement with its intervals, in the measure's unit."""
+
+    time: datetime
+    mean: float
+    intervals: dict[int, tuple[float, float]]  # level % -> (low, high)
+
+
+@dataclass(frozen=True)
+class ModelRef:
+    """Which model produced a result."""
+
+    model_id: str
+    version: str
+    title: str
+
+
+def model_device(model: ModelRef) -> dict[str, Any]:
+    """The model as a FHIR Device, so Provenance and Observation.device can point at it."""
+    return {
+        "resourceType": "Device",
+        "id": stable_id("model", model.model_id, model.version),
+        "meta": {"tag": [SIMULATED_TAG]},
+        "status": "active",
+        "deviceName": [{"name": model.title, "type": "model-name"}],
+        "type": {"coding": [{"system": TWIN_CS, "code": model.model_id, "display": model.title}]},
+        "version": [{"value": model.version}],
+        "identifier": [{"system": f"{TWIN_CS}/model", "value": f"{model.model_id}@{model.version}"}],
+    }
+
+
+def predicted_observation(
+    *,
+    patient_id: str,
+    model: ModelRef,
+    code: dict[str, Any],
+    category_code: str,
+    unit: str,
+    value: PredictedValue,
+    derived_from: list[str],
+    origin: datetime,
+    key: str,
+    based_on: str | None = None,
+) -> dict[str, Any]:
+    """A preliminary Observation holding one predicted value and its prediction intervals."""
+    device = model_device(model)
+    obs: dict[str, Any] = {
+        "resourceType": "Observation",
+        "id": stable_id("prediction", patient_id, model.model_id, key),
+        "meta": {"tag": [SIMULATED_TAG]},
+        "status": "preliminary",
+        "category": [
+            {"coding": [{"system": OBS_CATEGORY, "code": category_code}]},
+            TWIN_CATEGORY,
+        ],
+        "code": code,
+        "subject": {"reference": f"Patient/{patient_id}"},
+        "effectiveDateTime": fhir_instant(value.time),
+        "issued": fhir_instant(origin),
+        "valueQuantity": quantity(value.mean, unit),
+        "method": {
+            "coding": [{"system": TWIN_CS, "code": model.model_id, "display": model.title, "version": model.version}],
+            "text": f"{model.model_id} {model.version}",
+        },
+        "device": {"reference": f"Device/{device['id']}"},
+        "component": [
+            {"code": interval_code(level), "valueRange": {"low": quantity(lo, unit), "high": quantity(hi, unit)}}
+            for level, (lo, hi) in sorted(value.intervals.items())
+        ],
+        "derivedFrom": [{"reference": ref} for ref in derived_from],
+        "note": [{"text": f"Simulated by {model.model_id} {model.version} from data as of {fhir_instant(origin)}."}],
+    }
+    if based_on:
+        obs["basedOn"] = [{"reference": based_on}]
+    return obs
+
+
+def provenance(
+    *, targets: list[str], model: ModelRef, inputs: list[str], recorded: datetime, patient_id: str
+) -> dict[str, Any]:
+    """Provenance tying twin output to the model (agent) and the data snapshot (entities)."""
+    device = model_device(model)
+    return {
+        "resourceType": "Provenance",
+        "id": stable_id("provenance", patient_id, model.model_id, *sorted(targets)),
+        "meta": {"tag": [SIMULATED_TAG]},
+        "target": [{"reference": t} for t in targets],
+        "recorded": fhir_instant(recorded),
+        "activity": {
+            "coding": [
+                {
+                    "system": "http://terminology.hl7.org/CodeSystem/v3-DataOperation",
+                    "code": "CREATE",
+                    "display": "create",
+                }
+            ],
+            "text": "digital twin simulation",
+        },
+        "agent": [
+            {
+                "type": {
+                    "coding": [
+                        {
+                            "system": "http://terminology.hl7.org/CodeSystem/provenance-participant-type",
+                            "code": "assembler",
+                        }
+                    ]
+                },
+                "who": {"reference": f"Device/{device['id']}", "display": f"{model.model_id} {model.version}"},
+            }
+        ],
+        "entity": [{"role": "source", "what": {"reference": ref}} for ref in inputs],
+    }
