@@ -237,6 +237,15 @@ class Store:
             raise
         con.execute("COMMIT")
 
+    @contextmanager
+    def write_transaction(self) -> Iterator[duckdb.DuckDBPyConnection]:
+        """Hold the single-writer lock and one DuckDB transaction, for side tables (inbox, twin state).
+
+        Resource writes must go through :meth:`write`/:meth:`delete` so the hot map stays coherent.
+        """
+        with self._write_lock, self._transaction() as con:
+            yield con
+
     def write(self, resources: Iterable[dict[str, Any]]) -> list[WriteResult]:
         """Write resources as one all-or-nothing batch; identical content makes no new version.
 

@@ -1,0 +1,40 @@
+"""Settings from flags and the environment; flags win, then ``FHIRTWIN_*`` variables, then defaults.
+
+These names are a stable interface that other tools script against.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+DEFAULT_DB = "./fhirtwin.duckdb"
+DEFAULT_HOST = "127.0.0.1"
+DEFAULT_PORT = 8080
+DEFAULT_MLLP_PORT = 2575
+
+
+def env_default(name: str, fallback: str) -> str:
+    """The value of ``FHIRTWIN_<NAME>`` or the fallback."""
+    return os.environ.get(f"FHIRTWIN_{name}", fallback)
+
+
+def env_int(name: str, fallback: int) -> int:
+    """An integer setting from the environment, with a clear error when malformed."""
+    raw = os.environ.get(f"FHIRTWIN_{name}")
+    if raw is None or raw == "":
+        return fallback
+    try:
+        return int(raw)
+    except ValueError:
+        raise SystemExit(f"FHIRTWIN_{name} must be an integer, got {raw!r}") from None
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Resolved settings for one command."""
+
+    db: str
+    host: str
+    port: int
+    mllp_port: int

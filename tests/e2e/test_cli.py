@@ -1,0 +1,98 @@
+"""The ``fhirtwin`` command line as a user runs it (subprocesses, real files, a real server)."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+from support import FIXTURES, free_port
+
+FHIRTWIN = [sys.executable, "-m", "fhirtwin.cli"]
+
+
+def run(*args: str, env: dict[str, str] | None = None, timeout: float = 120) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [*FHIRTWIN, *args], capture_output=True, text=True, timeout=timeout, env={**os.environ, **(env or {})}
+    )
+
+
+@pytest.mark.parametrize("command", ["demo", "serve", "ingest"])
+def test_every_subcommand_has_help(command: str) -> None:
+    out = run(command, "--help")
+    assert out.returncode == 0
+    assert "--db" in out.stdout
+    if command != "ingest":
+        assert "--host" in out.stdout and "--port" in out.stdout
+
+
+def test_serve_documents_mllp_port() -> None:
+    assert "--mllp-port" in run("serve", "--help").stdout
+
+
+def test_ingest_reports_summary_and_rejects_with_file_and_line(tmp_path: Path) -> None:
+    bad = tmp_path / "mixed.ndjson"
+    good = (FIXTURES / "synthea" / "ndjson" / "Patient.ndjson").read_text().splitlines()[:2]
+    bad.write_text("\n".join([good[0], '{"resourceType": "Patient", "id": ', good[1]]) + "\n")
+    db = tmp_path / "t.duckdb"
+    out = run("ingest", "--db", str(db), str(bad))
+    assert out.returncode == 1
+    assert "2 accepted" in out.stdout and "1 rejected" in out.stdout
+    assert f"{bad}:2" in out.stdout.replace("\n", "")
+
+
+def test_ingest_missing_path_is_a_clear_error(tmp_path: Path) -> None:
+    out = run("ingest", "--db", str(tmp_path / "t.duckdb"), str(tmp_path / "nope.ndjson"))
+    assert out.returncode == 2
+    assert "no such file" in out.stdout
+
+
+def test_environment_sets_db_and_flag_wins(tmp_path: Path) -> None:
+    env_db, flag_db = tmp_path / "env.duckdb", tmp_path / "flag.duckdb"
+    patients = str(FIXTURES / "synthea" / "ndjson" / "Patient.ndjson")
+    assert run("ingest", patients, env={"FHIRTWIN_DB": str(env_db)}).returncode == 0
+    assert env_db.exists()
+    assert run("ingest", "--db", str(flag_db), patients, env={"FHIRTWIN_DB": str(env_db)}).returncode == 0
+    assert flag_db.exists()
+
+
+def test_demo_no_serve_prints_predictions_and_urls(tmp_path: Path) -> None:
+    out = run("demo", "--no-serve", "--db", str(tmp_path / "demo.duckdb"), "--port", "8999")
+    assert out.returncode == 0, out.stderr
+    assert "twin predictions" in out.stdout
+    assert "http://127.0.0.1:8999/fhir/metadata" in out.stdout
+
+
+def test_serve_answers_fhir_until_stopped(tmp_path: Path) -> None:
+    db = tmp_path / "s.duckdb"
+    assert run("ingest", "--db", str(db), str(FIXTURES / "synthea" / "ndjson" / "Patient.ndjson")).returncode == 0
+    port = free_port()
+    proc = subprocess.Popen(
+        [*FHIRTWIN, "serve", "--db", str(db), "--port", str(port), "--mllp-port", "0"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )
+    try:
+        base = f"http://127.0.0.1:{port}/fhir"
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                resp = httpx.get(f"{base}/metadata", timeout=2)
+                break
+            except httpx.TransportError:
+                assert proc.poll() is None, proc.stderr.read() if proc.stderr else ""
+                assert time.monotonic() < deadline
+                time.sleep(0.1)
+        assert resp.status_code == 200
+        assert resp.json()["resourceType"] == "CapabilityStatement"
+        bundle = httpx.get(f"{base}/Patient", params={"_count": 10}).json()
+        assert bundle["total"] == 37
+        missing = httpx.get(f"{base}/Patient/does-not-exist")
+        assert missing.status_code == 404
+        assert missing.json()["resourceType"] == "OperationOutcome"
+    finally:
+        proc.terminate()
+        proc.wait(timeout=20)

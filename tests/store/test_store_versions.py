@@ -1,0 +1,115 @@
+"""Versioned writes, the hot map, history, deletes and point-in-time reads."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from pathlib import Path
+
+import pytest
+
+from store.store import Store, StoreError
+
+
+def patient(pid: str = "p1", family: str = "Doe") -> dict:
+    return {"resourceType": "Patient", "id": pid, "name": [{"family": family}], "gender": "female"}
+
+
+@pytest.fixture
+def store() -> Store:
+    s = Store(":memory:")
+    yield s
+    s.close()
+
+
+def test_create_update_unchanged_versions(store: Store) -> None:
+    (r1,) = store.write([patient()])
+    assert (r1.outcome, r1.version_id) == ("created", 1)
+    (same,) = store.write([patient()])
+    assert (same.outcome, same.version_id) == ("unchanged", 1)
+    (r2,) = store.write([patient(family="Roe")])
+    assert (r2.outcome, r2.version_id) == ("updated", 2)
+    current = store.read("Patient", "p1")
+    assert current["name"][0]["family"] == "Roe"
+    assert current["meta"]["versionId"] == "2"
+    assert current["meta"]["lastUpdated"].endswith("Z")
+    deleted_flag, v1 = store.vread("Patient", "p1", 1)
+    assert not deleted_flag and v1["name"][0]["family"] == "Doe"
+    assert store.vread("Patient", "p1", 3) is None
+
+
+def test_key_order_and_store_meta_do_not_make_new_versions(store: Store) -> None:
+    store.write([patient()])
+    reordered = {"gender": "female", "name": [{"family": "Doe"}], "id": "p1", "resourceType": "Patient"}
+    reordered["meta"] = {"versionId": "99", "lastUpdated": "2000-01-01T00:00:00Z"}
+    (r,) = store.write([reordered])
+    assert r.outcome == "unchanged"
+
+
+def test_delete_then_history_and_recreate(store: Store) -> None:
+    store.write([patient()])
+    assert store.delete("Patient", "p1").outcome == "deleted"
+    assert store.read("Patient", "p1") is None
+    assert store.current("Patient", "p1").deleted
+    assert store.delete("Patient", "p1").outcome == "unchanged"
+    assert store.delete("Patient", "nobody").outcome == "not-found"
+    total, rows = store.history("Patient", "p1")
+    assert total == 2
+    assert [(v, d) for _, _, v, _, d, _ in rows] == [(2, True), (1, False)]
+    (again,) = store.write([patient()])
+    assert (again.outcome, again.version_id) == ("created", 3)
+
+
+def test_point_in_time_view_sees_only_versions_written_by_then(store: Store) -> None:
+    store.write([patient(family="Before")])
+    between = datetime.now(UTC)
+    store.write([patient(family="After"), patient("p2")])
+    rows = store.cursor().execute(
+        f"SELECT id, json ->> '$.name[0].family' FROM {store.as_of_sql(between)} ORDER BY id"
+    ).fetchall()
+    assert rows == [("p1", "Before")]
+    now_rows = store.cursor().execute(f"SELECT count(*) FROM {store.as_of_sql(None)}").fetchone()
+    assert now_rows == (2,)
+
+
+def test_ids_without_source_id_are_deterministic(store: Store) -> None:
+    obs = {"resourceType": "Observation", "status": "final", "code": {"text": "x"}, "identifier": [{"system": "s", "value": "1"}]}
+    (a,) = store.write([dict(obs)])
+    (b,) = store.write([dict(obs)])
+    assert a.id == b.id and b.outcome == "unchanged"
+    anon = {"resourceType": "Basic", "code": {"text": "y"}}
+    (c,) = store.write([dict(anon)])
+    (d,) = store.write([dict(anon)])
+    assert c.id == d.id
+
+
+def test_bad_ids_and_missing_type_are_refused(store: Store) -> None:
+    with pytest.raises(StoreError) as err:
+        store.write([{"resourceType": "Patient", "id": "has space"}])
+    assert err.value.expression == "Patient.id"
+    with pytest.raises(StoreError):
+        store.write([{"id": "x"}])
+    assert store.count() == 0
+
+
+def test_patient_compartment_column(store: Store) -> None:
+    store.write([
+        patient(),
+        {"resourceType": "Observation", "id": "o1", "status": "final", "code": {"text": "t"},
+         "subject": {"reference": "Patient/p1"}},
+        {"resourceType": "Encounter", "id": "e1", "status": "finished", "class": {"code": "AMB"},
+         "subject": {"reference": "Patient/p1"}},
+        {"resourceType": "Organization", "id": "org", "name": "H"},
+    ])
+    rows = dict(store.cursor().execute("SELECT id, patient_id FROM resources").fetchall())
+    assert rows == {"p1": "p1", "o1": "p1", "e1": "p1", "org": None}
+
+
+def test_reopen_file_keeps_current_versions(tmp_path: Path) -> None:
+    db = tmp_path / "s.duckdb"
+    with Store(db) as s:
+        s.write([patient()])
+        s.write([patient(family="Roe")])
+    with Store(db) as s:
+        assert s.read("Patient", "p1")["meta"]["versionId"] == "2"
+        (r,) = s.write([patient(family="Roe")])
+        assert r.outcome == "unchanged"
