@@ -1,0 +1,411 @@
+"""The durable HL7 v2 inbox: every frame received is a row before anything is acknowledged.
+
+The inbox lives in the store's DuckDB file (table ``hl7_inbox``), written through
+``Store.write_transaction()`` so it shares the single writer. :func:`accept`
+takes a *group* of frames (whatever arrived on all connections while the
+previous commit ran), decides for each one whether it is new, a resend, a
+control-id conflict or unreadable, and inserts them in one transaction: one
+commit, one fsync, for hundreds of messages. That is what makes durable
+acknowledgement cheap enough for a live feed.
+
+Identity of a message is the sender's key (MSH-3, MSH-4, MSH-10) plus a hash of
+its segments (CR/LF differences and framing ignored). Same key and same hash:
+a resend, which creates nothing and gets the stored answer again. Same key with
+other content: a conflict, recorded and refused, because silently taking either
+version would lose the other.
+
+Row status: ``received`` (committed, waiting for the mapper), ``processed``,
+``not-mapped`` (stored raw; no mapping for its type), ``dead`` (mapping or
+store write failed: see ``error`` and the store's dead letters), ``rejected``
+(unreadable, never processed), ``oversize`` (larger than the frame limit: only its
+head is kept, so it is never replayed) and ``conflict``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Iterable
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+import orjson
+import pyarrow as pa
+
+from ingest.hl7v2.ack import Header, build_ack, header_of, sniff_header
+from ingest.hl7v2.er7 import Message, decode, parse_segments, split_segments
+from ingest.hl7v2.errors import ErrorCode, HL7Error
+from store.store import Store
+
+DDL = """
+CREATE TABLE IF NOT EXISTS hl7_inbox (
+    inbox_id BIGINT NOT NULL, received TIMESTAMPTZ NOT NULL, peer VARCHAR,
+    msg_key VARCHAR NOT NULL, sending_application VARCHAR, sending_facility VARCHAR, control_id VARCHAR,
+    message_type VARCHAR, content_hash VARCHAR NOT NULL, patient_key VARCHAR,
+    status VARCHAR NOT NULL, enhanced BOOLEAN NOT NULL, commit_ack VARCHAR, ack VARCHAR,
+    raw VARCHAR NOT NULL, size_bytes BIGINT NOT NULL, error JSON, resource_ids JSON, notes JSON,
+    resends INTEGER NOT NULL DEFAULT 0, processed TIMESTAMPTZ
+);
+CREATE INDEX IF NOT EXISTS hl7_inbox_msg_key ON hl7_inbox (msg_key);
+"""
+
+ACCEPTED = ("received", "processed", "not-mapped", "dead")
+FINAL = ("processed", "not-mapped", "dead", "rejected", "oversize", "conflict")
+
+_ROW_SCHEMA = pa.schema(
+    [
+        ("inbox_id", pa.int64()),
+        ("received", pa.timestamp("us", tz="UTC")),
+        ("peer", pa.string()),
+        ("msg_key", pa.string()),
+        ("sending_application", pa.string()),
+        ("sending_facility", pa.string()),
+        ("control_id", pa.string()),
+        ("message_type", pa.string()),
+        ("content_hash", pa.string()),
+        ("patient_key", pa.string()),
+        ("status", pa.string()),
+        ("enhanced", pa.bool_()),
+        ("commit_ack", pa.string()),
+        ("ack", pa.string()),
+        ("raw", pa.string()),
+        ("size_bytes", pa.int64()),
+        ("error", pa.string()),
+    ]
+)
+
+
+@dataclass(frozen=True, slots=True)
+class Arrival:
+    """One MLLP frame as read from a connection."""
+
+    payload: bytes
+    peer: str = ""
+    size_bytes: int = 0
+    oversize: bool = False
+
+
+@dataclass(slots=True)
+class Receipt:
+    """What the inbox decided for one arrival.
+
+    ``final_ack`` is the application-level answer when it is already known
+    (rejects, conflicts, resends of finished messages); otherwise the answer
+    comes from processing row ``inbox_id``. ``commit_ack`` is set only in
+    enhanced mode.
+    """
+
+    kind: str  # new | duplicate | conflict | rejected | oversize | refused
+    inbox_id: int
+    header: Header
+    accepted: bool
+    message: Message | None = None
+    commit_ack: str | None = None
+    final_ack: str | None = None
+
+    @property
+    def send_commit(self) -> bool:
+        """Enhanced mode: MSH-15 says when a commit ACK is wanted (empty means always)."""
+        return self.commit_ack is not None and _wanted(self.header.accept_ack_type, self.commit_ack)
+
+    @property
+    def wants_final(self) -> bool:
+        """Original mode always answers; enhanced mode only for accepted messages, unless MSH-16 is NE."""
+        if not self.header.enhanced:
+            return True
+        return self.accepted and self.header.application_ack_type.strip().upper() != "NE"
+
+    def send_final(self, final_ack: str) -> bool:
+        """Whether this final ACK goes out (enhanced MSH-16 ER/SU depend on its code)."""
+        return self.wants_final and (
+            not self.header.enhanced or _wanted(self.header.application_ack_type, final_ack)
+        )
+
+
+def _wanted(condition: str, ack: str) -> bool:
+    """HL7 table 0155: AL always, NE never, ER only on error/reject, SU only on success."""
+    cond = condition.strip().upper()
+    if cond in ("", "AL"):
+        return True
+    if cond == "NE":
+        return False
+    ok = ack_code(ack) in ("AA", "CA")
+    return ok if cond == "SU" else not ok
+
+
+def ack_code(ack: str) -> str:
+    """MSA-1 of an ACK message (empty when absent)."""
+    for line in ack.split("\r"):
+        if line.startswith("MSA") and len(line) > 4:
+            return line.split(line[3])[1]
+    return ""
+
+
+def content_hash(text: str) -> str:
+    """Fingerprint of a message's segments, blind to CR/LF style, framing and blank lines."""
+    return hashlib.blake2b("\r".join(split_segments(text)).encode(), digest_size=16).hexdigest()
+
+
+def message_key(header: Header) -> str:
+    """The sender's identity for a message: MSH-3 | MSH-4 | MSH-10."""
+    return f"{header.sending_application}|{header.sending_facility}|{header.control_id}"
+
+
+def patient_key(msg: Message) -> str | None:
+    """PID-3 (first id and its assigning authority), the natural per-patient ordering key."""
+    pid = msg.segment("PID")
+    if pid is None or not pid.has(3):
+        return None
+    return f"{pid.get(3, 1, 1)}^{pid.get(3, 1, 4)}"
+
+
+def commit_ack_id(header: Header) -> str:
+    """The commit ACK's own MSH-10, distinct from the application ACK's (``ACK`` + MSH-10)."""
+    return f"CA{header.control_id}"[:199]
+
+
+def ensure_inbox(store: Store) -> None:
+    """Create the inbox table and index if missing; idempotent."""
+    with store.write_transaction() as con:
+        con.execute(DDL)
+
+
+class Inbox:
+    """Durable receipt of HL7 v2 frames in the store's DuckDB file."""
+
+    def __init__(self, store: Store) -> None:
+        self.store = store
+        ensure_inbox(store)
+        row = store.cursor().execute("SELECT coalesce(max(inbox_id), 0) FROM hl7_inbox").fetchone()
+        self._last_id = int(row[0]) if row else 0
+
+    # -- receipt -----------------------------------------------------------
+    def accept(self, arrivals: list[Arrival]) -> list[Receipt]:
+        """Decide and durably record a group of frames in one transaction (blocking: call from a thread)."""
+        now = datetime.now(UTC)
+        staged = [_read(a) for a in arrivals]
+        keys = {message_key(s.header) for s in staged}
+        with self.store.write_transaction() as con:
+            known = self._known(con, keys)
+            rows: list[dict[str, Any]] = []
+            resent: dict[int, int] = {}
+            receipts: list[Receipt] = []
+            for arrival, s in zip(arrivals, staged, strict=True):
+                key = message_key(s.header)
+                prior = known.get(key, [])
+                same = next((p for p in prior if p["content_hash"] == s.chash), None)
+                if same is not None:
+                    resent[same["inbox_id"]] = resent.get(same["inbox_id"], 0) + 1
+                    receipts.append(_resend(s, same))
+                    continue
+                self._last_id += 1
+                rid = self._last_id
+                if s.error is None and any(p["status"] in ACCEPTED for p in prior):
+                    first = next(p for p in prior if p["status"] in ACCEPTED)
+                    s.error = _conflict_error(s.header, first["inbox_id"])
+                    s.kind = "conflict"
+                receipt = _receipt(rid, s)
+                status = "received" if s.kind == "new" else s.kind
+                row = _row(rid, now, arrival, s, status, receipt)
+                rows.append(row)
+                known.setdefault(key, []).append(row)
+                receipts.append(receipt)
+            if rows:
+                _insert(con, rows)
+            if resent:
+                con.executemany(
+                    "UPDATE hl7_inbox SET resends = resends + ? WHERE inbox_id = ?",
+                    [[n, rid] for rid, n in resent.items()],
+                )
+        return receipts
+
+    def _known(self, con: Any, keys: Iterable[str]) -> dict[str, list[dict[str, Any]]]:
+        keys = list(keys)
+        out: dict[str, list[dict[str, Any]]] = {}
+        if not keys:
+            return out
+        rows = con.execute(
+            "SELECT msg_key, content_hash, inbox_id, status, commit_ack, ack FROM hl7_inbox "
+            "WHERE msg_key IN (SELECT unnest(?::VARCHAR[])) ORDER BY inbox_id",
+            [keys],
+        ).fetchall()
+        for key, chash, rid, status, commit_ack, ack in rows:
+            out.setdefault(key, []).append(
+                {"content_hash": chash, "inbox_id": rid, "status": status, "commit_ack": commit_ack, "ack": ack}
+            )
+        return out
+
+    # -- outcomes and reads --------------------------------------------------
+    def record_outcomes(self, outcomes: list[dict[str, Any]]) -> None:
+        """Store processing results (status, ack, error, resource ids, notes) in one transaction."""
+        if not outcomes:
+            return
+        now = datetime.now(UTC)
+        table = pa.table(
+            {
+                "inbox_id": pa.array([o["inbox_id"] for o in outcomes], pa.int64()),
+                "status": [o["status"] for o in outcomes],
+                "ack": [o["ack"] for o in outcomes],
+                "error": [_json(o.get("error")) for o in outcomes],
+                "resource_ids": [_json(o.get("resource_ids")) for o in outcomes],
+                "notes": [_json(o.get("notes")) for o in outcomes],
+            }
+        )
+        with self.store.write_transaction() as con:
+            con.register("_outcomes", table)
+            try:
+                con.execute(
+                    "UPDATE hl7_inbox SET status = o.status, ack = o.ack, error = o.error::JSON, "
+                    "resource_ids = o.resource_ids::JSON, notes = o.notes::JSON, processed = ? "
+                    "FROM _outcomes o WHERE hl7_inbox.inbox_id = o.inbox_id",
+                    [now],
+                )
+            finally:
+                con.unregister("_outcomes")
+
+    def final_ack(self, inbox_id: int) -> str | None:
+        """The stored application-level ACK of a row, once it is final."""
+        row = self.store.cursor().execute(
+            "SELECT ack FROM hl7_inbox WHERE inbox_id = ? AND status IN (SELECT unnest(?::VARCHAR[]))",
+            [inbox_id, list(FINAL)],
+        ).fetchone()
+        return row[0] if row else None
+
+    def rows(self, statuses: Iterable[str]) -> list[tuple[int, str]]:
+        """``(inbox_id, raw)`` of rows in the given statuses, oldest first (recovery, replay)."""
+        return [
+            (int(rid), raw)
+            for rid, raw in self.store.cursor()
+            .execute(
+                "SELECT inbox_id, raw FROM hl7_inbox WHERE status IN (SELECT unnest(?::VARCHAR[])) "
+                "ORDER BY inbox_id",
+                [list(statuses)],
+            )
+            .fetchall()
+        ]
+
+    def counts(self) -> dict[str, int]:
+        """Rows per status."""
+        rows = self.store.cursor().execute("SELECT status, count(*) FROM hl7_inbox GROUP BY status").fetchall()
+        return {status: int(n) for status, n in sorted(rows)}
+
+
+@dataclass(slots=True)
+class _Staged:
+    kind: str
+    header: Header
+    text: str
+    chash: str
+    message: Message | None
+    error: HL7Error | None
+
+
+def _read(arrival: Arrival) -> _Staged:
+    """Decode and parse one frame; never raises (an unreadable frame becomes a reject)."""
+    text = decode(arrival.payload)
+    chash = content_hash(text)
+    if arrival.oversize:
+        err = HL7Error(
+            f"message of {arrival.size_bytes} bytes exceeds the receiver's frame limit",
+            code=ErrorCode.APPLICATION_INTERNAL_ERROR,
+        )
+        return _Staged("oversize", sniff_header(text), text, chash, None, err)
+    try:
+        msg = parse_segments(split_segments(text), text)
+    except HL7Error as err:
+        return _Staged("rejected", sniff_header(text), text, chash, None, err)
+    return _Staged("new", header_of(msg), text, chash, msg, None)
+
+
+def _conflict_error(header: Header, first_id: int) -> HL7Error:
+    return HL7Error(
+        f"control id {header.control_id!r} from {header.sending_application}/{header.sending_facility} "
+        f"was already used for a different message (inbox {first_id}); not processed",
+        code=ErrorCode.DUPLICATE_KEY_IDENTIFIER,
+        segment_id="MSH",
+        segment_seq=1,
+        field=10,
+        rejects=False,
+    )
+
+
+def _receipt(inbox_id: int, s: _Staged) -> Receipt:
+    errors = [s.error] if s.error is not None else []
+    source = s.message if s.message is not None else s.text
+    commit = None
+    if s.header.enhanced:
+        commit = build_ack(source, errors=errors, mode="enhanced", control_id=commit_ack_id(s.header))
+    final = build_ack(source, errors=errors, mode="original") if errors else None
+    return Receipt(s.kind, inbox_id, s.header, s.kind == "new", s.message, commit, final)
+
+
+def _resend(s: _Staged, prior: dict[str, Any]) -> Receipt:
+    final = prior["ack"] if prior["status"] in FINAL else None
+    accepted = prior["status"] in ACCEPTED
+    return Receipt("duplicate", prior["inbox_id"], s.header, accepted, None, prior["commit_ack"], final)
+
+
+def refusal(arrival: Arrival, reason: str) -> Receipt:
+    """An answer for a frame the receiver cannot take now (shutting down, store failing): AR/CR, not stored.
+
+    HL7 reserves AR/CR for exactly this ("receiving system down"): the sender keeps
+    the message and sends it again later.
+    """
+    text = decode(arrival.payload)
+    header = sniff_header(text)
+    ack = build_ack(text, errors=[HL7Error(reason, code=ErrorCode.APPLICATION_INTERNAL_ERROR)])
+    return Receipt("refused", 0, header, False, None, ack if header.enhanced else None, ack)
+
+
+def _row(rid: int, now: datetime, arrival: Arrival, s: _Staged, status: str, receipt: Receipt) -> dict[str, Any]:
+    h = s.header
+    msg = s.message
+    err = s.error
+    return {
+        "inbox_id": rid,
+        "received": now,
+        "peer": arrival.peer,
+        "msg_key": message_key(h),
+        "sending_application": h.sending_application,
+        "sending_facility": h.sending_facility,
+        "control_id": h.control_id,
+        "message_type": f"{msg.message_type}^{msg.trigger_event}" if msg is not None else None,
+        "content_hash": s.chash,
+        "patient_key": patient_key(msg) if msg is not None else None,
+        "status": status,
+        "enhanced": h.enhanced,
+        "commit_ack": receipt.commit_ack,
+        "ack": receipt.final_ack,
+        "raw": s.text,
+        "size_bytes": arrival.size_bytes or len(arrival.payload),
+        "error": _json(error_issue(err)) if err is not None else None,
+    }
+
+
+def error_issue(err: HL7Error) -> dict[str, Any]:
+    """An HL7 error as a JSON-able record (also the dead-letter reason)."""
+    return {
+        "severity": "error" if err.severity in ("E", "F") else "information",
+        "code": int(err.code),
+        "diagnostics": err.text,
+        "location": err.location() or None,
+    }
+
+
+def _insert(con: Any, rows: list[dict[str, Any]]) -> None:
+    table = pa.Table.from_pylist(rows, schema=_ROW_SCHEMA)
+    con.register("_arrivals", table)
+    try:
+        con.execute(
+            "INSERT INTO hl7_inbox (inbox_id, received, peer, msg_key, sending_application, sending_facility, "
+            "control_id, message_type, content_hash, patient_key, status, enhanced, commit_ack, ack, raw, "
+            "size_bytes, error) SELECT inbox_id, received, peer, msg_key, sending_application, sending_facility, "
+            "control_id, message_type, content_hash, patient_key, status, enhanced, commit_ack, ack, raw, "
+            "size_bytes, error::JSON FROM _arrivals"
+        )
+    finally:
+        con.unregister("_arrivals")
+
+
+def _json(value: Any) -> str | None:
+    return None if value is None else orjson.dumps(value).decode()
