@@ -237,3 +237,14 @@ def test_operation_outcome_shape() -> None:
     assert validate_resource(outcome) == []
     assert operation_outcome([])["issue"][0]["severity"] == "information"
     assert validate_resource(operation_outcome([])) == []
+
+
+@pytest.mark.skipif(not (SHARED / "fhir-r4").is_dir(), reason="shared FHIR definitions not present")
+def test_shipped_tables_are_what_the_build_script_produces() -> None:
+    import gzip
+
+    from mapping.validation.build import OUTPUT, compile_definitions
+
+    shipped = json.loads(gzip.decompress(OUTPUT.read_bytes()))
+    assert compile_definitions(SHARED / "fhir-r4") == shipped
+    assert shipped["fhirVersion"] == "4.0.1"
