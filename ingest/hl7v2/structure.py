@@ -50,6 +50,7 @@ class Group:
     name: str
     items: list[Segment | Group] = field(default_factory=list)
     unexpected: list[Segment] = field(default_factory=list)
+    repeats: bool = False  # the structure allows several instances: each one scopes its own resources
 
     def segment(self, seg_id: str) -> Segment | None:
         """First direct child segment with this id."""
@@ -175,7 +176,7 @@ class _Matcher:
                 if sid is None or sid not in child.first:
                     break
                 if child.is_group:
-                    sub = Group(child.name)
+                    sub = Group(child.name, repeats=child.max != 1)
                     self.match_group(child, sub)
                     inst.items.append(sub)
                 else:

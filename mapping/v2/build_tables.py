@@ -1,0 +1,586 @@
+"""Compile the HL7 v2-to-FHIR IG mapping spreadsheets into ``data/*.json``.
+
+The IG publishes its maps as CSV sheets (messages → segments → datatypes →
+vocabulary), each with two header rows whose column layout varies from sheet to
+sheet. This script finds the columns by header name, parses each row's target path,
+condition and assignment once, and writes compact JSON the mapper loads at import.
+Sheets under ``data/local/`` (same layout) add maps the IG does not have yet
+(pharmacy messages, MRG → Patient.link) and win over the IG on a name clash.
+
+Rows the interpreter cannot execute (free-text conditions, paths into a referenced
+resource such as ``diagnosis.condition(Condition.code)``) are counted and skipped;
+``--report`` lists them.
+
+    .venv/bin/python -m mapping.v2.build_tables [--source DIR] [--report]
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import re
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+from mapping.v2.values import PRIMITIVE_TYPES
+
+HERE = Path(__file__).resolve().parent
+DATA = HERE / "data"
+LOCAL = DATA / "local"
+SHARED = HERE.parents[1] / ".." / "shared" / "data"
+DEFAULT_SOURCE = SHARED / "hl7v2" / "v2-to-fhir-mappings"
+FHIR_R4 = SHARED / "fhir-r4"
+
+_NAME = re.compile(r"_ (?P<name>[A-Za-z0-9]+\[[^\]]+\]|[A-Za-z0-9_]+(?:\[[^\]]+\])?) - ")
+_REF = re.compile(r"^(?P<seg>[A-Z][A-Z0-9]{2})-(?P<field>\d+)(?:\.(?P<comp>\d+))?(?:\.(?P<sub>\d+))?$")
+_DT_REF = re.compile(r"^(?P<dt>[A-Z][A-Z0-9]{1,3})\.(?P<comp>\d+)(?:\.(?P<sub>\d+))?$")
+_STEP = re.compile(r"^(?P<name>[A-Za-z$][A-Za-z0-9]*)(?:\[(?P<idx>\d+|n)\])?$")
+
+
+def sheet_name(path: Path) -> str:
+    """``HL7 Segment - FHIR R4_ PID[Patient] - PID.csv`` → ``PID[Patient]``."""
+    m = _NAME.search(path.name)
+    return m.group("name") if m else path.stem
+
+
+def _columns(header1: list[str], header2: list[str]) -> dict[str, int]:
+    """Column index by role; the first ``Data Type``/``Cardinality - Max`` is the v2 one."""
+    cols: dict[str, int] = {}
+    for i, raw in enumerate(header2):
+        h = raw.strip().split("\n")[0].strip()
+        role = {
+            "Identifier": "id",
+            "Code": "code",
+            "Text": "text",
+            "Code System": "system",
+            "Display": "display",
+            "Syntax": "syntax",
+            "Computable ANTLR": "cond",
+            "Data Type Mapping": "dtmap",
+            "Vocabulary Mapping": "vocab",
+            "Assignment": "assign",
+            "Primary Target": "target",
+            "Segment Map": "segmap",
+            "References": "refs",
+        }.get(h)
+        if h.startswith("FHIR Attribute"):
+            role = "path"
+        elif h == "Data Type":
+            role = "v2type" if "v2type" not in cols else "ftype"
+        elif h == "Cardinality - Max":
+            role = "v2max" if "v2max" not in cols else "fmax"
+        elif h == "Code" and "code" in cols:
+            role = "fcode"
+        elif h == "Code System" and "system" in cols:
+            role = "fsystem"
+        if role and role not in cols:
+            cols[role] = i
+    return cols
+
+
+def read_sheet(path: Path) -> tuple[dict[str, int], list[list[str]]]:
+    with path.open(encoding="utf-8-sig", newline="") as fh:
+        rows = list(csv.reader(fh))
+    if len(rows) < 2:
+        return {}, []
+    return _columns(rows[0], rows[1]), rows[2:]
+
+
+def _cell(row: list[str], cols: dict[str, int], role: str) -> str:
+    i = cols.get(role)
+    return row[i].strip() if i is not None and i < len(row) else ""
+
+
+# --- conditions -------------------------------------------------------------------
+
+_TOKEN = re.compile(
+    r'\s*(?:(?P<str>"[^"]*")|(?P<lp>\()|(?P<rp>\))|(?P<comma>,)|(?P<num>\d+(?:\.\d+)?(?![-.\w]))'
+    r"|(?P<word>[A-Za-z0-9_.\-$]+))"
+)
+
+
+class _Unsupported(Exception):
+    pass
+
+
+def _tokens(text: str) -> list[tuple[str, str]]:
+    out = []
+    pos = 0
+    text = text.strip()
+    while pos < len(text):
+        m = _TOKEN.match(text, pos)
+        if not m or m.end() == pos:
+            raise _Unsupported(text)
+        pos = m.end()
+        kind = m.lastgroup or ""
+        out.append((kind, m.group(kind)))
+    return out
+
+
+class _CondParser:
+    """Recursive descent over the IG's condition phrases (IF X VALUED AND Y IN (…) …)."""
+
+    def __init__(self, text: str, ref_parser: Any) -> None:
+        toks = _tokens(text)
+        self.t = [(k, v.upper() if k == "word" else v) for k, v in toks]
+        self.i = 0
+        self.ref = ref_parser
+
+    def peek(self, n: int = 0) -> tuple[str, str]:
+        j = self.i + n
+        return self.t[j] if j < len(self.t) else ("eof", "")
+
+    def eat(self, value: str) -> bool:
+        if self.peek()[1] == value:
+            self.i += 1
+            return True
+        return False
+
+    def parse(self) -> Any:
+        node = self.or_expr()
+        while self.eat(")"):
+            pass
+        if self.peek()[0] != "eof":
+            raise _Unsupported
+        return node
+
+    def or_expr(self) -> Any:
+        node = self.and_expr()
+        while self.eat("OR"):
+            node = ["or", node, self.and_expr()]
+        return node
+
+    def and_expr(self) -> Any:
+        node = self.atom()
+        while self.eat("AND"):
+            node = ["and", node, self.atom()]
+        return node
+
+    def atom(self) -> Any:
+        self.eat("IF")
+        if self.eat("("):
+            node = self.or_expr()
+            self.eat(")")
+            return node
+        kind, word = self.peek()
+        if kind != "word":
+            raise _Unsupported
+        self.i += 1
+        ref = self.ref(word)
+        if ref is None:
+            raise _Unsupported
+        if self.eat("LST.COUNT"):
+            op = self.comparison()
+            kind, num = self.peek()
+            if kind != "num":
+                raise _Unsupported
+            self.i += 1
+            return ["count", ref, op, float(num)]
+        negate = False
+        self.eat("IS")
+        if self.eat("NOT"):
+            negate = True
+        if self.eat("VALUED") or self.eat("VALUE"):
+            return ["not_valued" if negate else "valued", ref]
+        if self.eat("DOES"):
+            if self.eat("NOT") and self.eat("EXIST"):
+                return ["not_valued", ref]
+            raise _Unsupported
+        if self.eat("EQUALS") or self.eat("EQUAL"):
+            kind, word = self.peek()
+            other = self.ref(word) if kind == "word" else None
+            if other is not None:
+                self.i += 1
+                return ["neref" if negate else "eqref", ref, other]
+            return ["ne" if negate else "eq", ref, self.string()]
+        if self.eat("IN"):
+            return ["not_in" if negate else "in", ref, self.string_list()]
+        if self.peek()[0] == "str":
+            return ["ne" if negate else "eq", ref, self.string()]
+        raise _Unsupported
+
+    def comparison(self) -> str:
+        words = []
+        while self.peek()[1] in ("LESS", "GREATER", "THAN", "OR", "EQUALS", "EQUAL"):
+            words.append(self.peek()[1])
+            self.i += 1
+        op = " ".join(words)
+        table = {"LESS THAN": "<", "GREATER THAN": ">", "LESS THAN OR EQUALS": "<=", "GREATER THAN OR EQUALS": ">="}
+        if op not in table:
+            raise _Unsupported
+        return table[op]
+
+    def string(self) -> str:
+        kind, value = self.peek()
+        if kind != "str":
+            raise _Unsupported
+        self.i += 1
+        return value[1:-1]
+
+    def string_list(self) -> list[str]:
+        if not self.eat("("):
+            raise _Unsupported
+        out = [self.string()]
+        while self.eat(","):
+            out.append(self.string())
+        if not self.eat(")"):
+            raise _Unsupported
+        return out
+
+
+def parse_condition(text: str, *, datatype: bool) -> Any:
+    """Condition AST, ``None`` for no condition; raises _Unsupported when not computable."""
+    if not text:
+        return None
+    return _CondParser(text, _dt_ref if datatype else _seg_ref).parse()
+
+
+def _seg_ref(word: str) -> list[Any] | None:
+    m = _REF.match(word)
+    if not m:
+        return None
+    return [m.group("seg"), int(m.group("field")), int(m.group("comp") or 0), int(m.group("sub") or 0)]
+
+
+def _dt_ref(word: str) -> list[Any] | None:
+    m = _DT_REF.match(word)
+    if not m:
+        return None
+    return ["", int(m.group("comp")), int(m.group("sub") or 0), 0]
+
+
+# --- paths and assignments --------------------------------------------------------
+
+
+def parse_path(path: str) -> tuple[list[list[Any]], str | None, int | None]:
+    """``identifier[2].type.coding.code`` → steps ``[[name, slot], …]``.
+
+    A trailing ``(Type)`` names a resource to create and reference; a leading
+    ``[k].`` (datatype sheets producing several values) gives the output slot ``k``.
+    """
+    path = path.strip().rstrip(".")
+    output = None
+    m = re.match(r"^\[(\d+)\]\.?", path)
+    if m:
+        output = int(m.group(1))
+        path = path[m.end():]
+    ref_type = None
+    m = re.search(r"\((?P<type>[A-Z][A-Za-z]+)(?:\[\d+\])?\)$", path)
+    if m:
+        ref_type = m.group("type")
+        path = path[: m.start()]
+    if "(" in path or ")" in path or " " in path:
+        raise _Unsupported(path)
+    steps: list[list[Any]] = []
+    if path:
+        for part in path.split("."):
+            sm = _STEP.match(part)
+            if not sm:
+                raise _Unsupported(path)
+            idx = sm.group("idx")
+            steps.append([sm.group("name"), 1 if idx in (None, "n") else int(idx), idx is not None])
+    return steps, ref_type, output
+
+
+def parse_assignment(text: str) -> str | None:
+    """Only literal assignments (``"home"``) are executable; expressions are skipped."""
+    if not text:
+        return None
+    text = text.strip()
+    if len(text) >= 2 and text[0] == '"' and text[-1] == '"' and text.count('"') == 2:
+        return text[1:-1]
+    raise _Unsupported(text)
+
+
+def _strip_type_prefix(steps: list[list[Any]], sheet: str) -> list[list[Any]]:
+    """``CWE[Quantity]`` rows say ``Quantity.code``: drop the redundant type step."""
+    target = sheet.split("[", 1)[1].rstrip("]") if "[" in sheet else ""
+    if steps and steps[0][0] == target.split("-")[0]:
+        return steps[1:]
+    return steps
+
+
+# --- FHIR R4 element definitions --------------------------------------------------
+
+_BACKBONE = {"BackboneElement", "Element"}
+
+
+class R4Elements:
+    """Cardinality and type of every element path in the R4 resources and datatypes.
+
+    The IG's paths say ``identifier[2]`` for list slots but also ``valueCodeableConcept[1]``
+    for singletons; only the R4 definitions can tell whether the JSON needs an array.
+    """
+
+    def __init__(self, folder: Path) -> None:
+        self.el: dict[str, tuple[bool, list[str]]] = {}
+        self.required: dict[str, list[str]] = {}
+        self.resources: set[str] = set()
+        for name in ("profiles-types.json", "profiles-resources.json"):
+            bundle = json.loads((folder / name).read_text())
+            for entry in bundle["entry"]:
+                sd = entry["resource"]
+                if sd.get("resourceType") != "StructureDefinition" or sd.get("derivation") == "constraint":
+                    continue
+                if sd.get("kind") == "resource":
+                    self.resources.add(sd["id"])
+                for el in sd.get("snapshot", {}).get("element", []):
+                    parent, _, child = el["path"].rpartition(".")
+                    if parent and el.get("min", 0) >= 1 and "." in parent:
+                        self.required.setdefault(parent, []).append(child.replace("[x]", ""))
+                    types = [t["code"] for t in el.get("type", []) if "code" in t]
+                    if "contentReference" in el:
+                        types = ["#" + el["contentReference"].lstrip("#")]
+                    self.el[el["path"]] = (el.get("max", "1") not in ("0", "1"), types)
+
+    def resolve(self, root: str, steps: list[list[Any]]) -> tuple[list[list[Any]], str]:
+        """Steps annotated ``[name, slot, is_array]`` and the leaf type; raises _Unsupported."""
+        out: list[list[Any]] = []
+        base = root
+        leaf = root
+        for name, slot, _ in steps:
+            if leaf in PRIMITIVES and out:
+                out[-1][0] = "_" + out[-1][0]  # extensions on a primitive live in _name
+                base = "Element"
+            path = f"{base}.{name}"
+            if path in self.el:
+                is_array, types = self.el[path]
+            else:
+                is_array, types = self._choice(base, name)
+            if not types:
+                raise _Unsupported(path)
+            t = types[0]
+            if t.startswith("#"):
+                base = t[1:]
+            elif t in _BACKBONE:
+                base = path
+            else:
+                base = t
+            leaf = t
+            out.append([name, slot, is_array])
+        return out, leaf
+
+    def _choice(self, base: str, name: str) -> tuple[bool, list[str]]:
+        for i in range(len(name) - 1, 0, -1):
+            if name[i].isupper():
+                path = f"{base}.{name[:i]}[x]"
+                if path in self.el:
+                    wanted = name[i:]
+                    for t in self.el[path][1]:
+                        if t.lower() == wanted.lower():
+                            return False, [t]
+        raise _Unsupported(f"{base}.{name}")
+
+
+PRIMITIVES = PRIMITIVE_TYPES
+
+
+def sheet_target(name: str) -> str:
+    """``OBX[Observation-Component]`` → ``Observation``; ``CWE[code]`` → ``code``."""
+    inner = name.split("[", 1)[1].rstrip("]") if "[" in name else name
+    return inner.split("-")[0].split(".")[0]
+
+
+# --- sheets -----------------------------------------------------------------------
+
+
+def compile_rules(
+    path: Path, *, datatype: bool, skipped: Counter[str], r4: R4Elements
+) -> list[dict[str, Any]]:
+    cols, rows = read_sheet(path)
+    name = sheet_name(path)
+    root = sheet_target(name)
+    if root[:1].islower() or root.lower() in {p.lower() for p in PRIMITIVES}:
+        return []  # primitive targets (CWE[code], HD[uri], …) are built-in conversions
+    rules = []
+    for row in rows:
+        ident = _cell(row, cols, "id")
+        target = _cell(row, cols, "path")
+        if not ident or not target:
+            continue
+        ref = _dt_ref(ident) if datatype else _seg_ref(ident)
+        if ref is None:
+            skipped[f"{name}: identifier {ident}"] += 1
+            continue
+        try:
+            steps, ref_type, output = parse_path(target)
+            if datatype:
+                steps = _strip_type_prefix(steps, name)
+            cond = parse_condition(_cell(row, cols, "cond"), datatype=datatype)
+            assign = parse_assignment(_cell(row, cols, "assign"))
+            steps, leaf = r4.resolve(root, steps)
+        except _Unsupported:
+            skipped[f"{name}: {ident} -> {target}"] += 1
+            continue
+        if output not in (None, 1) or (not steps and ref_type is None and output is None):
+            skipped[f"{name}: {ident} -> {target}"] += 1
+            continue
+        dtmap = _canonical_map(_cell(row, cols, "dtmap").split(" ")[0]) or None
+        if dtmap and leaf == "Reference" and ref_type is None:
+            target = sheet_target(dtmap)
+            if target in r4.resources:
+                ref_type = target  # a Reference filled by a datatype map names the resource to create
+        own = [ref[0], ref[1], ref[2], ref[3]] if not datatype else ["", ref[1], ref[2], 0]
+        vocab = _cell(row, cols, "vocab").split("\n")[0].strip() or None
+        v2max = _cell(row, cols, "v2max")
+        rules.append(
+            {
+                "f": ref[1] if not datatype else ref[1],
+                "c": ref[2] if not datatype else ref[2],
+                "steps": steps,
+                "ref": ref_type,
+                "type": ref_type or leaf,
+                "dt": _cell(row, cols, "v2type") or None,
+                "map": dtmap,
+                "vocab": vocab,
+                "assign": assign,
+                "cond": cond,
+                "rep": v2max in ("-1", "*"),
+                "when_empty": assign is not None and _tests_empty(cond, own),
+            }
+        )
+    return rules
+
+
+_MAP_CASE: dict[str, str] = {}
+
+
+def _canonical_map(name: str) -> str:
+    """``PL[location]`` → ``PL[Location]``: sheet names are matched case-insensitively."""
+    return _MAP_CASE.get(name.lower(), name)
+
+
+def _tests_empty(cond: Any, own: list[Any]) -> bool:
+    """A literal assigned ``IF <own field> NOT VALUED`` must run when the field is empty."""
+    if not cond:
+        return False
+    if cond[0] == "not_valued":
+        return cond[1][:3] == own[:3]
+    if cond[0] in ("and", "or"):
+        return _tests_empty(cond[1], own) or _tests_empty(cond[2], own)
+    return False
+
+
+def compile_vocab(path: Path) -> dict[str, list[str]]:
+    cols, rows = read_sheet(path)
+    out: dict[str, list[str]] = {}
+    for row in rows:
+        code = _cell(row, cols, "code")
+        fcode = _cell(row, cols, "fcode")
+        if not code or not fcode or code in out:
+            continue
+        out[code] = [fcode, _cell(row, cols, "display"), _cell(row, cols, "fsystem")]
+    return out
+
+
+def compile_message(path: Path, skipped: Counter[str], r4: R4Elements) -> list[dict[str, Any]]:
+    cols, rows = read_sheet(path)
+    out = []
+    for row in rows:
+        ident = _cell(row, cols, "id")
+        segmap = _cell(row, cols, "segmap")
+        target = _cell(row, cols, "target")
+        if not ident or ident.startswith("/") or not segmap or not target:
+            continue
+        parts = ident.replace(":follow:", ".").split(".")
+        seg = parts[-1]
+        if not re.match(r"^[A-Z][A-Z0-9]{2}$", seg):
+            continue
+        m = re.match(r"^(?P<type>[A-Z][A-Za-z]+)(?:\[(?P<idx>\w+)\])?$", target.strip())
+        if not m:
+            skipped[f"{path.name}: target {target}"] += 1
+            continue
+        try:
+            cond = parse_condition(_cell(row, cols, "cond"), datatype=False)
+        except _Unsupported:
+            skipped[f"{sheet_name(path)}: {ident} condition"] += 1
+            continue
+        out.append(
+            {
+                "groups": [p for p in parts[1:-1] if p != "PID"],
+                "seg": seg,
+                "type": m.group("type"),
+                "key": f"{m.group('type')}[{m.group('idx') or '1'}]",
+                "map": segmap.split(" ")[0],
+                "cond": cond,
+                "refs": _resolve_refs(parse_refs(_cell(row, cols, "refs")), r4, skipped, path.name),
+            }
+        )
+    return out
+
+
+_REF_ASSIGN = re.compile(
+    r"(?P<a>[A-Z][A-Za-z]+(?:\[\w+\])?)\.(?P<path>[A-Za-z.\[\]0-9]+?)(?:\.reference)?\s*=\s*"
+    r'(?:(?P<b>[A-Z][A-Za-z]+(?:\[\w+\])?)\.id|"(?P<lit>[^"]*)")'
+)
+
+
+def parse_refs(text: str) -> list[list[str]]:
+    """``Observation[2].subject.reference=Patient[1].id`` → ``[["Observation[2]", "subject", "Patient[1]", ""]]``."""
+    out = []
+    for m in _REF_ASSIGN.finditer(text):
+        a = m.group("a") if "[" in m.group("a") else m.group("a") + "[1]"
+        b = m.group("b") or ""
+        if b and "[" not in b:
+            b += "[1]"
+        out.append([a, m.group("path"), b, m.group("lit") or ""])
+    return out
+
+
+def _resolve_refs(refs: list[list[str]], r4: R4Elements, skipped: Counter[str], where: str) -> list[Any]:
+    out = []
+    for a, path, b, lit in refs:
+        try:
+            steps, _ = parse_path(path)[0], None
+            steps, leaf = r4.resolve(a.split("[")[0], steps)
+            if b and leaf != "Reference":
+                raise _Unsupported(path)
+        except _Unsupported:
+            skipped[f"{where}: reference {a}.{path}"] += 1
+            continue
+        out.append([a, steps, b, lit])
+    return out
+
+
+def build(source: Path, fhir_r4: Path = FHIR_R4) -> tuple[dict[str, Any], Counter[str]]:
+    skipped: Counter[str] = Counter()
+    r4 = R4Elements(fhir_r4)
+    for base in (source / "datatypes", LOCAL / "datatypes"):
+        for path in base.glob("*.csv"):
+            _MAP_CASE[sheet_name(path).lower()] = sheet_name(path)
+    tables: dict[str, Any] = {"segments": {}, "datatypes": {}, "vocab": {}, "messages": {}}
+    for kind, folder in (("segments", "segments"), ("datatypes", "datatypes")):
+        for base in (source / folder, LOCAL / folder):
+            for path in sorted(base.glob("*.csv")):
+                rules = compile_rules(path, datatype=kind == "datatypes", skipped=skipped, r4=r4)
+                tables[kind][sheet_name(path)] = rules
+    for base in (source / "codesystems", LOCAL / "codesystems"):
+        for path in sorted(base.glob("*.csv")):
+            tables["vocab"][sheet_name(path)] = compile_vocab(path)
+    for base in (source / "messages", LOCAL / "messages"):
+        for path in sorted(base.glob("*.csv")):
+            tables["messages"][sheet_name(path)] = compile_message(path, skipped, r4)
+    emitted = set(json.loads((DATA / "config.json").read_text())["emit"])
+    tables["required"] = {path: kids for path, kids in r4.required.items() if path.split(".")[0] in emitted}
+    return tables, skipped
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--source", type=Path, default=DEFAULT_SOURCE)
+    ap.add_argument("--report", action="store_true", help="list the rows that were skipped")
+    args = ap.parse_args()
+    tables, skipped = build(args.source)
+    for kind, content in tables.items():
+        (DATA / f"{kind}.json").write_text(json.dumps(content, separators=(",", ":"), sort_keys=True) + "\n")
+    counts = {k: len(v) for k, v in tables.items()}
+    print(f"compiled {counts}; skipped {sum(skipped.values())} rows the interpreter cannot execute")
+    if args.report:
+        for what, n in sorted(skipped.items()):
+            print(f"  {n:3d}  {what}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,449 @@
+"""Interpreter for the compiled segment and datatype maps.
+
+A rule says: take v2 field (or component) N, optionally only if a condition holds,
+convert it through a datatype map / vocabulary / literal assignment, and put it at a
+FHIR path such as ``identifier[2].type.coding.code``. The ``[k]`` slot numbers of
+the IG group rules that build the same element together; repetitions of a v2 field
+become separate elements of the first list on the path. Values are written "first
+rule wins", which is how the IG's alternative rows for one target are meant.
+
+Segments are consumed through a small protocol (``id``, ``reps``, ``get``,
+``delimiters``) so this package does not depend on a particular parser.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+from mapping.v2 import values
+from mapping.v2.tables import config, datatype_maps, required_children, segment_maps, vocabularies
+
+NULL = '""'
+QUANTITY_TYPES = frozenset({"Quantity", "SimpleQuantity", "Duration", "Age", "Distance", "Count", "MoneyQuantity"})
+
+
+class DelimitersLike(Protocol):
+    component: str
+    subcomponent: str
+    escape: str
+
+    def unescape(self, value: str) -> str: ...
+
+
+class SegmentLike(Protocol):
+    """What the mapper needs from a parsed segment."""
+
+    id: str
+    seq: int
+
+    @property
+    def delimiters(self) -> DelimitersLike: ...
+
+    @property
+    def raw(self) -> str: ...
+
+    def reps(self, n: int) -> list[str]: ...
+
+    def get(self, n: int, rep: int = 1, comp: int = 1, sub: int = 1) -> str: ...
+
+
+class Slots(dict):
+    """A FHIR list under construction: ``(slot, repetition)`` → element."""
+
+
+@dataclass(slots=True)
+class Ref:
+    """A reference resolved after ids are known (target is an instance or ``Type/id``)."""
+
+    target: Any
+    display: str | None = None
+
+
+@dataclass
+class Context:
+    """Per-message state the rules need: offsets, created resources, notes."""
+
+    default_tz: str | None
+    make_resource: Callable[[str, dict[str, Any]], Ref | None]
+    notes: list[str] = field(default_factory=list)
+
+
+# --- value access -------------------------------------------------------------------
+
+
+def split(raw: str, level: int, d: DelimitersLike) -> list[str]:
+    """Parts of a value: level 0 (field repetition) splits on ^, level 1 (component) on &."""
+    if level == 0:
+        return raw.split(d.component)
+    if level == 1:
+        return raw.split(d.subcomponent)
+    return [raw]
+
+
+def leaf(raw: str, level: int, d: DelimitersLike) -> str:
+    """The first atomic value of ``raw`` (CWE.1 of a CWE, HD.1 of an HD), unescaped."""
+    if level == 0 and d.component in raw:
+        raw = raw.split(d.component, 1)[0]
+    if level <= 1 and d.subcomponent in raw:
+        raw = raw.split(d.subcomponent, 1)[0]
+    if raw == NULL:
+        return ""
+    return d.unescape(raw) if d.escape in raw else raw
+
+
+def joined_text(raw: str, level: int, d: DelimitersLike) -> str:
+    """All non-empty atomic parts joined by spaces (XPN → "Jones William A")."""
+    if level >= 2:
+        return leaf(raw, level, d)
+    return " ".join(t for t in (joined_text(p, level + 1, d) for p in split(raw, level, d)) if t)
+
+
+# --- conditions --------------------------------------------------------------------
+
+
+def eval_cond(cond: Any, lookup: Callable[[list[Any]], str], count: Callable[[list[Any]], int]) -> bool:
+    op = cond[0]
+    if op == "and":
+        return eval_cond(cond[1], lookup, count) and eval_cond(cond[2], lookup, count)
+    if op == "or":
+        return eval_cond(cond[1], lookup, count) or eval_cond(cond[2], lookup, count)
+    if op == "count":
+        n = count(cond[1])
+        limit = cond[3]
+        return {"<": n < limit, ">": n > limit, "<=": n <= limit, ">=": n >= limit}[cond[2]]
+    value = lookup(cond[1])
+    if op == "valued":
+        return bool(value)
+    if op == "not_valued":
+        return not value
+    if op == "eq":
+        return value == cond[2]
+    if op == "ne":
+        return value != cond[2]
+    if op == "in":
+        return value in cond[2]
+    if op == "not_in":
+        return value not in cond[2]
+    if op == "eqref":
+        return value == lookup(cond[2])
+    if op == "neref":
+        return value != lookup(cond[2])
+    raise ValueError(f"unknown condition operator {op}")
+
+
+def segment_lookup(seg: SegmentLike, others: Callable[[str], SegmentLike | None]) -> Callable[[list[Any]], str]:
+    aliases = config()["value_aliases"]
+
+    def lookup(ref: list[Any]) -> str:
+        seg_id, f, c, s = ref
+        target = seg if seg_id == seg.id else others(seg_id)
+        if target is None:
+            return ""
+        v = target.get(f, 1, c or 1, s or 1)
+        if v == NULL:
+            return ""
+        alias = aliases.get(f"{seg_id}-{f}")
+        return alias.get(v, v) if alias else v
+
+    return lookup
+
+
+def segment_count(seg: SegmentLike) -> Callable[[list[Any]], int]:
+    return lambda ref: len(seg.reps(ref[1])) if ref[0] == seg.id else 0
+
+
+# --- building ----------------------------------------------------------------------
+
+
+def put(node: dict[str, Any], steps: list[list[Any]], value: Any, rep: int) -> None:
+    """Write ``value`` at ``steps`` unless something is already there (first rule wins)."""
+    cur = node
+    rep_pending = True
+    last = len(steps) - 1
+    for i, (name, slot, is_array) in enumerate(steps):
+        if is_array:
+            slots = cur.get(name)
+            if not isinstance(slots, Slots):
+                slots = cur[name] = Slots()
+            key = (slot, rep if rep_pending else 0)
+            rep_pending = False
+            if i == last:
+                if key not in slots:
+                    slots[key] = value
+                elif isinstance(slots[key], dict) and isinstance(value, dict):
+                    merge(slots[key], value)
+                return
+            nxt = slots.get(key)
+            if not isinstance(nxt, dict):
+                nxt = slots[key] = {}
+            cur = nxt
+        else:
+            if i == last:
+                existing = cur.get(name)
+                if existing is None:
+                    cur[name] = value
+                elif isinstance(existing, dict) and isinstance(value, dict):
+                    merge(existing, value)
+                return
+            nxt = cur.get(name)
+            if not isinstance(nxt, dict):
+                nxt = cur[name] = {}
+            cur = nxt
+
+
+def merge(into: dict[str, Any], other: dict[str, Any]) -> None:
+    for k, v in other.items():
+        cur = into.get(k)
+        if cur is None:
+            into[k] = v
+        elif isinstance(cur, dict) and not isinstance(cur, Slots) and isinstance(v, dict):
+            merge(cur, v)
+        elif isinstance(cur, Slots) and isinstance(v, Slots):
+            for sk, sv in v.items():
+                if sk not in cur:
+                    cur[sk] = sv
+
+
+def finalize(value: Any, resolve: Callable[[Ref], dict[str, Any] | None]) -> Any:
+    """Slots → lists, Ref → Reference, and drop what ended up empty."""
+    if isinstance(value, Slots):
+        out = [finalize(value[k], resolve) for k in sorted(value)]
+        out = [v for v in out if v not in (None, {}, [])]
+        return out or None
+    if isinstance(value, Ref):
+        return resolve(value)
+    if isinstance(value, dict):
+        out = {}
+        for k, v in value.items():
+            fv = finalize(v, resolve)
+            if fv in (None, {}, [], ""):
+                continue
+            if k == "extension":
+                fv = [e for e in fv if isinstance(e, dict) and "url" in e and len(e) > 1] or None
+                if fv is None:
+                    continue
+            out[k] = fv
+        return out or None
+    if isinstance(value, list):
+        out = [finalize(v, resolve) for v in value]
+        return [v for v in out if v not in (None, {}, [])] or None
+    return value
+
+
+def _apply_vocab(result: Any, vocab: str | None, text: str, fhir_type: str) -> Any:
+    if not vocab:
+        return result
+    table = vocabularies().get(vocab)
+    if table is None:
+        return result
+    hit = table.get(text)
+    if fhir_type == "code":
+        return hit[0] if hit else None
+    if hit is None:
+        return result
+    coding = {k: v for k, v in (("system", hit[2]), ("code", hit[0]), ("display", hit[1])) if v}
+    if fhir_type == "Coding":
+        return coding
+    if fhir_type == "CodeableConcept":
+        cc = result if isinstance(result, dict) else {}
+        codings = cc.get("coding") or []
+        if isinstance(codings, Slots):
+            codings = [codings[k] for k in sorted(codings)]
+        original = [c for c in codings if c.get("system") and c.get("system") != coding.get("system")]
+        cc = dict(cc)
+        cc["coding"] = [coding, *original]
+        return cc
+    return result
+
+
+def _hd_uri(raw: str, level: int, d: DelimitersLike) -> str | None:
+    parts = split(raw, level, d)
+    namespace = leaf(parts[0], level + 1, d) if parts else ""
+    universal = leaf(parts[1], level + 1, d) if len(parts) > 1 else ""
+    if universal:
+        return values.system_uri(universal)
+    return values.system_uri(namespace) if namespace else None
+
+
+def builtin(
+    fhir_type: str, mapname: str | None, raw: str, level: int, d: DelimitersLike, ctx: Context, v2type: str | None
+) -> Any:
+    """Conversion for targets the tables leave to code (primitives, HD → uri, text codes)."""
+    if mapname and mapname.startswith("HD[") and fhir_type == "uri":
+        return _hd_uri(raw, level, d)
+    text = leaf(raw, level, d)
+    if not text:
+        return None
+    if fhir_type in ("string", "markdown"):
+        if mapname and mapname.split("[")[0] in ("XPN", "XAD", "XCN", "XON", "FN", "CX", "PL"):
+            return joined_text(raw, level, d)
+        return text
+    if fhir_type == "code":
+        return text
+    if fhir_type == "uri":
+        return values.system_uri(text) if v2type in ("ID", "IS", None) else text
+    if fhir_type in ("date", "dateTime", "instant"):
+        return values.dtm(text, fhir_type, ctx.default_tz)
+    if fhir_type == "decimal":
+        return values.number(text)
+    if fhir_type in ("integer", "positiveInt", "unsignedInt"):
+        n = values.number(text)
+        return int(n) if n is not None else None
+    if fhir_type == "boolean":
+        return values.boolean(text)
+    if fhir_type == "time":
+        digits = "".join(ch for ch in text if ch.isdigit())[:6].ljust(6, "0")
+        return f"{digits[:2]}:{digits[2:4]}:{digits[4:6]}"
+    if fhir_type in ("id", "oid", "uuid", "url", "canonical", "base64Binary"):
+        return text
+    if fhir_type == "CodeableConcept":
+        return {"coding": [{"code": text}]}
+    if fhir_type == "Coding":
+        return {"code": text}
+    if fhir_type in QUANTITY_TYPES:
+        n = values.number(text)
+        return {"value": n} if n is not None else None
+    return None
+
+
+def convert(rule: dict[str, Any], raw: str, level: int, d: DelimitersLike, ctx: Context) -> Any:
+    """One rule's FHIR value for one v2 value, or ``None``."""
+    fhir_type = rule["type"] or "string"
+    mapname = rule["map"]
+    if rule["ref"]:
+        built = apply_datatype(mapname, raw, level, d, ctx) if mapname else None
+        return ctx.make_resource(rule["ref"], built) if built else None
+    if rule["assign"] is not None:
+        if fhir_type == "boolean":
+            return rule["assign"] == "true"
+        return rule["assign"]
+    rules = datatype_maps().get(mapname) if mapname else None
+    if rules:
+        result = apply_datatype(mapname, raw, level, d, ctx)
+    else:
+        result = builtin(fhir_type, mapname, raw, level, d, ctx, rule.get("dt"))
+    if rule["vocab"]:
+        result = _apply_vocab(result, rule["vocab"], leaf(raw, level, d), fhir_type)
+    if fhir_type in QUANTITY_TYPES and isinstance(result, dict):
+        result = values.normalize_quantity(result)
+    return result
+
+
+def _place(node: dict[str, Any], rule: dict[str, Any], value: Any, rep: int) -> None:
+    """Write a rule's value; a datatype map that built the *parent* merges into it.
+
+    The IG writes ``XPN.1 → family`` with map ``FN[HumanName]``: the FN map fills
+    the HumanName itself, so its result belongs one level up.
+    """
+    steps = rule["steps"]
+    if isinstance(value, dict) and not isinstance(value, Slots) and rule["type"] in values.PRIMITIVE_TYPES:
+        steps = steps[:-1]
+    if steps:
+        put(node, steps, value, rep)
+    elif isinstance(value, dict):
+        merge(node, value)
+
+
+def apply_datatype(mapname: str, raw: str, level: int, d: DelimitersLike, ctx: Context) -> Any:
+    """Build a FHIR datatype value from a composite v2 value with a datatype map."""
+    rules = datatype_maps().get(mapname)
+    if not rules:
+        target = mapname.split("[", 1)[1].rstrip("]") if "[" in mapname else "string"
+        return builtin(target, mapname, raw, level, d, ctx, None)
+    parts = split(raw, level, d)
+    sub_level = level + 1
+
+    def part(comp: int, sub: int) -> str:
+        if comp > len(parts):
+            return ""
+        p = parts[comp - 1]
+        if sub:
+            subs = split(p, sub_level, d)
+            return subs[sub - 1] if sub <= len(subs) else ""
+        return p
+
+    def lookup(ref: list[Any]) -> str:
+        return leaf(part(ref[1], ref[2]), sub_level + (1 if ref[2] else 0), d)
+
+    node: dict[str, Any] = {}
+    for rule in rules:
+        praw = part(rule["f"], rule["c"])
+        plevel = sub_level + (1 if rule["c"] else 0)
+        if not leaf(praw, plevel, d) and not rule.get("when_empty"):
+            continue
+        if rule["cond"] is not None and not eval_cond(rule["cond"], lookup, lambda _r: 1):
+            continue
+        value = convert(rule, praw, plevel, d, ctx)
+        if value is None:
+            continue
+        _place(node, rule, value, 0)
+    return node or None
+
+
+def apply_segment(mapname: str, seg: SegmentLike, node: dict[str, Any], ctx: Context,
+                  others: Callable[[str], SegmentLike | None]) -> None:
+    """Apply a segment map (``OBX[Observation]``) to a resource under construction."""
+    rules = segment_maps().get(mapname)
+    if rules is None:
+        ctx.notes.append(f"no segment map {mapname}")
+        return
+    d = seg.delimiters
+    lookup = segment_lookup(seg, others)
+    count = segment_count(seg)
+    for rule in rules:
+        reps = seg.reps(rule["f"])
+        level = 0
+        if rule["c"]:
+            reps = [r.split(d.component)[rule["c"] - 1] if len(r.split(d.component)) >= rule["c"] else ""
+                    for r in reps]
+            level = 1
+        if not reps or not reps[0]:
+            if not rule.get("when_empty"):
+                continue
+            reps = [""]
+        if rule["cond"] is not None and not eval_cond(rule["cond"], lookup, count):
+            continue
+        if not rule["rep"]:
+            reps = reps[:1]
+        for i, rep in enumerate(reps):
+            value = convert(rule, rep, level, d, ctx)
+            if value is None:
+                continue
+            _place(node, rule, value, i)
+
+
+def prune(body: dict[str, Any], path: str) -> None:
+    """Drop list elements missing children FHIR requires (an Encounter.location with no
+    location): the IG maps some parts of an element but not the mandatory one."""
+    req, prefixes = required_children()
+    for key in list(body):
+        p = f"{path}.{key}"
+        if p not in prefixes and p not in req:
+            continue
+        val = body[key]
+        items = val if isinstance(val, list) else [val]
+        kids = req.get(p)
+        if kids:
+            items = [it for it in items if isinstance(it, dict) and all(
+                any(k == kid or (k.startswith(kid) and k[len(kid):len(kid) + 1].isupper()) for k in it)
+                for kid in kids)]
+        for it in items:
+            if isinstance(it, dict) and p in prefixes:
+                prune(it, p)
+        if not items:
+            del body[key]
+        else:
+            body[key] = items if isinstance(val, list) else items[0]
+
+
+def stable_id(resource_type: str, *parts: str) -> str:
+    """Deterministic resource id: same source record, same id, on every replay."""
+    h = hashlib.blake2b(digest_size=16)
+    h.update(resource_type.encode())
+    for p in parts:
+        h.update(b"\x1f")
+        h.update(p.encode())
+    return h.hexdigest()

@@ -1,0 +1,416 @@
+"""Map a grouped HL7 v2 message to FHIR R4 resources, driven by the IG's message tables.
+
+For every segment, the message table of its structure says which resources it feeds
+(``OBX`` → ``Observation[2]`` via ``OBX[Observation]``) and how they reference each
+other (``DiagnosticReport[1].result = Observation[2]``). A resource instance lives in
+the innermost *repeating* group around the segment (one Observation per OBSERVATION
+group, one Patient per PATIENT_RESULT), so ORC and OBR of one ORDER_OBSERVATION fill
+the same DiagnosticReport, while each OBX gets its own Observation under the right one.
+
+Ids are deterministic (see ``config.json`` → ``ids``), so replaying a message, or an
+A08 update of the same patient, yields the same ids. Every mapped message also yields
+a Provenance naming the source message.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+from mapping.v2 import values
+from mapping.v2.engine import (
+    Context,
+    Ref,
+    SegmentLike,
+    apply_segment,
+    eval_cond,
+    finalize,
+    merge,
+    prune,
+    put,
+    segment_count,
+    segment_lookup,
+    stable_id,
+)
+from mapping.v2.tables import config, message_maps
+
+PROVENANCE_SOURCE_SYSTEM = "urn:fhirtwin:v2:message-control-id"
+
+
+class GroupLike(Protocol):
+    """A group instance of the message structure (as built by the ER7 grouping code)."""
+
+    name: str
+    items: Sequence[Any]
+    repeats: bool
+
+
+class MessageLike(Protocol):
+    segments: Sequence[SegmentLike]
+
+    @property
+    def msh(self) -> SegmentLike: ...
+
+    @property
+    def control_id(self) -> str: ...
+
+
+@dataclass
+class MappingResult:
+    """What a message became. ``mapped`` is False for message types without a map:
+    the caller should store the raw message and acknowledge it anyway."""
+
+    structure: str
+    mapped: bool
+    resources: list[dict[str, Any]] = field(default_factory=list)
+    patient_id: str | None = None
+    notes: list[str] = field(default_factory=list)
+
+    def of_type(self, resource_type: str) -> list[dict[str, Any]]:
+        return [r for r in self.resources if r["resourceType"] == resource_type]
+
+
+@dataclass(eq=False)
+class _Instance:
+    key: str
+    type: str
+    node: dict[str, Any]
+    creator: SegmentLike
+    chain: tuple[Any, ...]
+    id: str | None = None
+    alias: _Instance | None = None
+
+    def root(self) -> _Instance:
+        inst = self
+        while inst.alias is not None:
+            inst = inst.alias
+        return inst
+
+
+def _walk(group: GroupLike, chain: tuple[Any, ...]) -> Iterator[tuple[SegmentLike, tuple[Any, ...]]]:
+    for item in group.items:
+        if hasattr(item, "items"):
+            yield from _walk(item, (*chain, item))
+        else:
+            yield item, chain
+
+
+class _Rows:
+    """Message-table rows indexed by (group path, segment), with fallbacks by segment."""
+
+    def __init__(self, rows: list[dict[str, Any]]) -> None:
+        self.exact: dict[tuple[tuple[str, ...], str], list[dict[str, Any]]] = {}
+        self.by_seg: dict[str, list[dict[str, Any]]] = {}
+        for row in rows:
+            self.exact.setdefault((tuple(row["groups"]), row["seg"]), []).append(row)
+        for (groups, seg), rs in self.exact.items():
+            self.by_seg.setdefault(seg, [])
+            if not self.by_seg[seg] or len(groups) < len(self.by_seg[seg][0]["groups"]):
+                self.by_seg[seg] = rs
+
+    def find(self, path: tuple[str, ...], seg: str) -> list[dict[str, Any]]:
+        rows = self.exact.get((path, seg))
+        if rows:
+            return rows
+        for (groups, s), rs in self.exact.items():
+            if s == seg and groups and path[-len(groups):] == groups:
+                return rs
+        if path:
+            for (groups, s), rs in self.exact.items():
+                if s == seg and groups and groups[-1] == path[-1]:
+                    return rs
+        return self.by_seg.get(seg, [])
+
+
+def _rows_for(structure: str) -> _Rows | None:
+    maps = message_maps()
+    name = config()["message_aliases"].get(structure, structure)
+    rows = maps.get(name)
+    return _Rows(rows) if rows is not None else None
+
+
+def _scope(chain: tuple[Any, ...], root: GroupLike) -> Any:
+    for g in reversed(chain):
+        if getattr(g, "repeats", False):
+            return g
+    return root
+
+
+class _Mapper:
+    def __init__(self, msg: MessageLike, root: GroupLike, structure: str, default_tz: str | None) -> None:
+        self.msg = msg
+        self.root = root
+        self.structure = structure
+        cfg = config()
+        self.emit = set(cfg["emit"])
+        self.instances: list[_Instance] = []
+        self.by_scope: dict[tuple[str, int], _Instance] = {}
+        self.refs: list[tuple[_Instance, list[Any]]] = []
+        self.created: dict[tuple[str, str], dict[str, Any]] = {}
+        self.first_seg: dict[str, SegmentLike] = {}
+        for s in msg.segments:
+            self.first_seg.setdefault(s.id, s)
+        msh7 = msg.msh.get(7)
+        self.ctx = Context(default_tz=values.tz_of(msh7) or default_tz, make_resource=self._make_resource)
+
+    # -- resources referenced from datatypes (Practitioner from XCN, Location from PL) --
+    def _make_resource(self, rtype: str, node: dict[str, Any]) -> Ref | None:
+        if rtype not in self.emit:
+            return None
+        body = finalize(node, lambda _r: None)
+        if not body:
+            return None
+        prune(body, rtype)
+        key = _identifier_key(body) or _name_key(body)
+        if not key:
+            return None
+        rid = stable_id(rtype, key)
+        existing = self.created.get((rtype, rid))
+        if existing is None:
+            self.created[(rtype, rid)] = {"resourceType": rtype, "id": rid, **body}
+        else:
+            merge(existing, body)
+        return Ref(f"{rtype}/{rid}")
+
+    def run(self, rows: _Rows) -> None:
+        for seg, chain in _walk(self.root, ()):
+            path = tuple(g.name for g in chain)
+            lookup = segment_lookup(seg, self.first_seg.get)
+            count = segment_count(seg)
+            for row in rows.find(path, seg.id):
+                if row["type"] not in self.emit:
+                    continue
+                if row["cond"] is not None and not eval_cond(row["cond"], lookup, count):
+                    continue
+                inst = self._instance(row, seg, chain)
+                apply_segment(row["map"], seg, inst.node, self.ctx, self.first_seg.get)
+                for ref in row["refs"]:
+                    self.refs.append((inst, ref))
+
+    def _instance(self, row: dict[str, Any], seg: SegmentLike, chain: tuple[Any, ...]) -> _Instance:
+        scope = _scope(chain, self.root)
+        k = (row["key"], id(scope))
+        inst = self.by_scope.get(k)
+        if inst is not None and (inst.creator.id != seg.id or inst.creator is seg):
+            return inst
+        inst = _Instance(row["key"], row["type"], {}, seg, chain)
+        self.by_scope[k] = inst
+        self.instances.append(inst)
+        return inst
+
+    def _find(self, key: str, near: _Instance) -> _Instance | None:
+        if key == near.key:
+            return near
+        for g in reversed((self.root, *near.chain)):
+            inst = self.by_scope.get((key, id(g)))
+            if inst is not None:
+                return inst
+        for g in reversed((self.root, *near.chain)):
+            for inst in reversed(self.instances):
+                if inst.key == key and g in (self.root, *inst.chain):
+                    return inst
+        return None
+
+    def link(self) -> None:
+        for inst, (a, steps, b, literal) in self.refs:
+            source = self._find(a, inst)
+            if source is None:
+                continue
+            if literal:
+                put(source.node, steps, literal, 0)
+                continue
+            target = self._find(b, inst)
+            if target is None or target is source:
+                continue
+            if steps[-1][2]:  # a list of references: one element per target
+                slot = len(self.instances) + self.instances.index(target)
+                steps = [*steps[:-1], [steps[-1][0], slot, True]]
+            put(source.node, steps, Ref(target), 0)
+
+    def patient(self, near: _Instance) -> _Instance | None:
+        return self._find("Patient[1]", near)
+
+    def fallback_links(self) -> None:
+        cfg = config()
+        for inst in self.instances:
+            pref = cfg["patient_reference"].get(inst.type)
+            if pref and pref not in inst.node:
+                patient = self.patient(inst)
+                if patient is not None and patient is not inst:
+                    inst.node[pref] = Ref(patient)
+            eref = cfg["encounter_reference"].get(inst.type)
+            if eref and eref not in inst.node:
+                enc = self._find("Encounter[1]", inst)
+                if enc is not None:
+                    inst.node[eref] = Ref(enc)
+
+    def order_number(self, inst: _Instance) -> str:
+        """Filler (else placer) order number of the order group around ``inst``."""
+        for g in reversed(inst.chain):
+            for spec in config()["order_numbers"]:
+                seg_id, fno = spec.split("-")
+                for item in _segments_in(g):
+                    if item.id == seg_id:
+                        v = item.get(int(fno), 1, 1) + "|" + item.get(int(fno), 1, 2)
+                        if v.strip("|"):
+                            return f"{spec}:{v}"
+        return ""
+
+    def assign_ids(self) -> None:
+        recipes = config()["ids"]
+        ordered = sorted(self.instances, key=lambda i: i.type != "Patient")
+        for inst in ordered:
+            body = finalize(inst.node, lambda _r: None) or {}
+            for alt in recipes.get(inst.type, recipes["_default"]):
+                parts = [self._token(tok, inst, body) for tok in alt]
+                if all(parts):
+                    inst.id = stable_id(inst.type, *parts)
+                    break
+            if inst.id is None:
+                inst.id = stable_id(inst.type, inst.creator.raw)
+        seen: dict[tuple[str, str], _Instance] = {}
+        for inst in self.instances:
+            other = seen.get((inst.type, inst.id or ""))
+            if other is None:
+                seen[(inst.type, inst.id or "")] = inst
+            else:
+                merge(other.node, inst.node)
+                inst.alias = other
+
+    def _token(self, tok: str, inst: _Instance, body: dict[str, Any]) -> str:
+        if tok == "identifier":
+            return _identifier_key(body)
+        if tok == "name":
+            return _name_key(body)
+        if tok == "order":
+            return self.order_number(inst)
+        if tok == "patient":
+            p = self.patient(inst)
+            return (p.id or "") if p is not None and p is not inst else ""
+        if tok == "raw":
+            return inst.creator.raw
+        if tok.startswith("seg:"):
+            spec = tok[4:].split(".")
+            v = inst.creator.get(int(spec[0]), 1, int(spec[1]) if len(spec) > 1 else 1)
+            return f"{tok}={v}"
+        raise ValueError(f"unknown id token {tok}")
+
+    def resolve(self, ref: Ref) -> dict[str, Any] | None:
+        if isinstance(ref.target, str):
+            return {"reference": ref.target}
+        inst = ref.target.root()
+        if inst.type not in self.emit:
+            return None
+        return {"reference": f"{inst.type}/{inst.id}"}
+
+    def resources(self) -> list[dict[str, Any]]:
+        cfg = config()
+        out: list[dict[str, Any]] = []
+        for inst in self.instances:
+            if inst.alias is not None:
+                continue
+            body = finalize(inst.node, self.resolve) or {}
+            prune(body, inst.type)
+            for k, v in cfg["defaults"].get(inst.type, {}).items():
+                body.setdefault(k, v)
+            missing = [k for k in cfg["required_or_drop"].get(inst.type, []) if k not in body]
+            if missing:
+                self.ctx.notes.append(f"{inst.type} from {inst.creator.id}[{inst.creator.seq}] dropped: no {missing}")
+                continue
+            out.append({"resourceType": inst.type, "id": inst.id, **body})
+        out.extend(self.created.values())
+        return out
+
+
+def _segments_in(group: Any) -> Iterator[SegmentLike]:
+    for item in group.items:
+        if not hasattr(item, "items"):
+            yield item
+
+
+def _identifier_key(body: dict[str, Any]) -> str:
+    ids = body.get("identifier")
+    if isinstance(ids, dict):
+        ids = [ids]
+    for ident in ids or []:
+        value = ident.get("value")
+        if value:
+            return f"{ident.get('system', '')}|{value}"
+    return ""
+
+
+def _name_key(body: dict[str, Any]) -> str:
+    name = body.get("name")
+    if isinstance(name, list):
+        name = name[0] if name else None
+    if isinstance(name, dict):
+        return "|".join([name.get("family", ""), *name.get("given", [])])
+    return name or ""
+
+
+def _provenance(msg: MessageLike, targets: list[dict[str, Any]], default_tz: str | None) -> dict[str, Any]:
+    msh = msg.msh
+    sender = " ".join(p for p in (msh.get(3), msh.get(4)) if p) or "unknown sender"
+    control_id = msg.control_id
+    recorded = values.dtm(msh.get(7), "instant", values.tz_of(msh.get(7)) or default_tz)
+    prov: dict[str, Any] = {
+        "resourceType": "Provenance",
+        "id": stable_id("Provenance", sender, control_id, msh.get(7)),
+        "target": [{"reference": f"{r['resourceType']}/{r['id']}"} for r in targets],
+        "recorded": recorded or "1970-01-01T00:00:00Z",
+        "activity": {
+            "coding": [
+                {"system": "http://terminology.hl7.org/CodeSystem/v3-DataOperation", "code": "CREATE", "display": "create"}
+            ]
+        },
+        "agent": [
+            {
+                "type": {
+                    "coding": [
+                        {
+                            "system": "http://terminology.hl7.org/CodeSystem/provenance-participant-type",
+                            "code": "author",
+                        }
+                    ]
+                },
+                "who": {"display": sender},
+            }
+        ],
+        "entity": [
+            {
+                "role": "source",
+                "what": {
+                    "identifier": {"system": PROVENANCE_SOURCE_SYSTEM, "value": control_id},
+                    "display": f"HL7 v2 {msh.get(9, 1, 1)}^{msh.get(9, 1, 2)} {control_id} from {sender}",
+                },
+            }
+        ],
+    }
+    return prov
+
+
+def is_mapped(structure: str, event: str) -> bool:
+    cfg = config()
+    return structure in cfg["mapped_structures"] and (event in cfg["mapped_events"] or not event)
+
+
+def map_grouped(
+    msg: MessageLike, root: GroupLike, structure: str, *, event: str = "", default_tz: str | None = "+00:00"
+) -> MappingResult:
+    """Map a message already grouped by its structure (see :func:`ingest.hl7v2.group_message`).
+
+    ``default_tz`` is used for times sent without an offset when MSH-7 has none either.
+    """
+    rows = _rows_for(structure)
+    if rows is None or not is_mapped(structure, event):
+        return MappingResult(structure, False, notes=[f"{event or structure} is not mapped"])
+    m = _Mapper(msg, root, structure, default_tz)
+    m.run(rows)
+    m.link()
+    m.fallback_links()
+    m.assign_ids()
+    resources = m.resources()
+    patient = next((r for r in resources if r["resourceType"] == "Patient"), None)
+    resources.append(_provenance(msg, resources, m.ctx.default_tz))
+    return MappingResult(structure, True, resources, patient["id"] if patient else None, m.ctx.notes)

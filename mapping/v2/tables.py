@@ -1,0 +1,48 @@
+"""Load the compiled mapping tables (``data/*.json``) once per process."""
+
+from __future__ import annotations
+
+import json
+from functools import cache
+from pathlib import Path
+from typing import Any
+
+DATA = Path(__file__).resolve().parent / "data"
+
+
+@cache
+def _load(name: str) -> Any:
+    return json.loads((DATA / f"{name}.json").read_text())
+
+
+def segment_maps() -> dict[str, list[dict[str, Any]]]:
+    """``PID[Patient]`` → rules (field, target steps, datatype map, vocabulary, condition)."""
+    return _load("segments")
+
+
+def datatype_maps() -> dict[str, list[dict[str, Any]]]:
+    """``CWE[CodeableConcept]`` → rules keyed by component."""
+    return _load("datatypes")
+
+
+def vocabularies() -> dict[str, dict[str, list[str]]]:
+    """ConceptMap name → v2 code → ``[fhir code, display, system]``."""
+    return _load("vocab")
+
+
+def message_maps() -> dict[str, list[dict[str, Any]]]:
+    """Message structure → rows (segment, group path, target resource, segment map, references)."""
+    return _load("messages")
+
+
+@cache
+def required_children() -> tuple[dict[str, list[str]], frozenset[str]]:
+    """Backbone element path → children FHIR requires, and every prefix of such a path."""
+    req = _load("required")
+    prefixes = {p.rsplit(".", i)[0] for p in req for i in range(p.count("."))}
+    return req, frozenset(prefixes)
+
+
+def config() -> dict[str, Any]:
+    """Hand-kept settings: emitted types, id recipes, patient reference paths, defaults, aliases."""
+    return _load("config")

@@ -1,0 +1,131 @@
+"""Conversions of single HL7 v2 values to FHIR primitives and small datatypes.
+
+These are the parts of the IG's datatype maps that are arithmetic rather than
+structure (DTM → dateTime with offset, NM → decimal, ID Y/N → boolean, coding system
+name → URI, unit text → UCUM), so they live in code; everything structural is in
+the compiled tables.
+"""
+
+from __future__ import annotations
+
+import csv
+import re
+from functools import cache
+from pathlib import Path
+from typing import Any
+
+from mapping.ucum import to_ucum
+
+DATA = Path(__file__).resolve().parent / "data"
+UCUM_SYSTEM = "http://unitsofmeasure.org"
+LOCAL_SYSTEM_BASE = "urn:fhirtwin:v2:codesystem:"
+
+PRIMITIVE_TYPES = frozenset(
+    ["base64Binary", "boolean", "canonical", "code", "date", "dateTime", "decimal", "id", "instant", "integer", "markdown", "oid", "positiveInt", "string", "time", "unsignedInt", "uri", "url", "uuid"]
+)
+
+_DTM = re.compile(
+    r"^(?P<y>\d{4})(?P<mo>\d{2})?(?P<d>\d{2})?(?P<h>\d{2})?(?P<mi>\d{2})?(?P<s>\d{2})?"
+    r"(?:\.(?P<frac>\d{1,4}))?(?P<tz>[+-]\d{4})?$"
+)
+_NUMBER = re.compile(r"^[+-]?(\d+\.?\d*|\.\d+)$")
+_OID = re.compile(r"^\d+(\.\d+)+$")
+
+
+@cache
+def coding_systems() -> dict[str, str]:
+    """HL7 table 0396 names (LN, SCT, I10, …) → FHIR system URIs."""
+    with (DATA / "coding_systems.csv").open(newline="") as fh:
+        return {row["name"].upper(): row["uri"] for row in csv.DictReader(fh)}
+
+
+def system_uri(name: str) -> str:
+    """URI for a v2 coding system name; HL7nnnn tables and OIDs by rule; else a stable local URI."""
+    key = name.strip().upper()
+    known = coding_systems().get(key)
+    if known:
+        return known
+    m = re.match(r"^HL7(\d{4})$", key)
+    if m:
+        return f"http://terminology.hl7.org/CodeSystem/v2-{m.group(1)}"
+    if _OID.match(key):
+        return f"urn:oid:{key}"
+    if key.startswith(("HTTP://", "HTTPS://", "URN:")):
+        return name.strip()
+    return LOCAL_SYSTEM_BASE + re.sub(r"[^A-Za-z0-9.\-]+", "-", name.strip()).strip("-")
+
+
+def dtm(value: str, fhir_type: str, default_tz: str | None) -> str | None:
+    """v2 DTM/DT/TS → FHIR date, dateTime or instant (``None`` when unreadable).
+
+    The offset is kept as sent; a time without offset gets ``default_tz`` (the
+    sending system's offset from MSH-7) because FHIR requires a zone on any time.
+    """
+    m = _DTM.match(value.strip())
+    if not m:
+        return None
+    g = m.groupdict()
+    date = g["y"] + (f"-{g['mo']}" if g["mo"] else "") + (f"-{g['d']}" if g["mo"] and g["d"] else "")
+    if fhir_type == "date" or not g["h"] or not (g["mo"] and g["d"]):
+        return None if fhir_type == "instant" else date
+    seconds = g["s"] or "00"
+    frac = f".{g['frac']}" if g["frac"] else ""
+    tz = g["tz"]
+    zone = f"{tz[:3]}:{tz[3:]}" if tz else default_tz
+    if zone is None:
+        return date
+    if zone in ("+00:00", "-00:00"):
+        zone = "Z" if not tz else zone
+    return f"{date}T{g['h']}:{g['mi'] or '00'}:{seconds}{frac}{zone}"
+
+
+def tz_of(value: str) -> str | None:
+    """The ``±hh:mm`` offset a DTM carries, if any."""
+    m = _DTM.match(value.strip())
+    if not m or not m.group("tz"):
+        return None
+    tz = m.group("tz")
+    return f"{tz[:3]}:{tz[3:]}"
+
+
+def number(value: str) -> int | float | None:
+    """NM text → int or float, keeping integers integral (``41`` stays ``41``)."""
+    text = value.strip()
+    if not _NUMBER.match(text):
+        return None
+    if "." not in text:
+        return int(text)
+    return float(text)
+
+
+def boolean(value: str) -> bool | None:
+    text = value.strip().upper()
+    if text in ("Y", "YES", "TRUE", "T", "1"):
+        return True
+    if text in ("N", "NO", "FALSE", "F", "0"):
+        return False
+    return None
+
+
+def normalize_quantity(q: dict[str, Any]) -> dict[str, Any]:
+    """Put a Quantity's unit into UCUM when it can be recognised (mg/dl → mg/dL).
+
+    The original unit text stays in ``unit`` (what the sender displayed); ``system``
+    and ``code`` are only set for a real UCUM code, as FHIR requires.
+    """
+    unit = q.get("unit")
+    code = q.get("code")
+    source = code or unit
+    if not source:
+        return q
+    ucum = to_ucum(source) or (to_ucum(unit) if unit and unit != source else None)
+    if ucum:
+        q["system"] = UCUM_SYSTEM
+        q["code"] = ucum
+        if not unit:
+            q["unit"] = source
+    else:
+        q.pop("system", None)
+        q.pop("code", None)
+        q["unit"] = unit or source
+    return q
