@@ -326,6 +326,11 @@ def to_ucum(unit_text: str) -> str | None:
 # --------------------------------------------------------------------------- canonical
 
 
+def analyte_keys() -> list[str]:
+    """Analyte LOINC codes with a known molar mass (the keys an index stores beside quantities)."""
+    return sorted(k for k in _MOLAR_MASS_G_PER_MOL if k[:1].isdigit())
+
+
 def molar_mass_g_per_mol(analyte: str) -> float | None:
     """Molar mass for an analyte given as LOINC code or name (case-insensitive)."""
     return _MOLAR_MASS_G_PER_MOL.get(analyte) or _MOLAR_MASS_G_PER_MOL.get(analyte.lower())

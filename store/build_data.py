@@ -49,5 +49,69 @@ def main() -> None:
     print(f"wrote {OUT}")
 
 
-if __name__ == "__main__":
+
+def _split_union(expression: str) -> list[str]:
+    """Top-level ``|`` alternatives of a FHIRPath expression (parentheses respected)."""
+    parts, depth, start = [], 0, 0
+    for i, ch in enumerate(expression):
+        if ch == "(":
+            depth += 1
+        elif ch == ")":
+            depth -= 1
+        elif ch == "|" and depth == 0:
+            parts.append(expression[start:i].strip())
+            start = i + 1
+    parts.append(expression[start:].strip())
+    return [p for p in parts if p]
+
+
+def _for_type(expression: str, rtype: str) -> str:
+    """The alternatives of a multi-base expression that apply to one resource type."""
+    keep = []
+    for part in _split_union(expression):
+        bare = part.lstrip("(")
+        if bare == rtype or bare.startswith((f"{rtype}.", f"{rtype} ")):
+            keep.append(part)
+    return " | ".join(keep)
+
+
+def build_search_parameters() -> dict[str, dict[str, dict]]:
+    """Resource type -> search parameter code -> {type, expression, target, component}."""
+    params = json.loads((DEFINITIONS / "search-parameters.json").read_text())
+    by_url = {e["resource"]["url"]: e["resource"] for e in params["entry"]}
+    table: dict[str, dict[str, dict]] = {}
+    for sp in by_url.values():
+        for base in sp.get("base", []):
+            entry: dict = {"type": sp["type"]}
+            if sp.get("expression"):
+                expr = _for_type(sp["expression"], base) if base not in ("Resource", "DomainResource") else sp[
+                    "expression"
+                ]
+                if not expr:
+                    continue
+                entry["expression"] = expr
+            if sp.get("target"):
+                entry["target"] = sorted(sp["target"])
+            if sp.get("component"):
+                entry["component"] = [
+                    {"code": by_url[c["definition"]]["code"], "type": by_url[c["definition"]]["type"],
+                     "expression": c["expression"]}
+                    for c in sp["component"]
+                    if c["definition"] in by_url
+                ]
+            if sp.get("modifier"):
+                entry["modifier"] = sp["modifier"]
+            table.setdefault(base, {})[sp["code"]] = entry
+    return table
+
+
+def main_all() -> None:
+    """Write every data table the store ships."""
     main()
+    out = OUT.with_name("search_parameters.json")
+    out.write_text(json.dumps(build_search_parameters(), indent=0, sort_keys=True) + "\n")
+    print(f"wrote {out}")
+
+
+if __name__ == "__main__":
+    main_all()

@@ -1,87 +1,612 @@
-"""Search over the store: FHIR search parameters turned into SQL.
+"""FHIR search over the store's index tables.
 
-The result is a page of (type, id) keys plus the total; the caller renders
-them from the hot map, so a search costs one SQL query however large the
-resources are.
+A search becomes one SQL query: each parameter is a semi-join against its
+index table (``id IN (SELECT id FROM idx_… WHERE …)``), AND across parameters,
+OR within a comma list; chains and ``_has`` nest the same builder for another
+resource type. The result is a page of (type, id) keys plus the total and the
+keys ``_include``/``_revinclude`` add; bodies come from the store's hot map.
 """
 
 from __future__ import annotations
 
+import unicodedata
 from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from functools import cache
+from typing import Any
 
+import orjson
+
+from mapping.fhirpath.values import sql_string
+from mapping.resource_types import R4_RESOURCE_TYPES
+from mapping.ucum import analyte_keys, canonical, molar_mass_g_per_mol
+from store.search_params import SearchParam, params_for
+from store.search_values import (
+    parse_date,
+    parse_number,
+    parse_quantity,
+    split_or,
+    split_prefix,
+    split_token,
+)
 from store.store import Store
+
+# Parameters that shape the result rather than filter it.
+CONTROL_PARAMS = {
+    "_count", "_offset", "_sort", "_include", "_revinclude", "_total", "_summary", "_elements",
+    "_format", "_pretty", "_contained", "_containedType",
+}
+MAX_INCLUDES = 1000
+_INDEX_OF = {
+    "token": "idx_token", "string": "idx_string", "reference": "idx_reference", "date": "idx_date",
+    "number": "idx_number", "quantity": "idx_quantity", "uri": "idx_uri",
+}
 
 
 class SearchError(ValueError):
     """A search the store cannot run as asked (unknown parameter, bad value)."""
 
-    def __init__(self, message: str, *, param: str | None = None) -> None:
+    def __init__(self, message: str, *, param: str | None = None, status: int = 400) -> None:
         super().__init__(message)
         self.param = param
+        self.status = status
 
 
 @dataclass
 class SearchRequest:
-    """A parsed type-level search."""
+    """A type-level search. ``params`` may also carry the control parameters (_sort, _include, …)."""
 
     resource_type: str
     params: list[tuple[str, str]] = field(default_factory=list)
     count: int = 50
     offset: int = 0
+    strict: bool = False
 
 
 @dataclass
 class SearchResult:
-    """One page of matches, in a stable order (lastUpdated, id)."""
+    """One page of matches in a stable order, the total, and what was included or ignored."""
 
-    total: int
+    total: int | None
     keys: list[tuple[str, str]]
+    included: list[tuple[str, str]] = field(default_factory=list)
     ignored: list[str] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
+    summary_count: bool = False
 
 
-def _reference_target(value: str) -> str:
-    return value.rsplit("/", 1)[-1]
+class _Sql:
+    """Renders values as SQL literals.
+
+    Clauses nest (chains, _has, composites) and are assembled out of order, so
+    values are inlined as properly quoted literals rather than positional
+    parameters whose order would have to follow the final text.
+    """
+
+    @staticmethod
+    def arg(value: Any) -> str:
+        if value is None:
+            return "NULL"
+        if isinstance(value, bool):
+            return "true" if value else "false"
+        if isinstance(value, int | float):
+            if value != value or value in (float("inf"), float("-inf")):
+                raise SearchError(f"number out of range: {value}")
+            return repr(float(value))
+        if isinstance(value, datetime):
+            return f"TIMESTAMPTZ {sql_string(value.astimezone(UTC).isoformat())}"
+        return sql_string(str(value))
 
 
-def _token_clause(value: str, args: list[object]) -> str:
-    ors = []
-    for alt in value.split(","):
-        system, bar, code = alt.rpartition("|")
-        if not bar:
-            ors.append("list_contains(json_extract_string(json, '$.code.coding[*].code'), ?)")
-            args.append(code)
-        else:
-            ors.append(
-                "EXISTS (SELECT 1 FROM unnest(json_extract(json, '$.code.coding[*]')) AS t(c) "
-                "WHERE c ->> 'code' = ? AND coalesce(c ->> 'system', '') = ?)"
+def _ids_where(q: _Sql, table: str, rtype: str, param: str, cond: str | None) -> str:
+    where = f"rt = {q.arg(rtype)} AND param = {q.arg(param)}"
+    if cond:
+        where += f" AND ({cond})"
+    return f"SELECT id FROM {table} WHERE {where}"
+
+
+# ---- per-type conditions ---------------------------------------------------------------------------
+def _token_cond(q: _Sql, value: str, modifier: str | None, store: Store) -> str:
+    if modifier == "text":
+        return f"text LIKE {q.arg('%' + _norm(value) + '%')}"
+    if modifier in ("in", "not-in"):
+        codes = _valueset_codes(store, value)
+        if not codes:
+            return "false"
+        return "(" + " OR ".join(f"(system = {q.arg(s)} AND code = {q.arg(c)})" for s, c in codes) + ")"
+    system, code, has_bar = split_token(value)
+    conds = []
+    if code is not None:
+        conds.append(f"code = {q.arg(code)}")
+    if has_bar:
+        conds.append("system IS NULL" if system == "" else f"system = {q.arg(system)}")
+    return " AND ".join(conds) or "true"
+
+
+def _norm(text: str) -> str:
+    """Case- and accent-folded text, as the string index stores it (fhir_norm in SQL)."""
+    return "".join(c for c in unicodedata.normalize("NFKD", text) if not unicodedata.combining(c)).lower()
+
+
+def _string_cond(q: _Sql, value: str, modifier: str | None) -> str:
+    if modifier == "exact":
+        return f"raw = {q.arg(value)}"
+    if modifier == "contains":
+        return f"value LIKE {q.arg('%' + _like_escape(_norm(value)) + '%')} ESCAPE '\\'"
+    return f"starts_with(value, {q.arg(_norm(value))})"
+
+
+def _like_escape(text: str) -> str:
+    return text.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+
+
+def _uri_cond(q: _Sql, value: str, modifier: str | None) -> str:
+    if modifier == "below":
+        return f"starts_with(value, {q.arg(value)})"
+    if modifier == "above":
+        return f"starts_with({q.arg(value)}, value)"
+    return f"value = {q.arg(value)}"
+
+
+def _range_cond(
+    q: _Sql, prefix: str, lo: Any, hi: Any, approx: tuple[Any, Any], lo_col: str = "lo", hi_col: str = "hi"
+) -> str:
+    """Compare an indexed range [lo_col, hi_col) with the search value's range [lo, hi) under a prefix."""
+    a, b = q.arg(lo), q.arg(hi)
+    match prefix:
+        case "eq":
+            return f"{lo_col} >= {a} AND {hi_col} <= {b}"
+        case "ne":
+            return f"NOT ({lo_col} >= {a} AND {hi_col} <= {b})"
+        case "gt":
+            return f"{hi_col} > {b}"
+        case "lt":
+            return f"{lo_col} < {a}"
+        case "ge":
+            return f"{hi_col} > {a}"
+        case "le":
+            return f"{lo_col} < {b}"
+        case "sa":
+            return f"{lo_col} >= {b}"
+        case "eb":
+            return f"{hi_col} <= {a}"
+        case _:  # ap
+            return f"{lo_col} < {q.arg(approx[1])} AND {hi_col} > {q.arg(approx[0])}"
+
+
+def _date_cond(q: _Sql, value: str, lo_col: str = "lo", hi_col: str = "hi") -> str:
+    prefix, rest = split_prefix(value)
+    rng = parse_date(rest)
+    slack = max(abs(datetime.now(UTC) - rng.lo) * 0.1, timedelta(days=1))
+    return _range_cond(q, prefix, rng.lo, rng.hi, (rng.lo - slack, rng.hi + slack), lo_col, hi_col)
+
+
+def _value_cond(q: _Sql, col: str, prefix: str, value: float, lo: float, hi: float) -> str:
+    """Prefix comparison of a point value column with a search number and its precision range."""
+    match prefix:
+        case "eq":
+            return f"{col} >= {q.arg(lo)} AND {col} < {q.arg(hi)}"
+        case "ne":
+            return f"NOT ({col} >= {q.arg(lo)} AND {col} < {q.arg(hi)})"
+        case "gt" | "sa":
+            return f"{col} > {q.arg(value)}"
+        case "lt" | "eb":
+            return f"{col} < {q.arg(value)}"
+        case "ge":
+            return f"{col} >= {q.arg(value)}"
+        case "le":
+            return f"{col} <= {q.arg(value)}"
+        case _:  # ap: within 10 %
+            d = abs(value) * 0.1
+            return f"{col} BETWEEN {q.arg(value - d)} AND {q.arg(value + d)}"
+
+
+def _number_cond(q: _Sql, value: str) -> str:
+    prefix, rest = split_prefix(value)
+    v, lo, hi = parse_number(rest)
+    return _value_cond(q, "value", prefix, v, lo, hi)
+
+
+def _quantity_cond(q: _Sql, value: str) -> str:
+    qv = parse_quantity(value)
+    v, lo, hi = parse_number(qv.number)
+    if qv.code is None:
+        cond = _value_cond(q, "value", qv.prefix, v, lo, hi)
+        return cond if qv.system is None else f"system = {q.arg(qv.system)} AND {cond}"
+    forms: list[str] = []
+    plain = canonical(1.0, qv.code)
+    if plain is None:
+        # Not UCUM: compare in the unit as written.
+        cond = _value_cond(q, "value", qv.prefix, v, lo, hi)
+        sys = f" AND system = {q.arg(qv.system)}" if qv.system else ""
+        return f"(code = {q.arg(qv.code)} OR unit = {q.arg(qv.code)}){sys} AND {cond}"
+    forms.append(_canon_form(q, qv, v, lo, hi, None) + " AND (analyte IS NULL OR canon_unit = " + q.arg(plain[1]) + ")")
+    if "mol" in plain[1]:
+        for analyte in _molar_analytes():
+            forms.append(f"analyte = {q.arg(analyte)} AND " + _canon_form(q, qv, v, lo, hi, analyte))
+    return "(" + " OR ".join(f"({f})" for f in forms) + ")"
+
+
+def _canon_form(q: _Sql, qv: Any, v: float, lo: float, hi: float, analyte: str | None) -> str:
+    cv = canonical(v, qv.code, analyte=analyte)
+    clo = canonical(lo, qv.code, analyte=analyte)
+    chi = canonical(hi, qv.code, analyte=analyte)
+    assert cv and clo and chi
+    return f"canon_unit = {q.arg(cv[1])} AND " + _value_cond(q, "canon_value", qv.prefix, cv[0], clo[0], chi[0])
+
+
+@cache
+def _molar_analytes() -> list[str]:
+    """Analyte keys (as the index stores them) whose molar amounts convert to mass."""
+    return [a for a in analyte_keys() if molar_mass_g_per_mol(a)]
+
+
+def _valueset_codes(store: Store, url: str) -> list[tuple[str, str]]:
+    """Codes of a stored ValueSet (by url or id): its expansion, or its compose.include concepts."""
+    row = store.cursor().execute(
+        "SELECT json FROM resources WHERE resource_type = 'ValueSet' AND (json ->> 'url' = ? OR id = ?) LIMIT 1",
+        [url, url.rsplit("/", 1)[-1]],
+    ).fetchone()
+    if row is None:
+        raise SearchError(f"ValueSet {url!r} is not known to this server", param=":in")
+    vs = orjson.loads(row[0])
+    codes = [(c.get("system"), c.get("code")) for c in (vs.get("expansion") or {}).get("contains", [])]
+    for inc in (vs.get("compose") or {}).get("include", []):
+        codes += [(inc.get("system"), c.get("code")) for c in inc.get("concept", [])]
+    return [(s, c) for s, c in codes if s and c]
+
+
+# ---- the builder -----------------------------------------------------------------------------------
+class _Builder:
+    """Turns (name, value) filters of one resource type into a SQL set of ids."""
+
+    def __init__(self, store: Store, strict: bool) -> None:
+        self.store = store
+        self.strict = strict
+        self.q = _Sql()
+        self.ignored: list[str] = []
+
+    def param(self, rtype: str, code: str) -> SearchParam:
+        p = params_for(rtype).get(code)
+        if p is None:
+            raise SearchError(f"unknown search parameter {code!r} for {rtype}", param=code)
+        return p
+
+    def filter(self, rtype: str, name: str, value: str) -> str | None:
+        """SQL condition on ``id`` for one search parameter occurrence, or None when ignored."""
+        try:
+            return self._filter(rtype, name, value)
+        except SearchError as exc:
+            if self.strict or exc.status != 400 or exc.param is None or not str(exc).startswith("unknown"):
+                raise
+            self.ignored.append(name)
+            return None
+        except ValueError as exc:
+            raise SearchError(f"{name}: {exc}", param=name) from None
+
+    def _filter(self, rtype: str, name: str, value: str) -> str:
+        q = self.q
+        if name.startswith("_has:"):
+            return self._has(rtype, name, value)
+        head, _, chain = name.partition(".")
+        code, _, modifier = head.partition(":")
+        if code == "_id":
+            ids = split_or(value)
+            return f"id IN ({', '.join(q.arg(i) for i in ids)})"
+        if code == "_lastUpdated":
+            return "(" + " OR ".join(
+                f"id IN (SELECT id FROM resources WHERE resource_type = {q.arg(rtype)} AND "
+                + _date_cond(q, v, "last_updated", "(last_updated + INTERVAL 1 MICROSECOND)")
+                + ")"
+                for v in split_or(value)
+            ) + ")"
+        if code in ("_text", "_content"):
+            path = "json ->> '$.text.div'" if code == "_text" else "json::VARCHAR"
+            return (
+                f"id IN (SELECT id FROM resources WHERE resource_type = {q.arg(rtype)} AND "
+                f"{path} ILIKE {q.arg('%' + _like_escape(value) + '%')} ESCAPE '\\')"
             )
-            args.extend([code, system])
-    return "(" + " OR ".join(ors) + ")"
+        p = self.param(rtype, code)
+        if chain:
+            return self._chain(rtype, p, modifier, chain, value)
+        if modifier == "missing":
+            present = _ids_where(q, _INDEX_OF.get(p.type, "idx_token"), rtype, code, None)
+            if value not in ("true", "false"):
+                raise SearchError(f"{name} must be true or false", param=name)
+            return f"id {'NOT ' if value == 'true' else ''}IN ({present})"
+        if p.type == "composite":
+            return self._composite(rtype, p, value)
+        table = _INDEX_OF.get(p.type)
+        if table is None:
+            raise SearchError(f"search parameter {code!r} of type {p.type} is not supported", param=code)
+        negate = modifier in ("not", "not-in")
+        if modifier and not self._modifier_ok(p.type, modifier, p):
+            raise SearchError(f"modifier :{modifier} is not supported on {p.type} parameter {code!r}", param=name)
+        ors = [self._cond(rtype, p, modifier, v) for v in split_or(value)]
+        inner = " OR ".join(f"({c})" for c in ors)
+        sub = _ids_where(q, table, rtype, code, inner)
+        return f"id {'NOT ' if negate else ''}IN ({sub})"
+
+    @staticmethod
+    def _modifier_ok(ptype: str, modifier: str, p: SearchParam) -> bool:
+        allowed = {
+            "token": {"not", "text", "in", "not-in"},
+            "string": {"exact", "contains"},
+            "uri": {"below", "above"},
+            "reference": {"identifier", *p.targets},
+        }
+        return modifier in allowed.get(ptype, set())
+
+    def _cond(self, rtype: str, p: SearchParam, modifier: str | None, value: str) -> str:
+        q = self.q
+        match p.type:
+            case "token":
+                return _token_cond(q, value, modifier if modifier != "not" else None, self.store)
+            case "string":
+                return _string_cond(q, value, modifier)
+            case "uri":
+                return _uri_cond(q, value, modifier)
+            case "date":
+                return _date_cond(q, value)
+            case "number":
+                return _number_cond(q, value)
+            case "quantity":
+                return _quantity_cond(q, value)
+            case "reference":
+                return self._reference_cond(p, modifier, value)
+        raise SearchError(f"unsupported parameter type {p.type}", param=p.code)
+
+    def _reference_cond(self, p: SearchParam, modifier: str | None, value: str) -> str:
+        q = self.q
+        if modifier == "identifier":
+            system, code, has_bar = split_token(value)
+            cond = f"ident_value = {q.arg(code)}"
+            return cond + (f" AND ident_system = {q.arg(system)}" if has_bar and system else "")
+        target_type = modifier if modifier in R4_RESOURCE_TYPES else None
+        ref = value.rstrip("/")
+        parts = ref.split("/")
+        if "/_history/" in ref:
+            parts = ref.split("/_history/")[0].split("/")
+        if len(parts) >= 2 and parts[-2] in R4_RESOURCE_TYPES:
+            target_type, rid = parts[-2], parts[-1]
+        elif ref.startswith(("http:", "https:", "urn:")):
+            return f"url = {q.arg(ref)}"
+        else:
+            rid = ref
+        cond = f"ref_id = {q.arg(rid)}"
+        return cond + (f" AND ref_type = {q.arg(target_type)}" if target_type else "")
+
+    def _chain(self, rtype: str, p: SearchParam, modifier: str, chain: str, value: str) -> str:
+        if p.type != "reference":
+            raise SearchError(f"{p.code} is not a reference: it cannot be chained", param=p.code)
+        targets = [modifier] if modifier else list(p.targets)
+        if not targets:
+            raise SearchError(f"chain on {p.code} needs a target type ({p.code}:Type.param)", param=p.code)
+        q = self.q
+        ors = []
+        for target in targets:
+            if target not in R4_RESOURCE_TYPES:
+                raise SearchError(f"unknown resource type {target!r} in chain", param=p.code)
+            nested_code = chain.split(".", 1)[0].split(":", 1)[0]
+            if nested_code not in params_for(target) and nested_code not in ("_id",):
+                if len(targets) > 1:
+                    continue
+                raise SearchError(f"unknown search parameter {nested_code!r} for {target}", param=chain)
+            inner = self.filter(target, chain, value)
+            if inner is None:
+                continue
+            ors.append(
+                f"(ref_type = {q.arg(target)} AND ref_id IN (SELECT id FROM resources WHERE resource_type = "
+                f"{q.arg(target)} AND {inner}))"
+            )
+        if not ors:
+            return "false"
+        return "id IN (" + _ids_where(q, "idx_reference", rtype, p.code, " OR ".join(ors)) + ")"
+
+    def _has(self, rtype: str, name: str, value: str) -> str:
+        # _has:Observation:patient:code=... (nested _has allowed in the tail)
+        parts = name.split(":", 3)
+        if len(parts) < 4:
+            raise SearchError(f"malformed {name!r}: expected _has:Type:reference:param", param=name)
+        _, other, ref_param, rest = parts
+        if other not in R4_RESOURCE_TYPES:
+            raise SearchError(f"unknown resource type {other!r} in _has", param=name)
+        ref = self.param(other, ref_param)
+        if ref.type != "reference":
+            raise SearchError(f"{other}.{ref_param} is not a reference parameter", param=name)
+        inner = self.filter(other, rest, value)
+        q = self.q
+        refs = (
+            f"SELECT ref_id FROM idx_reference WHERE rt = {q.arg(other)} AND param = {q.arg(ref_param)} AND "
+            f"ref_type = {q.arg(rtype)} AND id IN (SELECT id FROM resources WHERE resource_type = {q.arg(other)}"
+            + (f" AND {inner}" if inner else "")
+            + ")"
+        )
+        return f"id IN ({refs})"
+
+    def _composite(self, rtype: str, p: SearchParam, value: str) -> str:
+        """Composite search: every component must match (on the same resource; see docs/search.md)."""
+        ors = []
+        for alt in split_or(value):
+            values = alt.split("$")
+            if len(values) != len(p.components):
+                raise SearchError(f"{p.code} expects {len(p.components)} values joined by $", param=p.code)
+            conds = []
+            for (comp_code, _, _), comp_value in zip(p.components, values, strict=True):
+                code = _composite_component_param(rtype, p.code, comp_code)
+                conds.append(self._filter(rtype, code, comp_value))
+            ors.append(" AND ".join(f"({c})" for c in conds))
+        return "(" + " OR ".join(ors) + ")"
+
+
+def _composite_component_param(rtype: str, composite: str, component: str) -> str:
+    """The plain parameter that indexes one component of a composite (e.g. combo-code for combo-…)."""
+    prefix = composite.rsplit("-", 2)[0] if composite.startswith(("combo-", "component-")) else ""
+    candidates = [f"{prefix}-{component}" if prefix else component, component]
+    if composite.startswith(("combo-", "component-")) and component in ("code", "value-quantity", "value-concept"):
+        head = composite.split("-", 1)[0]
+        candidates.insert(0, f"{head}-{component}")
+    for c in candidates:
+        if c in params_for(rtype):
+            return c
+    return component
+
+
+# ---- sort, include, run ----------------------------------------------------------------------------
+_SORT_COLUMN = {
+    "token": "code", "string": "value", "uri": "value", "number": "value", "quantity": "canon_value",
+    "reference": "url",
+}
+
+
+def _order_by(b: _Builder, rtype: str, sort: str) -> tuple[str, str]:
+    """(joins, ORDER BY list) for a ``_sort`` value."""
+    joins, keys = [], []
+    for n, key in enumerate(k for k in sort.split(",") if k):
+        desc = key.startswith("-")
+        code = key.lstrip("-")
+        direction = "DESC" if desc else "ASC"
+        if code == "_id":
+            keys.append(f"r.id {direction}")
+            continue
+        if code == "_lastUpdated":
+            keys.append(f"r.last_updated {direction}")
+            continue
+        p = b.param(rtype, code)
+        table = _INDEX_OF.get(p.type)
+        if table is None:
+            raise SearchError(f"cannot sort by {p.type} parameter {code!r}", param="_sort")
+        col = ("hi" if desc else "lo") if p.type == "date" else _SORT_COLUMN[p.type]
+        agg = "max" if desc else "min"
+        alias = f"s{n}"
+        joins.append(
+            f"LEFT JOIN (SELECT id, {agg}({col}) AS k FROM {table} WHERE rt = {b.q.arg(rtype)} AND "
+            f"param = {b.q.arg(code)} GROUP BY id) {alias} ON {alias}.id = r.id"
+        )
+        keys.append(f"{alias}.k {direction} NULLS LAST")
+    return " ".join(joins), ", ".join(keys)
+
+
+def _includes(store: Store, keys: list[tuple[str, str]], specs: list[str], reverse: bool) -> tuple[set, bool]:
+    """Keys that ``_include``/``_revinclude`` specs add for the given page; (keys, capped)."""
+    found: set[tuple[str, str]] = set()
+    if not keys or not specs:
+        return found, False
+    cur = store.cursor()
+    for spec in specs:
+        parts = spec.split(":")
+        if len(parts) < 2:
+            raise SearchError(f"malformed include {spec!r}: expected Type:param[:Target]", param="_include")
+        src, param, target = parts[0], parts[1], parts[2] if len(parts) > 2 else None
+        if src not in R4_RESOURCE_TYPES and src != "*":
+            raise SearchError(f"unknown resource type {src!r} in include", param="_include")
+        args: list[Any] = []
+        if reverse:
+            wanted = [k for k in keys if target is None or k[0] == target]
+            if not wanted:
+                continue
+            pairs = " OR ".join("(ref_type = ? AND ref_id = ?)" for _ in wanted)
+            for t, i in wanted:
+                args += [t, i]
+            param_cond = "" if param == "*" else " AND param = ?"
+            sql = f"SELECT rt, id FROM idx_reference WHERE rt = ?{param_cond} AND ({pairs}) LIMIT {MAX_INCLUDES + 1}"
+            rows = cur.execute(sql, [src, *([param] if param != "*" else []), *args]).fetchall()
+        else:
+            ids = [i for t, i in keys if t == src or src == "*"]
+            if not ids:
+                continue
+            param_cond = "" if param == "*" else " AND param = ?"
+            target_cond = " AND ref_type = ?" if target else ""
+            sql = (
+                f"SELECT ref_type, ref_id FROM idx_reference WHERE rt = ?{param_cond}{target_cond} AND ref_id IS NOT NULL "
+                f"AND ref_type <> '' AND id IN ({','.join('?' * len(ids))}) LIMIT {MAX_INCLUDES + 1}"
+            )
+            params = [keys[0][0] if src == "*" else src]
+            rows = cur.execute(
+                sql, [*params, *([param] if param != "*" else []), *([target] if target else []), *ids]
+            ).fetchall()
+        found.update((t, i) for t, i in rows)
+        if len(found) > MAX_INCLUDES:
+            return set(list(found)[:MAX_INCLUDES]), True
+    return found, False
 
 
 def search(store: Store, req: SearchRequest) -> SearchResult:
-    """Run a search: patient/subject references and code tokens, AND across parameters, OR within."""
-    where = ["resource_type = ?"]
-    args: list[object] = [req.resource_type]
-    ignored: list[str] = []
+    """Run a type-level search and return one page of keys, the total and the included keys."""
+    rtype = req.resource_type
+    b = _Builder(store, req.strict)
+    conds: list[str] = []
+    sort = ""
+    includes: list[str] = []
+    revincludes: list[str] = []
+    iterate = False
+    total_mode = "accurate"
+    summary_count = False
+    count, offset = req.count, req.offset
     for name, value in req.params:
-        if name in ("patient", "subject"):
-            targets = [_reference_target(v) for v in value.split(",")]
-            where.append("patient_id IN (" + ",".join("?" * len(targets)) + ")")
-            args.extend(targets)
-        elif name == "code":
-            where.append(_token_clause(value, args))
-        elif name == "_id":
-            ids = value.split(",")
-            where.append("id IN (" + ",".join("?" * len(ids)) + ")")
-            args.extend(ids)
+        if name == "_sort":
+            sort = value
+        elif name.startswith("_include"):
+            includes.append(value)
+            iterate = iterate or name.endswith(":iterate")
+        elif name.startswith("_revinclude"):
+            revincludes.append(value)
+            iterate = iterate or name.endswith(":iterate")
+        elif name == "_total":
+            if value not in ("none", "estimate", "accurate"):
+                raise SearchError("_total must be none, estimate or accurate", param="_total")
+            total_mode = value
+        elif name == "_summary":
+            summary_count = value == "count"
+        elif name == "_count":
+            count = _nonneg_int(value, "_count")
+        elif name == "_offset":
+            offset = _nonneg_int(value, "_offset")
+        elif name in CONTROL_PARAMS:
+            continue
         else:
-            ignored.append(name)
-    clause = " AND ".join(where)
+            cond = b.filter(rtype, name, value)
+            if cond is not None:
+                conds.append(cond)
+    # Conditions name the bare column ``id``: in this query that is resources.id.
+    if rtype not in R4_RESOURCE_TYPES:
+        raise SearchError(f"unknown resource type {rtype!r}", status=404)
+    where = " AND ".join([f"resource_type = {sql_string(rtype)}", *(f"({c})" for c in conds)])
+    matches = f"(SELECT id, last_updated FROM resources WHERE {where})"
     cur = store.cursor()
-    total = cur.execute(f"SELECT count(*) FROM resources WHERE {clause}", args).fetchone()[0]
-    rows = cur.execute(
-        f"SELECT resource_type, id FROM resources WHERE {clause} ORDER BY last_updated, id LIMIT ? OFFSET ?",
-        [*args, req.count, req.offset],
-    ).fetchall()
-    return SearchResult(total=total, keys=[(t, i) for t, i in rows], ignored=ignored)
+    total = None
+    if total_mode != "none" or summary_count:
+        total = cur.execute(f"SELECT count(*) FROM {matches}").fetchone()[0]
+    if summary_count:
+        return SearchResult(total=total, keys=[], ignored=b.ignored, summary_count=True)
+    joins, order = _order_by(b, rtype, sort) if sort else ("", "")
+    order_sql = ", ".join(x for x in (order, "r.last_updated ASC", "r.id ASC") if x)
+    sql = f"SELECT r.id FROM {matches} r {joins} ORDER BY {order_sql} LIMIT {int(count)} OFFSET {int(offset)}"
+    rows = cur.execute(sql).fetchall()
+    keys = [(rtype, r[0]) for r in rows]
+    included: set[tuple[str, str]] = set()
+    warnings: list[str] = []
+    frontier = keys
+    for _ in range(3 if iterate else 1):
+        inc, capped_i = _includes(store, frontier, includes, reverse=False)
+        rev, capped_r = _includes(store, frontier, revincludes, reverse=True)
+        new = (inc | rev) - included - set(keys)
+        if capped_i or capped_r:
+            warnings.append(f"_include/_revinclude stopped at {MAX_INCLUDES} resources")
+        included |= new
+        frontier = sorted(new)
+        if not new:
+            break
+    return SearchResult(
+        total=total, keys=keys, included=sorted(included), ignored=b.ignored, warnings=warnings
+    )
+
+
+def _nonneg_int(value: str, name: str) -> int:
+    try:
+        out = int(value)
+    except ValueError:
+        raise SearchError(f"{name} must be an integer, got {value!r}", param=name) from None
+    if out < 0:
+        raise SearchError(f"{name} must not be negative", param=name)
+    return out

@@ -23,6 +23,7 @@ import duckdb
 import orjson
 import pyarrow as pa
 
+from store import search_index
 from store.compartment import patients_of
 from store.ids import FHIR_ID, assign_id, content_hash, stable_id
 from store.schema import ensure_schema
@@ -86,12 +87,12 @@ class Store:
         self._con = duckdb.connect(self.path, read_only=read_only)
         if not read_only:
             ensure_schema(self._con)
+            search_index.install(self._con)
         self._con.execute("SET TimeZone = 'UTC'")
         self._write_lock = threading.RLock()
         self._last_ts = datetime.min.replace(tzinfo=UTC)
         self._current: dict[tuple[str, str], Current] = {}
         self._listeners: list[Any] = []
-        self._index_hooks: list[Any] = []
         self._load_current()
 
     # -- lifecycle -------------------------------------------------------
@@ -118,10 +119,6 @@ class Store:
     def cursor(self) -> duckdb.DuckDBPyConnection:
         """A connection for read queries from any thread (DuckDB MVCC snapshot per query)."""
         return self._con.cursor()
-
-    def add_index_hook(self, hook: Any) -> None:
-        """Register ``hook(con, staged_table)`` run inside every write transaction (search index)."""
-        self._index_hooks.append(hook)
 
     def on_commit(self, listener: Any) -> None:
         """Register ``listener(results)`` called after every committed write batch."""
@@ -337,8 +334,9 @@ class Store:
                     "INSERT INTO resources_current SELECT resource_type, id, version_id, last_updated, deleted, "
                     "patient_id, content_hash, json::JSON FROM _staged"
                 )
-                for hook in self._index_hooks:
-                    hook(con, "_staged")
+                search_index.index_batch(
+                    con, "_staged", {rtype for rtype, _ in staged}, any(key in self._current for key in staged)
+                )
             finally:
                 con.unregister("_staged")
         for ((rtype, rid), (_, chash, version)), blob in zip(staged.items(), blobs, strict=True):
