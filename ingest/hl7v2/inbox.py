@@ -226,7 +226,7 @@ class Inbox:
             return out
         rows = con.execute(
             "SELECT msg_key, content_hash, inbox_id, status, commit_ack, ack FROM hl7_inbox "
-            "WHERE msg_key IN (SELECT unnest(?::VARCHAR[])) ORDER BY inbox_id",
+            "WHERE msg_key = ANY(?::VARCHAR[]) ORDER BY inbox_id",
             [keys],
         ).fetchall()
         for key, chash, rid, status, commit_ack, ack in rows:

@@ -22,6 +22,8 @@ from ingest.hl7v2.ack import build_ack
 from ingest.hl7v2.er7 import Message, parse_segments, split_segments
 from ingest.hl7v2.errors import ErrorCode, HL7Error
 from ingest.hl7v2.inbox import Inbox, error_issue
+from ingest.hl7v2.structure import group_message, structure_of
+from mapping.v2 import map_grouped
 from store.store import Store, StoreError
 
 
@@ -36,11 +38,16 @@ class MapResult(Protocol):
 Mapper = Callable[[Message], MapResult]
 
 
-def default_mapper() -> Mapper:
-    """The project's HL7 v2 → FHIR mapper (``mapping.v2.map_message``)."""
-    from mapping.v2 import map_message
+def map_v2(msg: Message) -> MapResult:
+    """The project's HL7 v2 → FHIR mapper: group by message structure, then ``mapping.v2.map_grouped``."""
+    structure = structure_of(msg)
+    root = group_message(msg, structure=structure)
+    return map_grouped(msg, root, structure, event=f"{msg.message_type}^{msg.trigger_event}")
 
-    return map_message
+
+def default_mapper() -> Mapper:
+    """The mapper used when the caller names none."""
+    return map_v2
 
 
 @dataclass(slots=True)

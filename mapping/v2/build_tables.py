@@ -77,6 +77,8 @@ def _columns(header1: list[str], header2: list[str]) -> dict[str, int]:
             role = "fsystem"
         if role and role not in cols:
             cols[role] = i
+    if "id" not in cols and "path" in cols:  # some sheets leave the v2 headers blank
+        cols.update({"id": 1, "v2type": 3, "v2max": 5})
     return cols
 
 
@@ -97,7 +99,7 @@ def _cell(row: list[str], cols: dict[str, int], role: str) -> str:
 
 _TOKEN = re.compile(
     r'\s*(?:(?P<str>"[^"]*")|(?P<lp>\()|(?P<rp>\))|(?P<comma>,)|(?P<num>\d+(?:\.\d+)?(?![-.\w]))'
-    r"|(?P<word>[A-Za-z0-9_.\-$]+))"
+    r"|(?P<op>!=|=)|(?P<word>[A-Za-z0-9_.\-$]+))"
 )
 
 
@@ -115,6 +117,9 @@ def _tokens(text: str) -> list[tuple[str, str]]:
             raise _Unsupported(text)
         pos = m.end()
         kind = m.lastgroup or ""
+        if kind == "op":  # OBX-2="ED" is written both ways in the IG
+            out.extend([("word", "NOT"), ("word", "EQUALS")] if m.group(kind) == "!=" else [("word", "EQUALS")])
+            continue
         out.append((kind, m.group(kind)))
     return out
 
@@ -238,6 +243,8 @@ def parse_condition(text: str, *, datatype: bool) -> Any:
 
 
 def _seg_ref(word: str) -> list[Any] | None:
+    if re.fullmatch(r"[A-Z][A-Z0-9]{2}", word):
+        return [word, 0, 0, 0]  # the segment itself: rows that apply whenever it is present
     m = _REF.match(word)
     if not m:
         return None

@@ -13,6 +13,7 @@ Segments are consumed through a small protocol (``id``, ``reps``, ``get``,
 
 from __future__ import annotations
 
+import base64
 import hashlib
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -22,6 +23,7 @@ from mapping.v2 import values
 from mapping.v2.tables import config, datatype_maps, required_children, segment_maps, vocabularies
 
 NULL = '""'
+TEXT_TYPES = frozenset({"ST", "TX", "FT", "varies"})
 QUANTITY_TYPES = frozenset({"Quantity", "SimpleQuantity", "Duration", "Age", "Distance", "Count", "MoneyQuantity"})
 
 
@@ -297,6 +299,8 @@ def builtin(
     if fhir_type == "time":
         digits = "".join(ch for ch in text if ch.isdigit())[:6].ljust(6, "0")
         return f"{digits[:2]}:{digits[2:4]}:{digits[4:6]}"
+    if fhir_type == "base64Binary" and v2type in TEXT_TYPES:
+        return base64.b64encode(text.encode()).decode("ascii")
     if fhir_type in ("id", "oid", "uuid", "url", "canonical", "base64Binary"):
         return text
     if fhir_type == "CodeableConcept":
@@ -384,8 +388,12 @@ def apply_datatype(mapname: str, raw: str, level: int, d: DelimitersLike, ctx: C
 
 
 def apply_segment(mapname: str, seg: SegmentLike, node: dict[str, Any], ctx: Context,
-                  others: Callable[[str], SegmentLike | None]) -> None:
-    """Apply a segment map (``OBX[Observation]``) to a resource under construction."""
+                  others: Callable[[str], SegmentLike | None], rep_base: int = 0) -> None:
+    """Apply a segment map (``OBX[Observation]``) to a resource under construction.
+
+    ``rep_base`` separates the list elements of several segments feeding one resource
+    (each AIP of an SIU adds its own Appointment.participant).
+    """
     rules = segment_maps().get(mapname)
     if rules is None:
         ctx.notes.append(f"no segment map {mapname}")
@@ -412,7 +420,7 @@ def apply_segment(mapname: str, seg: SegmentLike, node: dict[str, Any], ctx: Con
             value = convert(rule, rep, level, d, ctx)
             if value is None:
                 continue
-            _place(node, rule, value, i)
+            _place(node, rule, value, rep_base + i)
 
 
 def prune(body: dict[str, Any], path: str) -> None:

@@ -80,6 +80,7 @@ class _Instance:
     chain: tuple[Any, ...]
     id: str | None = None
     alias: _Instance | None = None
+    merges: int = 0
 
     def root(self) -> _Instance:
         inst = self
@@ -183,21 +184,35 @@ class _Mapper:
                     continue
                 if row["cond"] is not None and not eval_cond(row["cond"], lookup, count):
                     continue
-                inst = self._instance(row, seg, chain)
-                apply_segment(row["map"], seg, inst.node, self.ctx, self.first_seg.get)
+                inst, rep_base = self._instance(row, seg, chain)
+                apply_segment(row["map"], seg, inst.node, self.ctx, self.first_seg.get, rep_base)
                 for ref in row["refs"]:
                     self.refs.append((inst, ref))
 
-    def _instance(self, row: dict[str, Any], seg: SegmentLike, chain: tuple[Any, ...]) -> _Instance:
+    def _instance(self, row: dict[str, Any], seg: SegmentLike, chain: tuple[Any, ...]) -> tuple[_Instance, int]:
+        """The instance this row fills, and the list offset for its repeated elements.
+
+        Same scope, other segment (ORC then OBR): fill the same resource. An enclosing
+        scope already holding the key from another segment (TXA then each OBX of an
+        MDM, SCH then each AIP of an SIU): add to that resource, each segment in its
+        own list elements. Otherwise: a new resource for this scope.
+        """
         scope = _scope(chain, self.root)
         k = (row["key"], id(scope))
         inst = self.by_scope.get(k)
         if inst is not None and (inst.creator.id != seg.id or inst.creator is seg):
-            return inst
+            return inst, 0
+        for outer in reversed((self.root, *chain)):
+            if outer is scope:
+                continue
+            found = self.by_scope.get((row["key"], id(outer)))
+            if found is not None and found.creator.id != seg.id and outer in (self.root, *found.chain):
+                found.merges += 1
+                return found, found.merges * 1000
         inst = _Instance(row["key"], row["type"], {}, seg, chain)
         self.by_scope[k] = inst
         self.instances.append(inst)
-        return inst
+        return inst, 0
 
     def _find(self, key: str, near: _Instance) -> _Instance | None:
         if key == near.key:
@@ -311,6 +326,7 @@ class _Mapper:
             if inst.alias is not None:
                 continue
             body = finalize(inst.node, self.resolve) or {}
+            _element_defaults(body, inst.type, cfg["element_defaults"])
             prune(body, inst.type)
             for k, v in cfg["defaults"].get(inst.type, {}).items():
                 body.setdefault(k, v)
@@ -321,6 +337,17 @@ class _Mapper:
             out.append({"resourceType": inst.type, "id": inst.id, **body})
         out.extend(self.created.values())
         return out
+
+
+def _element_defaults(body: dict[str, Any], rtype: str, defaults: dict[str, dict[str, Any]]) -> None:
+    for path, values_ in defaults.items():
+        head, _, element = path.partition(".")
+        if head != rtype or element not in body:
+            continue
+        items = body[element] if isinstance(body[element], list) else [body[element]]
+        for item in items:
+            for k, v in values_.items():
+                item.setdefault(k, v)
 
 
 def _segments_in(group: Any) -> Iterator[SegmentLike]:
