@@ -1,0 +1,185 @@
+"""FHIR search over the index, checked against answers computed directly from the source JSON."""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+import pytest
+
+from store.search import SearchError, SearchRequest, search
+from store.store import Store
+
+PID = "0e61c3ad-d11e-4080-a6aa-cac89cae4e37"
+
+
+def ids(store: Store, rtype: str, params: list[tuple[str, str]], count: int = 10_000, **kw) -> set[str]:
+    res = search(store, SearchRequest(rtype, params, count=count, **kw))
+    return {i for _, i in res.keys}
+
+
+def codes(res: dict) -> set[str]:
+    return {c.get("code") for c in res.get("code", {}).get("coding", [])}
+
+
+def of_type(resources: list[dict], rtype: str) -> list[dict]:
+    return [r for r in resources if r["resourceType"] == rtype]
+
+
+def test_reference_and_token(synthea_store: Store, synthea_resources: list[dict]) -> None:
+    expected = {
+        o["id"] for o in of_type(synthea_resources, "Observation")
+        if o["subject"]["reference"] == f"Patient/{PID}" and "4548-4" in codes(o)
+    }
+    assert len(expected) == 18
+    assert ids(synthea_store, "Observation", [("subject", f"Patient/{PID}"), ("code", "http://loinc.org|4548-4")]) == expected
+    assert ids(synthea_store, "Observation", [("patient", PID), ("code", "4548-4")]) == expected
+    assert ids(synthea_store, "Observation", [("subject:Patient", PID), ("code", "http://snomed.info/sct|4548-4")]) == set()
+
+
+def test_or_list_and_and_repeat(synthea_store: Store, synthea_resources: list[dict]) -> None:
+    obs = of_type(synthea_resources, "Observation")
+    either = {o["id"] for o in obs if codes(o) & {"4548-4", "2339-0"}}
+    assert ids(synthea_store, "Observation", [("code", "4548-4,2339-0")]) == either
+    assert ids(synthea_store, "Observation", [("code", "4548-4"), ("code", "2339-0")]) == set()
+
+
+def test_date_prefixes_follow_ranges(synthea_store: Store, synthea_resources: list[dict]) -> None:
+    obs = [o for o in of_type(synthea_resources, "Observation") if "4548-4" in codes(o)]
+    year = lambda o: int(o["effectiveDateTime"][:4])  # noqa: E731
+    assert ids(synthea_store, "Observation", [("code", "4548-4"), ("date", "ge2015")]) == {
+        o["id"] for o in obs if year(o) >= 2015
+    }
+    assert ids(synthea_store, "Observation", [("code", "4548-4"), ("date", "lt2015")]) == {
+        o["id"] for o in obs if year(o) < 2015
+    }
+    assert ids(synthea_store, "Observation", [("code", "4548-4"), ("date", "2015")]) == {
+        o["id"] for o in obs if year(o) == 2015
+    }
+    month = "2016-03"
+    assert ids(synthea_store, "Observation", [("code", "4548-4"), ("date", month)]) == {
+        o["id"] for o in obs if o["effectiveDateTime"].startswith(month)
+    }
+
+
+def test_encounter_period_overlap_and_containment(synthea_store: Store, synthea_resources: list[dict]) -> None:
+    enc = of_type(synthea_resources, "Encounter")
+    day = "2015-03-10"
+    expected = {e["id"] for e in enc if e["period"]["start"][:10] == day and e["period"]["end"][:10] == day}
+    assert ids(synthea_store, "Encounter", [("date", day)]) == expected
+
+
+def test_quantity_with_unit_conversion(synthea_store: Store, synthea_resources: list[dict]) -> None:
+    glucose = [o for o in of_type(synthea_resources, "Observation") if "2339-0" in codes(o)]
+    assert all(o["valueQuantity"]["code"] == "mg/dL" for o in glucose)
+    # 5.5 mmol/L with its precision is [5.45, 5.55) mmol/L = [98.19, 99.99) mg/dL for glucose.
+    lo, hi = 5.45 * 18.016, 5.55 * 18.016
+    expected = {o["id"] for o in glucose if lo <= o["valueQuantity"]["value"] < hi}
+    assert expected
+    got = ids(synthea_store, "Observation", [("code", "2339-0"), ("value-quantity", "5.5|http://unitsofmeasure.org|mmol/L")])
+    assert got == expected
+    gt = {o["id"] for o in glucose if o["valueQuantity"]["value"] > 100}
+    assert ids(synthea_store, "Observation", [("code", "2339-0"), ("value-quantity", "gt100|http://unitsofmeasure.org|mg/dL")]) == gt
+    assert ids(synthea_store, "Observation", [("code", "2339-0"), ("value-quantity", "gt0.1|http://unitsofmeasure.org|g/dL")]) == gt
+
+
+def test_string_modifiers(synthea_store: Store, synthea_resources: list[dict]) -> None:
+    patients = of_type(synthea_resources, "Patient")
+    fam = patients[0]["name"][0]["family"]
+    assert ids(synthea_store, "Patient", [("family:exact", fam)]) == {
+        p["id"] for p in patients if any(n.get("family") == fam for n in p["name"])
+    }
+    assert ids(synthea_store, "Patient", [("family", fam[:3].upper())]) == {
+        p["id"] for p in patients if any(n.get("family", "").lower().startswith(fam[:3].lower()) for n in p["name"])
+    }
+    assert ids(synthea_store, "Patient", [("family:contains", fam[1:4].lower())]) == {
+        p["id"] for p in patients if any(fam[1:4].lower() in n.get("family", "").lower() for n in p["name"])
+    }
+
+
+def test_chaining_and_reverse_chaining(synthea_store: Store, synthea_resources: list[dict]) -> None:
+    patients = {p["id"]: p for p in of_type(synthea_resources, "Patient")}
+    female = {pid for pid, p in patients.items() if p["gender"] == "female"}
+    hba1c = [o for o in of_type(synthea_resources, "Observation") if "4548-4" in codes(o)]
+    expected = {o["id"] for o in hba1c if o["subject"]["reference"].split("/")[1] in female}
+    assert ids(synthea_store, "Observation", [("code", "4548-4"), ("subject:Patient.gender", "female")]) == expected
+    assert ids(synthea_store, "Observation", [("code", "4548-4"), ("patient.gender", "female")]) == expected
+    with_cond = {
+        c["subject"]["reference"].split("/")[1] for c in of_type(synthea_resources, "Condition")
+        if any(cd["code"] == "44054006" for cd in c["code"]["coding"])
+    }
+    assert with_cond
+    assert ids(synthea_store, "Patient", [("_has:Condition:patient:code", "44054006")]) == with_cond
+
+
+def test_token_modifiers_and_missing(synthea_store: Store, synthea_resources: list[dict]) -> None:
+    obs = of_type(synthea_resources, "Observation")
+    assert ids(synthea_store, "Observation", [("status:not", "final")]) == {o["id"] for o in obs if o["status"] != "final"}
+    text_hits = {o["id"] for o in obs if "glucose" in o["code"].get("text", "").lower()
+                 or any("glucose" in c.get("display", "").lower() for c in o["code"]["coding"])}
+    assert ids(synthea_store, "Observation", [("code:text", "Glucose")]) == text_hits
+    no_value = {o["id"] for o in obs if "valueQuantity" not in o and not any(
+        "valueQuantity" in c for c in o.get("component", []))}
+    assert ids(synthea_store, "Observation", [("combo-value-quantity:missing", "true")]) == no_value
+
+
+def test_sort_and_stable_paging(synthea_store: Store, synthea_resources: list[dict]) -> None:
+    obs = sorted(
+        (o for o in of_type(synthea_resources, "Observation") if o["subject"]["reference"] == f"Patient/{PID}"
+         and "4548-4" in codes(o)),
+        key=lambda o: o["effectiveDateTime"], reverse=True,
+    )
+    params = [("patient", PID), ("code", "4548-4"), ("_sort", "-date")]
+    pages = [search(synthea_store, SearchRequest("Observation", params, count=5, offset=k)) for k in (0, 5, 10, 15)]
+    got = [i for p in pages for _, i in p.keys]
+    assert got == [o["id"] for o in obs]
+    assert pages[0].total == 18
+    births = sorted(of_type(synthea_resources, "Patient"), key=lambda p: p["birthDate"])
+    first = search(synthea_store, SearchRequest("Patient", [("_sort", "birthdate")], count=3)).keys
+    assert [i for _, i in first] == [p["id"] for p in births[:3]]
+
+
+def test_include_and_revinclude(synthea_store: Store) -> None:
+    res = search(synthea_store, SearchRequest("Observation", [("patient", PID), ("code", "4548-4"),
+                                                               ("_include", "Observation:patient")], count=3))
+    assert res.included == [("Patient", PID)]
+    rev = search(synthea_store, SearchRequest("Patient", [("_id", PID), ("_revinclude", "Observation:subject")]))
+    assert rev.keys == [("Patient", PID)]
+    assert len(rev.included) == synthea_store.cursor().execute(
+        "SELECT count(*) FROM resources WHERE resource_type = 'Observation' AND patient_id = ?", [PID]
+    ).fetchone()[0]
+
+
+def test_total_modes_and_summary_count(synthea_store: Store) -> None:
+    assert search(synthea_store, SearchRequest("Patient", [("_total", "none")])).total is None
+    res = search(synthea_store, SearchRequest("Patient", [("_summary", "count")]))
+    assert res.summary_count and res.total == 37 and res.keys == []
+
+
+def test_unknown_parameters_strict_and_lenient(synthea_store: Store) -> None:
+    res = search(synthea_store, SearchRequest("Patient", [("shoe-size", "42")]))
+    assert res.ignored == ["shoe-size"] and res.total == 37
+    with pytest.raises(SearchError) as err:
+        search(synthea_store, SearchRequest("Patient", [("shoe-size", "42")], strict=True))
+    assert err.value.param == "shoe-size"
+
+
+@pytest.mark.parametrize(
+    ("params", "message"),
+    [
+        ([("birthdate", "not-a-date")], "invalid date"),
+        ([("value-quantity", "abc")], "invalid number"),
+        ([("family:below", "x")], "modifier"),
+        ([("_count", "-1")], "_count"),
+    ],
+)
+def test_bad_values_are_clear_errors(synthea_store: Store, params: list, message: str) -> None:
+    rtype = "Observation" if params[0][0] == "value-quantity" else "Patient"
+    with pytest.raises(SearchError) as err:
+        search(synthea_store, SearchRequest(rtype, params))
+    assert message in str(err.value)
+
+
+def test_last_updated(synthea_store: Store) -> None:
+    now = datetime.now().strftime("%Y")
+    assert len(ids(synthea_store, "Patient", [("_lastUpdated", f"ge{now}")])) == 37
+    assert ids(synthea_store, "Patient", [("_lastUpdated", "lt2000")]) == set()
