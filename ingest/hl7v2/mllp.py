@@ -12,6 +12,7 @@ reject naming MSH-10) and the rest is skipped until its end.
 
 from __future__ import annotations
 
+import asyncio
 from dataclasses import dataclass
 
 VT = b"\x0b"
@@ -125,3 +126,31 @@ class MLLPDecoder:
         self._buf = bytearray()
         self._in_frame = self._skipping = False
         self._head, self._skipped_bytes = b"", 0
+
+
+async def exchange(
+    host: str, port: int, payloads: list[bytes], *, acks_per_message: int = 1, window: int = 1
+) -> list[bytes]:
+    """Send messages on one connection and collect their ACK payloads (a minimal sender).
+
+    ``window`` is how many messages may await their ACKs at once: 1 is the classic
+    stop-and-wait sender, more is pipelining. Used by the benchmark and the tests.
+    """
+    reader, writer = await asyncio.open_connection(host, port)
+    decoder = MLLPDecoder()
+    acks: list[bytes] = []
+    expected = len(payloads) * acks_per_message
+    sent = 0
+    try:
+        while len(acks) < expected:
+            while sent < len(payloads) and sent - len(acks) // acks_per_message < window:
+                writer.write(encode_frame(payloads[sent]))
+                sent += 1
+            await writer.drain()
+            data = await reader.read(65536)
+            if not data:
+                break
+            acks.extend(f.payload for f in decoder.feed(data))
+    finally:
+        writer.close()
+    return acks
