@@ -1,116 +1,283 @@
-"""The FHIR R4 REST API at ``/fhir``, answering from the store."""
+"""The FHIR R4 REST API at ``/fhir``: HTTP routes over :class:`FhirService`.
+
+Routes stay thin: parse the request, call the service, turn the outcome into
+headers (ETag, Location, Last-Modified) and a body shaped by ``Prefer`` and the
+negotiated format. Read by id is an ``async`` route answering from the hot map
+with the stored bytes (no thread hop, no parsing); everything touching DuckDB
+runs in the thread pool.
+"""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
+from urllib.parse import parse_qsl
 
+import orjson
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import Response
+from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from fhir_server.bundles import searchset
+from fhir_server.bodies import FORM_TYPE, media_type, parse_body, parse_form, parse_resource
+from fhir_server.bundles import history_bundle, searchset
 from fhir_server.capability import capability_statement
-from fhir_server.responses import FHIRError, base_url, error_response, fhir_response
-from mapping.resource_types import R4_RESOURCE_TYPES
-from store.search import SearchError, SearchRequest, search
-from store.store import Store
+from fhir_server.operations import register_operations
+from fhir_server.query import criteria, paging, query_pairs, strict_handling
+from fhir_server.responses import (
+    JSON_OUTPUT,
+    FHIRError,
+    OutputFormat,
+    base_url,
+    error_response,
+    negotiate,
+    operation_outcome,
+    outcome_issue,
+    render,
+    shape,
+)
+from fhir_server.service import FhirService, Written, check_type
+from fhir_server.transaction import process_bundle
+from fhir_server.versioning import if_match_version, not_modified, parse_instant, version_headers
 
-MAX_COUNT = 1000
-DEFAULT_COUNT = 50
+_RESOURCE_BODY: dict[str, Any] = {
+    "requestBody": {
+        "required": True,
+        "content": {
+            "application/fhir+json": {
+                "schema": {"type": "object", "properties": {"resourceType": {"type": "string"}},
+                           "required": ["resourceType"]}
+            }
+        },
+    }
+}
+_PATCH_BODY: dict[str, Any] = {
+    "requestBody": {
+        "required": True,
+        "content": {"application/json-patch+json": {"schema": {"type": "array", "items": {"type": "object"}}},
+                    "application/fhir+json": {"schema": {"type": "object"}}},
+    }
+}
 
 
-def _check_type(rtype: str) -> None:
-    if rtype not in R4_RESOURCE_TYPES:
-        raise FHIRError(404, f"unknown resource type {rtype!r}", code="not-supported")
+def write_response(written: Written, request: Request, fmt: OutputFormat) -> Response:
+    """Headers and body of a create/update/patch, honouring ``Prefer: return=``."""
+    headers = version_headers(written.version_id, written.last_updated)
+    headers["Location"] = f"{base_url(request)}/{written.location}"
+    prefer = request.headers.get("prefer", "")
+    if "return=minimal" in prefer:
+        return Response(status_code=written.status, headers=headers)
+    if "return=OperationOutcome" in prefer:
+        text = f"{written.resource_type}/{written.id} {written.outcome} (version {written.version_id})"
+        return render(operation_outcome([outcome_issue("information", "informational", text)]), fmt,
+                      written.status, headers, shape_body=False)
+    return render(written.body, fmt, written.status, headers)
 
 
-def _int_param(value: str, name: str) -> int:
-    try:
-        out = int(value)
-    except ValueError:
-        raise FHIRError(400, f"{name} must be an integer, got {value!r}", code="invalid") from None
-    if out < 0:
-        raise FHIRError(400, f"{name} must not be negative", code="invalid")
-    return out
+def delete_response(written: Written, fmt: OutputFormat) -> Response:
+    """200 with an OperationOutcome saying what happened (some clients parse every body)."""
+    headers = version_headers(written.version_id, written.last_updated) if written.version_id else None
+    text = {"deleted": "deleted", "unchanged": "was already deleted", "not-found": "nothing to delete"}
+    what = f"{written.resource_type}/{written.id}" if written.id else written.resource_type
+    issue = outcome_issue("information", "informational", f"{what} {text.get(written.outcome, written.outcome)}")
+    return render(operation_outcome([issue]), fmt, 200, headers, shape_body=False)
 
 
-def create_app(store: Store) -> FastAPI:
-    """The ASGI app serving ``store``."""
-    app = FastAPI(title="fhirtwin FHIR R4 API", version="0.1.0")
-    app.state.store = store
+def search_response(service: FhirService, request: Request, rtype: str, pairs: list[tuple[str, str]],
+                    fmt: OutputFormat) -> Response:
+    """Run a search and page it as a searchset Bundle."""
+    count, offset, params = paging(pairs)
+    result = service.search(rtype, params, count, offset, strict=strict_handling(request))
+    store = service.store
+    entries = [(t, i, raw) for t, i in result.keys if (raw := store.read_bytes(t, i)) is not None]
+    included = [(t, i, raw) for t, i in result.included if (raw := store.read_bytes(t, i)) is not None]
+    if fmt.elements or fmt.summary:
+        entries = [(t, i, orjson.dumps(shape(orjson.loads(raw), fmt))) for t, i, raw in entries]
+        included = [(t, i, orjson.dumps(shape(orjson.loads(raw), fmt))) for t, i, raw in included]
+    kept = [(n, v) for n, v in params if n not in result.ignored]
+    notes = [f"search parameter {p!r} ignored" for p in result.ignored] + result.warnings
+    warnings = [
+        {"resource": operation_outcome([outcome_issue("warning", "not-supported", note) for note in notes]),
+         "search": {"mode": "outcome"}}
+    ] if notes else []
+    base = base_url(request)
+    body = searchset(base=base, url=f"{base}/{rtype}", params=kept, total=result.total, count=count,
+                     offset=offset, entries=entries, included=included, extra=warnings)
+    return render(body, fmt, shape_body=False)
+
+
+def history_response(service: FhirService, request: Request, url: str, rtype: str | None,
+                     rid: str | None) -> Response:
+    """Instance, type or system history, newest first, with ``_since``, ``_at`` and paging."""
+    fmt = negotiate(request)
+    count, offset, params = paging(query_pairs(request))
+    since = at = None
+    for name, value in params:
+        if name == "_since":
+            since = parse_instant(value, "_since")
+        elif name == "_at":
+            at = parse_instant(value, "_at")
+    if rtype is not None and rid is not None and service.store.current(rtype, rid) is None:
+        raise FHIRError(404, f"{rtype}/{rid} not found", code="not-found")
+    total, rows = service.store.history(rtype, rid, since=since, at=at, limit=count, offset=offset)
+    kept = [(n, v) for n, v in params if n in ("_since", "_at")]
+    body = history_bundle(base=base_url(request), url=url, params=kept, total=total, count=count, offset=offset,
+                          rows=rows)
+    return render(body, fmt, shape_body=False)
+
+
+def install_error_handlers(app: FastAPI) -> None:
+    """Every error leaves as an OperationOutcome in the format the client asked for."""
+
+    def fmt_of(request: Request) -> OutputFormat:
+        try:
+            return negotiate(request)
+        except FHIRError:
+            return JSON_OUTPUT
 
     @app.exception_handler(FHIRError)
-    async def _fhir_error(_: Request, exc: FHIRError) -> Response:
-        return error_response(exc)
+    async def _fhir_error(request: Request, exc: FHIRError) -> Response:
+        return error_response(exc, fmt_of(request))
 
     @app.exception_handler(StarletteHTTPException)
-    async def _http_error(_: Request, exc: StarletteHTTPException) -> Response:
+    async def _http_error(request: Request, exc: StarletteHTTPException) -> Response:
         code = {404: "not-found", 405: "not-supported"}.get(exc.status_code, "processing")
-        return error_response(FHIRError(exc.status_code, str(exc.detail), code=code))
+        return error_response(FHIRError(exc.status_code, str(exc.detail), code=code), fmt_of(request))
 
     @app.exception_handler(RequestValidationError)
-    async def _validation_error(_: Request, exc: RequestValidationError) -> Response:
-        return error_response(FHIRError(400, str(exc.errors()), code="invalid"))
+    async def _validation_error(request: Request, exc: RequestValidationError) -> Response:
+        return error_response(FHIRError(400, str(exc.errors()), code="invalid"), fmt_of(request))
+
+    @app.exception_handler(Exception)
+    async def _unexpected(request: Request, exc: Exception) -> Response:
+        return error_response(FHIRError(500, f"internal error: {type(exc).__name__}", code="exception"),
+                              fmt_of(request))
+
+
+def create_app(store: Any) -> FastAPI:
+    """The ASGI app serving ``store`` (a :class:`store.store.Store`)."""
+    app = FastAPI(title="fhirtwin FHIR R4 API", version="0.2.0")
+    service = FhirService(store)
+    app.state.store = store
+    app.state.service = service
+    install_error_handlers(app)
+
+    async def in_pool(fn: Callable[..., Any], *args: Any) -> Any:
+        return await run_in_threadpool(fn, *args)
 
     @app.get("/fhir/metadata")
-    def metadata(request: Request) -> Response:
-        types = sorted(R4_RESOURCE_TYPES)
-        return fhir_response(capability_statement(base_url(request), types))
+    async def metadata(request: Request) -> Response:
+        return render(capability_statement(base_url(request)), negotiate(request), shape_body=False)
+
+    async def bundle(request: Request) -> Response:
+        fmt = negotiate(request)
+        body = parse_resource(await request.body(), request.headers.get("content-type"))
+        result = await in_pool(process_bundle, service, body, base_url(request),
+                               request.headers.get("prefer", ""))
+        return render(result, fmt, shape_body=False)
+
+    for path in ("/fhir", "/fhir/"):
+        app.add_api_route(path, bundle, methods=["POST"], openapi_extra=_RESOURCE_BODY,
+                          summary="batch or transaction")
+
+    @app.get("/fhir/_history")
+    async def system_history(request: Request) -> Response:
+        return await in_pool(history_response, service, request, f"{base_url(request)}/_history", None, None)
+
+    @app.get("/fhir/{rtype}/_history")
+    async def type_history(rtype: str, request: Request) -> Response:
+        check_type(rtype)
+        return await in_pool(history_response, service, request, f"{base_url(request)}/{rtype}/_history",
+                             rtype, None)
+
+    @app.post("/fhir/{rtype}/_search")
+    async def search_post(rtype: str, request: Request) -> Response:
+        fmt = negotiate(request)
+        raw = await request.body()
+        if raw.strip() and media_type(request.headers.get("content-type")) != FORM_TYPE:
+            raise FHIRError(415, f"POST _search takes {FORM_TYPE}", code="not-supported")
+        pairs = query_pairs(request) + (parse_form(raw) if raw.strip() else [])
+        return await in_pool(search_response, service, request, rtype, pairs, fmt)
+
+    register_operations(app, service, in_pool)
+
+    @app.get("/fhir/{rtype}/{rid}/_history")
+    async def instance_history(rtype: str, rid: str, request: Request) -> Response:
+        check_type(rtype)
+        return await in_pool(history_response, service, request,
+                             f"{base_url(request)}/{rtype}/{rid}/_history", rtype, rid)
+
+    @app.get("/fhir/{rtype}/{rid}/_history/{vid}")
+    async def vread(rtype: str, rid: str, vid: str, request: Request) -> Response:
+        fmt = negotiate(request)
+        body, version, last_updated = await in_pool(service.vread, rtype, rid, vid)
+        return render(body, fmt, 200, version_headers(version, last_updated))
 
     @app.get("/fhir/{rtype}/{rid}")
-    def read(rtype: str, rid: str, request: Request) -> Response:
-        _check_type(rtype)
-        cur = store.current(rtype, rid)
-        if cur is None:
-            raise FHIRError(404, f"{rtype}/{rid} not found", code="not-found")
-        if cur.deleted:
-            raise FHIRError(410, f"{rtype}/{rid} was deleted", code="deleted")
-        headers = {"ETag": f'W/"{cur.version_id}"', "Last-Modified": cur.last_updated.strftime("%a, %d %b %Y %H:%M:%S GMT")}
-        return fhir_response(cur.json or b"{}", headers=headers, pretty=request.query_params.get("_pretty") == "true")
+    async def read(rtype: str, rid: str, request: Request) -> Response:
+        cur = service.current(rtype, rid)
+        headers = version_headers(cur.version_id, cur.last_updated)
+        conditional = request.headers
+        if not_modified(conditional.get("if-none-match"), conditional.get("if-modified-since"),
+                        cur.version_id, cur.last_updated):
+            return Response(status_code=304, headers=headers)
+        return render(cur.json, negotiate(request), 200, headers)
+
+    @app.put("/fhir/{rtype}/{rid}", openapi_extra=_RESOURCE_BODY)
+    async def update(rtype: str, rid: str, request: Request) -> Response:
+        fmt = negotiate(request)
+        resource = parse_resource(await request.body(), request.headers.get("content-type"))
+        if_match = if_match_version(request.headers.get("if-match"))
+        written = await in_pool(service.update, rtype, rid, resource, if_match)
+        return write_response(written, request, fmt)
+
+    @app.patch("/fhir/{rtype}/{rid}", openapi_extra=_PATCH_BODY)
+    async def patch(rtype: str, rid: str, request: Request) -> Response:
+        fmt = negotiate(request)
+        body = parse_body(await request.body(), request.headers.get("content-type"))
+        if_match = if_match_version(request.headers.get("if-match"))
+        written = await in_pool(service.patch, rtype, rid, body, if_match)
+        return write_response(written, request, fmt)
+
+    @app.delete("/fhir/{rtype}/{rid}")
+    async def delete(rtype: str, rid: str, request: Request) -> Response:
+        fmt = negotiate(request)
+        return delete_response(await in_pool(service.delete, rtype, rid), fmt)
 
     @app.get("/fhir/{rtype}")
-    def search_type(rtype: str, request: Request) -> Response:
-        _check_type(rtype)
-        params: list[tuple[str, str]] = []
-        count, offset = DEFAULT_COUNT, 0
-        for name, value in request.query_params.multi_items():
-            if name == "_count":
-                count = min(_int_param(value, "_count"), MAX_COUNT)
-            elif name == "_offset":
-                offset = _int_param(value, "_offset")
-            elif name in ("_format", "_pretty"):
-                continue
-            else:
-                params.append((name, value))
-        try:
-            result = search(store, SearchRequest(rtype, params, count, offset))
-        except SearchError as exc:
-            raise FHIRError(400, str(exc), code="invalid", expression=exc.param) from None
-        entries = [(t, i, raw) for t, i in result.keys if (raw := store.read_bytes(t, i)) is not None]
-        kept = [(n, v) for n, v in params if n not in result.ignored]
-        body = searchset(
-            base=base_url(request), rtype=rtype, params=kept, total=result.total, count=count, offset=offset,
-            entries=entries, extra=_ignored_outcome(result.ignored),
-        )
-        return fhir_response(body, pretty=request.query_params.get("_pretty") == "true")
+    async def search_get(rtype: str, request: Request) -> Response:
+        fmt = negotiate(request)
+        return await in_pool(search_response, service, request, rtype, query_pairs(request), fmt)
+
+    @app.post("/fhir/{rtype}", openapi_extra=_RESOURCE_BODY)
+    async def create(rtype: str, request: Request) -> Response:
+        fmt = negotiate(request)
+        resource = parse_resource(await request.body(), request.headers.get("content-type"))
+        header = request.headers.get("if-none-exist")
+        conditions = parse_qsl(header.split("?", 1)[-1], keep_blank_values=True) if header else criteria(request)
+        written = await in_pool(service.create, rtype, resource, conditions or None)
+        return write_response(written, request, fmt)
+
+    @app.put("/fhir/{rtype}", openapi_extra=_RESOURCE_BODY)
+    async def conditional_update(rtype: str, request: Request) -> Response:
+        fmt = negotiate(request)
+        resource = parse_resource(await request.body(), request.headers.get("content-type"))
+        if_match = if_match_version(request.headers.get("if-match"))
+        written = await in_pool(service.conditional_update, rtype, criteria(request), resource, if_match)
+        return write_response(written, request, fmt)
+
+    @app.patch("/fhir/{rtype}", openapi_extra=_PATCH_BODY)
+    async def conditional_patch(rtype: str, request: Request) -> Response:
+        fmt = negotiate(request)
+        body = parse_body(await request.body(), request.headers.get("content-type"))
+        if_match = if_match_version(request.headers.get("if-match"))
+        written = await in_pool(service.conditional_patch, rtype, criteria(request), body, if_match)
+        return write_response(written, request, fmt)
+
+    @app.delete("/fhir/{rtype}")
+    async def conditional_delete(rtype: str, request: Request) -> Response:
+        fmt = negotiate(request)
+        return delete_response(await in_pool(service.conditional_delete, rtype, criteria(request)), fmt)
 
     return app
-
-
-def _ignored_outcome(ignored: list[str]) -> list[dict[str, Any]]:
-    """A searchset outcome entry naming parameters that were not applied (lenient handling)."""
-    if not ignored:
-        return []
-    return [
-        {
-            "resource": {
-                "resourceType": "OperationOutcome",
-                "issue": [
-                    {"severity": "warning", "code": "not-supported", "diagnostics": f"search parameter {p!r} ignored"}
-                    for p in ignored
-                ],
-            },
-            "search": {"mode": "outcome"},
-        }
-    ]

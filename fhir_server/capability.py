@@ -1,36 +1,62 @@
-"""The CapabilityStatement: what this server really implements, generated from the routes' tables."""
+"""The CapabilityStatement, generated from what the server implements.
+
+Interactions, formats and operations come from ``data/capability.json`` (kept next to
+the routes that implement them); search parameters per type come from the store's
+search parameter registry, i.e. exactly what the search index answers.
+"""
 
 from __future__ import annotations
 
+import json
 from datetime import UTC, datetime
+from functools import cache
+from pathlib import Path
 from typing import Any
 
-SOFTWARE_VERSION = "0.1.0"
+from fhir_server.service import SUPPORTED_TYPES, VIEW_DEFINITION
+from store.search_params import params_for
 
-SEARCH_PARAMS: dict[str, list[tuple[str, str, str]]] = {
-    "*": [("_id", "token", "Logical id of the resource")],
-    "with-patient": [
-        ("patient", "reference", "The patient the resource is about"),
-        ("subject", "reference", "The subject of the resource"),
-        ("code", "token", "A code of the resource (system|code)"),
-    ],
-}
+SOFTWARE_VERSION = "0.2.0"
+_TABLE = Path(__file__).with_name("data") / "capability.json"
 
 
-def capability_statement(base: str, resource_types: list[str]) -> dict[str, Any]:
-    """A valid R4 CapabilityStatement for the given resource types."""
-    resources = []
-    for rtype in resource_types:
-        params = SEARCH_PARAMS["*"] + (SEARCH_PARAMS["with-patient"] if rtype != "Patient" else [])
-        resources.append(
-            {
-                "type": rtype,
-                "interaction": [{"code": "read"}, {"code": "search-type"}],
-                "searchParam": [
-                    {"name": name, "type": ptype, "documentation": doc} for name, ptype, doc in params
-                ],
-            }
-        )
+@cache
+def _table() -> dict[str, Any]:
+    return json.loads(_TABLE.read_text())
+
+
+def _operations(rtype: str) -> list[dict[str, str]]:
+    return [
+        {"name": op["name"], "definition": op["definition"]}
+        for op in _table()["operations"]
+        if op["types"] == "*" or rtype in op["types"]
+    ]
+
+
+@cache
+def _resources() -> tuple[dict[str, Any], ...]:
+    table = _table()
+    flags = table["conditional"]
+    out = []
+    for rtype in sorted(SUPPORTED_TYPES):
+        params = [] if rtype == VIEW_DEFINITION else [
+            {"name": p.code, "type": p.type} for p in sorted(params_for(rtype).values(), key=lambda p: p.code)
+        ]
+        params += [{"name": n, "type": t, "documentation": d} for n, t, d in table["result_params"]]
+        entry: dict[str, Any] = {
+            "type": rtype,
+            "interaction": [{"code": code} for code in table["type_interactions"]],
+            **flags,
+            "searchParam": params,
+            "operation": _operations(rtype),
+        }
+        out.append(entry)
+    return tuple(out)
+
+
+def capability_statement(base: str) -> dict[str, Any]:
+    """A valid R4 CapabilityStatement for this server at ``base``."""
+    table = _table()
     return {
         "resourceType": "CapabilityStatement",
         "status": "active",
@@ -40,6 +66,11 @@ def capability_statement(base: str, resource_types: list[str]) -> dict[str, Any]
         "software": {"name": "fhirtwin", "version": SOFTWARE_VERSION},
         "implementation": {"description": "fhirtwin FHIR R4 server", "url": base},
         "fhirVersion": "4.0.1",
-        "format": ["application/fhir+json", "json"],
-        "rest": [{"mode": "server", "resource": resources}],
+        "format": table["formats"],
+        "patchFormat": table["patch_formats"],
+        "rest": [{
+            "mode": "server",
+            "resource": list(_resources()),
+            "interaction": [{"code": code} for code in table["system_interactions"]],
+        }],
     }

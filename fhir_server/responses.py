@@ -1,27 +1,50 @@
-"""FHIR responses: orjson bodies, OperationOutcome errors, FHIR media types."""
+"""FHIR responses: errors as OperationOutcome, JSON or XML bodies, and the output format a client asked for.
+
+Bodies are built with orjson; a resource read from the hot map is sent as the stored
+bytes unless the client wants XML, pretty printing or a subset of elements, the only
+cases in which it is parsed at all.
+"""
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
 import orjson
 from fastapi import Request
 from fastapi.responses import Response
 
+from mapping.fhir_xml_write import FhirXmlWriteError, resource_to_xml
+
 FHIR_JSON = "application/fhir+json"
+FHIR_XML = "application/fhir+xml"
+_JSON_FORMATS = frozenset({"json", "application/json", "application/fhir+json", "application/json+fhir"})
+_XML_FORMATS = frozenset({"xml", "text/xml", "application/xml", "application/fhir+xml", "application/xml+fhir"})
 
 
 class FHIRError(Exception):
     """An error to return as an OperationOutcome with an HTTP status."""
 
     def __init__(
-        self, status: int, diagnostics: str, *, code: str = "processing", expression: str | None = None
+        self,
+        status: int,
+        diagnostics: str,
+        *,
+        code: str = "processing",
+        expression: str | None = None,
+        issues: list[dict[str, Any]] | None = None,
     ) -> None:
         super().__init__(diagnostics)
         self.status = status
         self.diagnostics = diagnostics
         self.code = code
         self.expression = expression
+        self.issues = issues
+
+    def outcome(self) -> dict[str, Any]:
+        """The OperationOutcome describing this error."""
+        issues = self.issues or [outcome_issue("error", self.code, self.diagnostics, self.expression)]
+        return operation_outcome(issues)
 
 
 def operation_outcome(issues: list[dict[str, Any]]) -> dict[str, Any]:
@@ -37,22 +60,114 @@ def outcome_issue(severity: str, code: str, diagnostics: str, expression: str | 
     return issue
 
 
-def fhir_response(
-    body: dict[str, Any] | bytes, status: int = 200, headers: dict[str, str] | None = None, *, pretty: bool = False
-) -> Response:
-    """A JSON FHIR response; ``body`` may already be serialized."""
-    if isinstance(body, bytes):
-        content = orjson.dumps(orjson.loads(body), option=orjson.OPT_INDENT_2) if pretty else body
+@dataclass(frozen=True, slots=True)
+class OutputFormat:
+    """How to serialize a response: ``xml`` or not, pretty or not, and which elements to keep."""
+
+    xml: bool = False
+    pretty: bool = False
+    elements: frozenset[str] | None = None
+    summary: str | None = None
+
+    @property
+    def raw_ok(self) -> bool:
+        """True when stored JSON bytes can be sent untouched."""
+        return not (self.xml or self.pretty or self.elements or self.summary)
+
+
+JSON_OUTPUT = OutputFormat()
+
+
+def negotiate(request: Request) -> OutputFormat:
+    """The output format from ``_format``, ``Accept``, ``_pretty``, ``_elements`` and ``_summary``."""
+    query = request.query_params
+    if not query and "xml" not in request.headers.get("accept", ""):
+        return JSON_OUTPUT
+    fmt = query.get("_format")
+    if fmt is not None:
+        fmt = fmt.split(";", 1)[0].strip().lower()
+        if fmt in _XML_FORMATS:
+            xml = True
+        elif fmt in _JSON_FORMATS:
+            xml = False
+        else:
+            raise FHIRError(406, f"unsupported _format {fmt!r}: use json or xml", code="not-supported")
     else:
-        content = orjson.dumps(body, option=orjson.OPT_INDENT_2 if pretty else 0)
+        xml = _accept_prefers_xml(request.headers.get("accept", ""))
+    elements = query.get("_elements")
+    summary = query.get("_summary")
+    if summary not in (None, "false", "count", "data", "text"):
+        raise FHIRError(400, f"unsupported _summary {summary!r}: use false, count, data or text", code="not-supported")
+    return OutputFormat(
+        xml=xml,
+        pretty=query.get("_pretty") == "true",
+        elements=frozenset(e.strip() for e in elements.split(",") if e.strip()) if elements else None,
+        summary=None if summary in (None, "false", "count") else summary,
+    )
+
+
+def _accept_prefers_xml(accept: str) -> bool:
+    """XML only when the client lists an XML type before any JSON type (FHIR defaults to JSON)."""
+    for part in accept.split(","):
+        media = part.split(";", 1)[0].strip().lower()
+        if media in _XML_FORMATS:
+            return True
+        if media in _JSON_FORMATS:
+            return False
+    return False
+
+
+_ALWAYS_KEPT = frozenset({"resourceType", "id", "meta"})
+
+
+def shape(resource: dict[str, Any], fmt: OutputFormat) -> dict[str, Any]:
+    """Apply ``_elements`` / ``_summary`` (data, text) to one resource, marking it SUBSETTED."""
+    if fmt.elements:
+        out = {k: v for k, v in resource.items() if k in _ALWAYS_KEPT or k in fmt.elements}
+    elif fmt.summary == "data":
+        out = {k: v for k, v in resource.items() if k != "text"}
+    elif fmt.summary == "text":
+        out = {k: v for k, v in resource.items() if k in _ALWAYS_KEPT or k == "text"}
+    else:
+        return resource
+    meta = dict(out.get("meta") or {})
+    tags = [t for t in meta.get("tag", []) if t.get("code") != "SUBSETTED"]
+    meta["tag"] = [*tags, {"system": "http://terminology.hl7.org/CodeSystem/v3-ObservationValue",
+                           "code": "SUBSETTED"}]
+    out["meta"] = meta
+    return out
+
+
+def render(
+    body: dict[str, Any] | bytes | None,
+    fmt: OutputFormat = JSON_OUTPUT,
+    status: int = 200,
+    headers: dict[str, str] | None = None,
+    *,
+    shape_body: bool = True,
+) -> Response:
+    """A FHIR response in the negotiated format; ``body`` may already be serialized JSON."""
+    if body is None:
+        return Response(status_code=status, headers=headers)
+    if isinstance(body, bytes) and fmt.raw_ok:
+        return Response(content=body, status_code=status, media_type=FHIR_JSON, headers=headers)
+    resource = orjson.loads(body) if isinstance(body, bytes) else body
+    if shape_body:
+        resource = shape(resource, fmt)
+    if fmt.xml:
+        try:
+            content = resource_to_xml(resource, pretty=fmt.pretty)
+        except FhirXmlWriteError as exc:
+            raise FHIRError(500, f"cannot render as XML: {exc}", code="exception") from None
+        return Response(content=content, status_code=status, media_type=FHIR_XML, headers=headers)
+    content = orjson.dumps(resource, option=orjson.OPT_INDENT_2 if fmt.pretty else 0)
     return Response(content=content, status_code=status, media_type=FHIR_JSON, headers=headers)
 
 
-def error_response(err: FHIRError) -> Response:
+def error_response(err: FHIRError, fmt: OutputFormat = JSON_OUTPUT) -> Response:
     """An OperationOutcome response for a FHIRError."""
-    return fhir_response(
-        operation_outcome([outcome_issue("error", err.code, err.diagnostics, err.expression)]), err.status
-    )
+    headers = {"Allow": "GET, POST, PUT, PATCH, DELETE"} if err.status == 405 else None
+    return render(err.outcome(), fmt, err.status, headers, shape_body=False)
 
 
 def base_url(request: Request) -> str:

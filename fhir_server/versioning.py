@@ -1,0 +1,67 @@
+"""ETag, Last-Modified and the conditional request headers (If-Match, If-None-Match, If-Modified-Since)."""
+
+from __future__ import annotations
+
+import re
+from datetime import UTC, datetime
+from email.utils import format_datetime, parsedate_to_datetime
+
+from fhir_server.responses import FHIRError
+
+_ETAG = re.compile(r'^\s*(?:W/)?"?([^"\s]+)"?\s*$')
+
+
+def etag(version_id: int) -> str:
+    """A weak ETag as FHIR uses it: ``W/"3"``."""
+    return f'W/"{version_id}"'
+
+
+def http_date(ts: datetime) -> str:
+    """An RFC 7231 date for ``Last-Modified``."""
+    return format_datetime(ts.astimezone(UTC), usegmt=True)
+
+
+def version_headers(version_id: int, last_updated: datetime) -> dict[str, str]:
+    """ETag and Last-Modified of one resource version."""
+    return {"ETag": etag(version_id), "Last-Modified": http_date(last_updated)}
+
+
+def parse_version(value: str, header: str) -> int:
+    """The version in ``W/"3"``, ``"3"`` or a bare ``3`` (fhirpy sends the bare form)."""
+    match = _ETAG.match(value)
+    if match is None or not match.group(1).isdigit():
+        raise FHIRError(400, f"{header} must name a version like W/\"3\", got {value!r}", code="invalid")
+    return int(match.group(1))
+
+
+def if_match_version(value: str | None) -> int | None:
+    """The version an update is conditional on, if the client sent If-Match."""
+    return None if value is None else parse_version(value, "If-Match")
+
+
+def not_modified(if_none_match: str | None, if_modified_since: str | None, version_id: int,
+                 last_updated: datetime) -> bool:
+    """True when a read should answer 304 (the client's copy is current)."""
+    if if_none_match is not None:
+        tags = [t.strip() for t in if_none_match.split(",") if t.strip()]
+        if "*" in tags:
+            return True
+        return any(_ETAG.match(t) and _ETAG.match(t).group(1) == str(version_id) for t in tags)
+    if if_modified_since is not None:
+        try:
+            since = parsedate_to_datetime(if_modified_since)
+        except (TypeError, ValueError):
+            return False
+        if since.tzinfo is None:
+            since = since.replace(tzinfo=UTC)
+        return last_updated.replace(microsecond=0) <= since
+    return False
+
+
+def parse_instant(value: str, name: str) -> datetime:
+    """A FHIR dateTime/instant query value (``_since``, ``_at``) as an aware datetime (UTC if no zone)."""
+    try:
+        ts = datetime.fromisoformat(value.strip().replace(" ", "+"))
+    except ValueError:
+        raise FHIRError(400, f"{name} must be a FHIR instant, got {value!r}", code="invalid") from None
+    return ts if ts.tzinfo else ts.replace(tzinfo=UTC)
