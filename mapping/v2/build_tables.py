@@ -5,7 +5,8 @@ vocabulary), each with two header rows whose column layout varies from sheet to
 sheet. This script finds the columns by header name, parses each row's target path,
 condition and assignment once, and writes compact JSON the mapper loads at import.
 Sheets under ``data/local/`` (same layout) add maps the IG does not have yet
-(pharmacy messages, MRG → Patient.link) and win over the IG on a name clash.
+(pharmacy messages, MRG → Patient.link) and win over the IG on a name clash; a local
+sheet whose name ends in ``- additions`` is put in front of the IG sheet instead.
 
 Rows the interpreter cannot execute (free-text conditions, paths into a referenced
 resource such as ``diagnosis.condition(Condition.code)``) are counted and skipped;
@@ -562,7 +563,10 @@ def build(source: Path, fhir_r4: Path = FHIR_R4) -> tuple[dict[str, Any], Counte
         for base in (source / folder, LOCAL / folder):
             for path in sorted(base.glob("*.csv")):
                 rules = compile_rules(path, datatype=kind == "datatypes", skipped=skipped, r4=r4)
-                tables[kind][sheet_name(path)] = rules
+                name = sheet_name(path)
+                if path.stem.endswith("- additions"):  # local rows placed before the IG's (first wins)
+                    rules = rules + tables[kind].get(name, [])
+                tables[kind][name] = rules
     for base in (source / "codesystems", LOCAL / "codesystems"):
         for path in sorted(base.glob("*.csv")):
             tables["vocab"][sheet_name(path)] = compile_vocab(path)

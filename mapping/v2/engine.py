@@ -270,12 +270,24 @@ def _hd_uri(raw: str, level: int, d: DelimitersLike) -> str | None:
     return values.system_uri(namespace) if namespace else None
 
 
+def _sampled_data(raw: str, level: int, d: DelimitersLike) -> dict[str, Any] | None:
+    """NA (numeric array) → SampledData. v2 carries neither origin nor sampling period,
+    so they are written as 0: the samples are kept, their timing is unknown."""
+    samples = [leaf(p, level + 1, d) for p in split(raw, level, d)]
+    if not any(samples):
+        return None
+    data = " ".join(s if values.number(s) is not None else "E" for s in samples)
+    return {"origin": {"value": 0}, "period": 0, "dimensions": 1, "data": data}
+
+
 def builtin(
     fhir_type: str, mapname: str | None, raw: str, level: int, d: DelimitersLike, ctx: Context, v2type: str | None
 ) -> Any:
     """Conversion for targets the tables leave to code (primitives, HD → uri, text codes)."""
     if mapname and mapname.startswith("HD[") and fhir_type == "uri":
         return _hd_uri(raw, level, d)
+    if mapname == "NA[SampledData]":
+        return _sampled_data(raw, level, d)
     text = leaf(raw, level, d)
     if not text:
         return None

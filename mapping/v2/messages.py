@@ -105,6 +105,7 @@ class _Rows:
         self.by_seg: dict[str, list[dict[str, Any]]] = {}
         for row in rows:
             self.exact.setdefault((tuple(row["groups"]), row["seg"]), []).append(row)
+        self.known_groups = {g for groups, _ in self.exact for g in groups}
         for (groups, seg), rs in self.exact.items():
             self.by_seg.setdefault(seg, [])
             if not self.by_seg[seg] or len(groups) < len(self.by_seg[seg][0]["groups"]):
@@ -121,6 +122,8 @@ class _Rows:
             for (groups, s), rs in self.exact.items():
                 if s == seg and groups and groups[-1] == path[-1]:
                     return rs
+        if path and path[-1] in self.known_groups:
+            return []  # the table knows this group and does not map the segment there
         return self.by_seg.get(seg, [])
 
 
@@ -221,9 +224,9 @@ class _Mapper:
             inst = self.by_scope.get((key, id(g)))
             if inst is not None:
                 return inst
-        for g in reversed((self.root, *near.chain)):
+        for g in reversed(near.chain):  # a sibling scope inside the same enclosing group
             for inst in reversed(self.instances):
-                if inst.key == key and g in (self.root, *inst.chain):
+                if inst.key == key and g in inst.chain:
                     return inst
         return None
 
@@ -327,6 +330,7 @@ class _Mapper:
                 continue
             body = finalize(inst.node, self.resolve) or {}
             _element_defaults(body, inst.type, cfg["element_defaults"])
+            _one_choice(body, cfg["choice_elements"].get(inst.type, ()))
             prune(body, inst.type)
             for k, v in cfg["defaults"].get(inst.type, {}).items():
                 body.setdefault(k, v)
@@ -348,6 +352,16 @@ def _element_defaults(body: dict[str, Any], rtype: str, defaults: dict[str, dict
         for item in items:
             for k, v in values_.items():
                 item.setdefault(k, v)
+
+
+def _one_choice(body: dict[str, Any], prefixes: Sequence[str]) -> None:
+    """Keep the first of ``value[x]`` variants when two IG rows both fired (NA + OBX-6)."""
+    for prefix in prefixes:
+        seen = False
+        for key in [k for k in body if k.startswith(prefix) and k[len(prefix):len(prefix) + 1].isupper()]:
+            if seen:
+                del body[key]
+            seen = True
 
 
 def _segments_in(group: Any) -> Iterator[SegmentLike]:

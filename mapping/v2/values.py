@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import csv
 import re
-from functools import cache
+from functools import cache, lru_cache
 from pathlib import Path
 from typing import Any
 
@@ -107,6 +107,13 @@ def boolean(value: str) -> bool | None:
     return None
 
 
+@lru_cache(maxsize=4096)
+def _ucum(text: str) -> str | None:
+    """UCUM code for a unit string; a bare number is valid UCUM but never a real unit here."""
+    code = to_ucum(text)
+    return None if code is None or number(code) is not None else code
+
+
 def normalize_quantity(q: dict[str, Any]) -> dict[str, Any]:
     """Put a Quantity's unit into UCUM when it can be recognised (mg/dl → mg/dL).
 
@@ -115,10 +122,13 @@ def normalize_quantity(q: dict[str, Any]) -> dict[str, Any]:
     """
     unit = q.get("unit")
     code = q.get("code")
+    system = q.get("system")
+    if system and system != UCUM_SYSTEM and code:
+        return q  # a coded unit from another system (SNOMED "tablet"): keep it as sent
     source = code or unit
     if not source:
         return q
-    ucum = to_ucum(source) or (to_ucum(unit) if unit and unit != source else None)
+    ucum = _ucum(source) or (_ucum(unit) if unit and unit != source else None)
     if ucum:
         q["system"] = UCUM_SYSTEM
         q["code"] = ucum
