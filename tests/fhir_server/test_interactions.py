@@ -1,0 +1,174 @@
+"""REST interactions over HTTP: CRUD, versions and conditional headers, history, errors, formats."""
+
+from __future__ import annotations
+
+import time
+from datetime import UTC, datetime
+from email.utils import format_datetime
+from typing import Any
+
+import httpx
+
+from ingest.fhir_xml import xml_to_resource
+from mapping.fhir_xml_write import resource_to_xml
+
+
+def test_create_read_update_delete_with_versions(http: httpx.Client, patient: Any, observation: Any) -> None:
+    created = http.post("Patient", json=patient("Crud"))
+    assert created.status_code == 201
+    body = created.json()
+    pid = body["id"]
+    assert body["meta"]["versionId"] == "1"
+    assert created.headers["etag"] == 'W/"1"'
+    assert created.headers["location"].endswith(f"/fhir/Patient/{pid}/_history/1")
+    assert "last-modified" in created.headers
+
+    read = http.get(f"Patient/{pid}")
+    assert read.status_code == 200 and read.json()["name"][0]["family"] == "Crud"
+    assert read.headers["content-type"].startswith("application/fhir+json")
+
+    updated = http.put(f"Patient/{pid}", json={**body, "gender": "male"}, headers={"If-Match": 'W/"1"'})
+    assert updated.status_code == 200 and updated.headers["etag"] == 'W/"2"'
+    stale = http.put(f"Patient/{pid}", json={**body, "gender": "other"}, headers={"If-Match": 'W/"1"'})
+    assert stale.status_code == 412 and stale.json()["resourceType"] == "OperationOutcome"
+
+    assert http.get(f"Patient/{pid}/_history/1").json()["gender"] == "female"
+    assert http.get(f"Patient/{pid}/_history/2").json()["gender"] == "male"
+    assert http.get(f"Patient/{pid}/_history/9").status_code == 404
+
+    assert http.delete(f"Patient/{pid}").status_code == 200
+    assert http.get(f"Patient/{pid}").status_code == 410
+    history = http.get(f"Patient/{pid}/_history").json()
+    assert history["type"] == "history" and history["total"] == 3
+    assert [e["request"]["method"] for e in history["entry"]] == ["DELETE", "PUT", "POST"]
+
+
+def test_update_creates_with_client_id_and_unchanged_content_keeps_version(http: httpx.Client, patient: Any, observation: Any) -> None:
+    res = {**patient("Put"), "id": "put-1"}
+    first = http.put("Patient/put-1", json=res)
+    assert first.status_code == 201 and first.json()["id"] == "put-1"
+    again = http.put("Patient/put-1", json=res)
+    assert again.status_code == 200 and again.headers["etag"] == 'W/"1"'
+
+
+def test_conditional_reads_answer_304(http: httpx.Client, patient: Any, observation: Any) -> None:
+    pid = http.post("Patient", json=patient("Cond")).json()["id"]
+    for tag in ("1", 'W/"1"', '"1"', "*"):
+        assert http.get(f"Patient/{pid}", headers={"If-None-Match": tag}).status_code == 304
+    assert http.get(f"Patient/{pid}", headers={"If-None-Match": 'W/"7"'}).status_code == 200
+    later = format_datetime(datetime.now(UTC).replace(year=2100), usegmt=True)
+    earlier = format_datetime(datetime(2000, 1, 1, tzinfo=UTC), usegmt=True)
+    assert http.get(f"Patient/{pid}", headers={"If-Modified-Since": later}).status_code == 304
+    assert http.get(f"Patient/{pid}", headers={"If-Modified-Since": earlier}).status_code == 200
+
+
+def test_conditional_create_update_delete(http: httpx.Client, patient: Any, observation: Any) -> None:
+    p = patient("Cc", value="cc-1")
+    first = http.post("Patient", json=p, headers={"If-None-Exist": "identifier=urn:test|cc-1"})
+    assert first.status_code == 201
+    same = http.post("Patient?identifier=urn:test|cc-1", json=p)
+    assert same.status_code == 200 and same.json()["id"] == first.json()["id"]
+
+    upd = http.put("Patient?identifier=urn:test|cc-1", json={**p, "gender": "male"})
+    assert upd.status_code == 200 and upd.json()["id"] == first.json()["id"]
+    new = http.put("Patient?identifier=urn:test|cc-2", json=patient("Cc2", value="cc-2"))
+    assert new.status_code == 201
+
+    http.post("Patient", json=patient("Dup", value="dup"))
+    http.post("Patient", json={**patient("Dup", value="dup"), "gender": "male"})
+    assert http.put("Patient?identifier=urn:test|dup", json=patient("Dup", value="dup")).status_code == 412
+    assert http.post("Patient?identifier=urn:test|dup", json=patient("Dup", value="dup")).status_code == 412
+    assert http.delete("Patient?identifier=urn:test|dup").status_code == 412
+
+    assert http.delete("Patient?identifier=urn:test|cc-2").status_code == 200
+    assert http.get(f"Patient/{new.json()['id']}").status_code == 410
+
+
+def test_prefer_return(http: httpx.Client, patient: Any, observation: Any) -> None:
+    minimal = http.post("Patient", json=patient("Min"), headers={"Prefer": "return=minimal"})
+    assert minimal.status_code == 201 and minimal.content == b"" and "location" in minimal.headers
+    oo = http.post("Patient", json=patient("Oo"), headers={"Prefer": "return=OperationOutcome"})
+    assert oo.json()["resourceType"] == "OperationOutcome"
+
+
+def test_errors_are_operation_outcomes(http: httpx.Client, patient: Any, observation: Any) -> None:
+    pid = http.post("Patient", json=patient("Err")).json()["id"]
+    cases = [
+        (http.post("Patient", content=b"{not json", headers={"Content-Type": "application/fhir+json"}), 400),
+        (http.post("Patient", json=["a"]), 400),
+        (http.post("Patient", json={"resourceType": "Observation", "status": "final", "code": {"text": "x"}}), 400),
+        (http.put(f"Patient/{pid}", json={**patient("Err"), "id": "other"}), 400),
+        (http.post("Patient", json={"resourceType": "Patient", "gender": 3, "bogus": 1}), 422),
+        (http.post("Patient", content=b"hello", headers={"Content-Type": "text/plain"}), 415),
+        (http.get("NotAType/1"), 404),
+        (http.get("Patient/does-not-exist"), 404),
+        (http.post(f"Patient/{pid}/_history", json=patient("x")), 405),
+        (http.get("Patient", params={"_count": "-1"}), 400),
+        (http.get(f"Patient/{pid}", params={"_format": "turtle"}), 406),
+        (http.put(f"Patient/{pid}", json=patient("Err") | {"id": pid}, headers={"If-Match": "garbage"}), 400),
+    ]
+    for response, status in cases:
+        assert response.status_code == status, response.text
+        assert response.json()["resourceType"] == "OperationOutcome"
+    invalid = cases[4][0].json()
+    assert {tuple(i["expression"]) for i in invalid["issue"]} >= {("Patient.gender",), ("Patient.bogus",)}
+
+
+def test_xml_in_and_out(http: httpx.Client, patient: Any, observation: Any) -> None:
+    xml = resource_to_xml(patient("Xml"))
+    created = http.post("Patient", content=xml, headers={"Content-Type": "application/fhir+xml",
+                                                          "Accept": "application/fhir+xml"})
+    assert created.status_code == 201 and created.headers["content-type"].startswith("application/fhir+xml")
+    back = xml_to_resource(created.content)
+    assert back["name"] == [{"family": "Xml"}]
+    as_xml = http.get(f"Patient/{back['id']}", params={"_format": "xml"})
+    assert xml_to_resource(as_xml.content)["id"] == back["id"]
+    assert http.get(f"Patient/{back['id']}", params={"_pretty": "true"}).text.startswith('{\n  "')
+
+
+def test_search_paging_post_search_and_shaping(http: httpx.Client, patient: Any, observation: Any) -> None:
+    pid = http.post("Patient", json=patient("Pager")).json()["id"]
+    for i in range(7):
+        assert http.post("Observation", json=observation(pid, value=60 + i)).status_code == 201
+    page = http.get("Observation", params={"subject": f"Patient/{pid}", "_count": "3"}).json()
+    assert page["total"] == 7 and len(page["entry"]) == 3
+    seen = [e["resource"]["id"] for e in page["entry"]]
+    while nxt := next((link["url"] for link in page["link"] if link["relation"] == "next"), None):
+        page = httpx.get(nxt).json()
+        seen += [e["resource"]["id"] for e in page["entry"] if e["search"]["mode"] == "match"]
+    assert len(set(seen)) == 7
+    posted = http.post("Observation/_search", data={"subject": f"Patient/{pid}", "_count": "2"})
+    assert posted.status_code == 200 and posted.json()["total"] == 7
+    counted = http.get("Observation", params={"subject": f"Patient/{pid}", "_summary": "count"}).json()
+    assert counted["total"] == 7 and "entry" not in counted
+    elements = http.get("Observation", params={"subject": f"Patient/{pid}", "_elements": "status"}).json()
+    assert set(elements["entry"][0]["resource"]) == {"resourceType", "id", "meta", "status"}
+    included = http.get("Observation", params={"subject": f"Patient/{pid}", "_include": "Observation:subject"})
+    modes = {e["search"]["mode"] for e in included.json()["entry"]}
+    assert modes == {"match", "include"}
+
+
+def test_history_type_and_system_with_since(http: httpx.Client, patient: Any, observation: Any) -> None:
+    before = datetime.now(UTC).isoformat()
+    time.sleep(0.01)
+    pid = http.post("Patient", json=patient("Hist")).json()["id"]
+    http.post("Observation", json=observation(pid))
+    since = http.get("_history", params={"_since": before}).json()
+    assert since["total"] == 2
+    assert {e["resource"]["resourceType"] for e in since["entry"]} == {"Patient", "Observation"}
+    typed = http.get("Patient/_history", params={"_since": before, "_count": "1"}).json()
+    assert typed["total"] == 1 and typed["entry"][0]["resource"]["id"] == pid
+    assert http.get("Patient/_history", params={"_since": "yesterday"}).status_code == 400
+
+
+def test_capability_statement_lists_what_is_implemented(http: httpx.Client, patient: Any, observation: Any) -> None:
+    cap = http.get("metadata").json()
+    assert cap["fhirVersion"] == "4.0.1"
+    rest = cap["rest"][0]
+    assert {i["code"] for i in rest["interaction"]} == {"transaction", "batch", "history-system"}
+    obs = next(r for r in rest["resource"] if r["type"] == "Observation")
+    assert {"read", "vread", "update", "patch", "delete", "create", "search-type"} <= {
+        i["code"] for i in obs["interaction"]}
+    assert {"code", "date", "subject", "patient", "value-quantity"} <= {p["name"] for p in obs["searchParam"]}
+    pat = next(r for r in rest["resource"] if r["type"] == "Patient")
+    assert {"everything", "validate", "meta"} <= {o["name"] for o in pat["operation"]}

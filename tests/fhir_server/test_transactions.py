@@ -1,0 +1,106 @@
+"""Batch and transaction Bundles: urn:uuid and conditional references, all-or-nothing, per-entry status."""
+
+from __future__ import annotations
+
+import base64
+from typing import Any
+
+import httpx
+import orjson
+
+from store.store import Store
+
+PAT_URN = "urn:uuid:6a0b6d2e-4c1e-4a0e-9a43-2f6f5d1c0001"
+
+
+def _tx(entries: list[dict[str, Any]], kind: str = "transaction") -> dict[str, Any]:
+    return {"resourceType": "Bundle", "type": kind, "entry": entries}
+
+
+def test_transaction_resolves_uuids_and_conditional_refs(http: httpx.Client, patient: Any,
+                                                        observation: Any) -> None:
+    existing = http.post("Patient", json=patient("Known", value="known-1")).json()["id"]
+    bundle = _tx([
+        {"fullUrl": PAT_URN, "resource": patient("New", value="tx-new"),
+         "request": {"method": "POST", "url": "Patient", "ifNoneExist": "identifier=urn:test|tx-new"}},
+        {"resource": observation("x") | {"subject": {"reference": PAT_URN}},
+         "request": {"method": "POST", "url": "Observation"}},
+        {"resource": observation("x") | {"subject": {"reference": "Patient?identifier=urn:test|known-1"}},
+         "request": {"method": "POST", "url": "Observation"}},
+        {"request": {"method": "GET", "url": f"Patient/{existing}"}},
+    ])
+    response = http.post("", json=bundle)
+    assert response.status_code == 200
+    out = response.json()
+    assert out["type"] == "transaction-response"
+    statuses = [e["response"]["status"] for e in out["entry"]]
+    assert statuses == ["201 Created", "201 Created", "201 Created", "200 OK"]
+    new_id = out["entry"][0]["resource"]["id"]
+    assert out["entry"][0]["response"]["location"] == f"Patient/{new_id}/_history/1"
+    assert out["entry"][1]["resource"]["subject"]["reference"] == f"Patient/{new_id}"
+    assert out["entry"][2]["resource"]["subject"]["reference"] == f"Patient/{existing}"
+    assert out["entry"][3]["resource"]["id"] == existing
+
+    no_slash = str(http.base_url).rstrip("/")
+    assert no_slash.endswith("/fhir")
+    again = http.post(no_slash, json=bundle).json()
+    assert again["entry"][0]["response"]["status"] == "200 OK"
+    assert again["entry"][0]["resource"]["id"] == new_id
+
+
+def test_transaction_is_all_or_nothing(server: tuple[Store, str], http: httpx.Client, patient: Any) -> None:
+    store, _ = server
+    before = store.count()
+    bundle = _tx([
+        {"resource": patient("Ok", value="atomic-ok"), "request": {"method": "POST", "url": "Patient"}},
+        {"resource": {"resourceType": "Patient", "gender": 12}, "request": {"method": "POST", "url": "Patient"}},
+    ])
+    response = http.post("", json=bundle)
+    assert response.status_code == 422
+    assert response.json()["issue"][0]["expression"] == ["Bundle.entry[1]"]
+    dangling = _tx([{"resource": patient("D") | {"link": [{"other": {"reference": "urn:uuid:nowhere"},
+                                                             "type": "seealso"}]},
+                     "request": {"method": "POST", "url": "Patient"}}])
+    assert http.post("", json=dangling).status_code == 400
+    assert store.count() == before
+
+
+def test_transaction_put_delete_patch_and_if_match(http: httpx.Client, patient: Any) -> None:
+    pid = http.post("Patient", json=patient("Ops", value="ops")).json()["id"]
+    gone = http.post("Patient", json=patient("Gone", value="gone")).json()["id"]
+    json_patch = base64.b64encode(orjson.dumps([{"op": "replace", "path": "/gender", "value": "male"}])).decode()
+    bundle = _tx([
+        {"resource": {"resourceType": "Binary", "contentType": "application/json-patch+json", "data": json_patch},
+         "request": {"method": "PATCH", "url": f"Patient/{pid}"}},
+        {"request": {"method": "DELETE", "url": "Patient?identifier=urn:test|gone"}},
+        {"resource": patient("Put", value="put") | {"id": "tx-put"}, "request": {"method": "PUT", "url": "Patient/tx-put"}},
+    ])
+    out = http.post("", json=bundle).json()
+    assert [e["response"]["status"] for e in out["entry"]] == ["200 OK", "200 OK", "201 Created"]
+    assert http.get(f"Patient/{pid}").json()["gender"] == "male"
+    assert http.get(f"Patient/{gone}").status_code == 410
+    stale = _tx([{"resource": patient("Ops", value="ops") | {"id": pid},
+                  "request": {"method": "PUT", "url": f"Patient/{pid}", "ifMatch": 'W/"1"'}}])
+    assert http.post("", json=stale).status_code == 412
+
+
+def test_batch_reports_each_entry(http: httpx.Client, patient: Any) -> None:
+    bundle = _tx([
+        {"resource": patient("B1"), "request": {"method": "POST", "url": "Patient"}},
+        {"resource": {"resourceType": "Patient", "gender": 1}, "request": {"method": "POST", "url": "Patient"}},
+        {"request": {"method": "GET", "url": "Patient/missing-one"}},
+        {"request": {"method": "GET", "url": "Patient?identifier=urn:test|B1"}},
+    ], kind="batch")
+    out = http.post("", json=bundle).json()
+    assert out["type"] == "batch-response"
+    statuses = [e["response"]["status"] for e in out["entry"]]
+    assert statuses == ["201 Created", "422 Unprocessable Entity", "404 Not Found", "200 OK"]
+    assert out["entry"][1]["response"]["outcome"]["resourceType"] == "OperationOutcome"
+    assert out["entry"][3]["resource"]["total"] == 1
+
+
+def test_bad_bundles(http: httpx.Client, patient: Any) -> None:
+    assert http.post("", json={"resourceType": "Bundle", "type": "collection"}).status_code == 400
+    assert http.post("", json=_tx([{"resource": patient("x")}])).status_code == 400
+    assert http.post("", json=_tx([{"request": {"method": "POST", "url": "Nope"}, "resource": patient("x")}])
+                     ).status_code == 404
