@@ -47,6 +47,9 @@ _SYSTEM_TYPES = {"String": "string", "Boolean": "boolean", "Integer": "integer",
 _NUMERIC = ("bigint", "double")
 _WELL_KNOWN = {"ucum": "http://unitsofmeasure.org", "sct": "http://snomed.info/sct", "loinc": "http://loinc.org"}
 BOOLEAN_TYPES = frozenset({"boolean"})
+# Functions whose result on an empty input is known to be empty, whatever their arguments.
+_EMPTY_IN_EMPTY_OUT = frozenset({"where", "select", "first", "last", "tail", "skip", "take", "single", "ofType",
+                                 "as", "extension", "distinct", "resolve", "getReferenceKey", "substring"})
 
 
 @dataclass(frozen=True)
@@ -113,6 +116,8 @@ class Compiler:
             fn = FUNCTIONS.get(n.name)
             if fn is None:
                 raise FhirPathError(f"unsupported FHIRPath function {n.name}()")
+            if target.is_empty and n.name in _EMPTY_IN_EMPTY_OUT:
+                return target
             return fn(self, target, n.args, scope)
         if isinstance(n, Index):
             return self.index(self.node(n.target, scope), self.node(n.index, scope))
@@ -321,18 +326,16 @@ def _comparable(a: Value, b: Value) -> tuple[Value, Value]:
 
 
 def union(left: Value, right: Value) -> Value:
-    """FHIRPath ``|``: both collections, duplicates removed, first occurrence order kept."""
-    if left.sql == "NULL" and not left.many and left.src is None:
-        return right
-    if right.sql == "NULL" and not right.many and right.src is None:
-        return left
-    kind = left.kind if natural(left).kind == natural(right).kind and left.kind == right.kind else "json"
+    """FHIRPath ``|``: both collections with duplicates removed (the spec promises no order)."""
+    if left.is_empty or right.is_empty:
+        only = right if left.is_empty else left
+        if not only.many:
+            return only
+        return Value(sql=f"list_distinct({render(only)})", many=True, kind=only.kind, fhir_type=only.fhir_type)
+    kind = left.kind if left.kind == right.kind else "json"
     a, b = list_of(to_kind(left, kind)), list_of(to_kind(right, kind))
-    x, i = fresh(), fresh("i")
-    both = f"list_concat({a}, {b})"
-    sql = f"list_filter({both}, lambda {x}, {i}: list_position({both}, {x}) = {i})"
     fhir_type = left.fhir_type if left.fhir_type == right.fhir_type else None
-    return Value(sql=sql, many=True, kind=kind, fhir_type=fhir_type)
+    return Value(sql=f"list_distinct(list_concat({a}, {b}))", many=True, kind=kind, fhir_type=fhir_type)
 
 
 FunctionImpl = Callable[[Compiler, Value, tuple[Node, ...], Scope], Value]

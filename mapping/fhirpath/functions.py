@@ -188,7 +188,9 @@ def _single(c: Compiler, target: Value, args: tuple[Node, ...], scope: Scope) ->
 @register("distinct")
 def _distinct(c: Compiler, target: Value, args: tuple[Node, ...], scope: Scope) -> Value:
     _arity("distinct", args, 0, 0)
-    return union(target, Value.empty()) if target.many else target
+    if not target.many:
+        return target
+    return Value(sql=f"list_distinct({render(target)})", many=True, kind=target.kind, fhir_type=target.fhir_type)
 
 
 @register("union")
