@@ -1,0 +1,1 @@
+"""Twin models: each a small class with parameters, simulate, calibrate and predict."""
