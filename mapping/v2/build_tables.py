@@ -37,7 +37,7 @@ FHIR_R4 = SHARED / "fhir-r4"
 _NAME = re.compile(r"_ (?P<name>[A-Za-z0-9]+\[[^\]]+\]|[A-Za-z0-9_]+(?:\[[^\]]+\])?) - ")
 _REF = re.compile(r"^(?P<seg>[A-Z][A-Z0-9]{2})-(?P<field>\d+)(?:\.(?P<comp>\d+))?(?:\.(?P<sub>\d+))?$")
 _DT_REF = re.compile(r"^(?P<dt>[A-Z][A-Z0-9]{1,3})\.(?P<comp>\d+)(?:\.(?P<sub>\d+))?$")
-_STEP = re.compile(r"^(?P<name>[A-Za-z$][A-Za-z0-9]*)(?:\[(?P<idx>\d+|n)\])?$")
+_STEP = re.compile(r"^(?P<name>[A-Za-z$][A-Za-z0-9]*)(?:\[(?P<idx>\d+|n|\d+-\d+)\])?$")
 
 
 def sheet_name(path: Path) -> str:
@@ -288,7 +288,8 @@ def parse_path(path: str) -> tuple[list[list[Any]], str | None, int | None]:
             if not sm:
                 raise _Unsupported(path)
             idx = sm.group("idx")
-            steps.append([sm.group("name"), 1 if idx in (None, "n") else int(idx), idx is not None])
+            slot = 1 if idx in (None, "n") else int(idx.split("-")[0])  # line[1-3]: a map filling lines 1..3
+            steps.append([sm.group("name"), slot, idx is not None])
     return steps, ref_type, output
 
 
@@ -421,6 +422,9 @@ def compile_rules(
             steps, leaf = r4.resolve(root, steps)
         except _Unsupported:
             skipped[f"{name}: {ident} -> {target}"] += 1
+            continue
+        if ref[1] == 0 and assign is None:
+            skipped[f"{name}: {ident} -> {target} (no value source)"] += 1
             continue
         if output not in (None, 1) or (not steps and ref_type is None and output is None):
             skipped[f"{name}: {ident} -> {target}"] += 1

@@ -123,18 +123,20 @@ def normalize_quantity(q: dict[str, Any]) -> dict[str, Any]:
     unit = q.get("unit")
     code = q.get("code")
     system = q.get("system")
-    if system and system != UCUM_SYSTEM and code:
-        return q  # a coded unit from another system (SNOMED "tablet"): keep it as sent
+    if system and system != UCUM_SYSTEM and not system.startswith(LOCAL_SYSTEM_BASE) and code:
+        return q  # a unit coded in a standard terminology (SNOMED "tablet"): keep it as sent
     source = code or unit
     if not source:
         return q
     ucum = _ucum(source) or (_ucum(unit) if unit and unit != source else None)
     if ucum:
+        if code and code != ucum and not unit:
+            q["unit"] = code
         q["system"] = UCUM_SYSTEM
         q["code"] = ucum
         if not unit:
             q["unit"] = source
-    else:
+    elif not system or system == UCUM_SYSTEM:
         q.pop("system", None)
         q.pop("code", None)
         q["unit"] = unit or source
