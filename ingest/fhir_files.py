@@ -15,6 +15,7 @@ from typing import IO, Any
 import orjson
 
 from ingest.bundles import unpack_bundle
+from ingest.fhir_xml import FhirXmlError, xml_to_resource
 from ingest.records import Problem, Record
 
 NDJSON_SUFFIXES = (".ndjson", ".ndjson.gz", ".jsonl", ".jsonl.gz")
@@ -94,6 +95,20 @@ def read_json(path: Path) -> Iterator[Record]:
         yield rec
         return
     yield resources_from_json(obj, str(path), None, raw, "json")
+
+
+def read_xml(path: Path) -> Iterator[Record]:
+    """A FHIR XML document (a resource or a Bundle), through the hardened XML reader."""
+    with _open(path) as fh:
+        raw = fh.read()
+    try:
+        obj = xml_to_resource(raw)
+    except FhirXmlError as exc:
+        rec = Record(source=str(path), line=None, raw=raw, format="xml")
+        rec.problems.append(Problem(f"invalid FHIR XML: {exc}", None, "structure"))
+        yield rec
+        return
+    yield resources_from_json(obj, str(path), None, raw, "xml")
 
 
 def iter_files(paths: list[Path]) -> Iterator[Path]:

@@ -13,13 +13,28 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ingest.fhir_files import detect_format, iter_files, read_json, read_ndjson
+import orjson
+
+from ingest.fhir_files import detect_format, iter_files, read_json, read_ndjson, read_xml, resources_from_json
+from ingest.fhir_xml import FhirXmlError, xml_to_resource
+from ingest.hl7v2 import HL7Error, read_batch
+from ingest.hl7v2.processor import map_v2
 from ingest.records import Problem, Record
+from mapping.validation import validate_resource
 from store.store import Store, StoreError
 
 BATCH_SIZE = 5000
 
 Validator = Callable[[dict[str, Any]], list[Problem]]
+
+
+def r4_validator(resource: dict[str, Any]) -> list[Problem]:
+    """Structural R4 validation (mapping.validation) as ingest problems."""
+    return [
+        Problem(i["diagnostics"], (i.get("expression") or [None])[0], i.get("code", "invalid"), i.get("severity", "error"))
+        for i in validate_resource(resource)
+        if i.get("severity") in ("error", "fatal")
+    ]
 
 
 @dataclass
@@ -42,12 +57,44 @@ class IngestSummary:
         self.errors.extend(other.errors)
 
 
+def _hl7_records(path: Path) -> Iterator[Record]:
+    """One record per message of an ER7 file or batch, mapped to FHIR with the v2 mapper."""
+    for entry in read_batch(path.read_bytes()).entries:
+        rec = Record(source=str(path), line=entry.first_line, raw=entry.raw, format="hl7v2")
+        if entry.message is None:
+            err = entry.error
+            rec.problems.append(Problem(str(err), _hl7_location(err), "structure"))
+        else:
+            try:
+                result = map_v2(entry.message)
+            except (HL7Error, ValueError) as exc:
+                rec.problems.append(Problem(f"mapping failed: {exc}", _hl7_location(exc), "processing"))
+            else:
+                if result.mapped:
+                    rec.resources = result.resources
+                else:
+                    msg = entry.message
+                    rec.problems.append(
+                        Problem(f"{msg.message_type}^{msg.trigger_event} is not mapped to FHIR", "MSH-9", "not-supported")
+                    )
+        yield rec
+
+
+def _hl7_location(err: object) -> str | None:
+    """``PID[3]-5.1``-style location of an HL7 error, when it says where."""
+    return err.location() or None if isinstance(err, HL7Error) else None
+
+
 def _records(path: Path) -> Iterator[Record]:
     fmt = detect_format(path)
     if fmt == "ndjson":
         yield from read_ndjson(path)
     elif fmt == "json":
         yield from read_json(path)
+    elif fmt == "xml":
+        yield from read_xml(path)
+    elif fmt == "hl7":
+        yield from _hl7_records(path)
     else:
         rec = Record(source=str(path), line=None, raw=b"", format=fmt or "unknown")
         rec.problems.append(Problem(f"unsupported file format ({fmt or 'unknown suffix'})", None, "not-supported"))
@@ -57,7 +104,7 @@ def _records(path: Path) -> Iterator[Record]:
 class Ingestor:
     """Moves records into a store in batches, checking each resource on the way."""
 
-    def __init__(self, store: Store, validator: Validator | None = None) -> None:
+    def __init__(self, store: Store, validator: Validator | None = r4_validator) -> None:
         self.store = store
         self.validator = validator
 
@@ -66,7 +113,7 @@ class Ingestor:
             return
         for i, res in enumerate(rec.resources):
             for problem in self.validator(res):
-                if len(rec.resources) > 1 and problem.expression:
+                if len(rec.resources) > 1 and problem.expression and rec.format != "hl7v2":
                     problem.expression = f"Bundle.entry[{i}].resource.{problem.expression}"
                 rec.problems.append(problem)
 
@@ -130,4 +177,26 @@ class Ingestor:
             part = self.ingest_records(_records(path), on_record)
             part.files = 1
             summary.add(part)
+        return summary
+
+
+    def replay_dead_letters(self) -> IngestSummary:
+        """Re-ingest refused FHIR records (after a fix upstream or in fhirtwin); successes are marked replayed."""
+        summary = IngestSummary()
+        for dl in self.store.dead_letters():
+            if dl["format"] not in ("json", "ndjson", "xml"):
+                continue
+            raw = dl["raw"]
+            try:
+                obj = xml_to_resource(raw) if dl["format"] == "xml" else orjson.loads(raw)
+            except (orjson.JSONDecodeError, FhirXmlError) as exc:
+                summary.rejected += 1
+                summary.errors.append(f"{dl['source']}:{dl['line']}: still unreadable: {exc}")
+                continue
+            rec = resources_from_json(obj, dl["source"], dl["line"], raw, dl["format"])
+            before = summary.rejected
+            part = self.ingest_records([rec])
+            summary.add(part)
+            if summary.rejected == before:
+                self.store.mark_replayed(dl["dl_id"])
         return summary

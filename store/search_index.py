@@ -10,11 +10,15 @@ transaction, so the index is never behind the resources it describes.
 from __future__ import annotations
 
 from functools import cache, lru_cache
+from typing import Any
 
 import duckdb
+import orjson
+import pyarrow as pa
 
 from mapping.fhirpath.values import sql_string
 from mapping.ucum import canonical
+from store.extract import extractor
 from store.search_params import params_for
 
 INDEX_DDL = """
@@ -155,34 +159,91 @@ def install(con: duckdb.DuckDBPyConnection) -> None:
 
 
 @cache
-def insert_sql(resource_type: str, table: str, staged: str = "_staged") -> str | None:
-    """The statement indexing every ``resource_type`` row of ``staged`` into ``table`` (None: no params)."""
-    selects = []
+def _plan(resource_type: str) -> tuple[tuple[tuple[str, str, Any], ...], dict[str, tuple[str, ...]]]:
+    """Per type: (param code, table, Python extractor) for the simple expressions, and per table the
+    codes whose expressions need the SQL compiler."""
+    fast: list[tuple[str, str, Any]] = []
+    slow: dict[str, list[str]] = {}
     for p in params_for(resource_type).values():
-        if not p.expression or _TABLE_OF.get(p.type) != table:
+        table = _TABLE_OF.get(p.type)
+        if not p.expression or table is None:
             continue
+        fn = extractor(p.expression, resource_type)
+        if fn is not None:
+            fast.append((p.code, table, fn))
+        else:
+            slow.setdefault(table, []).append(p.code)
+    return tuple(fast), {t: tuple(c) for t, c in slow.items()}
+
+
+_ELEMENT_SCHEMA = pa.schema(
+    [("rt", pa.string()), ("id", pa.string()), ("param", pa.string()), ("tbl", pa.string()),
+     ("e", pa.string()), ("analyte", pa.string())]
+)
+
+
+def element_rows(resources: list[dict[str, Any]]) -> pa.Table:
+    """Every indexed element of every resource, as (type, id, param, target table, element JSON, analyte)."""
+    cols: dict[str, list[Any]] = {name: [] for name in _ELEMENT_SCHEMA.names}
+    rt_col, id_col, param_col, tbl_col, e_col, an_col = cols.values()
+    dumps = orjson.dumps
+    for res in resources:
+        rtype, rid = res["resourceType"], res["id"]
+        fast, _ = _plan(rtype)
+        coding = (res.get("code") or {}).get("coding") if isinstance(res.get("code"), dict) else None
+        analyte = coding[0].get("code") if coding and isinstance(coding[0], dict) else None
+        for code, table, fn in fast:
+            for element in fn(res):
+                rt_col.append(rtype)
+                id_col.append(rid)
+                param_col.append(code)
+                tbl_col.append(table)
+                e_col.append(dumps(element).decode())
+                an_col.append(analyte)
+    return pa.table(cols, schema=_ELEMENT_SCHEMA)
+
+
+@cache
+def insert_sql(resource_type: str, table: str, staged: str, elements: str) -> str:
+    """The statement indexing the ``resource_type`` rows of a batch into ``table``.
+
+    Elements come from the Python extraction (``elements``) plus, for parameters
+    whose expressions the extractor does not handle, the compiled FHIRPath SQL over
+    the staged JSON.
+    """
+    _, slow = _plan(resource_type)
+    rtype = sql_string(resource_type)
+    selects = [
+        f"SELECT rt, id, param, e::JSON AS e, analyte FROM {elements} WHERE rt = {rtype} AND tbl = {sql_string(table)}"
+    ]
+    params = params_for(resource_type)
+    for code in slow.get(table, ()):
         selects.append(
-            f"SELECT resource_type AS rt, id, {sql_string(p.code)} AS param, "
-            f"unnest({p.elements_sql('j')}) AS e, analyte FROM src"
+            f"SELECT resource_type AS rt, id, {sql_string(code)} AS param, unnest({params[code].elements_sql('j')}) AS e, "
+            f"analyte FROM (SELECT resource_type, id, json::JSON AS j, "
+            f"json_extract_string(json::JSON, '$.code.coding[0].code') AS analyte FROM {staged} "
+            f"WHERE resource_type = {rtype} AND NOT deleted)"
         )
-    if not selects:
-        return None
-    # analyte: the first LOINC-or-other code of the resource, for molar/mass unit conversion.
-    return (
-        f"INSERT INTO {table} WITH src AS MATERIALIZED (SELECT resource_type, id, json::JSON AS j, "
-        f"json_extract_string(json::JSON, '$.code.coding[0].code') AS analyte FROM {staged} "
-        f"WHERE resource_type = {sql_string(resource_type)} AND NOT deleted), "
-        f"el AS MATERIALIZED ({' UNION ALL '.join(selects)}) {_SPLIT[table]}"
-    )
+    return f"INSERT INTO {table} WITH el AS MATERIALIZED ({' UNION ALL '.join(selects)}) {_SPLIT[table]}"
 
 
-def index_batch(con: duckdb.DuckDBPyConnection, staged: str, resource_types: set[str], replaces: bool) -> None:
+def index_batch(
+    con: duckdb.DuckDBPyConnection, staged: str, resources: list[dict[str, Any]], replaces: bool
+) -> None:
     """Index a staged batch; drop the previous entries first when it replaces existing resources."""
     if replaces:
         for table in INDEX_TABLES:
             con.execute(f"DELETE FROM {table} AS t USING {staged} AS s WHERE t.rt = s.resource_type AND t.id = s.id")
-    for rtype in sorted(resource_types):
-        for table in INDEX_TABLES:
-            sql = insert_sql(rtype, table, staged)
-            if sql:
-                con.execute(sql)
+    if not resources:
+        return
+    elements = element_rows(resources)
+    con.register("_elements", elements)
+    try:
+        present = set(elements.column("tbl").to_pylist())
+        for rtype in sorted({r["resourceType"] for r in resources}):
+            _, slow = _plan(rtype)
+            for table in INDEX_TABLES:
+                if table in present or table in slow:
+                    con.execute(insert_sql(rtype, table, staged, "_elements"))
+    finally:
+        con.unregister("_elements")

@@ -335,7 +335,8 @@ class Store:
                     "patient_id, content_hash, json::JSON FROM _staged"
                 )
                 search_index.index_batch(
-                    con, "_staged", {rtype for rtype, _ in staged}, any(key in self._current for key in staged)
+                    con, "_staged", [] if deleted else [res for res, _, _ in staged.values()],
+                    any(key in self._current for key in staged),
                 )
             finally:
                 con.unregister("_staged")
