@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import base64
 import hashlib
+import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Protocol
@@ -23,6 +24,7 @@ from mapping.v2 import values
 from mapping.v2.tables import config, datatype_maps, required_children, segment_maps, vocabularies
 
 NULL = '""'
+_BASE64 = re.compile(r"^[A-Za-z0-9+/]*={0,2}$")
 TEXT_TYPES = frozenset({"ST", "TX", "FT", "varies"})
 QUANTITY_TYPES = frozenset({"Quantity", "SimpleQuantity", "Duration", "Age", "Distance", "Count", "MoneyQuantity"})
 
@@ -311,14 +313,23 @@ def builtin(
     if fhir_type == "time":
         digits = "".join(ch for ch in text if ch.isdigit())[:6].ljust(6, "0")
         return f"{digits[:2]}:{digits[2:4]}:{digits[4:6]}"
-    if fhir_type == "base64Binary" and v2type in TEXT_TYPES:
-        return base64.b64encode(text.encode()).decode("ascii")
+    if fhir_type == "base64Binary":
+        if v2type in TEXT_TYPES:
+            return base64.b64encode(text.encode()).decode("ascii")
+        packed = "".join(text.split())
+        return packed if len(packed) % 4 == 0 and _BASE64.match(packed) else None
     if fhir_type in ("id", "oid", "uuid", "url", "canonical", "base64Binary"):
         return text
-    if fhir_type == "CodeableConcept":
-        return {"coding": [{"code": text}]}
-    if fhir_type == "Coding":
-        return {"code": text}
+    if fhir_type in ("CodeableConcept", "Coding"):
+        parts = split(raw, level, d)
+        coding = {"code": text}
+        display = leaf(parts[1], level + 1, d) if len(parts) > 1 else ""
+        system = leaf(parts[2], level + 1, d) if len(parts) > 2 else ""
+        if display:
+            coding["display"] = display
+        if system:
+            coding["system"] = values.system_uri(system)
+        return coding if fhir_type == "Coding" else {"coding": [coding]}
     if fhir_type in QUANTITY_TYPES:
         n = values.number(text)
         return {"value": n} if n is not None else None
