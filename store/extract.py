@@ -1,20 +1,22 @@
 """Search-parameter elements extracted from parsed resources in Python, one pass per resource.
 
-The store has each resource as a dict already (it parsed it to validate it),
+The store holds each resource as a dict already (it parsed it to validate it),
 while DuckDB re-parses the JSON text for every ``json_extract``: with ~40
 parameters per type that made indexing cost hundreds of microseconds per
 resource. Most SearchParameter expressions are simple navigation (paths,
 choice types with ``as``/``ofType``, ``where(resolve() is T)``, ``|``,
-``where(system = 'phone')``, ``extension('url')``), so they are compiled here
-into small Python functions over the dict. Expressions outside that subset are
-reported as unsupported and indexed by the FHIRPath→SQL compiler instead
-(``store.search_index``), so every parameter is still covered.
+``where(system = 'phone')``, ``extension('url')``, ``first()``), so all of a
+type's expressions are compiled into *one generated Python function* with
+common sub-paths computed once (``Observation.component`` serves six
+parameters). Expressions outside that subset are reported as unsupported and
+indexed through the FHIRPath→SQL compiler instead (``store.search_index``).
 """
 
 from __future__ import annotations
 
 import re
 from collections.abc import Callable
+from dataclasses import dataclass
 from functools import cache
 from typing import Any
 
@@ -22,169 +24,180 @@ from mapping.fhirpath.ast import Binary, Call, FhirPathError, Literal, Member, N
 from mapping.fhirpath.parser import parse
 from mapping.fhirpath.schema import r4_schema
 
-Items = list[tuple[Any, str | None]]  # (value, FHIR type if known)
-Step = Callable[[Items], Items]
+Extractor = Callable[[dict[str, Any]], tuple[list[Any], ...]]
 
 
 class Unsupported(Exception):
     """The expression needs the general FHIRPath compiler."""
 
 
+@dataclass(frozen=True)
+class _Slot:
+    """A compiled collection: a local variable holding a list, or a choice not yet narrowed."""
+
+    var: str | None
+    ftype: str | None
+    choice: tuple[tuple[str, str], ...] | None = None  # (key, type) alternatives of a value[x]
+    parent: str | None = None
+
+
 def _choice_key(name: str, type_name: str) -> str:
     return name + type_name[0].upper() + type_name[1:]
-
-
-@cache
-def _navigation(ftype: str | None, name: str) -> tuple[tuple[tuple[str, str], ...] | None, str | None]:
-    """How to step to ``name`` from a value of ``ftype``: choice keys with their types, else the child type."""
-    el = r4_schema().element(ftype, name)
-    if el is not None and el.is_choice:
-        return tuple((_choice_key(name, t), t) for t in el.types), None
-    return None, (el.types[0] if el is not None and len(el.types) == 1 else None)
-
-
-def _member(name: str) -> Step:
-    def step(items: Items) -> Items:
-        out: Items = []
-        for value, ftype in items:
-            if not isinstance(value, dict):
-                continue
-            choices, child_type = _navigation(ftype, name)
-            if choices is not None:
-                for key, t in choices:
-                    v = value.get(key)
-                    if v is not None:
-                        if isinstance(v, list):
-                            out.extend((x, t) for x in v)
-                        else:
-                            out.append((v, t))
-                continue
-            v = value.get(name)
-            if v is None:
-                continue
-            if isinstance(v, list):
-                out.extend((x, child_type) for x in v)
-            else:
-                out.append((v, child_type))
-        return out
-
-    return step
-
-
-def _as_type(type_name: str) -> Step:
-    """Keep items of one type (choice alternatives are typed by the key they came from)."""
-    base = r4_schema().base_type(type_name.split(".")[-1])
-
-    def step(items: Items) -> Items:
-        out: Items = []
-        for value, ftype in items:
-            if ftype is not None:
-                if r4_schema().base_type(ftype) == base or ftype == type_name:
-                    out.append((value, ftype))
-            elif isinstance(value, dict) and value.get("resourceType") == base:
-                out.append((value, base))
-        return out
-
-    return step
-
-
-def _where_resolve_is(type_name: str) -> Step:
-    pattern = re.compile(rf"(?:^|/){re.escape(type_name)}/[^/]+(?:/_history/[^/]*)?$")
-
-    def step(items: Items) -> Items:
-        return [
-            (v, t) for v, t in items
-            if isinstance(v, dict) and isinstance(v.get("reference"), str) and pattern.search(v["reference"])
-        ]
-
-    return step
-
-
-def _where_equals(name: str, literal: object) -> Step:
-    def step(items: Items) -> Items:
-        return [(v, t) for v, t in items if isinstance(v, dict) and v.get(name) == literal]
-
-    return step
-
-
-def _extension(url: str) -> Step:
-    def step(items: Items) -> Items:
-        return [
-            (e, "Extension") for v, _ in items if isinstance(v, dict)
-            for e in v.get("extension") or [] if isinstance(e, dict) and e.get("url") == url
-        ]
-
-    return step
-
-
-def _first(items: Items) -> Items:
-    return items[:1]
-
-
-def _compile(node: Node, root_type: str) -> Callable[[Items], Items]:
-    """A function from the input items to the output items for one AST node."""
-    if isinstance(node, Member):
-        if node.target is None:
-            if node.name == root_type:
-                return lambda items: items
-            return _member(node.name)
-        inner = _compile(node.target, root_type)
-        step = _member(node.name)
-        return lambda items: step(inner(items))
-    if isinstance(node, TypeOp) and node.op == "as":
-        inner = _compile(node.operand, root_type)
-        step = _as_type(node.type_name)
-        return lambda items: step(inner(items))
-    if isinstance(node, Binary) and node.op == "|":
-        left, right = _compile(node.left, root_type), _compile(node.right, root_type)
-        return lambda items: left(items) + right(items)
-    if isinstance(node, Call):
-        inner = _compile(node.target, root_type) if node.target is not None else (lambda items: items)
-        step = _call_step(node)
-        return lambda items: step(inner(items))
-    raise Unsupported(type(node).__name__)
 
 
 def _type_name(node: Node) -> str:
     if isinstance(node, Member) and node.target is None:
         return node.name
     if isinstance(node, Member) and isinstance(node.target, Member) and node.target.target is None:
-        return f"{node.target.name}.{node.name}"
+        return node.target.name + "." + node.name
     raise Unsupported("type argument")
 
 
-def _call_step(node: Call) -> Step:
-    args = node.args
-    if node.name in ("ofType", "as") and len(args) == 1:
-        return _as_type(_type_name(args[0]))
-    if node.name == "first" and not args:
-        return _first
-    if node.name == "extension" and len(args) == 1 and isinstance(args[0], Literal):
-        return _extension(str(args[0].value))
-    if node.name == "where" and len(args) == 1:
-        cond = args[0]
-        if (
-            isinstance(cond, TypeOp) and cond.op == "is" and isinstance(cond.operand, Call)
-            and cond.operand.name == "resolve" and cond.operand.target is None
-        ):
-            return _where_resolve_is(cond.type_name.split(".")[-1])
-        if (
-            isinstance(cond, Binary) and cond.op == "=" and isinstance(cond.left, Member)
-            and cond.left.target is None and isinstance(cond.right, Literal)
-        ):
-            return _where_equals(cond.left.name, cond.right.value)
-    raise Unsupported(f"{node.name}()")
+class _CodeGen:
+    """Compiles the expressions of one resource type into straight-line Python with shared sub-paths."""
+
+    def __init__(self, resource_type: str) -> None:
+        self.rtype = resource_type
+        self.lines: list[str] = []
+        self.consts: dict[str, Any] = {}
+        self.memo: dict[Node, _Slot] = {}
+        self.n = 0
+
+    def _new(self, expr: str) -> str:
+        self.n += 1
+        var = f"v{self.n}"
+        self.lines.append(f"    {var} = {expr}")
+        return var
+
+    def _const(self, value: Any) -> str:
+        name = f"c{len(self.consts)}"
+        self.consts[name] = value
+        return name
+
+    @staticmethod
+    def _step(src: str, key: str) -> str:
+        """List of the values under ``key`` of every dict in list ``src`` (arrays flattened)."""
+        return (
+            f"[y for x in {src} if type(x) is dict and (z := x.get({key!r})) is not None "
+            f"for y in (z if type(z) is list else (z,))]"
+        )
+
+    def materialize(self, slot: _Slot) -> str:
+        if slot.var is not None:
+            return slot.var
+        assert slot.choice is not None and slot.parent is not None
+        parts = [self._step(slot.parent, key) for key, _ in slot.choice]
+        return self._new(" + ".join(parts) if parts else "[]")
+
+    def compile(self, node: Node) -> _Slot:
+        if node in self.memo:
+            return self.memo[node]
+        slot = self._compile(node)
+        self.memo[node] = slot
+        return slot
+
+    def _compile(self, node: Node) -> _Slot:
+        schema = r4_schema()
+        if isinstance(node, Member):
+            if node.target is None and node.name == self.rtype:
+                return _Slot("root", self.rtype)
+            if node.target is None:
+                raise Unsupported("member of $this")
+            target = self.compile(node.target)
+            src = self.materialize(target)
+            el = schema.element(target.ftype, node.name)
+            if el is not None and el.is_choice:
+                return _Slot(None, None, tuple((_choice_key(node.name, t), t) for t in el.types), src)
+            ftype = el.types[0] if el is not None and len(el.types) == 1 else None
+            return _Slot(self._new(self._step(src, node.name)), ftype)
+        if isinstance(node, TypeOp) and node.op == "as":
+            return self._narrow(self.compile(node.operand), node.type_name)
+        if isinstance(node, Binary) and node.op == "|":
+            left = self.materialize(self.compile(node.left))
+            right = self.materialize(self.compile(node.right))
+            return _Slot(self._new(f"{left} + {right}"), None)
+        if isinstance(node, Call) and node.target is not None:
+            return self._call(node)
+        raise Unsupported(type(node).__name__)
+
+    def _narrow(self, slot: _Slot, type_name: str) -> _Slot:
+        base = r4_schema().base_type(type_name.split(".")[-1])
+        if slot.choice is not None:
+            keys = [k for k, t in slot.choice if r4_schema().base_type(t) == base]
+            return _Slot(self._new(" + ".join(self._step(slot.parent, k) for k in keys) if keys else "[]"), base)
+        if slot.ftype is not None and r4_schema().base_type(slot.ftype) == base:
+            return slot
+        if slot.ftype is None and base in r4_schema().resources:
+            src = self.materialize(slot)
+            want = self._const(base)
+            return _Slot(self._new(f"[x for x in {src} if type(x) is dict and x.get('resourceType') == {want}]"), base)
+        raise Unsupported(f"as {type_name}")
+
+    def _call(self, node: Call) -> _Slot:
+        target = self.compile(node.target)
+        args = node.args
+        if node.name in ("ofType", "as") and len(args) == 1:
+            return self._narrow(target, _type_name(args[0]))
+        src = self.materialize(target)
+        if node.name == "first" and not args:
+            return _Slot(self._new(f"{src}[:1]"), target.ftype)
+        if node.name == "extension" and len(args) == 1 and isinstance(args[0], Literal):
+            url = self._const(str(args[0].value))
+            return _Slot(self._new(
+                f"[e for x in {src} if type(x) is dict for e in (x.get('extension') or ()) "
+                f"if type(e) is dict and e.get('url') == {url}]"
+            ), "Extension")
+        if node.name == "where" and len(args) == 1:
+            cond = args[0]
+            if (
+                isinstance(cond, TypeOp) and cond.op == "is" and isinstance(cond.operand, Call)
+                and cond.operand.name == "resolve" and cond.operand.target is None
+            ):
+                name = cond.type_name.split(".")[-1]
+                pattern = self._const(re.compile(rf"(?:^|/){re.escape(name)}/[^/]+(?:/_history/[^/]*)?$"))
+                return _Slot(self._new(
+                    f"[x for x in {src} if type(x) is dict and type(x.get('reference')) is str "
+                    f"and {pattern}.search(x['reference'])]"
+                ), target.ftype)
+            if (
+                isinstance(cond, Binary) and cond.op == "=" and isinstance(cond.left, Member)
+                and cond.left.target is None and isinstance(cond.right, Literal)
+            ):
+                key, want = cond.left.name, self._const(cond.right.value)
+                return _Slot(self._new(
+                    f"[x for x in {src} if type(x) is dict and x.get({key!r}) == {want}]"
+                ), target.ftype)
+        raise Unsupported(f"{node.name}()")
 
 
 @cache
+def type_extractor(resource_type: str, expressions: tuple[str, ...]) -> tuple[Extractor, tuple[bool, ...]]:
+    """One function returning, for a resource, the element list of each supported expression.
+
+    The second value says which of ``expressions`` are supported (in order); the
+    function's result holds one list per supported expression.
+    """
+    gen = _CodeGen(resource_type)
+    outputs: list[str] = []
+    supported: list[bool] = []
+    for expr in expressions:
+        mark = (len(gen.lines), dict(gen.memo), gen.n)
+        try:
+            outputs.append(gen.materialize(gen.compile(parse(expr))))
+            supported.append(True)
+        except (Unsupported, FhirPathError):
+            gen.lines = gen.lines[: mark[0]]
+            gen.memo, gen.n = mark[1], mark[2]
+            supported.append(False)
+    body = "\n".join(["def extract(r):", "    root = [r]", *gen.lines, f"    return ({', '.join(outputs)}{',' if outputs else ''})"])
+    namespace: dict[str, Any] = dict(gen.consts)
+    exec(compile(body, f"<search extract {resource_type}>", "exec"), namespace)  # noqa: S102 - generated from the spec's expressions
+    return namespace["extract"], tuple(supported)
+
+
 def extractor(expression: str, resource_type: str) -> Callable[[dict[str, Any]], list[Any]] | None:
-    """A function listing the elements ``expression`` selects from a resource, or None if unsupported."""
-    try:
-        fn = _compile(parse(expression), resource_type)
-    except (Unsupported, FhirPathError):
+    """Elements one expression selects from a resource, or None when the expression is unsupported."""
+    fn, (ok,) = type_extractor(resource_type, (expression,))
+    if not ok:
         return None
-
-    def run(resource: dict[str, Any]) -> list[Any]:
-        return [v for v, _ in fn([(resource, resource_type)])]
-
-    return run
+    return lambda resource: fn(resource)[0]
