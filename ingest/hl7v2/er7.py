@@ -358,7 +358,8 @@ def read_delimiters(header: str, seq: int = 1) -> Delimiters:
             segment_seq=seq,
             field=2,
         )
-    return Delimiters(fsep, enc[0], enc[1], enc[2], enc[3], enc[4] if len(enc) > 4 else "")
+    d = Delimiters(fsep, enc[0], enc[1], enc[2], enc[3], enc[4] if len(enc) > 4 else "")
+    return DEFAULT_DELIMITERS if d == DEFAULT_DELIMITERS else d  # one shared object: cheap to compare
 
 
 def parse_segments(lines: list[str], raw: str = "") -> Message:

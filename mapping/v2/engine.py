@@ -18,6 +18,7 @@ import hashlib
 import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from functools import cache
 from typing import Any, Protocol
 
 from mapping.v2 import values
@@ -30,6 +31,7 @@ QUANTITY_TYPES = frozenset({"Quantity", "SimpleQuantity", "Duration", "Age", "Di
 
 
 class DelimitersLike(Protocol):
+    repetition: str
     component: str
     subcomponent: str
     escape: str
@@ -49,6 +51,9 @@ class SegmentLike(Protocol):
     @property
     def raw(self) -> str: ...
 
+    @property
+    def fields(self) -> list[str]: ...
+
     def reps(self, n: int) -> list[str]: ...
 
     def get(self, n: int, rep: int = 1, comp: int = 1, sub: int = 1) -> str: ...
@@ -56,6 +61,10 @@ class SegmentLike(Protocol):
 
 class Slots(dict):
     """A FHIR list under construction: ``(slot, repetition)`` → element."""
+
+
+class Node(dict):
+    """A FHIR element under construction (plain dicts are finished values)."""
 
 
 @dataclass(slots=True)
@@ -71,7 +80,7 @@ class Context:
     """Per-message state the rules need: offsets, created resources, notes."""
 
     default_tz: str | None
-    make_resource: Callable[[str, dict[str, Any]], Ref | None]
+    make_resource: Callable[[str, dict[str, Any]], dict[str, str] | None]
     notes: list[str] = field(default_factory=list)
 
 
@@ -138,10 +147,58 @@ def eval_cond(cond: Any, lookup: Callable[[list[Any]], str], count: Callable[[li
     raise ValueError(f"unknown condition operator {op}")
 
 
+Lookup = Callable[[tuple[str, int, int, int]], str]
+Test = Callable[[Lookup, Callable[[Any], int]], bool]
+
+
+def compile_cond(cond: Any) -> Test:
+    """A condition AST as a closure: rules on OBX-5 test OBX-2 twenty times per segment,
+    so each test must cost one cached lookup and one comparison."""
+    op = cond[0]
+    if op in ("and", "or"):
+        a, b = compile_cond(cond[1]), compile_cond(cond[2])
+        if op == "and":
+            return lambda v, n: a(v, n) and b(v, n)
+        return lambda v, n: a(v, n) or b(v, n)
+    ref = tuple(cond[1])
+    if op == "count":
+        cmp, limit = cond[2], cond[3]
+        checks = {"<": float.__gt__, ">": float.__lt__, "<=": float.__ge__, ">=": float.__le__}
+        check = checks[cmp]
+        return lambda v, n: check(limit, float(n(ref)))
+    if op == "valued":
+        return lambda v, n: bool(v(ref))
+    if op == "not_valued":
+        return lambda v, n: not v(ref)
+    if op in ("eq", "ne", "in", "not_in"):
+        want = cond[2] if op in ("eq", "ne") else frozenset(cond[2])
+        if op == "eq":
+            return lambda v, n: v(ref) == want
+        if op == "ne":
+            return lambda v, n: v(ref) != want
+        if op == "in":
+            return lambda v, n: v(ref) in want
+        return lambda v, n: v(ref) not in want
+    other = tuple(cond[2])
+    if op == "eqref":
+        return lambda v, n: v(ref) == v(other)
+    if op == "neref":
+        return lambda v, n: v(ref) != v(other)
+    raise ValueError(f"unknown condition operator {op}")
+
+
 def segment_lookup(seg: SegmentLike, others: Callable[[str], SegmentLike | None]) -> Callable[[list[Any]], str]:
     aliases = config()["value_aliases"]
 
-    def lookup(ref: list[Any]) -> str:
+    seen: dict[Any, str] = {}
+
+    def lookup(ref: Any) -> str:
+        hit = seen.get(ref)
+        if hit is None:
+            hit = seen[ref] = _value(ref)
+        return hit
+
+    def _value(ref: Any) -> str:
         seg_id, f, c, s = ref
         target = seg if seg_id == seg.id else others(seg_id)
         if target is None:
@@ -181,8 +238,8 @@ def put(node: dict[str, Any], steps: list[list[Any]], value: Any, rep: int) -> N
                     merge(slots[key], value)
                 return
             nxt = slots.get(key)
-            if not isinstance(nxt, dict):
-                nxt = slots[key] = {}
+            if nxt.__class__ is not Node:
+                nxt = slots[key] = Node(nxt) if isinstance(nxt, dict) else Node()
             cur = nxt
         else:
             if i == last:
@@ -193,8 +250,8 @@ def put(node: dict[str, Any], steps: list[list[Any]], value: Any, rep: int) -> N
                     merge(existing, value)
                 return
             nxt = cur.get(name)
-            if not isinstance(nxt, dict):
-                nxt = cur[name] = {}
+            if nxt.__class__ is not Node:
+                nxt = cur[name] = Node(nxt) if isinstance(nxt, dict) else Node()
             cur = nxt
 
 
@@ -209,17 +266,23 @@ def merge(into: dict[str, Any], other: dict[str, Any]) -> None:
             for sk, sv in v.items():
                 if sk not in cur:
                     cur[sk] = sv
+        elif isinstance(cur, Slots) and isinstance(v, list):
+            for i, sv in enumerate(v):
+                cur.setdefault((1_000_000 + i, 0), sv)
 
 
 def finalize(value: Any, resolve: Callable[[Ref], dict[str, Any] | None]) -> Any:
     """Slots → lists, Ref → Reference, and drop what ended up empty."""
-    if isinstance(value, Slots):
+    cls = value.__class__
+    if cls is not Node and cls is not Slots and cls is not Ref:
+        return value  # scalars and finished values from a conversion
+    if cls is Slots:
         out = [finalize(value[k], resolve) for k in sorted(value)]
         out = [v for v in out if v not in (None, {}, [])]
         return out or None
-    if isinstance(value, Ref):
+    if cls is Ref:
         return resolve(value)
-    if isinstance(value, dict):
+    if cls is Node:
         out = {}
         for k, v in value.items():
             fv = finalize(v, resolve)
@@ -231,9 +294,6 @@ def finalize(value: Any, resolve: Callable[[Ref], dict[str, Any] | None]) -> Any
                     continue
             out[k] = fv
         return out or None
-    if isinstance(value, list):
-        out = [finalize(v, resolve) for v in value]
-        return [v for v in out if v not in (None, {}, [])] or None
     return value
 
 
@@ -336,8 +396,39 @@ def builtin(
     return None
 
 
+_MEMO: dict[tuple[int, str, int, int, str | None], Any] = {}
+_MEMO_LIMIT = 100_000
+_MISS = object()
+
+
+def clone(value: Any) -> Any:
+    """Copy of a JSON-like value (memoized results must not be shared between resources)."""
+    if isinstance(value, dict):
+        return {k: clone(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [clone(v) for v in value]
+    return value
+
+
 def convert(rule: dict[str, Any], raw: str, level: int, d: DelimitersLike, ctx: Context) -> Any:
-    """One rule's FHIR value for one v2 value, or ``None``."""
+    """One rule's FHIR value for one v2 value, or ``None``.
+
+    Conversions that create no resource are pure functions of the v2 text, so they are
+    memoized: codes, units, facilities and timestamps repeat across a feed.
+    """
+    if rule.get("pure"):
+        key = (id(rule), raw, level, id(d), ctx.default_tz)
+        hit = _MEMO.get(key, _MISS)
+        if hit is _MISS:
+            hit = _convert(rule, raw, level, d, ctx)
+            if len(_MEMO) >= _MEMO_LIMIT:
+                _MEMO.clear()
+            _MEMO[key] = hit
+        return clone(hit) if isinstance(hit, dict | list) else hit
+    return _convert(rule, raw, level, d, ctx)
+
+
+def _convert(rule: dict[str, Any], raw: str, level: int, d: DelimitersLike, ctx: Context) -> Any:
     fhir_type = rule["type"] or "string"
     mapname = rule["map"]
     if rule["ref"]:
@@ -377,6 +468,8 @@ def _place(node: dict[str, Any], rule: dict[str, Any], value: Any, rep: int) -> 
 def apply_datatype(mapname: str, raw: str, level: int, d: DelimitersLike, ctx: Context) -> Any:
     """Build a FHIR datatype value from a composite v2 value with a datatype map."""
     rules = datatype_maps().get(mapname)
+    if rules and "pure" not in rules[0]:
+        _pure_map(mapname)
     if not rules:
         target = mapname.split("[", 1)[1].rstrip("]") if "[" in mapname else "string"
         return builtin(target, mapname, raw, level, d, ctx, None)
@@ -395,7 +488,7 @@ def apply_datatype(mapname: str, raw: str, level: int, d: DelimitersLike, ctx: C
     def lookup(ref: list[Any]) -> str:
         return leaf(part(ref[1], ref[2]), sub_level + (1 if ref[2] else 0), d)
 
-    node: dict[str, Any] = {}
+    node: dict[str, Any] = Node()
     for rule in rules:
         praw = part(rule["f"], rule["c"])
         plevel = sub_level + (1 if rule["c"] else 0)
@@ -407,7 +500,41 @@ def apply_datatype(mapname: str, raw: str, level: int, d: DelimitersLike, ctx: C
         if value is None:
             continue
         _place(node, rule, value, 0)
-    return node or None
+    return finalize(node, _unresolvable) if node else None
+
+
+def _unresolvable(ref: Ref) -> None:
+    raise ValueError(f"datatype values reference resources by id only, got {ref!r}")
+
+
+@cache
+def _plan(mapname: str) -> tuple[tuple[int, tuple[dict[str, Any], ...], bool], ...] | None:
+    """A segment map's rules grouped by field, so an empty field costs one lookup."""
+    rules = segment_maps().get(mapname)
+    if rules is None:
+        return None
+    by_field: dict[int, list[dict[str, Any]]] = {}
+    for rule in rules:
+        rule["pure"] = _pure_rule(rule)
+        rule["test"] = compile_cond(rule["cond"]) if rule["cond"] is not None else None
+        by_field.setdefault(rule["f"], []).append(rule)
+    return tuple((f, tuple(rs), any(r.get("when_empty") for r in rs)) for f, rs in by_field.items())
+
+
+def _pure_rule(rule: dict[str, Any]) -> bool:
+    """True when converting the rule's value creates no resource (so it can be memoized)."""
+    return not rule["ref"] and (not rule["map"] or _pure_map(rule["map"]))
+
+
+@cache
+def _pure_map(mapname: str) -> bool:
+    rules = datatype_maps().get(mapname) or []
+    for rule in rules:
+        rule["pure"] = not rule["ref"] and (not rule["map"] or rule["map"] == mapname or _pure_map(rule["map"]))
+    return all(r["pure"] for r in rules)
+
+
+_ENVELOPE_SEGMENTS = frozenset({"MSH", "FHS", "BHS"})
 
 
 def apply_segment(mapname: str, seg: SegmentLike, node: dict[str, Any], ctx: Context,
@@ -417,33 +544,49 @@ def apply_segment(mapname: str, seg: SegmentLike, node: dict[str, Any], ctx: Con
     ``rep_base`` separates the list elements of several segments feeding one resource
     (each AIP of an SIU adds its own Appointment.participant).
     """
-    rules = segment_maps().get(mapname)
-    if rules is None:
+    plan = _plan(mapname)
+    if plan is None:
         ctx.notes.append(f"no segment map {mapname}")
         return
     d = seg.delimiters
-    lookup = segment_lookup(seg, others)
+    fields = seg.fields
+    n = len(fields)
+    lookup: Callable[[list[Any]], str] | None = None
     count = segment_count(seg)
-    for rule in rules:
-        reps = seg.reps(rule["f"])
-        level = 0
-        if rule["c"]:
-            reps = [r.split(d.component)[rule["c"] - 1] if len(r.split(d.component)) >= rule["c"] else ""
-                    for r in reps]
-            level = 1
-        if not reps or not reps[0]:
-            if not rule.get("when_empty"):
-                continue
-            reps = [""]
-        if rule["cond"] is not None and not eval_cond(rule["cond"], lookup, count):
+    envelope = seg.id in _ENVELOPE_SEGMENTS
+    for f, rules, when_empty in plan:
+        raw = fields[f] if f < n else ""
+        if raw == NULL:
+            raw = ""
+        if not raw and not when_empty:
             continue
-        if not rule["rep"]:
-            reps = reps[:1]
-        for i, rep in enumerate(reps):
-            value = convert(rule, rep, level, d, ctx)
-            if value is None:
+        if not raw:
+            reps = [""]
+        elif envelope and f <= 2:
+            reps = [raw]
+        else:
+            reps = raw.split(d.repetition)
+        for rule in rules:
+            comp = rule["c"]
+            if comp:
+                cut = [r.split(d.component) for r in reps]
+                values_ = [c[comp - 1] if len(c) >= comp else "" for c in cut]
+                level = 1
+            else:
+                values_ = reps
+                level = 0
+            if not values_[0] and not rule.get("when_empty"):
                 continue
-            _place(node, rule, value, rep_base + i)
+            test = rule["test"]
+            if test is not None:
+                if lookup is None:
+                    lookup = segment_lookup(seg, others)
+                if not test(lookup, count):
+                    continue
+            for i, rep in enumerate(values_ if rule["rep"] else values_[:1]):
+                value = convert(rule, rep, level, d, ctx)
+                if value is not None:
+                    _place(node, rule, value, rep_base + i)
 
 
 def prune(body: dict[str, Any], path: str) -> None:

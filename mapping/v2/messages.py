@@ -21,10 +21,12 @@ from typing import Any, Protocol
 from mapping.v2 import values
 from mapping.v2.engine import (
     Context,
+    Node,
     Ref,
     SegmentLike,
     apply_segment,
-    eval_cond,
+    clone,
+    compile_cond,
     finalize,
     merge,
     prune,
@@ -153,18 +155,17 @@ class _Mapper:
         self.refs: list[tuple[_Instance, list[Any]]] = []
         self.created: dict[tuple[str, str], dict[str, Any]] = {}
         self.first_seg: dict[str, SegmentLike] = {}
+        self.orders: dict[int, str] = {}
         for s in msg.segments:
             self.first_seg.setdefault(s.id, s)
         msh7 = msg.msh.get(7)
         self.ctx = Context(default_tz=values.tz_of(msh7) or default_tz, make_resource=self._make_resource)
 
     # -- resources referenced from datatypes (Practitioner from XCN, Location from PL) --
-    def _make_resource(self, rtype: str, node: dict[str, Any]) -> Ref | None:
-        if rtype not in self.emit:
+    def _make_resource(self, rtype: str, body: dict[str, Any]) -> dict[str, str] | None:
+        if rtype not in self.emit or not body:
             return None
-        body = finalize(node, lambda _r: None)
-        if not body:
-            return None
+        body = clone(body)
         prune(body, rtype)
         key = _identifier_key(body) or _name_key(body)
         if not key:
@@ -175,7 +176,7 @@ class _Mapper:
             self.created[(rtype, rid)] = {"resourceType": rtype, "id": rid, **body}
         else:
             merge(existing, body)
-        return Ref(f"{rtype}/{rid}")
+        return {"reference": f"{rtype}/{rid}"}
 
     def run(self, rows: _Rows) -> None:
         for seg, chain in _walk(self.root, ()):
@@ -185,8 +186,11 @@ class _Mapper:
             for row in rows.find(path, seg.id):
                 if row["type"] not in self.emit:
                     continue
-                if row["cond"] is not None and not eval_cond(row["cond"], lookup, count):
-                    continue
+                if row["cond"] is not None:
+                    if "test" not in row:
+                        row["test"] = compile_cond(row["cond"])
+                    if not row["test"](lookup, count):
+                        continue
                 inst, rep_base = self._instance(row, seg, chain)
                 apply_segment(row["map"], seg, inst.node, self.ctx, self.first_seg.get, rep_base)
                 for ref in row["refs"]:
@@ -212,7 +216,7 @@ class _Mapper:
             if found is not None and found.creator.id != seg.id and outer in (self.root, *found.chain):
                 found.merges += 1
                 return found, found.merges * 1000
-        inst = _Instance(row["key"], row["type"], {}, seg, chain)
+        inst = _Instance(row["key"], row["type"], Node(), seg, chain)
         self.by_scope[k] = inst
         self.instances.append(inst)
         return inst, 0
@@ -265,6 +269,13 @@ class _Mapper:
 
     def order_number(self, inst: _Instance) -> str:
         """Filler (else placer) order number of the order group around ``inst``."""
+        key = id(inst.chain[-1]) if inst.chain else 0
+        hit = self.orders.get(key)
+        if hit is None:
+            hit = self.orders[key] = self._order_number(inst)
+        return hit
+
+    def _order_number(self, inst: _Instance) -> str:
         for g in reversed(inst.chain):
             for spec in config()["order_numbers"]:
                 seg_id, fno = spec.split("-")
@@ -279,8 +290,10 @@ class _Mapper:
         recipes = config()["ids"]
         ordered = sorted(self.instances, key=lambda i: i.type != "Patient")
         for inst in ordered:
-            body = finalize(inst.node, lambda _r: None) or {}
+            body: dict[str, Any] = {}
             for alt in recipes.get(inst.type, recipes["_default"]):
+                if not body and ("identifier" in alt or "name" in alt):
+                    body = finalize(inst.node, lambda _r: None) or {}
                 parts = [self._token(tok, inst, body) for tok in alt]
                 if all(parts):
                     inst.id = stable_id(inst.type, *parts)
