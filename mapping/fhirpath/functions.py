@@ -316,7 +316,14 @@ def _resource_key(c: Compiler, target: Value, args: tuple[Node, ...], scope: Sco
     return Value.literal(f"json_extract_string({render(single(target))}, '$.id')", "varchar", "string")
 
 
-_REF_PATTERN = "'^(?:.*/)?([A-Za-z]+)/([^/]+?)(?:/_history/[^/]+)?$'"
+def _reference_key_sql(ref: str, wanted: str | None) -> str:
+    """One regexp over ``Reference.reference``: ``[base/]Type/id[/_history/v]`` gives ``id``."""
+    if wanted is not None:
+        pattern = sql_string(f"(?:^|/){wanted}/([^/]+?)(?:/_history/[^/]+)?$")
+        return f"nullif(regexp_extract({ref}, {pattern}, 1), '')"
+    pattern = sql_string("(?:^|/)[A-Za-z]+/([^/]+?)(?:/_history/[^/]+)?$")
+    return (f"(CASE WHEN starts_with({ref}, 'urn:uuid:') THEN substr({ref}, 10) "
+            f"ELSE nullif(regexp_extract({ref}, {pattern}, 1), '') END)")
 
 
 @register("getReferenceKey")
@@ -325,19 +332,13 @@ def _reference_key(c: Compiler, target: Value, args: tuple[Node, ...], scope: Sc
     only when it points at the given resource type. ``urn:uuid:`` references key by their uuid."""
     _arity("getReferenceKey", args, 0, 1)
     wanted = _type_arg(args[0]) if args else None
-
-    def key(ref: str) -> str:
-        type_ok = "TRUE" if wanted is None else f"regexp_extract({ref}, {_REF_PATTERN}, 1) = {sql_string(wanted)}"
-        urn = "" if wanted else f" WHEN starts_with({ref}, 'urn:uuid:') THEN substr({ref}, 10)"
-        return (f"(CASE WHEN regexp_matches({ref}, {_REF_PATTERN}) AND {type_ok} "
-                f"THEN regexp_extract({ref}, {_REF_PATTERN}, 2){urn} END)")
-
     refs = to_kind(c.child(target, "reference"), "varchar")
     if not refs.many:
-        return Value.literal(key(render(refs)), "varchar", "string")
+        return Value.literal(_reference_key_sql(render(refs), wanted), "varchar", "string")
     x, y = fresh(), fresh()
-    sql = f"list_filter(list_transform({render(refs)}, lambda {x}: {key(x)}), lambda {y}: {y} IS NOT NULL)"
-    return Value(sql=sql, many=True, kind="varchar", fhir_type="string")
+    keys = f"list_transform({render(refs)}, lambda {x}: {_reference_key_sql(x, wanted)})"
+    return Value(sql=f"list_filter({keys}, lambda {y}: {y} IS NOT NULL)", many=True, kind="varchar",
+                 fhir_type="string")
 
 
 @register("resolve")
