@@ -100,3 +100,21 @@ class DosingData:
         return replace(self, dose_start_h=np.r_[self.dose_start_h, _f(start_h)],
                        dose_mg=np.r_[self.dose_mg, _f(dose_mg)],
                        infusion_h=np.r_[self.infusion_h, _f(infusion_h)])
+
+
+def read_raw_cgm_csv(path: str) -> tuple[GlucoseData, np.ndarray]:
+    """Read a fixtures/cgm/raw/*.csv.gz table (5-min grid) into GlucoseData plus the noise-free glucose.
+
+    The fixture's basal is one programmed rate for the whole record.
+    """
+    import gzip
+
+    with gzip.open(path, "rt") as fh:
+        header = fh.readline().strip().split(",")
+        a = np.loadtxt(fh, delimiter=",", ndmin=2)
+    col = {name: a[:, i] for i, name in enumerate(header)}
+    t = col["t_min"]
+    b, c = col["bolus_u"] > 0, col["carbs_g"] > 0
+    data = GlucoseData(t, col["cgm_mg_dl"], t[b], col["bolus_u"][b], [t[0]], [t[-1] + 5.0], [col["basal_u_h"][0]],
+                       t[c], col["carbs_g"][c])
+    return data, col["bg_true_mg_dl"]

@@ -97,10 +97,7 @@ class VancomycinModel:
         start, amt, dur = (np.broadcast_to(np.atleast_1d(a), (n, np.shape(a)[-1] if np.ndim(a) else 1))
                            for a in (dose_start_h, dose_mg, infusion_h))
         t = np.broadcast_to(np.atleast_1d(t_h), (n, np.shape(t_h)[-1] if np.ndim(t_h) else 1))
-        a, vc = self.rate_matrix(params)
-        lam, vec = np.linalg.eig(a)
-        lam, vec = lam.real, vec.real
-        w = vec[:, 0, :] * np.linalg.inv(vec)[:, :, 0]  # (N, n) weight of each mode in central
+        lam, w, vc = self.modes(params)
         tau = t[:, None, :] - start[:, :, None]  # (N, D, T)
         on = np.minimum(np.maximum(tau, 0.0), dur[:, :, None])
         lam_ = lam[:, None, None, :]
@@ -108,6 +105,13 @@ class VancomycinModel:
         rate = np.where(dur > 0, amt / np.where(dur > 0, dur, 1.0), 0.0)
         amount = np.einsum("ndtk,nk,nd->nt", resp / lam_, w, rate)
         return amount / vc[:, None]
+
+    def modes(self, params: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Eigenvalues (N, n), weight of each mode in the central amount (N, n), central volume (N,)."""
+        a, vc = self.rate_matrix(np.atleast_2d(params))
+        lam, vec = np.linalg.eig(a)
+        lam, vec = lam.real, vec.real
+        return lam, vec[:, 0, :] * np.linalg.inv(vec)[:, :, 0], vc
 
     def params_from_eta(self, typical: np.ndarray, eta: np.ndarray) -> np.ndarray:
         return typical * np.exp(eta)
@@ -147,18 +151,20 @@ class VancomycinModel:
         return Prediction.from_samples(np.asarray(t_h, float), y, posterior, map_mg_l=typical_f)
 
     def steady_state(self, params: np.ndarray, dose_mg: np.ndarray, interval_h: np.ndarray,
-                     infusion_h: np.ndarray, n_doses: int = 40) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """Trough, peak (end of infusion) and AUC24 at steady state; arrays broadcast to (N,)."""
+                     infusion_h: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Trough, peak (end of infusion) and AUC24 at steady state; arrays broadcast to (N,).
+
+        Summing the geometric series of past doses per mode: peak = R·Σ w(e^(λT) − 1)/λ/(1 − e^(λτ)),
+        trough = the same with an extra e^(λ(τ − T)); AUC over an interval at steady state = dose/CL.
+        """
         params = np.atleast_2d(params)
-        dose, tau, tinf = (np.broadcast_to(np.asarray(a, float), (params.shape[0],)) for a in
+        dose, tau, tinf = (np.broadcast_to(np.asarray(a, float), (params.shape[0],))[:, None] for a in
                            (dose_mg, interval_h, infusion_h))
-        starts = tau[:, None] * np.arange(n_doses)[None, :]
-        last = starts[:, -1]
-        times = np.stack([last, last + tinf], axis=1)
-        conc = self.simulate(params, starts, np.repeat(dose[:, None], n_doses, 1),
-                             np.repeat(tinf[:, None], n_doses, 1), times)
-        auc24 = dose * 24.0 / tau / params[:, 0]
-        return conc[:, 0], conc[:, 1], auc24
+        lam, w, vc = self.modes(params)
+        per_mode = (dose / tinf) * w * np.expm1(lam * tinf) / lam / -np.expm1(lam * tau)
+        peak = per_mode.sum(1) / vc
+        trough = (per_mode * np.exp(lam * (tau - tinf))).sum(1) / vc
+        return trough, peak, dose[:, 0] * 24.0 / tau[:, 0] / params[:, 0]
 
     def recommend(self, posterior: Posterior, doses_mg: np.ndarray | None = None,
                   intervals_h: tuple[float, ...] = (8.0, 12.0, 24.0, 36.0, 48.0), n_draws: int = 1000,
