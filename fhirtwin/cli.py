@@ -56,9 +56,38 @@ def build_parser() -> argparse.ArgumentParser:
         help="MLLP listener port, 0 turns it off (env FHIRTWIN_MLLP_PORT)",
     )
 
-    ingest = sub.add_parser("ingest", help="ingest FHIR NDJSON/JSON/Bundle files or folders")
+    ingest = sub.add_parser(
+        "ingest", help="ingest FHIR NDJSON (.ndjson, .ndjson.gz), JSON, Bundles, FHIR XML and HL7v2 files or folders"
+    )
     _add_db(ingest)
     ingest.add_argument("paths", nargs="+", type=Path, metavar="PATH")
+
+    mllp = sub.add_parser("mllp", help="run the HL7v2 MLLP listener alone")
+    _add_db(mllp)
+    mllp.add_argument("--host", default=env_default("HOST", DEFAULT_HOST), help="bind address (env FHIRTWIN_HOST)")
+    mllp.add_argument(
+        "--mllp-port", type=int, default=env_int("MLLP_PORT", DEFAULT_MLLP_PORT), help="port (env FHIRTWIN_MLLP_PORT)"
+    )
+
+    replay = sub.add_parser("replay", help="re-process dead letters (refused FHIR records and HL7v2 messages)")
+    _add_db(replay)
+
+    export = sub.add_parser("export", help="export current resources")
+    _add_db(export)
+    export.add_argument("--format", choices=("parquet", "ndjson"), default="parquet")
+    export.add_argument("--out", type=Path, required=True, help="output folder")
+
+    view = sub.add_parser("view", help="SQL-on-FHIR ViewDefinitions")
+    view_sub = view.add_subparsers(dest="view_command", required=True, metavar="ACTION")
+    view_run = view_sub.add_parser("run", help="run a ViewDefinition over the store")
+    _add_db(view_run)
+    view_run.add_argument("view", type=Path, metavar="VIEW.json")
+    view_run.add_argument("--format", choices=("csv", "json", "ndjson", "parquet"), default="csv")
+    view_run.add_argument("--out", type=Path, default=None, help="file to write (default: standard output)")
+    view_mat = view_sub.add_parser("materialize", help="keep a view as a table refreshed on every write")
+    _add_db(view_mat)
+    view_mat.add_argument("view", type=Path, metavar="VIEW.json")
+    view_mat.add_argument("--name", required=True, help="table name suffix (view_<name>)")
     return parser
 
 
@@ -76,7 +105,7 @@ def cmd_demo(settings: Settings, args: argparse.Namespace, console: Console) -> 
         if args.no_serve:
             return 0
         console.print(f"serving on http://{settings.host}:{settings.port}/fhir (Ctrl-C to stop)")
-        serve(store, settings.host, settings.port)
+        serve(store, settings.host, settings.port, mllp_port=0)
     finally:
         store.close()
     return 0
@@ -87,9 +116,10 @@ def cmd_serve(settings: Settings, console: Console) -> int:
     from store.store import Store
 
     store = Store(settings.db)
-    console.print(f"serving {settings.db} on http://{settings.host}:{settings.port}/fhir (Ctrl-C to stop)")
+    mllp = f", MLLP on {settings.host}:{settings.mllp_port}" if settings.mllp_port else ""
+    console.print(f"serving {settings.db} on http://{settings.host}:{settings.port}/fhir{mllp} (Ctrl-C to stop)")
     try:
-        serve(store, settings.host, settings.port)
+        serve(store, settings.host, settings.port, mllp_port=settings.mllp_port)
     finally:
         store.close()
     return 0
@@ -116,17 +146,102 @@ def cmd_ingest(settings: Settings, args: argparse.Namespace, console: Console) -
     return 1 if summary.rejected else 0
 
 
+def cmd_mllp(settings: Settings) -> int:
+    from ingest.hl7v2.listener import run_mllp_forever
+    from store.store import Store
+
+    with Store(settings.db) as store:
+        run_mllp_forever(store, settings.host, settings.mllp_port)
+    return 0
+
+
+def cmd_replay(settings: Settings, console: Console) -> int:
+    from ingest.hl7v2.processor import replay_dead_letters
+    from ingest.pipeline import Ingestor
+    from store.store import Store
+
+    with Store(settings.db) as store:
+        fhir = Ingestor(store).replay_dead_letters()
+        hl7 = replay_dead_letters(store)
+    console.print(f"FHIR records: {fhir.accepted} now accepted, {fhir.rejected} still refused")
+    console.print(
+        f"HL7v2 messages: {hl7.attempted} replayed, {hl7.processed} processed, {hl7.not_mapped} not mapped, "
+        f"{hl7.still_dead + hl7.unreadable} still failing"
+    )
+    for err in [*fhir.errors, *hl7.errors]:
+        console.print(f"[red]still failing[/] {err}", highlight=False)
+    return 1 if fhir.rejected or hl7.still_dead or hl7.unreadable else 0
+
+
+def cmd_export(settings: Settings, args: argparse.Namespace, console: Console) -> int:
+    from store.export import export_ndjson, export_parquet
+    from store.store import Store
+
+    with Store(settings.db, read_only=True) as store:
+        counts = (export_parquet if args.format == "parquet" else export_ndjson)(store, args.out)
+    console.print(f"exported {sum(counts.values())} resources as {args.format} to {args.out}")
+    for rtype, n in counts.items():
+        console.print(f"  {rtype}: {n}")
+    return 0
+
+
+def _load_view(path: Path, console: Console) -> dict | None:
+    import orjson
+
+    try:
+        return orjson.loads(path.read_bytes())
+    except FileNotFoundError:
+        console.print(f"[red]no such file:[/] {path}")
+    except orjson.JSONDecodeError as exc:
+        console.print(f"[red]{path}: invalid JSON:[/] {exc}")
+    return None
+
+
+def cmd_view(settings: Settings, args: argparse.Namespace, console: Console) -> int:
+    from fhirtwin.view_output import write_rows
+    from mapping.viewdef import ViewDefinitionError
+    from store.store import Store
+    from store.views import MaterializedViews, run
+
+    view = _load_view(args.view, console)
+    if view is None:
+        return 2
+    try:
+        if args.view_command == "materialize":
+            with Store(settings.db) as store:
+                rows = MaterializedViews(store).materialize(args.name, view)
+            console.print(f"view_{args.name}: {rows} rows, refreshed on every write")
+            return 0
+        with Store(settings.db, read_only=Path(settings.db).exists()) as store:
+            compiled, rows = run(store, view)
+    except ViewDefinitionError as exc:
+        console.print(f"[red]{args.view}: invalid ViewDefinition:[/] {exc}", highlight=False)
+        return 2
+    write_rows(rows, [c.name for c in compiled.columns], args.format, args.out)
+    if args.out:
+        console.print(f"{len(rows)} rows written to {args.out}")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the ``fhirtwin`` console script."""
     args = build_parser().parse_args(argv)
     settings = _settings(args)
-    console = Console()
+    console = Console(soft_wrap=True)
     if args.command == "demo":
         return cmd_demo(settings, args, console)
     if args.command == "serve":
         return cmd_serve(settings, console)
     if args.command == "ingest":
         return cmd_ingest(settings, args, console)
+    if args.command == "mllp":
+        return cmd_mllp(settings)
+    if args.command == "replay":
+        return cmd_replay(settings, console)
+    if args.command == "export":
+        return cmd_export(settings, args, console)
+    if args.command == "view":
+        return cmd_view(settings, args, console)
     return 2
 
 

@@ -1,15 +1,32 @@
-"""Run the FHIR API (uvicorn) over a store."""
+"""Run the FHIR API (uvicorn) and the MLLP listener in one process over one store.
+
+One process owns the DuckDB file (it is the single writer), so the HTTP API and
+the HL7v2 listener share an event loop and a Store; Ctrl-C or SIGTERM stops
+uvicorn, then the listener drains in-flight messages before the store closes.
+"""
 
 from __future__ import annotations
+
+import asyncio
 
 import uvicorn
 
 from fhir_server.app import create_app
+from ingest.hl7v2.listener import start_mllp_server
 from store.store import Store
 
 
-def serve(store: Store, host: str, port: int, *, log_level: str = "warning") -> None:
-    """Serve the FHIR API until interrupted (Ctrl-C), then close the store cleanly."""
-    app = create_app(store)
-    config = uvicorn.Config(app, host=host, port=port, log_level=log_level, access_log=False)
-    uvicorn.Server(config).run()
+async def _serve(store: Store, host: str, port: int, mllp_port: int, log_level: str) -> None:
+    config = uvicorn.Config(create_app(store), host=host, port=port, log_level=log_level, access_log=False)
+    server = uvicorn.Server(config)
+    mllp = await start_mllp_server(store, host, mllp_port) if mllp_port else None
+    try:
+        await server.serve()
+    finally:
+        if mllp is not None:
+            await mllp.shutdown()
+
+
+def serve(store: Store, host: str, port: int, *, mllp_port: int = 0, log_level: str = "warning") -> None:
+    """Serve FHIR on ``port`` (and MLLP on ``mllp_port`` unless 0) until interrupted."""
+    asyncio.run(_serve(store, host, port, mllp_port, log_level))

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import os
 import socket
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -42,3 +45,13 @@ def live_server(app: object) -> Iterator[str]:
         thread.join(timeout=10)
 
 
+
+
+FHIRTWIN = [sys.executable, "-m", "fhirtwin.cli"]
+
+
+def run(*args: str, env: dict[str, str] | None = None, timeout: float = 120) -> subprocess.CompletedProcess[str]:
+    """Run the ``fhirtwin`` command line and capture what it prints."""
+    return subprocess.run(
+        [*FHIRTWIN, *args], capture_output=True, text=True, timeout=timeout, env={**os.environ, **(env or {})}
+    )

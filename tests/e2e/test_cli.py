@@ -2,23 +2,13 @@
 
 from __future__ import annotations
 
-import os
 import subprocess
-import sys
 import time
 from pathlib import Path
 
 import httpx
 import pytest
-from support import FIXTURES, free_port
-
-FHIRTWIN = [sys.executable, "-m", "fhirtwin.cli"]
-
-
-def run(*args: str, env: dict[str, str] | None = None, timeout: float = 120) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [*FHIRTWIN, *args], capture_output=True, text=True, timeout=timeout, env={**os.environ, **(env or {})}
-    )
+from support import FHIRTWIN, FIXTURES, free_port, run
 
 
 @pytest.mark.parametrize("command", ["demo", "serve", "ingest"])
