@@ -1,0 +1,125 @@
+"""HL7 v2 throughput: fhirtwin parse / parse+map against python-hl7, hl7apy and bare str.split.
+
+Every contender gets the same messages in the same run, single-threaded, and is timed
+in CPU seconds of this process (messages/s per core). The messages are distinct
+variants of two samples (ORU^R01 with 20 OBX, ADT^A01): control ids, patient ids,
+names, timestamps and every numeric OBX value differ, so caches only help where a
+real feed repeats itself (codes, units, facilities), not by replaying one message.
+
+    .venv/bin/python bench/bench_hl7v2.py [--seconds 1.0] [--variants 200]
+"""
+
+from __future__ import annotations
+
+import argparse
+import random
+import re
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import hl7
+from hl7apy import parser as hl7apy_parser
+
+from ingest.hl7v2 import group_message, parse_message, structure_of
+from mapping.v2 import map_grouped
+
+FIXTURES = Path(__file__).resolve().parents[1] / "fixtures" / "hl7v2"
+SAMPLES = {
+    "ORU^R01 (20 OBX)": FIXTURES / "derived_ORU_R01_LRI_CBC_first20obx.hl7",
+    "ADT^A01": FIXTURES / "v2tofhir_ADT_A01.hl7",
+}
+
+
+def variants(text: str, n: int, seed: int = 7) -> list[str]:
+    """``n`` copies of a message with ids, names, times and numeric values changed."""
+    rng = random.Random(seed)
+    base = text.replace("\r\n", "\r").replace("\n", "\r").strip("\r") + "\r"
+    out = []
+    for i in range(n):
+        segs = []
+        for seg in base.split("\r"):
+            if not seg:
+                continue
+            f = seg.split("|")
+            if f[0] == "MSH":
+                f[9] = f"{f[9]}-{i}"
+                f[6] = f"2026{rng.randint(1, 12):02d}{rng.randint(1, 28):02d}{rng.randint(0, 23):02d}0000"
+            elif f[0] == "PID" and len(f) > 5:
+                f[3] = re.sub(r"^[^\^~]+", f"P{i:06d}", f[3])
+                f[5] = re.sub(r"^[^\^~]+", f"Name{rng.randint(0, 10**6)}", f[5])
+            elif f[0] == "OBX" and len(f) > 5 and f[2] == "NM":
+                f[5] = f"{rng.uniform(0.1, 500):.2f}"
+                if len(f) > 14 and f[14]:
+                    f[14] = f"2026{rng.randint(1, 12):02d}{rng.randint(1, 28):02d}{rng.randint(0, 23):02d}{rng.randint(0, 59):02d}"
+            segs.append("|".join(f))
+        out.append("\r".join(segs) + "\r")
+    return out
+
+
+def bare_split(text: str) -> list[list[list[str]]]:
+    """The floor: segments, fields and components by str.split, nothing else."""
+    return [[f.split("^") for f in seg.split("|")] for seg in text.split("\r") if seg]
+
+
+def fhirtwin_parse(text: str) -> object:
+    msg = parse_message(text)
+    for seg in msg.segments:
+        _ = seg.fields  # force the field split, as the others do
+    return msg
+
+
+def fhirtwin_parse_map(text: str) -> object:
+    msg = parse_message(text)
+    structure = structure_of(msg)
+    return map_grouped(msg, group_message(msg, structure=structure), structure,
+                       event=f"{msg.message_type}^{msg.trigger_event}")
+
+
+def python_hl7(text: str) -> object:
+    return hl7.parse(text)
+
+
+def hl7apy_parse(text: str) -> object:
+    return hl7apy_parser.parse_message(text, find_groups=True)
+
+
+def rate(fn: Callable[[str], object], msgs: list[str], seconds: float) -> float:
+    """Messages per CPU second, cycling through the variants for at least ``seconds``."""
+    fn(msgs[0])
+    done = 0
+    start = time.process_time()
+    while True:
+        for m in msgs:
+            fn(m)
+            done += 1
+            if done % 16 == 0 and time.process_time() - start >= seconds:
+                return done / (time.process_time() - start)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--seconds", type=float, default=1.0, help="CPU seconds per contender and message")
+    ap.add_argument("--variants", type=int, default=200)
+    args = ap.parse_args()
+    contenders: list[tuple[str, Callable[[str], object]]] = [
+        ("bare str.split (floor)", bare_split),
+        ("fhirtwin parse", fhirtwin_parse),
+        ("fhirtwin parse + group + map to FHIR", fhirtwin_parse_map),
+        ("python-hl7 parse", python_hl7),
+        ("hl7apy parse", hl7apy_parse),
+    ]
+    sets = {name: variants(path.read_text(), args.variants) for name, path in SAMPLES.items()}
+    first = fhirtwin_parse_map(sets["ORU^R01 (20 OBX)"][0])
+    n_res = len(first.resources)  # type: ignore[attr-defined]
+    print(f"| contender | {' | '.join(sets)} |")
+    print("|---|" + "---:|" * len(sets))
+    for label, fn in contenders:
+        cells = [f"{rate(fn, msgs, args.seconds):,.0f}" for msgs in sets.values()]
+        print(f"| {label} | {' | '.join(cells)} |")
+    print(f"\nmessages/s per core (CPU time, {args.variants} distinct variants each); "
+          f"ORU maps to {n_res} FHIR resources incl. Provenance")
+
+
+if __name__ == "__main__":
+    main()
