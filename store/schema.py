@@ -20,6 +20,7 @@ RESOURCE_COLUMNS = (
 DDL = f"""
 CREATE TABLE IF NOT EXISTS resource_versions ({RESOURCE_COLUMNS});
 CREATE TABLE IF NOT EXISTS resources_current ({RESOURCE_COLUMNS});
+CREATE INDEX IF NOT EXISTS resources_current_id ON resources_current (id);
 CREATE OR REPLACE VIEW resources AS
     SELECT resource_type, id, version_id, last_updated, deleted, patient_id, json
     FROM resources_current WHERE NOT deleted;

@@ -34,7 +34,12 @@ CREATE TABLE IF NOT EXISTS idx_number (rt VARCHAR, id VARCHAR, param VARCHAR, va
 CREATE TABLE IF NOT EXISTS idx_quantity (rt VARCHAR, id VARCHAR, param VARCHAR, value DOUBLE, system VARCHAR,
     code VARCHAR, unit VARCHAR, canon_value DOUBLE, canon_unit VARCHAR, analyte VARCHAR);
 CREATE TABLE IF NOT EXISTS idx_uri (rt VARCHAR, id VARCHAR, param VARCHAR, value VARCHAR);
-"""
+""" + "".join(
+    # Point lookups by resource id (updates delete a resource's old rows, _include, sort joins) use
+    # these ART indexes instead of scanning tables that grow to tens of millions of rows.
+    f"CREATE INDEX IF NOT EXISTS {t}_id ON {t} (id);\n"
+    for t in ("idx_token", "idx_string", "idx_reference", "idx_date", "idx_number", "idx_quantity", "idx_uri")
+)
 
 _S, _TS, _F = pa.string(), pa.timestamp("us", tz="UTC"), pa.float64()
 # Index table -> (columns after rt/id/param with their Arrow types, row splitter).
@@ -59,6 +64,23 @@ TABLE_OF = {
     "token": "idx_token", "string": "idx_string", "reference": "idx_reference", "date": "idx_date",
     "number": "idx_number", "quantity": "idx_quantity", "uri": "idx_uri",
 }
+
+
+SMALL_BATCH = 2000
+
+
+def keys_predicate(keys: list[tuple[str, str]], staged: str, rt: str = "rt") -> str:
+    """Predicate selecting the rows of the given (type, id) keys: literal id lists per type for small
+    batches (answered from the ART index on id), a semi-join on the staged table otherwise."""
+    if len(keys) > SMALL_BATCH:
+        return f"({rt}, id) IN (SELECT resource_type, id FROM {staged})"
+    by_type: dict[str, list[str]] = {}
+    for rtype, rid in keys:
+        by_type.setdefault(rtype, []).append(rid)
+    return " OR ".join(
+        f"({rt} = {sql_string(rtype)} AND id IN ({', '.join(sql_string(i) for i in ids)}))"
+        for rtype, ids in by_type.items()
+    )
 
 
 def install(con: duckdb.DuckDBPyConnection) -> None:
@@ -109,12 +131,16 @@ def _fallback_elements(
 
 
 def index_batch(
-    con: duckdb.DuckDBPyConnection, staged: str, resources: list[dict[str, Any]], replaces: bool
+    con: duckdb.DuckDBPyConnection,
+    staged: str,
+    resources: list[dict[str, Any]],
+    replaced: list[tuple[str, str]],
 ) -> None:
-    """Index a staged batch; drop the previous entries first when it replaces existing resources."""
-    if replaces:
+    """Index a staged batch; first drop the entries of the resources it replaces."""
+    if replaced:
+        predicate = keys_predicate(replaced, staged)
         for table in INDEX_TABLES:
-            con.execute(f"DELETE FROM {table} AS t USING {staged} AS s WHERE t.rt = s.resource_type AND t.id = s.id")
+            con.execute(f"DELETE FROM {table} WHERE {predicate}")
     if not resources:
         return
     out: dict[str, list[tuple[Any, ...]]] = {t: [] for t in INDEX_TABLES}

@@ -326,17 +326,18 @@ class Store:
                     "INSERT INTO resource_versions SELECT resource_type, id, version_id, last_updated, deleted, "
                     "patient_id, content_hash, json::JSON FROM _staged"
                 )
-                con.execute(
-                    "DELETE FROM resources_current c USING _staged s "
-                    "WHERE c.resource_type = s.resource_type AND c.id = s.id"
-                )
+                replaced = [key for key in staged if key in self._current]
+                if replaced:
+                    con.execute(
+                        "DELETE FROM resources_current WHERE "
+                        + search_index.keys_predicate(replaced, "_staged", rt="resource_type")
+                    )
                 con.execute(
                     "INSERT INTO resources_current SELECT resource_type, id, version_id, last_updated, deleted, "
                     "patient_id, content_hash, json::JSON FROM _staged"
                 )
                 search_index.index_batch(
-                    con, "_staged", [] if deleted else [res for res, _, _ in staged.values()],
-                    any(key in self._current for key in staged),
+                    con, "_staged", [] if deleted else [res for res, _, _ in staged.values()], replaced
                 )
             finally:
                 con.unregister("_staged")
