@@ -397,6 +397,7 @@ def builtin(
 
 
 _MEMO: dict[tuple[int, str, int, int, str | None], Any] = {}
+_FIELD_MEMO: dict[tuple[Any, ...], list[tuple[dict[str, Any], int, Any]]] = {}
 _MEMO_LIMIT = 100_000
 _MISS = object()
 
@@ -508,7 +509,7 @@ def _unresolvable(ref: Ref) -> None:
 
 
 @cache
-def _plan(mapname: str) -> tuple[tuple[int, tuple[dict[str, Any], ...], bool], ...] | None:
+def _plan(mapname: str) -> tuple[FieldPlan, ...] | None:
     """A segment map's rules grouped by field, so an empty field costs one lookup."""
     rules = segment_maps().get(mapname)
     if rules is None:
@@ -518,7 +519,34 @@ def _plan(mapname: str) -> tuple[tuple[int, tuple[dict[str, Any], ...], bool], .
         rule["pure"] = _pure_rule(rule)
         rule["test"] = compile_cond(rule["cond"]) if rule["cond"] is not None else None
         by_field.setdefault(rule["f"], []).append(rule)
-    return tuple((f, tuple(rs), any(r.get("when_empty") for r in rs)) for f, rs in by_field.items())
+    return tuple(
+        FieldPlan(f, tuple(rs), any(r.get("when_empty") for r in rs), all(r["pure"] for r in rs),
+                  tuple(sorted({ref for r in rs for ref in _cond_refs(r["cond"])})))
+        for f, rs in by_field.items()
+    )
+
+
+@dataclass(frozen=True, slots=True, eq=False)  # hashed by identity: a memo key
+class FieldPlan:
+    """The rules of one v2 field; ``pure`` groups are memoized on the field text and
+    the values their conditions read (``deps``)."""
+
+    field: int
+    rules: tuple[dict[str, Any], ...]
+    when_empty: bool
+    pure: bool
+    deps: tuple[tuple[str, int, int, int], ...]
+
+
+def _cond_refs(cond: Any) -> list[tuple[str, int, int, int]]:
+    if cond is None:
+        return []
+    if cond[0] in ("and", "or"):
+        return _cond_refs(cond[1]) + _cond_refs(cond[2])
+    refs = [tuple(cond[1])]
+    if cond[0] in ("eqref", "neref"):
+        refs.append(tuple(cond[2]))
+    return refs  # type: ignore[return-value]
 
 
 def _pure_rule(rule: dict[str, Any]) -> bool:
@@ -554,19 +582,31 @@ def apply_segment(mapname: str, seg: SegmentLike, node: dict[str, Any], ctx: Con
     lookup: Callable[[list[Any]], str] | None = None
     count = segment_count(seg)
     envelope = seg.id in _ENVELOPE_SEGMENTS
-    for f, rules, when_empty in plan:
+    for fp in plan:
+        f = fp.field
         raw = fields[f] if f < n else ""
         if raw == NULL:
             raw = ""
-        if not raw and not when_empty:
+        if not raw and not fp.when_empty:
             continue
+        key = None
+        if fp.pure:
+            if fp.deps and lookup is None:
+                lookup = segment_lookup(seg, others)
+            key = (fp, raw, tuple(lookup(r) for r in fp.deps) if lookup else (), id(d), ctx.default_tz)
+            hit = _FIELD_MEMO.get(key)
+            if hit is not None:
+                for rule, i, value in hit:
+                    _place(node, rule, clone(value) if isinstance(value, dict | list) else value, rep_base + i)
+                continue
+        placed: list[tuple[dict[str, Any], int, Any]] = []
         if not raw:
             reps = [""]
         elif envelope and f <= 2:
             reps = [raw]
         else:
             reps = raw.split(d.repetition)
-        for rule in rules:
+        for rule in fp.rules:
             comp = rule["c"]
             if comp:
                 cut = [r.split(d.component) for r in reps]
@@ -586,13 +626,21 @@ def apply_segment(mapname: str, seg: SegmentLike, node: dict[str, Any], ctx: Con
             for i, rep in enumerate(values_ if rule["rep"] else values_[:1]):
                 value = convert(rule, rep, level, d, ctx)
                 if value is not None:
+                    if key is not None:
+                        placed.append((rule, i, clone(value) if isinstance(value, dict | list) else value))
                     _place(node, rule, value, rep_base + i)
+        if key is not None:
+            if len(_FIELD_MEMO) >= _MEMO_LIMIT:
+                _FIELD_MEMO.clear()
+            _FIELD_MEMO[key] = placed
 
 
 def prune(body: dict[str, Any], path: str) -> None:
     """Drop list elements missing children FHIR requires (an Encounter.location with no
     location): the IG maps some parts of an element but not the mandatory one."""
     req, prefixes = required_children()
+    if path not in prefixes:
+        return
     for key in list(body):
         p = f"{path}.{key}"
         if p not in prefixes and p not in req:

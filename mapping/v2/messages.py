@@ -156,6 +156,7 @@ class _Mapper:
         self.created: dict[tuple[str, str], dict[str, Any]] = {}
         self.first_seg: dict[str, SegmentLike] = {}
         self.orders: dict[int, str] = {}
+        self.by_key: dict[str, list[_Instance]] = {}
         for s in msg.segments:
             self.first_seg.setdefault(s.id, s)
         msh7 = msg.msh.get(7)
@@ -218,6 +219,7 @@ class _Mapper:
                 return found, found.merges * 1000
         inst = _Instance(row["key"], row["type"], Node(), seg, chain)
         self.by_scope[k] = inst
+        self.by_key.setdefault(inst.key, []).append(inst)
         self.instances.append(inst)
         return inst, 0
 
@@ -228,10 +230,12 @@ class _Mapper:
             inst = self.by_scope.get((key, id(g)))
             if inst is not None:
                 return inst
-        for g in reversed(near.chain):  # a sibling scope inside the same enclosing group
-            for inst in reversed(self.instances):
-                if inst.key == key and g in inst.chain:
-                    return inst
+        candidates = self.by_key.get(key)
+        if candidates:
+            for g in reversed(near.chain):  # a sibling scope inside the same enclosing group
+                for inst in reversed(candidates):
+                    if g in inst.chain:
+                        return inst
         return None
 
     def link(self) -> None:
@@ -268,22 +272,13 @@ class _Mapper:
                     inst.node[eref] = Ref(enc)
 
     def order_number(self, inst: _Instance) -> str:
-        """Filler (else placer) order number of the order group around ``inst``."""
-        key = id(inst.chain[-1]) if inst.chain else 0
-        hit = self.orders.get(key)
-        if hit is None:
-            hit = self.orders[key] = self._order_number(inst)
-        return hit
-
-    def _order_number(self, inst: _Instance) -> str:
+        """Filler (else placer) order number of the innermost group around ``inst`` that has one."""
         for g in reversed(inst.chain):
-            for spec in config()["order_numbers"]:
-                seg_id, fno = spec.split("-")
-                for item in _segments_in(g):
-                    if item.id == seg_id:
-                        v = item.get(int(fno), 1, 1) + "|" + item.get(int(fno), 1, 2)
-                        if v.strip("|"):
-                            return f"{spec}:{v}"
+            found = self.orders.get(id(g))
+            if found is None:
+                found = self.orders[id(g)] = _order_number_in(g)
+            if found:
+                return found
         return ""
 
     def assign_ids(self) -> None:
@@ -375,6 +370,17 @@ def _one_choice(body: dict[str, Any], prefixes: Sequence[str]) -> None:
             if seen:
                 del body[key]
             seen = True
+
+
+def _order_number_in(group: Any) -> str:
+    for spec in config()["order_numbers"]:
+        seg_id, fno = spec.split("-")
+        for item in _segments_in(group):
+            if item.id == seg_id:
+                v = item.get(int(fno), 1, 1) + "|" + item.get(int(fno), 1, 2)
+                if v.strip("|"):
+                    return f"{spec}:{v}"
+    return ""
 
 
 def _segments_in(group: Any) -> Iterator[SegmentLike]:

@@ -39,7 +39,7 @@ def message_maps() -> dict[str, list[dict[str, Any]]]:
 def required_children() -> tuple[dict[str, list[str]], frozenset[str]]:
     """Backbone element path → children FHIR requires, and every prefix of such a path."""
     req = _load("required")
-    prefixes = {p.rsplit(".", i)[0] for p in req for i in range(p.count("."))}
+    prefixes = {p.rsplit(".", i)[0] for p in req for i in range(1, p.count(".") + 1)}
     return req, frozenset(prefixes)
 
 
