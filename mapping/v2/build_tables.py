@@ -337,7 +337,7 @@ class R4Elements:
                     self.resources.add(sd["id"])
                 for el in sd.get("snapshot", {}).get("element", []):
                     parent, _, child = el["path"].rpartition(".")
-                    if parent and el.get("min", 0) >= 1 and "." in parent:
+                    if parent and el.get("min", 0) >= 1:
                         self.required.setdefault(parent, []).append(child.replace("[x]", ""))
                     types = [t["code"] for t in el.get("type", []) if "code" in t]
                     if "contentReference" in el:
@@ -345,7 +345,11 @@ class R4Elements:
                     self.el[el["path"]] = (el.get("max", "1") not in ("0", "1"), types)
 
     def resolve(self, root: str, steps: list[list[Any]]) -> tuple[list[list[Any]], str]:
-        """Steps annotated ``[name, slot, is_array]`` and the leaf type; raises _Unsupported."""
+        """Steps annotated ``[name, slot, is_array]`` and the leaf type; raises _Unsupported.
+
+        A step into a choice element (``valueString``) carries its base name as a fourth
+        item (``value``), so the engine can keep one ``value[x]`` when two rows fill it.
+        """
         out: list[list[Any]] = []
         base = root
         leaf = root
@@ -354,10 +358,11 @@ class R4Elements:
                 out[-1][0] = "_" + out[-1][0]  # extensions on a primitive live in _name
                 base = "Element"
             path = f"{base}.{name}"
+            choice = None
             if path in self.el:
                 is_array, types = self.el[path]
             else:
-                is_array, types = self._choice(base, name)
+                is_array, types, choice = self._choice(base, name)
             if not types:
                 raise _Unsupported(path)
             t = types[0]
@@ -368,10 +373,10 @@ class R4Elements:
             else:
                 base = t
             leaf = t
-            out.append([name, slot, is_array])
+            out.append([name, slot, is_array, choice] if choice else [name, slot, is_array])
         return out, leaf
 
-    def _choice(self, base: str, name: str) -> tuple[bool, list[str]]:
+    def _choice(self, base: str, name: str) -> tuple[bool, list[str], str]:
         for i in range(len(name) - 1, 0, -1):
             if name[i].isupper():
                 path = f"{base}.{name[:i]}[x]"
@@ -379,7 +384,7 @@ class R4Elements:
                     wanted = name[i:]
                     for t in self.el[path][1]:
                         if t.lower() == wanted.lower():
-                            return False, [t]
+                            return False, [t], name[:i]
         raise _Unsupported(f"{base}.{name}")
 
 

@@ -111,7 +111,7 @@ def joined_text(raw: str, level: int, d: DelimitersLike) -> str:
     """All non-empty atomic parts joined by spaces (XPN → "Jones William A")."""
     if level >= 2:
         return leaf(raw, level, d)
-    return " ".join(t for t in (joined_text(p, level + 1, d) for p in split(raw, level, d)) if t)
+    return " ".join(t for t in (joined_text(p, level + 1, d).strip() for p in split(raw, level, d)) if t)
 
 
 # --- conditions --------------------------------------------------------------------
@@ -220,16 +220,23 @@ def segment_count(seg: SegmentLike) -> Callable[[list[Any]], int]:
 
 
 def put(node: dict[str, Any], steps: list[list[Any]], value: Any, rep: int) -> None:
-    """Write ``value`` at ``steps`` unless something is already there (first rule wins)."""
+    """Write ``value`` at ``steps`` unless something is already there (first rule wins).
+
+    A choice step (``collectedDateTime``) is not written when a sibling variant
+    (``collectedPeriod``) is already there: FHIR allows one ``x[x]`` per element.
+    """
     cur = node
     rep_pending = True
     last = len(steps) - 1
-    for i, (name, slot, is_array) in enumerate(steps):
-        if is_array:
+    for i, step in enumerate(steps):
+        name = step[0]
+        if len(step) > 3 and name not in cur and _has_variant(cur, step[3]):
+            return
+        if step[2]:
             slots = cur.get(name)
             if not isinstance(slots, Slots):
                 slots = cur[name] = Slots()
-            key = (slot, rep if rep_pending else 0)
+            key = (step[1], rep if rep_pending else 0)
             rep_pending = False
             if i == last:
                 if key not in slots:
@@ -255,11 +262,34 @@ def put(node: dict[str, Any], steps: list[list[Any]], value: Any, rep: int) -> N
             cur = nxt
 
 
+def _has_variant(node: dict[str, Any], base: str) -> bool:
+    """True when ``node`` already holds some ``base[x]`` (``valueString`` for ``value``)."""
+    n = len(base)
+    return any(k.startswith(base) and k[n:n + 1].isupper() for k in node)
+
+
+@cache
+def choice_bases() -> dict[str, str]:
+    """Every choice element name the tables write (``collectedPeriod``) → its base (``collected``)."""
+    return {
+        step[0]: step[3]
+        for maps in (segment_maps(), datatype_maps())
+        for rules in maps.values()
+        for rule in rules
+        for step in rule["steps"]
+        if len(step) > 3
+    }
+
+
 def merge(into: dict[str, Any], other: dict[str, Any]) -> None:
+    """Add what ``into`` lacks from ``other`` (first wins), never a second ``x[x]`` variant."""
+    choices = choice_bases()
     for k, v in other.items():
         cur = into.get(k)
         if cur is None:
-            into[k] = v
+            base = choices.get(k)
+            if base is None or not _has_variant(into, base):
+                into[k] = v
         elif isinstance(cur, dict) and not isinstance(cur, Slots) and isinstance(v, dict):
             merge(cur, v)
         elif isinstance(cur, Slots) and isinstance(v, Slots):
@@ -271,14 +301,56 @@ def merge(into: dict[str, Any], other: dict[str, Any]) -> None:
                 cur.setdefault((1_000_000 + i, 0), sv)
 
 
+SHEET_STRIDE = 1_000_000
+"""List offset between segment maps feeding one resource (see ``messages._Instance.base_of``)."""
+
+
+def _compatible(a: dict[str, Any], b: dict[str, Any]) -> bool:
+    """True when ``b`` adds to ``a`` without contradicting it (no differing leaf, no second x[x])."""
+    choices = choice_bases()
+    for k, vb in b.items():
+        va = a.get(k)
+        if va is None:
+            base = choices.get(k)
+            if base is not None and _has_variant(a, base):
+                return False
+        elif isinstance(va, dict) and isinstance(vb, dict):
+            if not _compatible(va, vb):
+                return False
+        elif va != vb:
+            return False
+    return True
+
+
+def _combine(a: dict[str, Any], b: dict[str, Any]) -> None:
+    for k, vb in b.items():
+        va = a.get(k)
+        if va is None:
+            a[k] = vb
+        elif isinstance(va, dict) and isinstance(vb, dict):
+            _combine(va, vb)
+
+
 def finalize(value: Any, resolve: Callable[[Ref], dict[str, Any] | None]) -> Any:
     """Slots → lists, Ref → Reference, and drop what ended up empty."""
     cls = value.__class__
     if cls is not Node and cls is not Slots and cls is not Ref:
         return value  # scalars and finished values from a conversion
     if cls is Slots:
-        out = [finalize(value[k], resolve) for k in sorted(value)]
-        out = [v for v in out if v not in (None, {}, [])]
+        out: list[Any] = []
+        numbered: dict[tuple[int, int], list[dict[str, Any]]] = {}
+        for k in sorted(value):
+            v = finalize(value[k], resolve)
+            if v in (None, {}, [], "") or v in out:
+                continue
+            if isinstance(v, dict):
+                alike = numbered.setdefault((k[0], k[1] % SHEET_STRIDE), [])  # same number, other sheets
+                into = next((a for a in alike if _compatible(a, v)), None)
+                if into is not None:
+                    _combine(into, v)
+                    continue
+                alike.append(v)
+            out.append(v)
         return out or None
     if cls is Ref:
         return resolve(value)
@@ -350,7 +422,7 @@ def builtin(
         return _hd_uri(raw, level, d)
     if mapname == "NA[SampledData]":
         return _sampled_data(raw, level, d)
-    text = leaf(raw, level, d)
+    text = leaf(raw, level, d).strip()  # v2 pads; FHIR codes, ids and dates may not
     if not text:
         return None
     if fhir_type in ("string", "markdown"):
@@ -383,8 +455,8 @@ def builtin(
     if fhir_type in ("CodeableConcept", "Coding"):
         parts = split(raw, level, d)
         coding = {"code": text}
-        display = leaf(parts[1], level + 1, d) if len(parts) > 1 else ""
-        system = leaf(parts[2], level + 1, d) if len(parts) > 2 else ""
+        display = leaf(parts[1], level + 1, d).strip() if len(parts) > 1 else ""
+        system = leaf(parts[2], level + 1, d).strip() if len(parts) > 2 else ""
         if display:
             coding["display"] = display
         if system:
@@ -445,7 +517,7 @@ def _convert(rule: dict[str, Any], raw: str, level: int, d: DelimitersLike, ctx:
     else:
         result = builtin(fhir_type, mapname, raw, level, d, ctx, rule.get("dt"))
     if rule["vocab"]:
-        result = _apply_vocab(result, rule["vocab"], leaf(raw, level, d), fhir_type)
+        result = _apply_vocab(result, rule["vocab"], leaf(raw, level, d).strip(), fhir_type)
     if fhir_type in QUANTITY_TYPES and isinstance(result, dict):
         result = values.normalize_quantity(result)
     return result
@@ -635,6 +707,18 @@ def apply_segment(mapname: str, seg: SegmentLike, node: dict[str, Any], ctx: Con
             _FIELD_MEMO[key] = placed
 
 
+def has_element(item: dict[str, Any], name: str) -> bool:
+    """True when ``item`` holds ``name`` itself or one of its ``name[x]`` variants."""
+    n = len(name)
+    return any(k == name or (k.startswith(name) and k[n:n + 1].isupper()) for k in item)
+
+
+def missing_required(body: dict[str, Any], rtype: str) -> list[str]:
+    """Top-level elements R4 requires of ``rtype`` that ``body`` lacks."""
+    req, _ = required_children()
+    return [kid for kid in req.get(rtype, ()) if not has_element(body, kid)]
+
+
 def prune(body: dict[str, Any], path: str) -> None:
     """Drop list elements missing children FHIR requires (an Encounter.location with no
     location): the IG maps some parts of an element but not the mandatory one."""
@@ -649,9 +733,7 @@ def prune(body: dict[str, Any], path: str) -> None:
         items = val if isinstance(val, list) else [val]
         kids = req.get(p)
         if kids:
-            items = [it for it in items if isinstance(it, dict) and all(
-                any(k == kid or (k.startswith(kid) and k[len(kid):len(kid) + 1].isupper()) for k in it)
-                for kid in kids)]
+            items = [it for it in items if isinstance(it, dict) and all(has_element(it, kid) for kid in kids)]
         for it in items:
             if isinstance(it, dict) and p in prefixes:
                 prune(it, p)

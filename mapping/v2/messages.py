@@ -20,6 +20,7 @@ from typing import Any, Protocol
 
 from mapping.v2 import values
 from mapping.v2.engine import (
+    SHEET_STRIDE,
     Context,
     Node,
     Ref,
@@ -29,6 +30,7 @@ from mapping.v2.engine import (
     compile_cond,
     finalize,
     merge,
+    missing_required,
     prune,
     put,
     segment_count,
@@ -83,6 +85,16 @@ class _Instance:
     id: str | None = None
     alias: _Instance | None = None
     merges: int = 0
+    bases: dict[str, int] = field(default_factory=dict)
+
+    def base_of(self, mapname: str) -> int:
+        """List offset of a segment map's elements. The IG numbers list slots per sheet:
+        PD1[Patient]'s ``extension[1]`` is not PID[Patient]'s, while RXR[MedicationRequest]'s
+        ``dosageInstruction[1]`` completes RXE's. ``finalize`` joins such elements when they agree."""
+        base = self.bases.get(mapname)
+        if base is None:
+            base = self.bases[mapname] = len(self.bases) * SHEET_STRIDE
+        return base
 
     def root(self) -> _Instance:
         inst = self
@@ -193,7 +205,8 @@ class _Mapper:
                     if not row["test"](lookup, count):
                         continue
                 inst, rep_base = self._instance(row, seg, chain)
-                apply_segment(row["map"], seg, inst.node, self.ctx, self.first_seg.get, rep_base)
+                base = inst.base_of(row["map"]) + rep_base
+                apply_segment(row["map"], seg, inst.node, self.ctx, self.first_seg.get, base)
                 for ref in row["refs"]:
                     self.refs.append((inst, ref))
 
@@ -338,11 +351,10 @@ class _Mapper:
                 continue
             body = finalize(inst.node, self.resolve) or {}
             _element_defaults(body, inst.type, cfg["element_defaults"])
-            _one_choice(body, cfg["choice_elements"].get(inst.type, ()))
             prune(body, inst.type)
             for k, v in cfg["defaults"].get(inst.type, {}).items():
                 body.setdefault(k, v)
-            missing = [k for k in cfg["required_or_drop"].get(inst.type, []) if k not in body]
+            missing = missing_required(body, inst.type)
             if missing:
                 self.ctx.notes.append(f"{inst.type} from {inst.creator.id}[{inst.creator.seq}] dropped: no {missing}")
                 continue
@@ -360,16 +372,6 @@ def _element_defaults(body: dict[str, Any], rtype: str, defaults: dict[str, dict
         for item in items:
             for k, v in values_.items():
                 item.setdefault(k, v)
-
-
-def _one_choice(body: dict[str, Any], prefixes: Sequence[str]) -> None:
-    """Keep the first of ``value[x]`` variants when two IG rows both fired (NA + OBX-6)."""
-    for prefix in prefixes:
-        seen = False
-        for key in [k for k in body if k.startswith(prefix) and k[len(prefix):len(prefix) + 1].isupper()]:
-            if seen:
-                del body[key]
-            seen = True
 
 
 def _order_number_in(group: Any) -> str:
@@ -472,5 +474,6 @@ def map_grouped(
     m.assign_ids()
     resources = m.resources()
     patient = next((r for r in resources if r["resourceType"] == "Patient"), None)
-    resources.append(_provenance(msg, resources, m.ctx.default_tz))
+    if resources:  # a Provenance must name at least one target
+        resources.append(_provenance(msg, resources, m.ctx.default_tz))
     return MappingResult(structure, True, resources, patient["id"] if patient else None, m.ctx.notes)

@@ -37,7 +37,8 @@ def message_maps() -> dict[str, list[dict[str, Any]]]:
 
 @cache
 def required_children() -> tuple[dict[str, list[str]], frozenset[str]]:
-    """Backbone element path → children FHIR requires, and every prefix of such a path."""
+    """Resource type or backbone element path → children FHIR requires, and every proper
+    prefix of a backbone path (the elements ``prune`` has to descend into)."""
     req = _load("required")
     prefixes = {p.rsplit(".", i)[0] for p in req for i in range(1, p.count(".") + 1)}
     return req, frozenset(prefixes)

@@ -68,9 +68,13 @@ def test_rde_medication_request() -> None:
     [req] = result.of_type("MedicationRequest")
     assert req["intent"] == "order" and req["status"] == "active"
     assert req["medicationCodeableConcept"]["coding"][0]["system"] == "http://hl7.org/fhir/sid/ndc"
-    dose = req["dosageInstruction"][0]["doseAndRate"][0]
+    [given] = [d for d in req["dosageInstruction"] if "doseAndRate" in d and "route" in d]  # RXE + RXR
+    dose = given["doseAndRate"][0]
     assert dose["doseQuantity"]["value"] == 5
     assert dose["rateQuantity"]["code"] == "mL/h"
+    assert given["route"]["coding"][0]["code"] == "IVINJ"
+    timings = [d["timing"]["code"]["coding"][0]["code"] for d in req["dosageInstruction"] if "timing" in d]
+    assert timings == ["TID", "P"]  # each TQ1 keeps its own timing
     assert req["subject"] == {"reference": f"Patient/{result.patient_id}"}
 
 
