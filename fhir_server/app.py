@@ -38,6 +38,7 @@ from fhir_server.responses import (
     shape,
 )
 from fhir_server.service import FhirService, Written, check_type
+from fhir_server.simulate import register_simulate
 from fhir_server.transaction import process_bundle
 from fhir_server.versioning import if_match_version, not_modified, parse_instant, version_headers
 
@@ -201,6 +202,7 @@ def create_app(store: Any) -> FastAPI:
         return await in_pool(search_response, service, request, rtype, pairs, fmt)
 
     register_operations(app, service, in_pool)
+    register_simulate(app, store, in_pool)
 
     @app.get("/fhir/{rtype}/{rid}/_history")
     async def instance_history(rtype: str, rid: str, request: Request) -> Response:

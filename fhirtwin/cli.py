@@ -18,6 +18,8 @@ from fhirtwin.settings import (
     env_int,
 )
 
+MODEL_CHOICES = ("glucose", "vancomycin", "vancomycin-goti-2018", "vancomycin-buelga-2005")
+
 
 def _add_db(p: argparse.ArgumentParser) -> None:
     p.add_argument("--db", default=env_default("DB", DEFAULT_DB), help="DuckDB file (env FHIRTWIN_DB)")
@@ -88,11 +90,33 @@ def build_parser() -> argparse.ArgumentParser:
     _add_db(view_mat)
     view_mat.add_argument("view", type=Path, metavar="VIEW.json")
     view_mat.add_argument("--name", required=True, help="table name suffix (view_<name>)")
+    twin = sub.add_parser("twin", help="patient twins: fit and publish, simulate a scenario, validate")
+    twin_sub = twin.add_subparsers(dest="twin_command", required=True, metavar="ACTION")
+    for action, text in (("fit", "fit a patient's twin and publish its forecast, plan and Provenance"),
+                         ("simulate", "simulate a scenario for a patient (nothing is stored)")):
+        p = twin_sub.add_parser(action, help=text)
+        _add_db(p)
+        p.add_argument("--patient", required=True, help="Patient id")
+        p.add_argument("--model", required=True, choices=MODEL_CHOICES)
+        p.add_argument("--origin", help="fit on data with clinical time up to this dateTime (default: latest)")
+        if action == "simulate":
+            p.add_argument("--horizon", help="e.g. 120min, 2h, 72h (default 2h glucose, 72h drugs)")
+            p.add_argument("--scenario", type=Path, help="a $simulate Parameters JSON file with scenario events")
+            p.add_argument("--out", type=Path, help="write the result Bundle (JSON) here")
+    val = twin_sub.add_parser("validate", help="fit up to a split and score forecasts after it (report with plots)")
+    _add_db(val)
+    val.add_argument("--model", required=True, choices=("glucose", "vancomycin"))
+    val.add_argument("--patient", help="Patient id (glucose: CGM in the store)")
+    val.add_argument("--split-days", type=float, default=10.0, help="glucose: days of data to fit on")
+    val.add_argument("--virtual", type=int, default=200, help="vancomycin: virtual TDM patients")
+    val.add_argument("--out", type=Path, required=True, help="report folder")
+    listing = twin_sub.add_parser("list", help="twins in the store and whether new data made them stale")
+    _add_db(listing)
     return parser
 
 
 def cmd_demo(settings: Settings, args: argparse.Namespace, console: Console) -> int:
-    from fhirtwin.demo import FIXTURES, print_results, run_pipeline
+    from fhirtwin.demo import FIXTURES, print_results, run_mechanistic_twins, run_pipeline
     from fhirtwin.serving import serve
     from store.store import Store
 
@@ -101,6 +125,8 @@ def cmd_demo(settings: Settings, args: argparse.Namespace, console: Console) -> 
     store = Store(settings.db)
     try:
         results = run_pipeline(store, data, console)
+        if args.data is None:
+            run_mechanistic_twins(store, console)
         print_results(console, store, results, settings.host, settings.port)
         if args.no_serve:
             return 0
@@ -223,6 +249,12 @@ def cmd_view(settings: Settings, args: argparse.Namespace, console: Console) -> 
     return 0
 
 
+def cmd_twin(settings: Settings, args: argparse.Namespace, console: Console) -> int:
+    from fhirtwin.twin_commands import run_twin_command
+
+    return run_twin_command(settings.db, args, console)
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the ``fhirtwin`` console script."""
     args = build_parser().parse_args(argv)
@@ -242,6 +274,8 @@ def main(argv: list[str] | None = None) -> int:
         return cmd_export(settings, args, console)
     if args.command == "view":
         return cmd_view(settings, args, console)
+    if args.command == "twin":
+        return cmd_twin(settings, args, console)
     return 2
 
 

@@ -19,9 +19,14 @@ from rich.table import Table
 from ingest.fhir_files import iter_files
 from ingest.pipeline import Ingestor, IngestSummary
 from store.store import Store
+from twin.service import publish
 from twin.trend_twin import TrendResult, run_trend_twins
 
 FIXTURES = Path(__file__).resolve().parents[1] / "fixtures" / "synthea"
+TWIN_FIXTURES = {
+    "glucose": Path(__file__).resolve().parents[1] / "fixtures" / "cgm" / "fhir",
+    "vancomycin": Path(__file__).resolve().parents[1] / "fixtures" / "tdm" / "fhir",
+}
 
 
 def _progress(console: Console) -> Progress:
@@ -93,3 +98,32 @@ def print_results(console: Console, store: Store, results: list[TrendResult], ho
         console.print(f"  {base}/Observation/{first.observation_id}")
         console.print(f"  {base}/Observation?subject=Patient/{first.patient_id}&code=http://loinc.org|4548-4")
         console.print(f"  {base}/Provenance?_count=5")
+
+
+def run_mechanistic_twins(store: Store, console: Console) -> list[tuple[str, str, str]]:
+    """Ingest the CGM and TDM fixtures, then fit and publish a glucose or vancomycin twin per patient."""
+    summary = ingest_with_progress(store, list(TWIN_FIXTURES.values()), console)
+    console.print(f"[bold]ingested[/] twin fixtures: {summary.accepted} written, {summary.unchanged} unchanged")
+    jobs = []
+    for model, folder in TWIN_FIXTURES.items():
+        ids = store.cursor().execute(
+            "SELECT DISTINCT patient_id FROM resources WHERE resource_type = 'Patient' AND patient_id IN "
+            f"(SELECT json ->> '$.id' FROM read_ndjson_objects('{folder}/*.ndjson*')) ORDER BY 1"
+        ).fetchall()
+        jobs += [(model, pid) for (pid,) in ids]
+    plans = []
+    with _progress(console) as progress:
+        task = progress.add_task("fit mechanistic twins", total=len(jobs))
+        for model, pid in jobs:
+            written = publish(store, pid, model)
+            plan = next(w for w in written if w.resource_type == "CarePlan")
+            plans.append((pid, model, (store.read("CarePlan", plan.id) or {}).get("description", "")))
+            progress.advance(task)
+    table = Table(title="twin recommendations (CarePlan, intent proposal)")
+    table.add_column("patient")
+    table.add_column("model")
+    table.add_column("recommendation")
+    for pid, model, text in plans:
+        table.add_row(pid, model, text)
+    console.print(table)
+    return plans

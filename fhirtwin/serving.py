@@ -1,8 +1,9 @@
 """Run the FHIR API (uvicorn) and the MLLP listener in one process over one store.
 
 One process owns the DuckDB file (it is the single writer), so the HTTP API and
-the HL7v2 listener share an event loop and a Store; Ctrl-C or SIGTERM stops
-uvicorn, then the listener drains in-flight messages before the store closes.
+the HL7v2 listener share an event loop and a Store, and a background thread refits
+twins whose patients received new data; Ctrl-C or SIGTERM stops uvicorn, then the
+listener drains in-flight messages before the store closes.
 """
 
 from __future__ import annotations
@@ -14,17 +15,21 @@ import uvicorn
 from fhir_server.app import create_app
 from ingest.hl7v2.listener import start_mllp_server
 from store.store import Store
+from twin.service import TwinRefresher
 
 
 async def _serve(store: Store, host: str, port: int, mllp_port: int, log_level: str) -> None:
     config = uvicorn.Config(create_app(store), host=host, port=port, log_level=log_level, access_log=False)
     server = uvicorn.Server(config)
+    refresher = TwinRefresher(store)
+    refresher.start()
     mllp = await start_mllp_server(store, host, mllp_port) if mllp_port else None
     try:
         await server.serve()
     finally:
         if mllp is not None:
             await mllp.shutdown()
+        refresher.stop()
 
 
 def serve(store: Store, host: str, port: int, *, mllp_port: int = 0, log_level: str = "warning") -> None:

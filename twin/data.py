@@ -55,6 +55,25 @@ class GlucoseData:
             basal_u_h=self.basal_u_h[p],
         )
 
+    def with_basal_change(self, start_min: float, end_min: float, rate_u_h: float) -> GlucoseData:
+        """A temporary basal rate over [start, end): overlapping programmed periods are cut around it."""
+        starts, ends, rates = [], [], []
+        for s, e, r in zip(self.basal_start_min, self.basal_end_min, self.basal_u_h, strict=True):
+            if s < start_min:
+                starts.append(s)
+                ends.append(min(e, start_min))
+                rates.append(r)
+            if e > end_min:
+                starts.append(max(s, end_min))
+                ends.append(e)
+                rates.append(r)
+        starts.append(start_min)
+        ends.append(end_min)
+        rates.append(rate_u_h)
+        order = np.argsort(starts, kind="stable")
+        return replace(self, basal_start_min=np.asarray(starts)[order], basal_end_min=np.asarray(ends)[order],
+                       basal_u_h=np.asarray(rates)[order])
+
     def readings_between(self, t0_min: float, t1_min: float) -> GlucoseData:
         """Same events, readings restricted to [t0, t1) (used to score held-out days)."""
         k = (self.t_min >= t0_min) & (self.t_min < t1_min)

@@ -10,8 +10,9 @@ piling up copies.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any
 
 from store.ids import stable_id
@@ -132,4 +133,81 @@ def provenance(
             }
         ],
         "entity": [{"role": "source", "what": {"reference": ref}} for ref in inputs],
+    }
+
+
+def _unit_of(name: str) -> str:
+    """The unit a parameter name carries in its suffix (``cl_l_h`` → ``L/h``), as UCUM-ish text."""
+    table = {
+        "l_h": "L/h", "l": "L", "ml_per_uu_min": "mL/uU/min", "mg_dl_min": "mg/dL/min", "per_min": "/min",
+        "dl": "dL", "min": "min", "h": "h", "mg_l": "mg/L", "mg_dl": "mg/dL",
+    }
+    for suffix in sorted(table, key=len, reverse=True):
+        if name.endswith("_" + suffix):
+            return table[suffix]
+    return "1"
+
+
+def parameters_observation(
+    *, patient_id: str, model: ModelRef, posterior: Any, derived_from: list[str], origin: datetime, key: str
+) -> dict[str, Any]:
+    """The fitted parameters (MAP) with 95% credible intervals and CVs, one component each."""
+    z = 1.959964
+    components = []
+    for i, name in enumerate(posterior.names):
+        sd = float(posterior.log_cov[i, i]) ** 0.5
+        mid = float(posterior.log_map[i])
+        lo, hi = math.exp(mid - z * sd), math.exp(mid + z * sd)
+        unit = _unit_of(name)
+        components.append({
+            "code": {"coding": [{"system": f"{TWIN_CS}/parameter", "code": name}], "text": name},
+            "valueQuantity": {"value": round(math.exp(mid), 8), "unit": unit},
+            "referenceRange": [{
+                "low": {"value": round(lo, 8), "unit": unit}, "high": {"value": round(hi, 8), "unit": unit},
+                "text": f"95% credible interval; CV {posterior.cv[name] * 100:.1f}%",
+            }],
+        })
+    ident = posterior.identifiability()
+    note = (f"MAP with Laplace approximation from {ident['starts']} starts "
+            f"({ident['starts_converged_to_map']} reached the MAP); data fingerprint {posterior.data_fingerprint}.")
+    if ident["poorly_identified"]:
+        note += f" Poorly identified (CV > 40%): {', '.join(ident['poorly_identified'])}."
+    return {
+        "resourceType": "Observation",
+        "id": stable_id("parameters", patient_id, model.model_id, key),
+        "meta": {"tag": [SIMULATED_TAG]},
+        "status": "preliminary",
+        "category": [TWIN_CATEGORY],
+        "code": {"coding": [{"system": TWIN_CS, "code": "fitted-parameters", "display": "Fitted twin parameters"}],
+                 "text": f"Fitted parameters of {model.model_id} {model.version}"},
+        "subject": {"reference": f"Patient/{patient_id}"},
+        "effectiveDateTime": fhir_instant(origin),
+        "method": {"coding": [{"system": TWIN_CS, "code": model.model_id, "display": model.title,
+                               "version": model.version}], "text": f"{model.model_id} {model.version}"},
+        "device": {"reference": f"Device/{model_device(model)['id']}"},
+        "component": components,
+        "derivedFrom": [{"reference": ref} for ref in derived_from],
+        "note": [{"text": note}],
+    }
+
+
+def care_plan(
+    *, patient_id: str, model: ModelRef, title: str, description: str, activities: list[dict[str, Any]], key: str,
+    derived: str,
+) -> dict[str, Any]:
+    """A proposed CarePlan holding a twin's recommendation (one activity per proposed action)."""
+    return {
+        "resourceType": "CarePlan",
+        "id": stable_id("careplan", patient_id, model.model_id, key),
+        "meta": {"tag": [SIMULATED_TAG]},
+        "status": "active",
+        "intent": "proposal",
+        "category": [TWIN_CATEGORY],
+        "title": title,
+        "description": description,
+        "subject": {"reference": f"Patient/{patient_id}"},
+        "created": fhir_instant(datetime.now(UTC)),
+        "author": {"reference": f"Device/{model_device(model)['id']}", "display": f"{model.model_id} {model.version}"},
+        "supportingInfo": [{"reference": f"Observation/{derived}"}],
+        "activity": [{"detail": detail} for detail in activities],
     }

@@ -440,12 +440,16 @@ class GlucoseInsulinModel:
 
     def predict(self, posterior: Posterior, data: GlucoseData, origin_min: float,
                 carbs_t_min: np.ndarray | None = None, carbs_g: np.ndarray | None = None,
-                bolus_t_min: np.ndarray | None = None, bolus_u: np.ndarray | None = None) -> Prediction:
-        """Glucose for 2 h after origin from data known at origin plus a scenario of planned carbs/boluses.
+                bolus_t_min: np.ndarray | None = None, bolus_u: np.ndarray | None = None,
+                basal_changes: list[tuple[float, float, float]] | None = None) -> Prediction:
+        """Glucose for 2 h after origin from data known at origin plus a scenario of planned carbs/boluses
+        and temporary basal rates (start_min, end_min, rate_u_h).
 
         Planned events enter the effect series like recorded ones (the filter never sees CGM after origin).
         """
         known = data.until(origin_min)
+        for start_min, end_min, rate_u_h in basal_changes or ():
+            known = known.with_basal_change(start_min, end_min, rate_u_h)
         scenario = GlucoseData(
             known.t_min, known.glucose_mg_dl,
             np.r_[known.bolus_t_min, np.zeros(0) if bolus_t_min is None else bolus_t_min],

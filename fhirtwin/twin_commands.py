@@ -1,0 +1,113 @@
+"""``fhirtwin twin fit|simulate|validate|list``: the twins from the command line."""
+
+from __future__ import annotations
+
+import argparse
+import re
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import orjson
+from rich.console import Console
+from rich.table import Table
+
+from store.store import Store
+from twin.inputs import MissingData, glucose_inputs, latest_time
+from twin.scenario import Scenario, ScenarioError, SimulationRequest, parse_request
+from twin.service import TwinRegistry, UnknownModel, publish, result_summary, simulate, simulation_bundle
+from twin.validation_report import validate_glucose, validate_vancomycin
+
+_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(min|m|h|d)\s*$")
+
+
+def _minutes(text: str) -> float:
+    m = _DURATION.match(text)
+    if not m:
+        raise ValueError(f"duration {text!r}: expected e.g. 90min, 2h, 3d")
+    return float(m.group(1)) * {"min": 1, "m": 1, "h": 60, "d": 1440}[m.group(2)]
+
+
+def _origin(text: str | None) -> datetime | None:
+    if not text:
+        return None
+    t = datetime.fromisoformat(text)
+    return t.replace(tzinfo=UTC) if t.tzinfo is None else t
+
+
+def _request(store: Store, args: argparse.Namespace) -> SimulationRequest:
+    scenario = Scenario()
+    if args.scenario:
+        parsed = parse_request(orjson.loads(args.scenario.read_bytes()))
+        scenario = parsed.scenario
+    origin = _origin(args.origin)
+    if origin is None:
+        view, col = (("glucose_readings", "effective_time") if args.model == "glucose"
+                     else ("drug_levels", "effective_time"))
+        origin = latest_time(store, view, col, args.patient, datetime.now(UTC)) or datetime.now(UTC)
+    return SimulationRequest(args.model, origin, _minutes(args.horizon) if args.horizon else None, scenario)
+
+
+def _print_predictions(console: Console, bundle: dict) -> None:
+    table = Table(title="predictions (median, 80% and 95% intervals)")
+    for col in ("time", "value", "80%", "95%"):
+        table.add_column(col)
+    for entry in bundle["entry"][1:]:
+        r = entry["resource"]
+        comps = {c["code"]["text"][:2]: c["valueRange"] for c in r.get("component", [])}
+        rng = {k: f"{v['low']['value']:.1f}-{v['high']['value']:.1f}" for k, v in comps.items()}
+        table.add_row(r["effectiveDateTime"][:16], f"{r['valueQuantity']['value']:.1f} {r['valueQuantity']['unit']}",
+                      rng.get("80", ""), rng.get("95", ""))
+    console.print(table)
+
+
+def run_twin_command(db: str, args: argparse.Namespace, console: Console) -> int:
+    """Dispatch ``fhirtwin twin ACTION``; returns the exit code."""
+    with Store(db) as store:
+        try:
+            if args.twin_command == "list":
+                for row in TwinRegistry.rows(store):
+                    state = "stale" if row["stale"] else "fresh"
+                    console.print(f"{row['patient_id']} {row['model']} {state} fitted {row['fitted_at']:%Y-%m-%d %H:%M} "
+                                  f"data {row['fingerprint']}" + (f" error: {row['error']}" if row["error"] else ""))
+                return 0
+            if args.twin_command == "fit":
+                written = publish(store, args.patient, args.model, _origin(args.origin))
+                kinds: dict[str, int] = {}
+                for w in written:
+                    kinds[w.resource_type] = kinds.get(w.resource_type, 0) + 1
+                console.print(f"published {args.model} twin of Patient/{args.patient}: "
+                              + ", ".join(f"{n} {k}" for k, n in sorted(kinds.items())))
+                plan = next((w for w in written if w.resource_type == "CarePlan"), None)
+                if plan:
+                    console.print((store.read("CarePlan", plan.id) or {}).get("description", ""))
+                return 0
+            if args.twin_command == "simulate":
+                result = simulate(store, args.patient, _request(store, args))
+                bundle = simulation_bundle(result)
+                console.print_json(orjson.dumps(result_summary(result)).decode())
+                _print_predictions(console, bundle)
+                if args.out:
+                    args.out.write_bytes(orjson.dumps(bundle, option=orjson.OPT_INDENT_2))
+                    console.print(f"Bundle written to {args.out}")
+                return 0
+            return _validate(store, args, console)
+        except (MissingData, UnknownModel, ScenarioError, ValueError, LookupError) as exc:
+            console.print(f"[red]{args.twin_command} failed:[/] {exc}", highlight=False)
+            return 2
+
+
+def _validate(store: Store, args: argparse.Namespace, console: Console) -> int:
+    out: Path = args.out
+    if args.model == "vancomycin":
+        report = validate_vancomycin(n_patients=args.virtual, out_dir=out)
+    else:
+        if not args.patient:
+            raise ValueError("--patient is required for the glucose validation")
+        latest = latest_time(store, "glucose_readings", "effective_time", args.patient, datetime.now(UTC))
+        if latest is None:
+            raise MissingData(f"Patient/{args.patient} has no glucose readings")
+        data, start, used = glucose_inputs(store, args.patient, latest + timedelta(minutes=1))
+        report = validate_glucose(data, args.split_days * 1440.0, out_dir=out, fingerprint=used.fingerprint)
+    console.print(report.markdown_table())
+    console.print(f"report written to {out}")
+    return 0
