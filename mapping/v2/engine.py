@@ -21,6 +21,8 @@ from dataclasses import dataclass, field
 from functools import cache
 from typing import Any, Protocol
 
+import orjson
+
 from mapping.v2 import values
 from mapping.v2.tables import config, datatype_maps, required_children, segment_maps, vocabularies
 
@@ -219,47 +221,59 @@ def segment_count(seg: SegmentLike) -> Callable[[list[Any]], int]:
 # --- building ----------------------------------------------------------------------
 
 
+Writer = Callable[[dict[str, Any], Any, int], None]
+
+
 def put(node: dict[str, Any], steps: list[list[Any]], value: Any, rep: int) -> None:
     """Write ``value`` at ``steps`` unless something is already there (first rule wins).
 
     A choice step (``collectedDateTime``) is not written when a sibling variant
     (``collectedPeriod``) is already there: FHIR allows one ``x[x]`` per element.
     """
-    cur = node
+    writer(tuple(tuple(step) for step in steps))(node, value, rep)
+
+
+@cache
+def writer(steps: tuple[tuple[Any, ...], ...]) -> Writer:
+    """The straight-line function that performs :func:`put` for one path.
+
+    Generated once per distinct path of the tables: the walk over steps, the list-slot
+    keys and the choice checks become constants, so a write costs a few dict operations.
+    """
+    lines = ["def w(cur, value, rep):"]
+    if not steps:
+        lines.append("    if isinstance(value, dict): merge(cur, value)")
     rep_pending = True
     last = len(steps) - 1
     for i, step in enumerate(steps):
-        name = step[0]
-        if len(step) > 3 and name not in cur and _has_variant(cur, step[3]):
-            return
-        if step[2]:
-            slots = cur.get(name)
-            if not isinstance(slots, Slots):
-                slots = cur[name] = Slots()
-            key = (step[1], rep if rep_pending else 0)
+        name, slot, is_array = step[0], step[1], step[2]
+        if len(step) > 3:
+            lines.append(f"    if {name!r} not in cur and _has_variant(cur, {step[3]!r}): return")
+        if is_array:
+            key = f"({slot!r}, rep)" if rep_pending else f"({slot!r}, 0)"
             rep_pending = False
+            lines += [f"    s = cur.get({name!r})",
+                      f"    if s.__class__ is not Slots: s = cur[{name!r}] = Slots()",
+                      f"    k = {key}"]
             if i == last:
-                if key not in slots:
-                    slots[key] = value
-                elif isinstance(slots[key], dict) and isinstance(value, dict):
-                    merge(slots[key], value)
-                return
-            nxt = slots.get(key)
-            if nxt.__class__ is not Node:
-                nxt = slots[key] = Node(nxt) if isinstance(nxt, dict) else Node()
-            cur = nxt
+                lines += ["    ex = s.get(k)",
+                          "    if ex is None: s[k] = value",
+                          "    elif isinstance(ex, dict) and isinstance(value, dict): merge(ex, value)"]
+            else:
+                lines += ["    nxt = s.get(k)",
+                          "    if nxt.__class__ is not Node: nxt = s[k] = Node(nxt) if isinstance(nxt, dict) else Node()",
+                          "    cur = nxt"]
+        elif i == last:
+            lines += [f"    ex = cur.get({name!r})",
+                      f"    if ex is None: cur[{name!r}] = value",
+                      "    elif isinstance(ex, dict) and isinstance(value, dict): merge(ex, value)"]
         else:
-            if i == last:
-                existing = cur.get(name)
-                if existing is None:
-                    cur[name] = value
-                elif isinstance(existing, dict) and isinstance(value, dict):
-                    merge(existing, value)
-                return
-            nxt = cur.get(name)
-            if nxt.__class__ is not Node:
-                nxt = cur[name] = Node(nxt) if isinstance(nxt, dict) else Node()
-            cur = nxt
+            lines += [f"    nxt = cur.get({name!r})",
+                      f"    if nxt.__class__ is not Node: nxt = cur[{name!r}] = Node(nxt) if isinstance(nxt, dict) else Node()",
+                      "    cur = nxt"]
+    scope: dict[str, Any] = {"Slots": Slots, "Node": Node, "merge": merge, "_has_variant": _has_variant}
+    exec("\n".join(lines), scope)  # the source is built above from the compiled tables only
+    return scope["w"]
 
 
 def _has_variant(node: dict[str, Any], base: str) -> bool:
@@ -483,6 +497,27 @@ def clone(value: Any) -> Any:
     return value
 
 
+def freeze(value: Any) -> Any:
+    """A memo entry: containers as JSON bytes, because ``orjson.loads`` copies them several
+    times faster than walking them in Python; scalars as they are."""
+    if isinstance(value, dict | list):
+        try:
+            return orjson.dumps(value)
+        except TypeError:  # an integer beyond 64 bits: keep the object, copy it by walking
+            return value
+    return value
+
+
+def thaw(value: Any) -> Any:
+    """A fresh copy of a memo entry made by :func:`freeze`."""
+    cls = value.__class__
+    if cls is bytes:
+        return orjson.loads(value)
+    if cls is dict or cls is list:
+        return clone(value)
+    return value
+
+
 def convert(rule: dict[str, Any], raw: str, level: int, d: DelimitersLike, ctx: Context) -> Any:
     """One rule's FHIR value for one v2 value, or ``None``.
 
@@ -493,11 +528,12 @@ def convert(rule: dict[str, Any], raw: str, level: int, d: DelimitersLike, ctx: 
         key = (id(rule), raw, level, id(d), ctx.default_tz)
         hit = _MEMO.get(key, _MISS)
         if hit is _MISS:
-            hit = _convert(rule, raw, level, d, ctx)
+            value = _convert(rule, raw, level, d, ctx)
             if len(_MEMO) >= _MEMO_LIMIT:
                 _MEMO.clear()
-            _MEMO[key] = hit
-        return clone(hit) if isinstance(hit, dict | list) else hit
+            _MEMO[key] = freeze(value)
+            return value
+        return thaw(hit)
     return _convert(rule, raw, level, d, ctx)
 
 
@@ -529,13 +565,24 @@ def _place(node: dict[str, Any], rule: dict[str, Any], value: Any, rep: int) -> 
     The IG writes ``XPN.1 → family`` with map ``FN[HumanName]``: the FN map fills
     the HumanName itself, so its result belongs one level up.
     """
-    steps = rule["steps"]
-    if isinstance(value, dict) and not isinstance(value, Slots) and rule["type"] in values.PRIMITIVE_TYPES:
-        steps = steps[:-1]
-    if steps:
-        put(node, steps, value, rep)
-    elif isinstance(value, dict):
-        merge(node, value)
+    w = rule.get("w")
+    if w is None:
+        w = _writers(rule)
+    if value.__class__ is dict and rule["prim"]:
+        w = rule["wp"]
+        if w is None:
+            merge(node, value)
+            return
+    w(node, value, rep)
+
+
+def _writers(rule: dict[str, Any]) -> Writer:
+    """Attach the rule's writers: to its path, and to the parent for values built one level up."""
+    steps = tuple(tuple(step) for step in rule["steps"])
+    rule["prim"] = rule["type"] in values.PRIMITIVE_TYPES
+    rule["wp"] = writer(steps[:-1]) if len(steps) > 1 else None
+    w = rule["w"] = writer(steps)
+    return w
 
 
 def apply_datatype(mapname: str, raw: str, level: int, d: DelimitersLike, ctx: Context) -> Any:
@@ -669,7 +716,7 @@ def apply_segment(mapname: str, seg: SegmentLike, node: dict[str, Any], ctx: Con
             hit = _FIELD_MEMO.get(key)
             if hit is not None:
                 for rule, i, value in hit:
-                    _place(node, rule, clone(value) if isinstance(value, dict | list) else value, rep_base + i)
+                    _place(node, rule, thaw(value), rep_base + i)
                 continue
         placed: list[tuple[dict[str, Any], int, Any]] = []
         if not raw:
@@ -699,7 +746,7 @@ def apply_segment(mapname: str, seg: SegmentLike, node: dict[str, Any], ctx: Con
                 value = convert(rule, rep, level, d, ctx)
                 if value is not None:
                     if key is not None:
-                        placed.append((rule, i, clone(value) if isinstance(value, dict | list) else value))
+                        placed.append((rule, i, freeze(value)))
                     _place(node, rule, value, rep_base + i)
         if key is not None:
             if len(_FIELD_MEMO) >= _MEMO_LIMIT:

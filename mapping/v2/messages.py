@@ -16,6 +16,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
+from functools import cache
 from typing import Any, Protocol
 
 from mapping.v2 import values
@@ -141,6 +142,7 @@ class _Rows:
         return self.by_seg.get(seg, [])
 
 
+@cache
 def _rows_for(structure: str) -> _Rows | None:
     maps = message_maps()
     name = config()["message_aliases"].get(structure, structure)
