@@ -229,5 +229,31 @@ def validate_vancomycin(n_patients: int = 200, seed: int = 1, out_dir: str | Pat
         intro = ("Each virtual patient: 6 doses q12h (15 mg/kg, 1 g/h), a peak 1 h after the 3rd infusion and a "
                  "trough 30 min before the 4th dose (with the published residual error); forecasts of the peak "
                  "after the 5th and the trough before the 6th dose are compared to the noise-free truth.")
-        _write(report, Path(out_dir), intro, [])
+        _vancomycin_plot({k: np.array(v) for k, v in pred.items()}, true, Path(out_dir))
+        _write(report, Path(out_dir), intro, ["forecast_vs_truth.png"])
     return report
+
+
+def _vancomycin_plot(pred: dict[str, np.ndarray], true: np.ndarray, out: Path) -> None:
+    """Forecast vs true concentration for each forecaster, with the ±20% band."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    out.mkdir(parents=True, exist_ok=True)
+    fig, axes = plt.subplots(1, len(pred), figsize=(4.5 * len(pred), 4.5), sharey=True)
+    top = float(np.nanmax(true)) * 1.3
+    for ax, (name, values) in zip(np.atleast_1d(axes), pred.items(), strict=True):
+        for j, (what, marker) in enumerate((("next peak", "o"), ("next trough", "s"))):
+            ax.scatter(true[:, j], values[:, j], s=8, marker=marker, alpha=0.6, label=what)
+        x = np.array([0.0, top])
+        ax.plot(x, x, "k", lw=0.7)
+        ax.fill_between(x, 0.8 * x, 1.2 * x, color="0.85", zorder=0, label="±20%")
+        within = 100 * np.mean(np.abs(values - true) <= 0.2 * true)
+        ax.set(xlim=(0, top), ylim=(0, top), xlabel="true concentration (mg/L)", title=f"{name}\n{within:.0f}% within ±20%")
+    np.atleast_1d(axes)[0].set_ylabel("forecast (mg/L)")
+    np.atleast_1d(axes)[0].legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(out / "forecast_vs_truth.png", dpi=90)
+    plt.close(fig)

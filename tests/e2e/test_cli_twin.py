@@ -1,0 +1,47 @@
+"""``fhirtwin twin …`` as a user runs it."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import orjson
+import pytest
+from support import FIXTURES, run
+
+
+@pytest.fixture(scope="module")
+def db(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    path = tmp_path_factory.mktemp("twin") / "t.duckdb"
+    assert run("ingest", "--db", str(path), str(FIXTURES / "tdm" / "fhir")).returncode == 0
+    return path
+
+
+def test_fit_publishes_and_list_shows_it(db: Path) -> None:
+    out = run("twin", "fit", "--db", str(db), "--patient", "tdm-002", "--model", "vancomycin")
+    assert out.returncode == 0, out.stdout + out.stderr
+    assert "CarePlan" in out.stdout and "AUC24" in out.stdout
+    listing = run("twin", "list", "--db", str(db))
+    assert "tdm-002 vancomycin fresh" in listing.stdout
+
+
+def test_simulate_writes_the_bundle(db: Path, tmp_path: Path) -> None:
+    target = tmp_path / "sim.json"
+    out = run("twin", "simulate", "--db", str(db), "--patient", "tdm-001", "--model", "vancomycin",
+              "--horizon", "24h", "--out", str(target))
+    assert out.returncode == 0, out.stdout + out.stderr
+    bundle = orjson.loads(target.read_bytes())
+    assert len(bundle["entry"]) == 25
+
+
+def test_missing_data_is_a_clear_cli_error(db: Path) -> None:
+    out = run("twin", "simulate", "--db", str(db), "--patient", "tdm-001", "--model", "glucose")
+    assert out.returncode == 2
+    assert "glucose readings" in out.stdout
+
+
+def test_validate_vancomycin_writes_a_report(db: Path, tmp_path: Path) -> None:
+    out = run("twin", "validate", "--db", str(db), "--model", "vancomycin", "--virtual", "40", "--out",
+              str(tmp_path / "report"))
+    assert out.returncode == 0, out.stdout + out.stderr
+    assert (tmp_path / "report" / "report.md").exists() and (tmp_path / "report" / "report.html").exists()
+    assert list((tmp_path / "report").glob("*.png"))

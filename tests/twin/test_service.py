@@ -1,0 +1,166 @@
+"""Twins over the store: scenarios, point-in-time fits, published FHIR, refits on new data."""
+
+from __future__ import annotations
+
+import copy
+from datetime import UTC, datetime
+
+import numpy as np
+import pytest
+from support import FIXTURES
+
+from ingest.pipeline import Ingestor
+from mapping.validation import validate_resource
+from store.store import Store
+from twin.inputs import MissingData
+from twin.scenario import ScenarioError, parse_request
+from twin.service import TwinRefresher, TwinRegistry, publish, simulate, simulation_bundle
+
+GLUCOSE_PATIENT = "sim-adult-001"
+VANCO_PATIENT = "tdm-001"
+UCUM = "http://unitsofmeasure.org"
+
+
+def params(model: str, origin: str, horizon: tuple[float, str] | None = None, events: list | None = None) -> dict:
+    out = [{"name": "model", "valueString": model}, {"name": "origin", "valueDateTime": origin}]
+    if horizon:
+        out.append({"name": "horizon", "valueQuantity": {"value": horizon[0], "unit": horizon[1], "system": UCUM,
+                                                          "code": horizon[1]}})
+    if events:
+        out.append({"name": "scenario", "part": events})
+    return {"resourceType": "Parameters", "parameter": out}
+
+
+def carbs(time: str, grams: float) -> dict:
+    return {"name": "carbs", "part": [{"name": "time", "valueDateTime": time},
+                                      {"name": "amount", "valueQuantity": {"value": grams, "unit": "g", "code": "g"}}]}
+
+
+def dose(time: str, mg: float, minutes: float = 60) -> dict:
+    return {"name": "dose", "part": [
+        {"name": "time", "valueDateTime": time},
+        {"name": "amount", "valueQuantity": {"value": mg, "unit": "mg", "system": UCUM, "code": "mg"}},
+        {"name": "infusion", "valueDuration": {"value": minutes, "unit": "min", "system": UCUM, "code": "min"}}]}
+
+
+@pytest.fixture(scope="module")
+def store() -> Store:
+    s = Store(":memory:")
+    Ingestor(s).ingest_paths([FIXTURES / "cgm" / "fhir", FIXTURES / "tdm" / "fhir"])
+    yield s
+    s.close()
+
+
+def predictions(bundle: dict) -> list[dict]:
+    return [e["resource"] for e in bundle["entry"][1:]]
+
+
+def test_glucose_scenario_changes_the_forecast_and_nothing_is_stored(store: Store) -> None:
+    before = store.count("Observation")
+    origin = "2026-01-17T12:00:00Z"
+    base = simulation_bundle(simulate(store, GLUCOSE_PATIENT, parse_request(params("glucose", origin))))
+    meal = simulation_bundle(simulate(store, GLUCOSE_PATIENT, parse_request(
+        params("glucose", origin, (2, "h"), [carbs("2026-01-17T12:05:00Z", 80)]))))
+    assert store.count("Observation") == before
+    assert base["type"] == "collection" and len(predictions(base)) == 24  # every 5 min for 2 h
+    fitted = base["entry"][0]["resource"]
+    assert fitted["code"]["coding"][0]["code"] == "fitted-parameters"
+    assert {c["code"]["text"] for c in fitted["component"]} >= {"si_ml_per_uu_min", "vg_dl"}
+    b_vals = np.array([o["valueQuantity"]["value"] for o in predictions(base)])
+    m_vals = np.array([o["valueQuantity"]["value"] for o in predictions(meal)])
+    assert m_vals[-1] > b_vals[-1] + 20  # 80 g of carbohydrate raises glucose within 2 h
+    for obs in predictions(meal):
+        assert obs["status"] == "preliminary"
+        assert obs["code"]["coding"][0]["code"] == "99504-3" and obs["valueQuantity"]["code"] == "mg/dL"
+        assert any(t["code"] == "simulated" for t in obs["meta"]["tag"])
+        ranges = {c["code"]["text"]: c["valueRange"] for c in obs["component"]}
+        lo80, hi80 = ranges["80% prediction interval"]["low"]["value"], ranges["80% prediction interval"]["high"]["value"]
+        lo95, hi95 = ranges["95% prediction interval"]["low"]["value"], ranges["95% prediction interval"]["high"]["value"]
+        assert lo95 <= lo80 <= obs["valueQuantity"]["value"] <= hi80 <= hi95
+        assert obs["derivedFrom"] == [{"reference": f"Observation/{fitted['id']}"}]
+    for entry in base["entry"]:
+        assert validate_resource(entry["resource"]) == []
+
+
+def test_fit_sees_only_data_up_to_the_origin(store: Store) -> None:
+    origin = "2026-01-16T08:00:00Z"
+    first = simulate(store, GLUCOSE_PATIENT, parse_request(params("glucose", origin)))
+    later = simulate(store, GLUCOSE_PATIENT, parse_request(params("glucose", "2026-01-16T09:00:00Z")))
+    assert first.inputs.fingerprint != later.inputs.fingerprint
+    cutoff = datetime(2026, 1, 16, 8, tzinfo=UTC)
+    for ref in first.inputs.references:
+        rtype, rid = ref.split("/")
+        res = store.read(rtype, rid)
+        when = res.get("effectiveDateTime") or (res.get("effectivePeriod") or {}).get("start")
+        if when:
+            assert datetime.fromisoformat(when.replace("Z", "+00:00")) <= cutoff
+
+
+def test_vancomycin_dose_scenario(store: Store) -> None:
+    origin = "2026-03-02T23:00:00Z"
+    base = simulation_bundle(simulate(store, VANCO_PATIENT, parse_request(params("vancomycin", origin, (48, "h")))))
+    more = simulation_bundle(simulate(store, VANCO_PATIENT, parse_request(
+        params("vancomycin", origin, (48, "h"), [dose("2026-03-03T08:00:00Z", 1250)]))))
+    assert len(predictions(base)) == 48
+    times = [o["effectiveDateTime"] for o in predictions(base)]
+    b = {t: o["valueQuantity"]["value"] for t, o in zip(times, predictions(base), strict=True)}
+    m = {o["effectiveDateTime"]: o["valueQuantity"]["value"] for o in predictions(more)}
+    before_dose = [t for t in times if t < "2026-03-03T08"]
+    after_dose = [t for t in times if t >= "2026-03-03T10"]
+    assert all(abs(m[t] - b[t]) < 1e-6 for t in before_dose)
+    assert all(m[t] > b[t] for t in after_dose)
+    assert predictions(base)[0]["code"]["coding"][0]["code"] == "20578-1"
+
+
+def test_publish_then_new_data_marks_stale_and_refit_replaces(store: Store) -> None:
+    refresher = TwinRefresher(store)
+    written = publish(store, VANCO_PATIENT, "vancomycin")
+    kinds = {w.resource_type for w in written}
+    assert {"Observation", "CarePlan", "Provenance", "Device"} <= kinds
+    plan_id = next(w.id for w in written if w.resource_type == "CarePlan")
+    plan = store.read("CarePlan", plan_id)
+    assert plan["intent"] == "proposal" and "AUC24" in plan["description"]
+    assert plan["activity"][0]["detail"]["quantity"]["code"] == "mg"
+    for w in written:
+        assert validate_resource(store.read(w.resource_type, w.id)) == []
+    prov = store.read("Provenance", next(w.id for w in written if w.resource_type == "Provenance"))
+    assert {e["what"]["reference"] for e in prov["entity"]} >= {f"Observation/{VANCO_PATIENT}-level-4092-3"}
+    (row,) = [r for r in TwinRegistry.rows(store) if r["patient_id"] == VANCO_PATIENT]
+    assert not row["stale"]
+
+    level = copy.deepcopy(store.read("Observation", f"{VANCO_PATIENT}-level-4090-7"))
+    level.pop("meta")
+    level["id"] = f"{VANCO_PATIENT}-level-extra"
+    level["effectiveDateTime"] = "2026-03-02T22:00:00Z"
+    level["valueQuantity"]["value"] = 21.0
+    store.write([level])
+    (row,) = [r for r in TwinRegistry.rows(store) if r["patient_id"] == VANCO_PATIENT]
+    assert row["stale"]
+    assert refresher.refresh_once() == 1
+    (after,) = [r for r in TwinRegistry.rows(store) if r["patient_id"] == VANCO_PATIENT]
+    assert not after["stale"] and after["fingerprint"] != row["fingerprint"]
+    assert store.current("CarePlan", plan_id).version_id == 2
+    assert refresher.refresh_once() == 0  # publishing did not make the twin stale again
+
+
+def test_missing_data_is_explained(store: Store) -> None:
+    with pytest.raises(MissingData, match="creatinine|weight"):
+        simulate(store, GLUCOSE_PATIENT, parse_request(params("vancomycin", "2026-01-10T00:00:00Z")))
+    with pytest.raises(MissingData, match="at most 120 minutes"):
+        simulate(store, GLUCOSE_PATIENT, parse_request(params("glucose", "2026-01-10T00:00:00Z", (3, "h"))))
+
+
+@pytest.mark.parametrize(
+    ("body", "where"),
+    [
+        ({"resourceType": "Parameters", "parameter": []}, "Parameters.parameter"),
+        (params("glucose", "2026-01-10T00:00:00Z", (2, "weeks")), "Parameters.parameter[2].value.code"),
+        (params("glucose", "2026-01-10T00:00:00Z", None, [{"name": "walk", "part": [
+            {"name": "time", "valueDateTime": "2026-01-10T00:00:00Z"}]}]), "Parameters.parameter[2].part[0].name"),
+        ({"resourceType": "Patient"}, "Parameters"),
+    ],
+)
+def test_malformed_requests_point_at_the_problem(body: dict, where: str) -> None:
+    with pytest.raises(ScenarioError) as err:
+        parse_request(body)
+    assert err.value.expression == where
