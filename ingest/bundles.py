@@ -8,6 +8,8 @@ the same resources (idempotent replays).
 
 from __future__ import annotations
 
+import re
+from collections.abc import Callable
 from typing import Any
 
 from ingest.records import Problem
@@ -36,11 +38,33 @@ def id_for_full_url(full_url: str, resource_type: str) -> str:
     return tail if FHIR_ID.match(tail) else stable_id(resource_type, full_url)
 
 
-def unpack_bundle(bundle: dict[str, Any]) -> tuple[list[dict[str, Any]], list[Problem]]:
+ConditionalResolver = Callable[[str], str | None]
+_CONDITIONAL = re.compile(r"^[A-Z][A-Za-z]+\?.+")
+
+
+def _conditional_refs(value: Any, out: set[str]) -> None:
+    """Conditional references (``Patient?identifier=…``) anywhere in a resource."""
+    if isinstance(value, dict):
+        ref = value.get("reference")
+        if isinstance(ref, str) and _CONDITIONAL.match(ref):
+            out.add(ref)
+        for sub in value.values():
+            if isinstance(sub, dict | list):
+                _conditional_refs(sub, out)
+    elif isinstance(value, list):
+        for item in value:
+            _conditional_refs(item, out)
+
+
+def unpack_bundle(
+    bundle: dict[str, Any], resolve: ConditionalResolver | None = None
+) -> tuple[list[dict[str, Any]], list[Problem]]:
     """The resources a Bundle carries, with urn:uuid references resolved, or the problems found.
 
-    Any problem makes the whole Bundle fail: a transaction is all-or-nothing and a
-    partially resolved collection would store dangling references.
+    ``resolve`` turns a conditional reference (``Patient?identifier=s|v``) into ``Type/id``
+    when exactly one stored resource matches (None otherwise). Any problem makes the whole
+    Bundle fail: a transaction is all-or-nothing and a partially resolved collection would
+    store dangling references.
     """
     btype = bundle.get("type")
     if btype not in _UNPACKED_TYPES:
@@ -78,6 +102,16 @@ def unpack_bundle(bundle: dict[str, Any]) -> tuple[list[dict[str, Any]], list[Pr
                 )
             seen.add(key)
         resources.append((i, res))
+    conditional: set[str] = set()
+    for _, res in resources:
+        _conditional_refs(res, conditional)
+    for ref in sorted(conditional):
+        target = resolve(ref) if resolve else None
+        if target is None:
+            problems.append(Problem(f"conditional reference {ref!r} does not match exactly one stored resource",
+                                    "Bundle.entry", "not-found"))
+        else:
+            mapping[ref] = target
     out = []
     for i, res in resources:
         resolved = _rewrite_refs(res, mapping)

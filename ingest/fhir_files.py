@@ -14,7 +14,7 @@ from typing import IO, Any
 
 import orjson
 
-from ingest.bundles import unpack_bundle
+from ingest.bundles import ConditionalResolver, unpack_bundle
 from ingest.fhir_xml import FhirXmlError, xml_to_resource
 from ingest.records import Problem, Record
 
@@ -47,7 +47,9 @@ def _open(path: Path) -> IO[bytes]:
     return gzip.open(path, "rb") if path.name.lower().endswith(".gz") else path.open("rb")
 
 
-def resources_from_json(obj: Any, source: str, line: int | None, raw: bytes | str, fmt: str) -> Record:
+def resources_from_json(
+    obj: Any, source: str, line: int | None, raw: bytes | str, fmt: str, resolve: ConditionalResolver | None = None
+) -> Record:
     """A record from one parsed JSON value: a resource or a Bundle of resources."""
     rec = Record(source=source, line=line, raw=raw, format=fmt)
     if not isinstance(obj, dict):
@@ -58,14 +60,14 @@ def resources_from_json(obj: Any, source: str, line: int | None, raw: bytes | st
         rec.problems.append(Problem("missing resourceType", "resourceType", "required"))
         return rec
     if rtype == "Bundle":
-        resources, problems = unpack_bundle(obj)
+        resources, problems = unpack_bundle(obj, resolve)
         rec.resources, rec.problems = resources, problems
         return rec
     rec.resources = [obj]
     return rec
 
 
-def read_ndjson(path: Path) -> Iterator[Record]:
+def read_ndjson(path: Path, resolve: ConditionalResolver | None = None) -> Iterator[Record]:
     """One record per non-blank line of a Bulk Data NDJSON file."""
     source = str(path)
     with _open(path) as fh:
@@ -80,10 +82,10 @@ def read_ndjson(path: Path) -> Iterator[Record]:
                 rec.problems.append(Problem(f"invalid JSON: {exc}", None, "structure"))
                 yield rec
                 continue
-            yield resources_from_json(obj, source, lineno, stripped, "ndjson")
+            yield resources_from_json(obj, source, lineno, stripped, "ndjson", resolve)
 
 
-def read_json(path: Path) -> Iterator[Record]:
+def read_json(path: Path, resolve: ConditionalResolver | None = None) -> Iterator[Record]:
     """A single JSON document: a resource or a Bundle."""
     with _open(path) as fh:
         raw = fh.read()
@@ -94,10 +96,10 @@ def read_json(path: Path) -> Iterator[Record]:
         rec.problems.append(Problem(f"invalid JSON: {exc}", None, "structure"))
         yield rec
         return
-    yield resources_from_json(obj, str(path), None, raw, "json")
+    yield resources_from_json(obj, str(path), None, raw, "json", resolve)
 
 
-def read_xml(path: Path) -> Iterator[Record]:
+def read_xml(path: Path, resolve: ConditionalResolver | None = None) -> Iterator[Record]:
     """A FHIR XML document (a resource or a Bundle), through the hardened XML reader."""
     with _open(path) as fh:
         raw = fh.read()
@@ -108,7 +110,7 @@ def read_xml(path: Path) -> Iterator[Record]:
         rec.problems.append(Problem(f"invalid FHIR XML: {exc}", None, "structure"))
         yield rec
         return
-    yield resources_from_json(obj, str(path), None, raw, "xml")
+    yield resources_from_json(obj, str(path), None, raw, "xml", resolve)
 
 
 def iter_files(paths: list[Path]) -> Iterator[Path]:

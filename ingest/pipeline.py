@@ -12,6 +12,7 @@ from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+from urllib.parse import parse_qsl
 
 import orjson
 
@@ -21,6 +22,7 @@ from ingest.hl7v2 import HL7Error, read_batch
 from ingest.hl7v2.processor import map_v2
 from ingest.records import Problem, Record
 from mapping.validation import validate_resource
+from store.search import SearchError, SearchRequest, search
 from store.store import Store, StoreError
 
 BATCH_SIZE = 5000
@@ -85,14 +87,14 @@ def _hl7_location(err: object) -> str | None:
     return err.location() or None if isinstance(err, HL7Error) else None
 
 
-def _records(path: Path) -> Iterator[Record]:
+def _records(path: Path, resolve: Callable[[str], str | None]) -> Iterator[Record]:
     fmt = detect_format(path)
     if fmt == "ndjson":
-        yield from read_ndjson(path)
+        yield from read_ndjson(path, resolve)
     elif fmt == "json":
-        yield from read_json(path)
+        yield from read_json(path, resolve)
     elif fmt == "xml":
-        yield from read_xml(path)
+        yield from read_xml(path, resolve)
     elif fmt == "hl7":
         yield from _hl7_records(path)
     else:
@@ -107,6 +109,16 @@ class Ingestor:
     def __init__(self, store: Store, validator: Validator | None = r4_validator) -> None:
         self.store = store
         self.validator = validator
+
+    def resolve_conditional(self, reference: str) -> str | None:
+        """``Type/id`` of the one stored resource a conditional reference (``Type?query``) matches."""
+        rtype, _, query = reference.partition("?")
+        try:
+            result = search(self.store, SearchRequest(rtype, parse_qsl(query, keep_blank_values=True), count=2,
+                                                      strict=True))
+        except SearchError:
+            return None
+        return f"{rtype}/{result.keys[0][1]}" if result.total == 1 else None
 
     def _check(self, rec: Record) -> None:
         if self.validator is None or not rec.ok:
@@ -174,7 +186,7 @@ class Ingestor:
         """Ingest every file under ``paths``."""
         summary = IngestSummary()
         for path in iter_files(list(paths)):
-            part = self.ingest_records(_records(path), on_record)
+            part = self.ingest_records(_records(path, self.resolve_conditional), on_record)
             part.files = 1
             summary.add(part)
         return summary
@@ -193,7 +205,7 @@ class Ingestor:
                 summary.rejected += 1
                 summary.errors.append(f"{dl['source']}:{dl['line']}: still unreadable: {exc}")
                 continue
-            rec = resources_from_json(obj, dl["source"], dl["line"], raw, dl["format"])
+            rec = resources_from_json(obj, dl["source"], dl["line"], raw, dl["format"], self.resolve_conditional)
             before = summary.rejected
             part = self.ingest_records([rec])
             summary.add(part)

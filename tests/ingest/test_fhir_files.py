@@ -84,3 +84,23 @@ def test_duplicate_ids_in_transaction_are_refused() -> None:
     entry = {"resource": {"resourceType": "Patient", "id": "x"}, "request": {"method": "PUT", "url": "Patient/x"}}
     _, problems = unpack_bundle({"resourceType": "Bundle", "type": "transaction", "entry": [entry, entry]})
     assert problems and problems[0].code == "duplicate"
+
+
+def test_transaction_file_resolves_conditional_references(tmp_path: Path) -> None:
+    store = Store(":memory:")
+    store.write([{"resourceType": "Patient", "id": "p1", "identifier": [{"system": "urn:mrn", "value": "42"}]}])
+    bundle = {"resourceType": "Bundle", "type": "transaction", "entry": [
+        {"fullUrl": "urn:uuid:44444444-4444-4444-4444-444444444444",
+         "resource": {"resourceType": "Observation", "status": "final", "code": {"text": "x"},
+                      "subject": {"reference": "Patient?identifier=urn:mrn|42"}},
+         "request": {"method": "POST", "url": "Observation"}}]}
+    good = tmp_path / "tx.json"
+    good.write_bytes(orjson.dumps(bundle))
+    assert Ingestor(store).ingest_paths([good]).accepted == 1
+    obs = store.read("Observation", "44444444-4444-4444-4444-444444444444")
+    assert obs["subject"]["reference"] == "Patient/p1"
+    bundle["entry"][0]["resource"]["subject"]["reference"] = "Patient?identifier=urn:mrn|nobody"
+    bad = tmp_path / "tx2.json"
+    bad.write_bytes(orjson.dumps(bundle))
+    summary = Ingestor(store).ingest_paths([bad])
+    assert summary.rejected == 1 and "does not match exactly one" in summary.errors[0]
