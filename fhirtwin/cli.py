@@ -137,11 +137,23 @@ def cmd_demo(settings: Settings, args: argparse.Namespace, console: Console) -> 
     return 0
 
 
+CLUSTER_AFTER_ROWS = 50_000
+
+
+def _cluster_if_needed(store: object, console: Console) -> None:
+    """Re-sort the search index by patient when many rows arrived since the last time."""
+    tail = store.unclustered_rows()  # type: ignore[attr-defined]
+    if tail >= CLUSTER_AFTER_ROWS:
+        with console.status(f"clustering the search index by patient ({tail:,} new resources)"):
+            store.optimize()  # type: ignore[attr-defined]
+
+
 def cmd_serve(settings: Settings, console: Console) -> int:
     from fhirtwin.serving import serve
     from store.store import Store
 
     store = Store(settings.db)
+    _cluster_if_needed(store, console)
     mllp = f", MLLP on {settings.host}:{settings.mllp_port}" if settings.mllp_port else ""
     console.print(f"serving {settings.db} on http://{settings.host}:{settings.port}/fhir{mllp} (Ctrl-C to stop)")
     try:
@@ -161,6 +173,7 @@ def cmd_ingest(settings: Settings, args: argparse.Namespace, console: Console) -
         return 2
     with Store(settings.db) as store:
         summary = ingest_with_progress(store, list(args.paths), console)
+        _cluster_if_needed(store, console)
     console.print(
         f"{summary.files} files: {summary.accepted} accepted, {summary.unchanged} unchanged, "
         f"{summary.rejected} rejected"

@@ -24,6 +24,7 @@ CREATE INDEX IF NOT EXISTS resources_current_id ON resources_current (id);
 CREATE OR REPLACE VIEW resources AS
     SELECT resource_type, id, version_id, last_updated, deleted, patient_id, json
     FROM resources_current WHERE NOT deleted;
+CREATE TABLE IF NOT EXISTS store_meta (key VARCHAR PRIMARY KEY, value VARCHAR);
 CREATE TABLE IF NOT EXISTS dead_letters (
     dl_id VARCHAR PRIMARY KEY, received TIMESTAMPTZ NOT NULL, source VARCHAR, line BIGINT,
     format VARCHAR, raw VARCHAR, reason JSON, replayed BOOLEAN NOT NULL DEFAULT false

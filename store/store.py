@@ -350,6 +350,25 @@ class Store:
             for listener in self._listeners:
                 listener(changed)
 
+    # -- physical layout -------------------------------------------------------
+    def unclustered_rows(self) -> int:
+        """Current resources written since the last :meth:`optimize` (the unsorted tail)."""
+        done = self._con.execute("SELECT value FROM store_meta WHERE key = 'clustered_rows'").fetchone()
+        return max(0, len(self._current) - (int(done[0]) if done else 0))
+
+    def optimize(self) -> None:
+        """Sort the search index and current rows by patient so patient-anchored searches prune row groups.
+
+        Appends land unsorted; after a bulk import (or at server start when the
+        unsorted tail is large) this rewrite restores the clustering. It holds the
+        writer lock; readers keep their snapshot.
+        """
+        with self._write_lock, self._transaction() as con:
+            search_index.cluster(con)
+            con.execute(
+                "INSERT OR REPLACE INTO store_meta VALUES ('clustered_rows', ?)", [str(len(self._current))]
+            )
+
     # -- dead letters -------------------------------------------------------
     def dead_letter(
         self, source: str, line: int | None, fmt: str, raw: str | bytes, issues: list[dict[str, Any]]

@@ -183,3 +183,30 @@ def test_last_updated(synthea_store: Store) -> None:
     now = datetime.now().strftime("%Y")
     assert len(ids(synthea_store, "Patient", [("_lastUpdated", f"ge{now}")])) == 37
     assert ids(synthea_store, "Patient", [("_lastUpdated", "lt2000")]) == set()
+
+
+def test_patient_clustering_changes_no_answer(synthea_resources: list[dict]) -> None:
+    """Searches anchored on a patient use the clustered layout; answers must not change after optimize()."""
+    store = Store(":memory:")
+    store.write([dict(r) for r in synthea_resources if r["resourceType"] in ("Patient", "Observation", "Encounter")])
+    queries = [
+        ("Observation", [("patient", PID), ("code", "4548-4"), ("date", "ge2015"), ("_sort", "-date")]),
+        ("Observation", [("subject", f"Patient/{PID}"), ("_include", "Observation:encounter")]),
+        ("Observation", [("subject:Patient", PID), ("combo-code", "8480-6")]),
+        ("Encounter", [("patient", PID), ("date", "lt2016")]),
+        ("Observation", [("code", "4548-4"), ("subject:Patient.gender", "female")]),
+    ]
+
+    def answers() -> list:
+        out = []
+        for rtype, params in queries:
+            res = search(store, SearchRequest(rtype, params, count=1000))
+            out.append((res.total, res.keys, res.included))
+        return out
+
+    before = answers()
+    assert before[0][0] > 0 and before[1][2]
+    store.optimize()
+    assert store.unclustered_rows() == 0
+    assert answers() == before
+    store.close()
