@@ -98,6 +98,9 @@ def print_results(console: Console, store: Store, results: list[TrendResult], ho
         console.print(f"  {base}/Observation/{first.observation_id}")
         console.print(f"  {base}/Observation?subject=Patient/{first.patient_id}&code=http://loinc.org|4548-4")
         console.print(f"  {base}/Provenance?_count=5")
+    console.print(f"  {base}/CarePlan?_tag=http://fhirtwin.org/fhir/CodeSystem/tags|simulated")
+    console.print(f"  {base}/Observation?patient=tdm-001&code=http://loinc.org|4092-3,http://loinc.org|4090-7")
+    console.print(f"  POST {base}/Patient/tdm-001/$simulate  (a Parameters body: see README, \"Simulate before treating\")")
 
 
 def run_mechanistic_twins(store: Store, console: Console) -> list[tuple[str, str, str]]:
