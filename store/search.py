@@ -20,6 +20,7 @@ import orjson
 from mapping.fhirpath.values import sql_string
 from mapping.resource_types import R4_RESOURCE_TYPES
 from mapping.ucum import analyte_keys, canonical, molar_mass_g_per_mol
+from store import patient_cache
 from store.compartment import compartment_elements
 from store.search_params import SearchParam, params_for
 from store.search_values import (
@@ -117,7 +118,9 @@ def _compartment_anchor(rtype: str, code: str) -> SearchParam | None:
     return p if top == first else None
 
 
-def _patient_hint(store: Store, rtype: str, params: list[tuple[str, str]]) -> frozenset[str] | None:
+def _patient_hint(
+    store: Store, rtype: str, params: list[tuple[str, str]], *, chains: bool = True
+) -> frozenset[str] | None:
     """The patients a search is anchored on (``patient=``, ``subject=Patient/…`` or a chain into Patient),
     when that set is known exactly and small; None when the search is not patient-anchored."""
     hint: frozenset[str] | None = None
@@ -128,7 +131,7 @@ def _patient_hint(store: Store, rtype: str, params: list[tuple[str, str]]) -> fr
         if p is None or modifier not in ("", "Patient"):
             continue
         if chain:
-            if modifier != "Patient" and p.targets != ("Patient",):
+            if not chains or (modifier != "Patient" and p.targets != ("Patient",)):
                 continue
             found = search(store, SearchRequest("Patient", [(chain, value), ("_total", "none")],
                                                 count=MAX_HINT_PATIENTS + 1))
@@ -638,6 +641,16 @@ def search(store: Store, req: SearchRequest) -> SearchResult:
                 conds.append(cond)
     if rtype not in R4_RESOURCE_TYPES:
         raise SearchError(f"unknown resource type {rtype!r}", status=404)
+    fast = _patient_search(store, rtype, req.params, b.ignored, sort, includes, revincludes or iterate)
+    if fast is not None:
+        matched, ordered_ids, entries = fast
+        total = len(ordered_ids) if total_mode != "none" or summary_count else None
+        if summary_count:
+            return SearchResult(total=total, keys=[], ignored=b.ignored, summary_count=True)
+        page = ordered_ids[offset: offset + count]
+        included = patient_cache.forward_includes(entries, rtype, page, includes) - {(rtype, i) for i in page}
+        return SearchResult(total=total, keys=[(rtype, i) for i in page], included=sorted(included),
+                            ignored=b.ignored)
     # Positive conditions are ``id IN (subquery)``: intersecting the subqueries is several times
     # faster in DuckDB than chaining semi-joins; the rest (NOT IN, ORs) filter the resources rows.
     # Conditions name the bare column ``id``: in the outer query that is resources.id.
@@ -686,6 +699,31 @@ def search(store: Store, req: SearchRequest) -> SearchResult:
     return SearchResult(
         total=total, keys=keys, included=sorted(included), ignored=b.ignored, warnings=warnings
     )
+
+
+MAX_FAST_PATIENTS = 5
+
+
+def _patient_search(
+    store: Store, rtype: str, params: list[tuple[str, str]], ignored: list[str], sort: str, includes: list[str],
+    needs_sql: bool,
+) -> tuple[list, list[str], list] | None:
+    """Answer a search anchored on a few patients from the in-memory patient cache, or None (use SQL)."""
+    if needs_sql:
+        return None
+    pids = _patient_hint(store, rtype, params, chains=False)
+    if not pids or len(pids) > MAX_FAST_PATIENTS:
+        return None
+    filters = [(n, v) for n, v in params if n not in CONTROL_PARAMS and n not in ignored]
+    cache = patient_cache.cache_for(store)
+    entries = [cache.get(pid) for pid in sorted(pids)]
+    try:
+        matched = patient_cache.evaluate(entries, rtype, filters, sort)
+        ordered = patient_cache.order(matched, sort)
+        patient_cache.forward_includes(entries, rtype, [], includes)  # raises if unsupported
+    except (patient_cache.Unsupported, ValueError):
+        return None
+    return matched, ordered, entries
 
 
 def _balanced(sql: str) -> bool:

@@ -1,0 +1,93 @@
+"""The in-memory patient search answers exactly what the SQL search answers, and stays coherent with writes."""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+import store.search as search_module
+from store.search import SearchRequest, search
+from store.store import Store
+
+PID = "0e61c3ad-d11e-4080-a6aa-cac89cae4e37"
+OTHER = "1ac8947d-038f-4cc7-81fa-a32e694187e8"
+
+CODES = ["4548-4", "8480-6", "2339-0", "8302-2", "29463-7", "72514-3", "http://loinc.org|4548-4",
+         "http://snomed.info/sct|4548-4", "|8302-2", "http://loinc.org|"]
+DATES = ["2015", "ge2015", "lt2014-06", "le2016-03-01", "gt2012-02-13T07:36:34+00:00", "ne2015", "sa2013",
+         "eb2016", "ap2015-06"]
+QUANTITIES = ["gt6|http://unitsofmeasure.org|%", "5.5|http://unitsofmeasure.org|mmol/L", "ge100", "lt80",
+              "ap100|http://unitsofmeasure.org|mg/dL", "gt0.1|http://unitsofmeasure.org|g/dL"]
+SORTS = ["", "date", "-date", "code", "-value-quantity", "_id", "-_lastUpdated", "status,-date"]
+
+
+def both(store: Store, rtype: str, params: list[tuple[str, str]], count: int = 7, offset: int = 0) -> tuple:
+    fast = search(store, SearchRequest(rtype, params, count=count, offset=offset))
+    limit = search_module.MAX_FAST_PATIENTS
+    search_module.MAX_FAST_PATIENTS = 0
+    try:
+        slow = search(store, SearchRequest(rtype, params, count=count, offset=offset))
+    finally:
+        search_module.MAX_FAST_PATIENTS = limit
+    return (fast.total, fast.keys, fast.included), (slow.total, slow.keys, slow.included)
+
+
+@pytest.fixture(scope="module")
+def store(synthea_resources: list[dict]) -> Store:
+    s = Store(":memory:")
+    s.write([copy.deepcopy(r) for r in synthea_resources if r["resourceType"] in ("Patient", "Observation", "Encounter")])
+    yield s
+    s.close()
+
+
+@settings(max_examples=120, deadline=None, suppress_health_check=[HealthCheck.too_slow,
+                                                                     HealthCheck.function_scoped_fixture])
+@given(
+    patient=st.sampled_from([f"Patient/{PID}", PID, f"{PID},{OTHER}", f"Patient/{OTHER}"]),
+    code=st.none() | st.sampled_from(CODES),
+    date=st.none() | st.sampled_from(DATES),
+    qty=st.none() | st.sampled_from(QUANTITIES),
+    status=st.none() | st.sampled_from(["final", "amended", "final,amended"]),
+    negate=st.booleans(),
+    sort=st.sampled_from(SORTS),
+    include=st.booleans(),
+    offset=st.integers(0, 12),
+)
+def test_fast_path_equals_sql(store: Store, patient: str, code: str | None, date: str | None, qty: str | None,
+                              status: str | None, negate: bool, sort: str, include: bool, offset: int) -> None:
+    params = [("subject" if patient.startswith("Patient/") else "patient", patient)]
+    for name, value in (("code", code), ("date", date), ("value-quantity", qty)):
+        if value is not None:
+            params.append((name, value))
+    if status:
+        params.append(("status:not" if negate else "status", status))
+    if sort:
+        params.append(("_sort", sort))
+    if include:
+        params.append(("_include", "Observation:encounter"))
+    fast, slow = both(store, "Observation", params, offset=offset)
+    assert fast == slow
+
+
+def test_encounter_dates_and_string_params(store: Store) -> None:
+    for params in ([("patient", PID), ("date", "ge2014")], [("subject", f"Patient/{PID}"), ("class", "AMB")],
+                   [("patient", PID), ("_sort", "-date"), ("type:not", "x")]):
+        fast, slow = both(store, "Encounter", params, count=50)
+        assert fast == slow and fast[0] > 0
+
+
+def test_cache_sees_writes_at_once(store: Store) -> None:
+    params = [("patient", PID), ("code", "4548-4")]
+    before = search(store, SearchRequest("Observation", params, count=100))
+    obs = copy.deepcopy(store.read("Observation", before.keys[0][1]))
+    obs.pop("meta")
+    obs["id"] = "cache-probe"
+    store.write([obs])
+    after = search(store, SearchRequest("Observation", params, count=100))
+    assert after.total == before.total + 1 and ("Observation", "cache-probe") in after.keys
+    store.delete("Observation", "cache-probe")
+    again = search(store, SearchRequest("Observation", params, count=100))
+    assert again.total == before.total
