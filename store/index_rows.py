@@ -140,8 +140,8 @@ def _affine(code: str, analyte: str | None) -> tuple[float, float, str] | None:
 
 def quantity_rows(
     e: Any, analyte: str | None
-) -> list[tuple[float, str | None, str | None, str | None, float | None, str | None]]:
-    """(value, system, code, unit, canonical value, canonical unit) of a Quantity."""
+) -> list[tuple[float, str | None, str | None, str | None, float | None, str | None, str | None]]:
+    """(value, system, code, unit, canonical value, canonical unit, analyte) of a Quantity."""
     if not isinstance(e, dict):
         return []
     value = e.get("value")
@@ -150,7 +150,7 @@ def quantity_rows(
     code = e.get("code") or e.get("unit")
     conv = _affine(code, analyte) if isinstance(code, str) else None
     canon = (value * conv[0] + conv[1], conv[2]) if conv else (None, None)
-    return [(float(value), e.get("system"), code, e.get("unit"), canon[0], canon[1])]
+    return [(float(value), e.get("system"), code, e.get("unit"), canon[0], canon[1], analyte)]
 
 
 def uri_rows(e: Any) -> list[str]:

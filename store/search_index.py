@@ -10,7 +10,8 @@ resources it describes.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
+from datetime import datetime
 from functools import cache
 from typing import Any
 
@@ -20,7 +21,6 @@ import pyarrow as pa
 
 from mapping.fhirpath.values import sql_string
 from store import index_rows as rows
-from store.compartment import patients_of
 from store.extract import type_extractor
 from store.search_params import params_for
 
@@ -45,22 +45,26 @@ CREATE TABLE IF NOT EXISTS idx_uri (rt VARCHAR, id VARCHAR, param VARCHAR, value
 )
 
 _S, _TS, _F = pa.string(), pa.timestamp("us", tz="UTC"), pa.float64()
-# Index table -> (columns after rt/id/param with their Arrow types, row splitter).
-_TABLES: dict[str, tuple[tuple[tuple[str, pa.DataType], ...], Callable[[Any, str | None], list[Any]]]] = {
-    "idx_token": ((("system", _S), ("code", _S), ("text", _S)), lambda e, _: rows.token_rows(e)),
-    "idx_string": ((("value", _S), ("raw", _S)), lambda e, _: rows.string_rows(e)),
+# Index table -> (columns after rt/id/param with their Arrow types, row splitter, whether the splitter yields
+# bare values instead of tuples).
+_Splitter = Callable[[Any, str | None], list[Any]]
+_TABLES: dict[str, tuple[tuple[tuple[str, pa.DataType], ...], _Splitter, bool]] = {
+    "idx_token": ((("system", _S), ("code", _S), ("text", _S)), lambda e, _: rows.token_rows(e), False),
+    "idx_string": ((("value", _S), ("raw", _S)), lambda e, _: rows.string_rows(e), False),
     "idx_reference": (
         (("ref_type", _S), ("ref_id", _S), ("url", _S), ("ident_system", _S), ("ident_value", _S)),
         lambda e, _: rows.reference_rows(e),
+        False,
     ),
-    "idx_date": ((("lo", _TS), ("hi", _TS)), lambda e, _: rows.date_rows(e)),
-    "idx_number": ((("value", _F),), lambda e, _: [(v,) for v in rows.number_rows(e)]),
+    "idx_date": ((("lo", _TS), ("hi", _TS)), lambda e, _: rows.date_rows(e), False),
+    "idx_number": ((("value", _F),), lambda e, _: rows.number_rows(e), True),
     "idx_quantity": (
         (("value", _F), ("system", _S), ("code", _S), ("unit", _S), ("canon_value", _F), ("canon_unit", _S),
          ("analyte", _S)),
-        lambda e, analyte: [(*r, analyte) for r in rows.quantity_rows(e, analyte)],
+        rows.quantity_rows,
+        False,
     ),
-    "idx_uri": ((("value", _S),), lambda e, _: [(v,) for v in rows.uri_rows(e)]),
+    "idx_uri": ((("value", _S),), lambda e, _: rows.uri_rows(e), True),
 }
 INDEX_TABLES = tuple(_TABLES)
 TABLE_OF = {
@@ -142,66 +146,121 @@ def _analyte(resource: dict[str, Any]) -> str | None:
     return first.get("code") if isinstance(first, dict) else None
 
 
-def _fallback_elements(
-    con: duckdb.DuckDBPyConnection, staged: str, rtype: str, slow: tuple[tuple[str, str, str], ...]
-) -> dict[str, list[tuple[str, str, list[Any]]]]:
-    """Elements of the SQL-compiled parameters: id -> [(code, table, elements)]."""
-    out: dict[str, list[tuple[str, str, list[Any]]]] = {}
-    select = ", ".join(sql for _, _, sql in slow)
-    for rid, *lists in con.execute(
-        f"SELECT id, {select} FROM {staged} WHERE resource_type = {sql_string(rtype)} AND NOT deleted"
-    ).fetchall():
-        for (code, table, _), values in zip(slow, lists, strict=True):
-            if values:
-                out.setdefault(rid, []).append((code, table, [orjson.loads(v) for v in values]))
+# Indexed from the commit timestamp by the writer (``stamp_rows``), not from the resource: prepared rows
+# must not depend on the version the store has yet to assign.
+STAMPED = "_lastUpdated"
+
+
+def _arrow_table(
+    table: str, values: list[Any], rt: pa.Array, ids: pa.Array, params: list[str], pids: pa.Array, pos: pa.Array
+) -> pa.Table:
+    """One index table's rows as Arrow: the key columns, one column per split value, and ``pos`` (the
+    resource's position in its batch, so a writer can drop the rows of resources it does not store)."""
+    cols, _, bare = _TABLES[table]
+    value_cols = [values] if bare else list(zip(*values, strict=True))
+    arrays = [rt, ids, pa.array(params, _S)]
+    arrays += [pa.array(col, type=t) for col, (_, t) in zip(value_cols, cols, strict=True)]
+    return pa.Table.from_arrays(
+        [*arrays, pids, pos], names=["rt", "id", "param", *(n for n, _ in cols), "pid", "pos"]
+    )
+
+
+def index_tables(resources: Sequence[dict[str, Any]], pids: Sequence[str | None]) -> dict[str, pa.Table]:
+    """Index rows of the Python-extracted parameters of ``resources`` (ids assigned), per index table.
+
+    Pure (no database), so bulk import runs it in worker processes. Rows are gathered per table as
+    value tuples with parallel position/parameter lists; the type, id and patient columns are taken from
+    per-resource arrays by position, so no per-row key tuple is built.
+    """
+    values: dict[str, list[Any]] = {t: [] for t in INDEX_TABLES}
+    positions: dict[str, list[int]] = {t: [] for t in INDEX_TABLES}
+    params: dict[str, list[str]] = {t: [] for t in INDEX_TABLES}
+    for i, res in enumerate(resources):
+        fn, fast, _ = _plan(res["resourceType"])
+        analyte = _analyte(res)
+        for (code, table), elements in zip(fast, fn(res), strict=True):
+            if not elements or code == STAMPED:
+                continue
+            split = _TABLES[table][1]
+            found: list[Any] = []
+            for element in elements:
+                found += split(element, analyte)
+            if found:
+                values[table] += found
+                positions[table] += [i] * len(found)
+                params[table] += [code] * len(found)
+    if not resources:
+        return {}
+    rt = pa.array([r["resourceType"] for r in resources], _S)
+    ids = pa.array([r["id"] for r in resources], _S)
+    pid = pa.array(pids, _S)
+    out: dict[str, pa.Table] = {}
+    for table, pos_list in positions.items():
+        if pos_list:
+            pos = pa.array(pos_list, pa.int32())
+            out[table] = _arrow_table(table, values[table], rt.take(pos), ids.take(pos), params[table],
+                                      pid.take(pos), pos)
     return out
+
+
+def _fallback_tables(con: duckdb.DuckDBPyConnection, staged: str, rtypes: set[str]) -> dict[str, pa.Table]:
+    """Index rows of the parameters compiled to SQL, read from the staged JSON."""
+    values: dict[str, list[Any]] = {t: [] for t in INDEX_TABLES}
+    keys: dict[str, list[tuple[str, str, str, str | None]]] = {t: [] for t in INDEX_TABLES}
+    for rtype in sorted(rtypes):
+        _, _, slow = _plan(rtype)
+        if not slow:
+            continue
+        select = ", ".join(sql for _, _, sql in slow)
+        for rid, pid, analyte, *lists in con.execute(
+            f"SELECT id, patient_id, json_extract_string(json, '$.code.coding[0].code'), {select} "
+            f"FROM {staged} WHERE resource_type = {sql_string(rtype)} AND NOT deleted"
+        ).fetchall():
+            for (code, table, _), elements in zip(slow, lists, strict=True):
+                for element in elements or ():
+                    found = _TABLES[table][1](orjson.loads(element), analyte)
+                    values[table] += found
+                    keys[table] += [(rtype, rid, code, pid)] * len(found)
+    out: dict[str, pa.Table] = {}
+    for table, key_rows in keys.items():
+        if key_rows:
+            rt, ids, params, pids = (list(c) for c in zip(*key_rows, strict=True))
+            out[table] = _arrow_table(table, values[table], pa.array(rt, _S), pa.array(ids, _S), params,
+                                      pa.array(pids, _S), pa.array(range(len(rt)), pa.int32()))
+    return out
+
+
+def _insert(con: duckdb.DuckDBPyConnection, table: str, rows_table: pa.Table) -> None:
+    con.register("_index_rows", rows_table)
+    try:
+        con.execute(f"INSERT INTO {table} BY NAME SELECT * EXCLUDE (pos) FROM _index_rows")
+    finally:
+        con.unregister("_index_rows")
 
 
 def index_batch(
     con: duckdb.DuckDBPyConnection,
     staged: str,
-    resources: list[dict[str, Any]],
+    tables: dict[str, pa.Table],
     replaced: list[tuple[str, str]],
+    stamp: tuple[datetime, datetime] | None,
 ) -> None:
-    """Index a staged batch; first drop the entries of the resources it replaces."""
+    """Index a staged batch whose Python-extracted rows are ``tables``; first drop the entries of the
+    resources it replaces. The SQL-compiled parameters are read from the staged JSON, and every staged
+    resource gets the ``_lastUpdated`` range ``stamp`` of its commit (None for deletions)."""
     if replaced:
         predicate = keys_predicate(replaced, staged)
         for table in INDEX_TABLES:
             con.execute(f"DELETE FROM {table} WHERE {predicate}")
-    if not resources:
+    if stamp is None:
         return
-    out: dict[str, list[tuple[Any, ...]]] = {t: [] for t in INDEX_TABLES}
-    fallbacks: dict[str, dict[str, list[tuple[str, str, list[Any]]]]] = {}
-    for rtype in {r["resourceType"] for r in resources}:
-        _, _, slow = _plan(rtype)
-        if slow:
-            fallbacks[rtype] = _fallback_elements(con, staged, rtype, slow)
-    for res in resources:
-        rtype, rid = res["resourceType"], res["id"]
-        analyte = _analyte(res)
-        pats = patients_of(res)
-        pid = pats[0] if pats else None
-        fn, fast, _ = _plan(rtype)
-        found = [(code, table, elements) for (code, table), elements in zip(fast, fn(res), strict=True)]
-        found += fallbacks.get(rtype, {}).get(rid, [])
-        for code, table, elements in found:
-            split = _TABLES[table][1]
-            sink = out[table]
-            for element in elements:
-                for row in split(element, analyte):
-                    sink.append((rtype, rid, code, *row, pid))
-    for table, table_rows in out.items():
-        if not table_rows:
-            continue
-        cols, _ = _TABLES[table]
-        names = ["rt", "id", "param", *(n for n, _ in cols), "pid"]
-        types = [_S, _S, _S, *(t for _, t in cols), _S]
-        batch = pa.table(
-            [pa.array(list(col), type=t) for col, t in zip(zip(*table_rows, strict=True), types, strict=True)],
-            names=names,
+    rtypes = {r[0] for r in con.execute(f"SELECT DISTINCT resource_type FROM {staged}").fetchall()}
+    for table, rows_table in (*tables.items(), *_fallback_tables(con, staged, rtypes).items()):
+        _insert(con, table, rows_table)
+    stamped = sorted(t for t in rtypes if STAMPED in params_for(t))
+    if stamped:
+        con.execute(
+            f"INSERT INTO idx_date (rt, id, param, lo, hi, pid) SELECT resource_type, id, '{STAMPED}', ?, ?, "
+            f"patient_id FROM {staged} WHERE resource_type IN ({', '.join(sql_string(t) for t in stamped)})",
+            list(stamp),
         )
-        con.register("_index_rows", batch)
-        try:
-            con.execute(f"INSERT INTO {table} BY NAME SELECT * FROM _index_rows")
-        finally:
-            con.unregister("_index_rows")

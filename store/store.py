@@ -20,22 +20,17 @@ from pathlib import Path
 from typing import Any
 
 import duckdb
+import numpy as np
 import orjson
 import pyarrow as pa
 
 from store import search_index
-from store.compartment import patients_of
-from store.ids import FHIR_ID, assign_id, content_hash, stable_id
+from store.ids import stable_id
+from store.index_rows import date_range
+from store.prepare import PreparedBatch, StoreError, first_patient, identify, stamp_meta
 from store.schema import ensure_schema
 
-
-class StoreError(ValueError):
-    """A write the store refuses (bad id, missing resourceType, version conflict)."""
-
-    def __init__(self, message: str, *, expression: str | None = None, code: str = "invalid") -> None:
-        super().__init__(message)
-        self.expression = expression
-        self.code = code
+__all__ = ["Current", "PreparedBatch", "Store", "StoreError", "WriteResult", "fhir_instant"]
 
 
 @dataclass(slots=True)
@@ -250,41 +245,74 @@ class Store:
         versionId/lastUpdated set for those that changed.
         """
         with self._write_lock:
+            batch = list(resources)
+            keys = [identify(res) for res in batch]
             ts = self._next_timestamp()
-            results: list[WriteResult] = []
-            staged: dict[tuple[str, str], tuple[dict[str, Any], str, int]] = {}
-            for res in resources:
-                rtype = res.get("resourceType")
-                if not isinstance(rtype, str) or not rtype:
-                    raise StoreError("resource has no resourceType", expression="resourceType", code="required")
-                rid = assign_id(res)
-                if not FHIR_ID.match(rid):
-                    raise StoreError(f"invalid id {rid!r}", expression=f"{rtype}.id", code="value")
-                res["id"] = rid
-                chash = content_hash(res)
-                key = (rtype, rid)
-                prev = staged.get(key)
-                base = self._current.get(key)
-                base_version = prev[2] if prev else (base.version_id if base else 0)
-                base_hash = prev[1] if prev else (base.content_hash if base and not base.deleted else None)
-                if base_hash == chash:
-                    cur = self._current[key] if not prev else None
-                    results.append(
-                        WriteResult(rtype, rid, base_version, cur.last_updated if cur else ts, "unchanged")
-                    )
-                    continue
-                version = (base.version_id if base else 0) + 1 if not prev else prev[2]
-                meta = dict(res.get("meta") or {})
-                meta["versionId"] = str(version)
-                meta["lastUpdated"] = fhir_instant(ts)
-                res["meta"] = meta
-                staged[key] = (res, chash, version)
-                existed = (base is not None and not base.deleted) or prev is not None
-                results.append(WriteResult(rtype, rid, version, ts, "updated" if existed else "created"))
+            staged, results = self._stage(keys, ts)
             if staged:
-                self._commit(staged, ts, deleted=False)
+                stamp = fhir_instant(ts)
+                chosen = [batch[pos] for pos, _ in staged.values()]
+                for res, (_, version) in zip(chosen, staged.values(), strict=True):
+                    stamp_meta(res, str(version), stamp)
+                pids = [first_patient(res) for res in chosen]
+                self._commit(
+                    list(staged), [v for _, v in staged.values()], [keys[pos][2] for pos, _ in staged.values()],
+                    pids, [orjson.dumps(res) for res in chosen], ts,
+                    index=search_index.index_tables(chosen, pids),
+                )
             self._notify(results)
             return results
+
+    def write_prepared(self, batch: PreparedBatch) -> list[WriteResult]:
+        """Write a batch prepared elsewhere (:func:`store.prepare.prepare`, e.g. in a worker process).
+
+        Same outcome as :meth:`write` on the same resources: versions, meta, bodies and index rows.
+        """
+        with self._write_lock:
+            ts = self._next_timestamp()
+            staged, results = self._stage(list(zip(batch.types, batch.ids, batch.hashes, strict=True)), ts)
+            if staged:
+                stamp = fhir_instant(ts)
+                positions = [pos for pos, _ in staged.values()]
+                index = batch.index
+                if len(positions) < len(batch):
+                    keep = np.zeros(len(batch), dtype=bool)
+                    keep[positions] = True
+                    index = {t: rows.filter(keep[rows["pos"].to_numpy()]) for t, rows in index.items()}
+                self._commit(
+                    list(staged), [v for _, v in staged.values()], [batch.hashes[p] for p in positions],
+                    [batch.pids[p] for p in positions],
+                    [batch.body(p, str(v), stamp) for p, v in staged.values()], ts, index=index,
+                )
+            self._notify(results)
+            return results
+
+    def _stage(
+        self, keys: list[tuple[str, str, str]], ts: datetime
+    ) -> tuple[dict[tuple[str, str], tuple[int, int]], list[WriteResult]]:
+        """Compare a batch with the current versions: (type, id) -> (position of the content to store,
+        its version) for what changed, and one result per input. Within a batch the last content wins."""
+        results: list[WriteResult] = []
+        staged: dict[tuple[str, str], tuple[int, int]] = {}
+        hashes: dict[tuple[str, str], str] = {}
+        for pos, (rtype, rid, chash) in enumerate(keys):
+            key = (rtype, rid)
+            prev = staged.get(key)
+            base = self._current.get(key)
+            if prev:
+                base_version, base_hash = prev[1], hashes[key]
+            else:
+                base_version = base.version_id if base else 0
+                base_hash = base.content_hash if base and not base.deleted else None
+            if base_hash == chash:
+                results.append(WriteResult(rtype, rid, base_version, ts if prev else base.last_updated, "unchanged"))
+                continue
+            version = prev[1] if prev else base_version + 1
+            staged[key] = (pos, version)
+            hashes[key] = chash
+            existed = (base is not None and not base.deleted) or prev is not None
+            results.append(WriteResult(rtype, rid, version, ts, "updated" if existed else "created"))
+        return staged, results
 
     def delete(self, resource_type: str, rid: str) -> WriteResult:
         """Mark a resource deleted (a new version with no content); idempotent."""
@@ -295,30 +323,37 @@ class Store:
             if cur.deleted:
                 return WriteResult(resource_type, rid, cur.version_id, cur.last_updated, "unchanged")
             ts = self._next_timestamp()
-            tomb = {"resourceType": resource_type, "id": rid}
-            self._commit({(resource_type, rid): (tomb, "", cur.version_id + 1)}, ts, deleted=True)
+            self._commit([(resource_type, rid)], [cur.version_id + 1], [""], [None], [None], ts, index=None)
             result = WriteResult(resource_type, rid, cur.version_id + 1, ts, "deleted")
             self._notify([result])
             return result
 
     def _commit(
-        self, staged: dict[tuple[str, str], tuple[dict[str, Any], str, int]], ts: datetime, *, deleted: bool
+        self,
+        keys: list[tuple[str, str]],
+        versions: list[int],
+        hashes: list[str],
+        pids: list[str | None],
+        blobs: list[bytes | None],
+        ts: datetime,
+        *,
+        index: dict[str, pa.Table] | None,
     ) -> None:
-        cols: dict[str, list[Any]] = {name: [] for name in _ARROW_SCHEMA.names}
-        blobs: list[bytes | None] = []
-        for (rtype, rid), (res, chash, version) in staged.items():
-            blob = None if deleted else orjson.dumps(res)
-            blobs.append(blob)
-            pats = patients_of(res)
-            cols["resource_type"].append(rtype)
-            cols["id"].append(rid)
-            cols["version_id"].append(version)
-            cols["last_updated"].append(ts)
-            cols["deleted"].append(deleted)
-            cols["patient_id"].append(pats[0] if pats else None)
-            cols["content_hash"].append(chash)
-            cols["json"].append(blob.decode() if blob is not None else None)
-        batch = pa.table(cols, schema=_ARROW_SCHEMA)
+        """One transaction: new versions, current rows, index rows (``index`` None: deletions)."""
+        n = len(keys)
+        batch = pa.table(
+            {
+                "resource_type": [t for t, _ in keys],
+                "id": [i for _, i in keys],
+                "version_id": versions,
+                "last_updated": pa.array([ts] * n, _ARROW_SCHEMA.field("last_updated").type),
+                "deleted": [index is None] * n,
+                "patient_id": pids,
+                "content_hash": hashes,
+                "json": pa.array(blobs, pa.string()),
+            },
+            schema=_ARROW_SCHEMA,
+        )
         with self._transaction() as con:
             con.register("_staged", batch)
             try:
@@ -326,7 +361,7 @@ class Store:
                     "INSERT INTO resource_versions SELECT resource_type, id, version_id, last_updated, deleted, "
                     "patient_id, content_hash, json::JSON FROM _staged"
                 )
-                replaced = [key for key in staged if key in self._current]
+                replaced = [key for key in keys if key in self._current]
                 if replaced:
                     con.execute(
                         "DELETE FROM resources_current WHERE "
@@ -336,13 +371,13 @@ class Store:
                     "INSERT INTO resources_current SELECT resource_type, id, version_id, last_updated, deleted, "
                     "patient_id, content_hash, json::JSON FROM _staged"
                 )
-                search_index.index_batch(
-                    con, "_staged", [] if deleted else [res for res, _, _ in staged.values()], replaced
-                )
+                stamp = None if index is None else date_range(fhir_instant(ts))
+                search_index.index_batch(con, "_staged", index or {}, replaced, stamp)
             finally:
                 con.unregister("_staged")
-        for ((rtype, rid), (_, chash, version)), blob in zip(staged.items(), blobs, strict=True):
-            self._current[(rtype, rid)] = Current(version, chash, ts, deleted, blob)
+        deleted = index is None
+        for key, version, chash, blob in zip(keys, versions, hashes, blobs, strict=True):
+            self._current[key] = Current(version, chash, ts, deleted, blob)
 
     def _notify(self, results: list[WriteResult]) -> None:
         changed = [r for r in results if r.outcome in ("created", "updated", "deleted")]

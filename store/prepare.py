@@ -1,0 +1,113 @@
+"""The pure half of a write: everything about a resource that does not depend on what the store holds.
+
+Id assignment, content hash, patient compartment, serialization and search-index rows need only
+the resource itself, so bulk import computes them in worker processes (``prepare``) and ships them
+to the single writer as a :class:`PreparedBatch`. The writer keeps what must be serialized: the
+comparison with the current version, the version number, ``meta.lastUpdated`` (the commit
+timestamp) and the DuckDB transaction. Small writes run the same steps in process.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import orjson
+import pyarrow as pa
+
+from store import search_index
+from store.compartment import patients_of
+from store.ids import FHIR_ID, assign_id, content_hash
+
+# Stand-ins for the store meta in a prepared body; orjson writes the NUL as ``\u0000``.
+_VERSION_MARK = "\x00fhirtwin:versionId"
+_UPDATED_MARK = "\x00fhirtwin:lastUpdated"
+_VERSION_BYTES = orjson.dumps(_VERSION_MARK)
+_UPDATED_BYTES = orjson.dumps(_UPDATED_MARK)
+
+
+class StoreError(ValueError):
+    """A write the store refuses (bad id, missing resourceType, version conflict)."""
+
+    def __init__(self, message: str, *, expression: str | None = None, code: str = "invalid") -> None:
+        super().__init__(message)
+        self.expression = expression
+        self.code = code
+
+
+def identify(res: dict[str, Any]) -> tuple[str, str, str]:
+    """(type, id, content hash) of a resource about to be written; assigns ``id`` in place."""
+    rtype = res.get("resourceType")
+    if not isinstance(rtype, str) or not rtype:
+        raise StoreError("resource has no resourceType", expression="resourceType", code="required")
+    rid = assign_id(res)
+    if not FHIR_ID.match(rid):
+        raise StoreError(f"invalid id {rid!r}", expression=f"{rtype}.id", code="value")
+    res["id"] = rid
+    return rtype, rid, content_hash(res)
+
+
+def stamp_meta(res: dict[str, Any], version_id: str, last_updated: str) -> None:
+    """Set the store-maintained ``meta.versionId``/``meta.lastUpdated`` (other meta kept, in order)."""
+    meta = dict(res.get("meta") or {})
+    meta["versionId"] = version_id
+    meta["lastUpdated"] = last_updated
+    res["meta"] = meta
+
+
+def first_patient(res: dict[str, Any]) -> str | None:
+    """The most direct patient of the resource's compartment (the store's ``patient_id`` column)."""
+    pats = patients_of(res)
+    return pats[0] if pats else None
+
+
+@dataclass(slots=True)
+class PreparedBatch:
+    """Resources prepared for the writer, column-wise (one entry per resource, in input order).
+
+    ``bodies[i]`` is the serialized resource with marks standing for its ``versionId`` and
+    ``lastUpdated`` values, so the writer splices them in without re-serializing; ``index`` holds the search-index rows with
+    a ``pos`` column naming the resource they belong to.
+    """
+
+    types: list[str] = field(default_factory=list)
+    ids: list[str] = field(default_factory=list)
+    hashes: list[str] = field(default_factory=list)
+    pids: list[str | None] = field(default_factory=list)
+    bodies: list[tuple[bytes] | bytes] = field(default_factory=list)
+    index: dict[str, pa.Table] = field(default_factory=dict)
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    def body(self, i: int, version_id: str, last_updated: str) -> bytes:
+        """The stored JSON of resource ``i`` as the given version, committed at ``last_updated``."""
+        parts = self.bodies[i]
+        if isinstance(parts, bytes):  # the resource holds a mark's text itself: no splicing
+            res = orjson.loads(parts)
+            stamp_meta(res, version_id, last_updated)
+            return orjson.dumps(res)
+        return parts[0].replace(_VERSION_BYTES, orjson.dumps(version_id), 1).replace(
+            _UPDATED_BYTES, orjson.dumps(last_updated), 1
+        )
+
+
+def prepare(resources: list[dict[str, Any]]) -> PreparedBatch:
+    """Prepare resources (modified in place: ids assigned, store meta stamped with marks).
+
+    Raises :class:`StoreError` for the first resource the store would refuse.
+    """
+    batch = PreparedBatch()
+    for res in resources:
+        rtype, rid, chash = identify(res)
+        batch.types.append(rtype)
+        batch.ids.append(rid)
+        batch.hashes.append(chash)
+        batch.pids.append(first_patient(res))
+        plain = orjson.dumps(res)
+        stamp_meta(res, _VERSION_MARK, _UPDATED_MARK)
+        marked = orjson.dumps(res)
+        unique = marked.count(_VERSION_BYTES) == 1 and marked.count(_UPDATED_BYTES) == 1
+        batch.bodies.append((marked,) if unique else plain)
+    batch.index = search_index.index_tables(resources, batch.pids)
+    return batch
