@@ -224,18 +224,11 @@ def segment_count(seg: SegmentLike) -> Callable[[list[Any]], int]:
 Writer = Callable[[dict[str, Any], Any, int], None]
 
 
-def put(node: dict[str, Any], steps: list[list[Any]], value: Any, rep: int) -> None:
-    """Write ``value`` at ``steps`` unless something is already there (first rule wins).
-
-    A choice step (``collectedDateTime``) is not written when a sibling variant
-    (``collectedPeriod``) is already there: FHIR allows one ``x[x]`` per element.
-    """
-    writer(tuple(tuple(step) for step in steps))(node, value, rep)
-
-
 @cache
 def writer(steps: tuple[tuple[Any, ...], ...]) -> Writer:
-    """The straight-line function that performs :func:`put` for one path.
+    """The straight-line function that writes a value at one path, unless something is
+    already there (first rule wins). A choice step (``collectedDateTime``) is not written
+    when a sibling variant (``collectedPeriod``) is already there: FHIR allows one ``x[x]``.
 
     Generated once per distinct path of the tables: the walk over steps, the list-slot
     keys and the choice checks become constants, so a write costs a few dict operations.
@@ -348,39 +341,60 @@ def _combine(a: dict[str, Any], b: dict[str, Any]) -> None:
 def finalize(value: Any, resolve: Callable[[Ref], dict[str, Any] | None]) -> Any:
     """Slots → lists, Ref → Reference, and drop what ended up empty."""
     cls = value.__class__
-    if cls is not Node and cls is not Slots and cls is not Ref:
-        return value  # scalars and finished values from a conversion
+    if cls is Node:
+        return _finalize_node(value, resolve)
     if cls is Slots:
-        out: list[Any] = []
-        numbered: dict[tuple[int, int], list[dict[str, Any]]] = {}
-        for k in sorted(value):
-            v = finalize(value[k], resolve)
-            if v in (None, {}, [], "") or v in out:
-                continue
-            if isinstance(v, dict):
-                alike = numbered.setdefault((k[0], k[1] % SHEET_STRIDE), [])  # same number, other sheets
-                into = next((a for a in alike if _compatible(a, v)), None)
-                if into is not None:
-                    _combine(into, v)
-                    continue
-                alike.append(v)
-            out.append(v)
-        return out or None
+        return _finalize_slots(value, resolve)
     if cls is Ref:
         return resolve(value)
-    if cls is Node:
-        out = {}
-        for k, v in value.items():
-            fv = finalize(v, resolve)
-            if fv in (None, {}, [], ""):
+    return value  # scalars and finished values from a conversion
+
+
+def _finalize_node(value: Node, resolve: Callable[[Ref], dict[str, Any] | None]) -> dict[str, Any] | None:
+    out = {}
+    for k, v in value.items():
+        cls = v.__class__
+        if cls is Node:
+            fv = _finalize_node(v, resolve)
+        elif cls is Slots:
+            fv = _finalize_slots(v, resolve)
+        elif cls is Ref:
+            fv = resolve(v)
+        else:
+            fv = v
+        if fv is None:
+            continue
+        c = fv.__class__
+        if (c is str or c is dict or c is list) and not fv:
+            continue
+        if k == "extension":
+            fv = [e for e in fv if isinstance(e, dict) and "url" in e and len(e) > 1] or None
+            if fv is None:
                 continue
-            if k == "extension":
-                fv = [e for e in fv if isinstance(e, dict) and "url" in e and len(e) > 1] or None
-                if fv is None:
-                    continue
-            out[k] = fv
-        return out or None
-    return value
+        out[k] = fv
+    return out or None
+
+
+def _finalize_slots(value: Slots, resolve: Callable[[Ref], dict[str, Any] | None]) -> list[Any] | None:
+    if len(value) == 1:
+        for v in value.values():
+            v = finalize(v, resolve)
+            return None if v in (None, {}, [], "") else [v]
+    out: list[Any] = []
+    numbered: dict[tuple[int, int], list[dict[str, Any]]] = {}
+    for k in sorted(value):
+        v = finalize(value[k], resolve)
+        if v in (None, {}, [], "") or v in out:
+            continue
+        if isinstance(v, dict):
+            alike = numbered.setdefault((k[0], k[1] % SHEET_STRIDE), [])  # same number, other sheets
+            into = next((a for a in alike if _compatible(a, v)), None)
+            if into is not None:
+                _combine(into, v)
+                continue
+            alike.append(v)
+        out.append(v)
+    return out or None
 
 
 def _apply_vocab(result: Any, vocab: str | None, text: str, fhir_type: str) -> Any:
@@ -483,9 +497,10 @@ def builtin(
 
 
 _MEMO: dict[tuple[int, str, int, int, str | None], Any] = {}
-_FIELD_MEMO: dict[tuple[Any, ...], list[tuple[dict[str, Any], int, Any]]] = {}
+_FIELD_MEMO: dict[tuple[Any, ...], list[tuple[Writer, Any, int]]] = {}
 _MEMO_LIMIT = 100_000
 _MISS = object()
+_loads = orjson.loads
 
 
 def clone(value: Any) -> Any:
@@ -560,7 +575,12 @@ def _convert(rule: dict[str, Any], raw: str, level: int, d: DelimitersLike, ctx:
 
 
 def _place(node: dict[str, Any], rule: dict[str, Any], value: Any, rep: int) -> None:
-    """Write a rule's value; a datatype map that built the *parent* merges into it.
+    """Write a rule's value (see :func:`_writer_for`)."""
+    _writer_for(rule, value)(node, value, rep)
+
+
+def _writer_for(rule: dict[str, Any], value: Any) -> Writer:
+    """The writer for a rule's value; a datatype map that built the *parent* merges into it.
 
     The IG writes ``XPN.1 → family`` with map ``FN[HumanName]``: the FN map fills
     the HumanName itself, so its result belongs one level up.
@@ -569,11 +589,8 @@ def _place(node: dict[str, Any], rule: dict[str, Any], value: Any, rep: int) -> 
     if w is None:
         w = _writers(rule)
     if value.__class__ is dict and rule["prim"]:
-        w = rule["wp"]
-        if w is None:
-            merge(node, value)
-            return
-    w(node, value, rep)
+        return rule["wp"] or _merge_here
+    return w
 
 
 def _writers(rule: dict[str, Any]) -> Writer:
@@ -583,6 +600,10 @@ def _writers(rule: dict[str, Any]) -> Writer:
     rule["wp"] = writer(steps[:-1]) if len(steps) > 1 else None
     w = rule["w"] = writer(steps)
     return w
+
+
+def _merge_here(node: dict[str, Any], value: dict[str, Any], _rep: int) -> None:
+    merge(node, value)
 
 
 def apply_datatype(mapname: str, raw: str, level: int, d: DelimitersLike, ctx: Context) -> Any:
@@ -698,9 +719,11 @@ def apply_segment(mapname: str, seg: SegmentLike, node: dict[str, Any], ctx: Con
     d = seg.delimiters
     fields = seg.fields
     n = len(fields)
+    sid = seg.id
     lookup: Callable[[list[Any]], str] | None = None
-    count = segment_count(seg)
-    envelope = seg.id in _ENVELOPE_SEGMENTS
+    count: Callable[[list[Any]], int] | None = None
+    envelope = sid in _ENVELOPE_SEGMENTS
+    tz = ctx.default_tz
     for fp in plan:
         f = fp.field
         raw = fields[f] if f < n else ""
@@ -710,15 +733,31 @@ def apply_segment(mapname: str, seg: SegmentLike, node: dict[str, Any], ctx: Con
             continue
         key = None
         if fp.pure:
-            if fp.deps and lookup is None:
-                lookup = segment_lookup(seg, others)
-            key = (fp, raw, tuple(lookup(r) for r in fp.deps) if lookup else (), id(d), ctx.default_tz)
+            # A condition on this segment reads a field's first value: the raw field
+            # determines it, so the raw text stands in for the looked-up value in the key.
+            if fp.deps:
+                dep_values = []
+                for ref in fp.deps:
+                    if ref[0] == sid:
+                        dep_values.append(fields[ref[1]] if ref[1] < n else "")
+                    else:
+                        if lookup is None:
+                            lookup = segment_lookup(seg, others)
+                        dep_values.append(lookup(ref))
+                key = (fp, sid, raw, tuple(dep_values), id(d), tz)
+            else:
+                key = (fp, raw, id(d), tz)
             hit = _FIELD_MEMO.get(key)
             if hit is not None:
-                for rule, i, value in hit:
-                    _place(node, rule, thaw(value), rep_base + i)
+                for w, value, i in hit:
+                    cls = value.__class__
+                    if cls is bytes:
+                        value = _loads(value)
+                    elif cls is dict or cls is list:
+                        value = clone(value)
+                    w(node, value, rep_base + i)
                 continue
-        placed: list[tuple[dict[str, Any], int, Any]] = []
+        placed: list[tuple[Writer, Any, int]] = []
         if not raw:
             reps = [""]
         elif envelope and f <= 2:
@@ -740,14 +779,17 @@ def apply_segment(mapname: str, seg: SegmentLike, node: dict[str, Any], ctx: Con
             if test is not None:
                 if lookup is None:
                     lookup = segment_lookup(seg, others)
+                if count is None:
+                    count = segment_count(seg)
                 if not test(lookup, count):
                     continue
             for i, rep in enumerate(values_ if rule["rep"] else values_[:1]):
                 value = convert(rule, rep, level, d, ctx)
                 if value is not None:
+                    w = _writer_for(rule, value)
                     if key is not None:
-                        placed.append((rule, i, freeze(value)))
-                    _place(node, rule, value, rep_base + i)
+                        placed.append((w, freeze(value), i))
+                    w(node, value, rep_base + i)
         if key is not None:
             if len(_FIELD_MEMO) >= _MEMO_LIMIT:
                 _FIELD_MEMO.clear()

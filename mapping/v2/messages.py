@@ -33,10 +33,10 @@ from mapping.v2.engine import (
     merge,
     missing_required,
     prune,
-    put,
     segment_count,
     segment_lookup,
     stable_id,
+    writer,
 )
 from mapping.v2.tables import config, message_maps
 
@@ -104,6 +104,17 @@ class _Instance:
         return inst
 
 
+def _path_key(steps: list[list[Any]]) -> tuple[tuple[Any, ...], ...]:
+    """A path from the tables as the hashable key :func:`writer` takes (cached per path list)."""
+    key = _PATH_KEYS.get(id(steps))
+    if key is None or key[0] is not steps:
+        key = _PATH_KEYS[id(steps)] = (steps, tuple(tuple(step) for step in steps))
+    return key[1]
+
+
+_PATH_KEYS: dict[int, tuple[list[list[Any]], tuple[tuple[Any, ...], ...]]] = {}
+
+
 def _walk(group: GroupLike, chain: tuple[Any, ...]) -> Iterator[tuple[SegmentLike, tuple[Any, ...]]]:
     for item in group.items:
         if hasattr(item, "items"):
@@ -117,6 +128,7 @@ class _Rows:
 
     def __init__(self, rows: list[dict[str, Any]]) -> None:
         self.exact: dict[tuple[tuple[str, ...], str], list[dict[str, Any]]] = {}
+        self.memo: dict[tuple[tuple[str, ...], str], list[dict[str, Any]]] = {}
         self.by_seg: dict[str, list[dict[str, Any]]] = {}
         for row in rows:
             self.exact.setdefault((tuple(row["groups"]), row["seg"]), []).append(row)
@@ -125,6 +137,18 @@ class _Rows:
             self.by_seg.setdefault(seg, [])
             if not self.by_seg[seg] or len(groups) < len(self.by_seg[seg][0]["groups"]):
                 self.by_seg[seg] = rs
+
+    def find_cached(self, path: tuple[str, ...], seg: str) -> list[dict[str, Any]]:
+        """:meth:`find`, remembered, restricted to emitted resource types, conditions compiled."""
+        key = (path, seg)
+        hit = self.memo.get(key)
+        if hit is None:
+            emit = set(config()["emit"])
+            hit = self.memo[key] = [row for row in self.find(path, seg) if row["type"] in emit]
+            for row in hit:
+                if row["cond"] is not None and "test" not in row:
+                    row["test"] = compile_cond(row["cond"])
+        return hit
 
     def find(self, path: tuple[str, ...], seg: str) -> list[dict[str, Any]]:
         rows = self.exact.get((path, seg))
@@ -166,11 +190,12 @@ class _Mapper:
         self.emit = set(cfg["emit"])
         self.instances: list[_Instance] = []
         self.by_scope: dict[tuple[str, int], _Instance] = {}
-        self.refs: list[tuple[_Instance, list[Any]]] = []
+        self.refs: list[tuple[_Instance, dict[str, Any]]] = []
         self.created: dict[tuple[str, str], dict[str, Any]] = {}
         self.first_seg: dict[str, SegmentLike] = {}
         self.orders: dict[int, str] = {}
         self.by_key: dict[str, list[_Instance]] = {}
+        self.found: dict[tuple[str, int], _Instance | None] = {}
         for s in msg.segments:
             self.first_seg.setdefault(s.id, s)
         msh7 = msg.msh.get(7)
@@ -194,23 +219,24 @@ class _Mapper:
         return {"reference": f"{rtype}/{rid}"}
 
     def run(self, rows: _Rows) -> None:
+        others = self.first_seg.get
         for seg, chain in _walk(self.root, ()):
-            path = tuple(g.name for g in chain)
-            lookup = segment_lookup(seg, self.first_seg.get)
-            count = segment_count(seg)
-            for row in rows.find(path, seg.id):
-                if row["type"] not in self.emit:
-                    continue
-                if row["cond"] is not None:
-                    if "test" not in row:
-                        row["test"] = compile_cond(row["cond"])
-                    if not row["test"](lookup, count):
+            found = rows.find_cached(tuple(g.name for g in chain), seg.id)
+            if not found:
+                continue
+            lookup = count = None
+            for row in found:
+                test = row.get("test")
+                if test is not None:
+                    if lookup is None:
+                        lookup, count = segment_lookup(seg, others), segment_count(seg)
+                    if not test(lookup, count):
                         continue
                 inst, rep_base = self._instance(row, seg, chain)
                 base = inst.base_of(row["map"]) + rep_base
-                apply_segment(row["map"], seg, inst.node, self.ctx, self.first_seg.get, base)
-                for ref in row["refs"]:
-                    self.refs.append((inst, ref))
+                apply_segment(row["map"], seg, inst.node, self.ctx, others, base)
+                if row["refs"]:
+                    self.refs.append((inst, row))
 
     def _instance(self, row: dict[str, Any], seg: SegmentLike, chain: tuple[Any, ...]) -> tuple[_Instance, int]:
         """The instance this row fills, and the list offset for its repeated elements.
@@ -239,6 +265,16 @@ class _Mapper:
         return inst, 0
 
     def _find(self, key: str, near: _Instance) -> _Instance | None:
+        """The instance of ``key`` nearest to ``near`` (remembered: called only once all
+        instances exist)."""
+        k = (key, id(near))
+        try:
+            return self.found[k]
+        except KeyError:
+            found = self.found[k] = self._search(key, near)
+            return found
+
+    def _search(self, key: str, near: _Instance) -> _Instance | None:
         if key == near.key:
             return near
         for g in reversed((self.root, *near.chain)):
@@ -254,20 +290,23 @@ class _Mapper:
         return None
 
     def link(self) -> None:
-        for inst, (a, steps, b, literal) in self.refs:
-            source = self._find(a, inst)
-            if source is None:
-                continue
-            if literal:
-                put(source.node, steps, literal, 0)
-                continue
-            target = self._find(b, inst)
-            if target is None or target is source:
-                continue
-            if steps[-1][2]:  # a list of references: one element per target
-                slot = len(self.instances) + self.instances.index(target)
-                steps = [*steps[:-1], [steps[-1][0], slot, True]]
-            put(source.node, steps, Ref(target), 0)
+        position = {id(inst): i for i, inst in enumerate(self.instances)}
+        n = len(self.instances)
+        for inst, row in self.refs:
+            for a, steps, b, literal in row["refs"]:
+                source = self._find(a, inst)
+                if source is None:
+                    continue
+                if literal:
+                    writer(_path_key(steps))(source.node, literal, 0)
+                    continue
+                target = self._find(b, inst)
+                if target is None or target is source:
+                    continue
+                key = _path_key(steps)
+                if steps[-1][2]:  # a list of references: one element per target
+                    key = (*key[:-1], (steps[-1][0], n + position[id(target)], True))
+                writer(key)(source.node, Ref(target), 0)
 
     def patient(self, near: _Instance) -> _Instance | None:
         return self._find("Patient[1]", near)
@@ -300,10 +339,10 @@ class _Mapper:
         recipes = config()["ids"]
         ordered = sorted(self.instances, key=lambda i: i.type != "Patient")
         for inst in ordered:
-            body: dict[str, Any] = {}
+            body: dict[str, Any] | None = None
             for alt in recipes.get(inst.type, recipes["_default"]):
-                if not body and ("identifier" in alt or "name" in alt):
-                    body = finalize(inst.node, lambda _r: None) or {}
+                if body is None and ("identifier" in alt or "name" in alt):
+                    body = _keyed_parts(inst.node)
                 parts = [self._token(tok, inst, body) for tok in alt]
                 if all(parts):
                     inst.id = stable_id(inst.type, *parts)
@@ -319,11 +358,11 @@ class _Mapper:
                 merge(other.node, inst.node)
                 inst.alias = other
 
-    def _token(self, tok: str, inst: _Instance, body: dict[str, Any]) -> str:
+    def _token(self, tok: str, inst: _Instance, body: dict[str, Any] | None) -> str:
         if tok == "identifier":
-            return _identifier_key(body)
+            return _identifier_key(body or {})
         if tok == "name":
-            return _name_key(body)
+            return _name_key(body or {})
         if tok == "order":
             return self.order_number(inst)
         if tok == "patient":
@@ -376,12 +415,20 @@ def _element_defaults(body: dict[str, Any], rtype: str, defaults: dict[str, dict
                 item.setdefault(k, v)
 
 
+@cache
+def _order_specs() -> tuple[frozenset[str], tuple[tuple[str, str, int], ...]]:
+    """The segments that carry order numbers, and ``(spec, segment, field)`` in priority order."""
+    specs = tuple((spec, *spec.split("-")) for spec in config()["order_numbers"])
+    return frozenset(s for _, s, _ in specs), tuple((spec, s, int(f)) for spec, s, f in specs)
+
+
 def _order_number_in(group: Any) -> str:
-    for spec in config()["order_numbers"]:
-        seg_id, fno = spec.split("-")
-        for item in _segments_in(group):
+    carriers, specs = _order_specs()
+    segs = [item for item in _segments_in(group) if item.id in carriers]
+    for spec, seg_id, fno in specs:
+        for item in segs:
             if item.id == seg_id:
-                v = item.get(int(fno), 1, 1) + "|" + item.get(int(fno), 1, 2)
+                v = item.get(fno, 1, 1) + "|" + item.get(fno, 1, 2)
                 if v.strip("|"):
                     return f"{spec}:{v}"
     return ""
@@ -391,6 +438,23 @@ def _segments_in(group: Any) -> Iterator[SegmentLike]:
     for item in group.items:
         if not hasattr(item, "items"):
             yield item
+
+
+def _keyed_parts(node: dict[str, Any]) -> dict[str, Any]:
+    """The finished ``identifier`` and ``name`` of a resource under construction: all an
+    id recipe reads, without finishing the rest of the tree (references resolve to nothing)."""
+    out = {}
+    for k in ("identifier", "name"):
+        v = node.get(k)
+        if v is not None:
+            fv = finalize(v, _no_reference)
+            if fv not in (None, {}, [], ""):
+                out[k] = fv
+    return out
+
+
+def _no_reference(_ref: Ref) -> None:
+    return None
 
 
 def _identifier_key(body: dict[str, Any]) -> str:
