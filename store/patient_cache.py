@@ -228,32 +228,37 @@ def _reference_ok(row: tuple, value: str, modifier: str, targets: tuple[str, ...
     return ref_id == rid and (want_type is None or ref_type == want_type)
 
 
-def _row_ok(ptype: str, modifier: str, row: tuple, value: str, targets: tuple[str, ...]) -> bool:
+def matcher(ptype: str, modifier: str, value: str, targets: tuple[str, ...]) -> Any:
+    """A predicate over index rows for one search value, with the value parsed once."""
     match ptype:
         case "token":
-            return _token_ok(row, value)
+            return lambda row: _token_ok(row, value)
         case "string":
             if modifier == "exact":
-                return row[1] == value
+                return lambda row: row[1] == value
+            folded = norm(value)
             if modifier == "contains":
-                return norm(value) in (row[0] or "")
-            return (row[0] or "").startswith(norm(value))
+                return lambda row: folded in (row[0] or "")
+            return lambda row: (row[0] or "").startswith(folded)
         case "uri":
-            col = row[0] or ""
-            return col.startswith(value) if modifier == "below" else value.startswith(col) if modifier == "above" \
-                else col == value
+            if modifier == "below":
+                return lambda row: (row[0] or "").startswith(value)
+            if modifier == "above":
+                return lambda row: value.startswith(row[0] or "")
+            return lambda row: row[0] == value
         case "date":
             prefix, rest = split_prefix(value)
             rng = parse_date(rest)
-            return _range_ok(prefix, row[0], row[1], rng.lo, rng.hi)
+            return lambda row: _range_ok(prefix, row[0], row[1], rng.lo, rng.hi)
         case "number":
             prefix, rest = split_prefix(value)
             v, lo, hi = parse_number(rest)
-            return _value_ok(prefix, row[0], v, lo, hi)
+            return lambda row: _value_ok(prefix, row[0], v, lo, hi)
         case "quantity":
-            return _quantity_ok(row, value)
+            parse_quantity(value)
+            return lambda row: _quantity_ok(row, value)
         case "reference":
-            return _reference_ok(row, value, modifier, targets)
+            return lambda row: _reference_ok(row, value, modifier, targets)
     raise Unsupported(ptype)
 
 
@@ -274,10 +279,10 @@ def evaluate(
         p = params.get(code)
         if p is None or p.type not in _MODIFIERS or modifier not in _MODIFIERS[p.type] or "." in name:
             raise Unsupported(name)
-        alts = split_or(value)
-        hit = {rid for rid, rows in _rows_of(entries, rtype, code).items()
-               if any(_row_ok(p.type, modifier, row, alt, p.targets) for row in rows for alt in alts)}
-        matched = matched - hit if modifier == "not" else matched & hit
+        preds = [matcher(p.type, modifier, alt, p.targets) for alt in split_or(value)]
+        rows_by_id = _rows_of(entries, rtype, code)
+        hit = {rid for rid in matched if any(pred(row) for row in rows_by_id.get(rid, ()) for pred in preds)}
+        matched = matched - hit if modifier == "not" else hit
     specs = [(k.startswith("-"), k.lstrip("-")) for k in sort.split(",") if k]
     sort_rows = {code: _rows_of(entries, rtype, code) for _, code in specs if code not in ("_id", "_lastUpdated")}
     out = []
