@@ -68,7 +68,7 @@ class PatientRows:
 class PatientIndexCache:
     """LRU of PatientRows for one store, invalidated by the store's commits."""
 
-    def __init__(self, store: Store, max_patients: int = 2000) -> None:
+    def __init__(self, store: Store, max_patients: int = 500) -> None:
         self.store = store
         self.max_patients = max_patients
         self._entries: OrderedDict[str, PatientRows] = OrderedDict()
