@@ -5,8 +5,12 @@ from __future__ import annotations
 import argparse
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from rich.console import Console
+
+if TYPE_CHECKING:
+    from store.store import Store
 
 from fhirtwin.settings import (
     DEFAULT_DB,
@@ -140,12 +144,12 @@ def cmd_demo(settings: Settings, args: argparse.Namespace, console: Console) -> 
 CLUSTER_AFTER_ROWS = 50_000
 
 
-def _cluster_if_needed(store: object, console: Console) -> None:
+def _cluster_if_needed(store: Store, console: Console) -> None:
     """Re-sort the search index by patient when many rows arrived since the last time."""
-    tail = store.unclustered_rows()  # type: ignore[attr-defined]
+    tail = store.unclustered_rows()
     if tail >= CLUSTER_AFTER_ROWS:
         with console.status(f"clustering the search index by patient ({tail:,} new resources)"):
-            store.optimize()  # type: ignore[attr-defined]
+            store.optimize()
 
 
 def cmd_serve(settings: Settings, console: Console) -> int:
