@@ -190,28 +190,29 @@ def compile_cond(cond: Any) -> Test:
 
 
 def segment_lookup(seg: SegmentLike, others: Callable[[str], SegmentLike | None]) -> Callable[[list[Any]], str]:
-    aliases = config()["value_aliases"]
-
     seen: dict[Any, str] = {}
 
     def lookup(ref: Any) -> str:
         hit = seen.get(ref)
         if hit is None:
-            hit = seen[ref] = _value(ref)
+            hit = seen[ref] = ref_value(seg, others, ref)
         return hit
 
-    def _value(ref: Any) -> str:
-        seg_id, f, c, s = ref
-        target = seg if seg_id == seg.id else others(seg_id)
-        if target is None:
-            return ""
-        v = target.get(f, 1, c or 1, s or 1)
-        if v == NULL:
-            return ""
-        alias = aliases.get(f"{seg_id}-{f}")
-        return alias.get(v, v) if alias else v
-
     return lookup
+
+
+def ref_value(seg: SegmentLike, others: Callable[[str], SegmentLike | None], ref: tuple[str, int, int, int]) -> str:
+    """The first value at ``SEG-f.c.s`` as a condition sees it: of ``seg`` itself or of the
+    message's first segment with that id; the explicit null reads as empty; aliases applied."""
+    seg_id, f, c, s = ref
+    target = seg if seg_id == seg.id else others(seg_id)
+    if target is None:
+        return ""
+    v = target.get(f, 1, c or 1, s or 1)
+    if v == NULL:
+        return ""
+    alias = config()["value_aliases"].get(f"{seg_id}-{f}")
+    return alias.get(v, v) if alias else v
 
 
 def segment_count(seg: SegmentLike) -> Callable[[list[Any]], int]:
@@ -497,8 +498,8 @@ def builtin(
 
 
 _MEMO: dict[tuple[int, str, int, int, str | None], Any] = {}
-_FIELD_MEMO: dict[tuple[Any, ...], list[tuple[Writer, Any, int]]] = {}
-_MEMO_LIMIT = 100_000
+FIELD_MEMO: dict[tuple[Any, ...], list[tuple[Writer, Any, int]]] = {}
+MEMO_LIMIT = 100_000
 _MISS = object()
 _loads = orjson.loads
 
@@ -544,7 +545,7 @@ def convert(rule: dict[str, Any], raw: str, level: int, d: DelimitersLike, ctx: 
         hit = _MEMO.get(key, _MISS)
         if hit is _MISS:
             value = _convert(rule, raw, level, d, ctx)
-            if len(_MEMO) >= _MEMO_LIMIT:
+            if len(_MEMO) >= MEMO_LIMIT:
                 _MEMO.clear()
             _MEMO[key] = freeze(value)
             return value
@@ -649,7 +650,7 @@ def _unresolvable(ref: Ref) -> None:
 
 
 @cache
-def _plan(mapname: str) -> tuple[FieldPlan, ...] | None:
+def segment_plan(mapname: str) -> tuple[FieldPlan, ...] | None:
     """A segment map's rules grouped by field, so an empty field costs one lookup."""
     rules = segment_maps().get(mapname)
     if rules is None:
@@ -661,7 +662,7 @@ def _plan(mapname: str) -> tuple[FieldPlan, ...] | None:
         by_field.setdefault(rule["f"], []).append(rule)
     return tuple(
         FieldPlan(f, tuple(rs), any(r.get("when_empty") for r in rs), all(r["pure"] for r in rs),
-                  tuple(sorted({ref for r in rs for ref in _cond_refs(r["cond"])})))
+                  tuple(sorted({ref for r in rs for ref in cond_refs(r["cond"])})))
         for f, rs in by_field.items()
     )
 
@@ -678,11 +679,11 @@ class FieldPlan:
     deps: tuple[tuple[str, int, int, int], ...]
 
 
-def _cond_refs(cond: Any) -> list[tuple[str, int, int, int]]:
+def cond_refs(cond: Any) -> list[tuple[str, int, int, int]]:
     if cond is None:
         return []
     if cond[0] in ("and", "or"):
-        return _cond_refs(cond[1]) + _cond_refs(cond[2])
+        return cond_refs(cond[1]) + cond_refs(cond[2])
     refs = [tuple(cond[1])]
     if cond[0] in ("eqref", "neref"):
         refs.append(tuple(cond[2]))
@@ -705,95 +706,58 @@ def _pure_map(mapname: str) -> bool:
 _ENVELOPE_SEGMENTS = frozenset({"MSH", "FHS", "BHS"})
 
 
-def apply_segment(mapname: str, seg: SegmentLike, node: dict[str, Any], ctx: Context,
-                  others: Callable[[str], SegmentLike | None], rep_base: int = 0) -> None:
-    """Apply a segment map (``OBX[Observation]``) to a resource under construction.
-
-    ``rep_base`` separates the list elements of several segments feeding one resource
-    (each AIP of an SIU adds its own Appointment.participant).
-    """
-    plan = _plan(mapname)
-    if plan is None:
-        ctx.notes.append(f"no segment map {mapname}")
-        return
+def run_field(fp: FieldPlan, raw: str, key: tuple[Any, ...] | None, seg: SegmentLike, node: dict[str, Any],
+              ctx: Context, others: Callable[[str], SegmentLike | None], rep_base: int) -> None:
+    """Run the rules of one valued field (or of an empty one with ``when_empty`` rules) and,
+    when ``key`` is given (the field's rules create no resource), remember what was written."""
     d = seg.delimiters
-    fields = seg.fields
-    n = len(fields)
-    sid = seg.id
+    placed: list[tuple[Writer, Any, int]] = []
+    if not raw:
+        reps = [""]
+    elif seg.id in _ENVELOPE_SEGMENTS and fp.field <= 2:
+        reps = [raw]
+    else:
+        reps = raw.split(d.repetition)
     lookup: Callable[[list[Any]], str] | None = None
-    count: Callable[[list[Any]], int] | None = None
-    envelope = sid in _ENVELOPE_SEGMENTS
-    tz = ctx.default_tz
-    for fp in plan:
-        f = fp.field
-        raw = fields[f] if f < n else ""
-        if raw == NULL:
-            raw = ""
-        if not raw and not fp.when_empty:
-            continue
-        key = None
-        if fp.pure:
-            # A condition on this segment reads a field's first value: the raw field
-            # determines it, so the raw text stands in for the looked-up value in the key.
-            if fp.deps:
-                dep_values = []
-                for ref in fp.deps:
-                    if ref[0] == sid:
-                        dep_values.append(fields[ref[1]] if ref[1] < n else "")
-                    else:
-                        if lookup is None:
-                            lookup = segment_lookup(seg, others)
-                        dep_values.append(lookup(ref))
-                key = (fp, sid, raw, tuple(dep_values), id(d), tz)
-            else:
-                key = (fp, raw, id(d), tz)
-            hit = _FIELD_MEMO.get(key)
-            if hit is not None:
-                for w, value, i in hit:
-                    cls = value.__class__
-                    if cls is bytes:
-                        value = _loads(value)
-                    elif cls is dict or cls is list:
-                        value = clone(value)
-                    w(node, value, rep_base + i)
-                continue
-        placed: list[tuple[Writer, Any, int]] = []
-        if not raw:
-            reps = [""]
-        elif envelope and f <= 2:
-            reps = [raw]
+    for rule in fp.rules:
+        comp = rule["c"]
+        if comp:
+            cut = [r.split(d.component) for r in reps]
+            values_ = [c[comp - 1] if len(c) >= comp else "" for c in cut]
+            level = 1
         else:
-            reps = raw.split(d.repetition)
-        for rule in fp.rules:
-            comp = rule["c"]
-            if comp:
-                cut = [r.split(d.component) for r in reps]
-                values_ = [c[comp - 1] if len(c) >= comp else "" for c in cut]
-                level = 1
-            else:
-                values_ = reps
-                level = 0
-            if not values_[0] and not rule.get("when_empty"):
+            values_ = reps
+            level = 0
+        if not values_[0] and not rule.get("when_empty"):
+            continue
+        test = rule["test"]
+        if test is not None:
+            if lookup is None:
+                lookup = segment_lookup(seg, others)
+            if not test(lookup, segment_count(seg)):
                 continue
-            test = rule["test"]
-            if test is not None:
-                if lookup is None:
-                    lookup = segment_lookup(seg, others)
-                if count is None:
-                    count = segment_count(seg)
-                if not test(lookup, count):
-                    continue
-            for i, rep in enumerate(values_ if rule["rep"] else values_[:1]):
-                value = convert(rule, rep, level, d, ctx)
-                if value is not None:
-                    w = _writer_for(rule, value)
-                    if key is not None:
-                        placed.append((w, freeze(value), i))
-                    w(node, value, rep_base + i)
-        if key is not None:
-            if len(_FIELD_MEMO) >= _MEMO_LIMIT:
-                _FIELD_MEMO.clear()
-            _FIELD_MEMO[key] = placed
+        for i, rep in enumerate(values_ if rule["rep"] else values_[:1]):
+            value = convert(rule, rep, level, d, ctx)
+            if value is not None:
+                w = _writer_for(rule, value)
+                if key is not None:
+                    placed.append((w, freeze(value), i))
+                w(node, value, rep_base + i)
+    if key is not None:
+        if len(FIELD_MEMO) >= MEMO_LIMIT:
+            FIELD_MEMO.clear()
+        FIELD_MEMO[key] = placed
+
+
+def replay(hit: list[tuple[Writer, Any, int]], node: dict[str, Any], rep_base: int) -> None:
+    """Write what a field's rules wrote before for the same text, each value a fresh copy."""
+    for w, value, i in hit:
+        cls = value.__class__
+        if cls is bytes:
+            value = _loads(value)
+        elif cls is dict or cls is list:
+            value = clone(value)
+        w(node, value, rep_base + i)
 
 
 def has_element(item: dict[str, Any], name: str) -> bool:

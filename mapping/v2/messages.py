@@ -26,18 +26,16 @@ from mapping.v2.engine import (
     Node,
     Ref,
     SegmentLike,
-    apply_segment,
     clone,
     compile_cond,
     finalize,
     merge,
     missing_required,
     prune,
-    segment_count,
-    segment_lookup,
     stable_id,
     writer,
 )
+from mapping.v2.segment_functions import apply_segment, row_condition
 from mapping.v2.tables import config, message_maps
 
 PROVENANCE_SOURCE_SYSTEM = "urn:fhirtwin:v2:message-control-id"
@@ -224,14 +222,9 @@ class _Mapper:
             found = rows.find_cached(tuple(g.name for g in chain), seg.id)
             if not found:
                 continue
-            lookup = count = None
             for row in found:
-                test = row.get("test")
-                if test is not None:
-                    if lookup is None:
-                        lookup, count = segment_lookup(seg, others), segment_count(seg)
-                    if not test(lookup, count):
-                        continue
+                if row["cond"] is not None and not row_condition(row, seg.id)(seg, others):
+                    continue
                 inst, rep_base = self._instance(row, seg, chain)
                 base = inst.base_of(row["map"]) + rep_base
                 apply_segment(row["map"], seg, inst.node, self.ctx, others, base)

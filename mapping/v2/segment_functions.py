@@ -1,0 +1,134 @@
+"""One generated function per segment map, derived from the compiled tables on first use.
+
+The table interpreter spent most of a message's time on generic steps repeated for every
+segment: a loop over the map's fields, building memo keys through closures, looking up
+the condition inputs. The function generated for ``OBX[Observation]`` applied to an OBX
+has all of that as constants: it reads each mapped field by number, skips it when empty,
+builds the memo key from the raw fields the rules' conditions read, and replays the
+remembered writes. Only a field seen for the first time (or whose rules create
+resources) goes through the rule interpreter (:func:`engine.run_field`).
+
+The tables stay the source: the code is built from :func:`engine.segment_plan` and its
+memo keys are the ones the interpreter uses, so both share one memo.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from functools import cache
+from typing import Any
+
+from mapping.v2.engine import (
+    FIELD_MEMO,
+    MEMO_LIMIT,
+    NULL,
+    Context,
+    SegmentLike,
+    cond_refs,
+    ref_value,
+    replay,
+    run_field,
+    segment_count,
+    segment_lookup,
+    segment_plan,
+)
+
+SegmentFunction = Callable[
+    [SegmentLike, dict[str, Any], Context, Callable[[str], SegmentLike | None], int], None
+]
+
+
+def apply_segment(mapname: str, seg: SegmentLike, node: dict[str, Any], ctx: Context,
+                  others: Callable[[str], SegmentLike | None], rep_base: int = 0) -> None:
+    """Apply a segment map (``OBX[Observation]``) to a resource under construction.
+
+    ``rep_base`` separates the list elements of several segments feeding one resource
+    (each AIP of an SIU adds its own Appointment.participant).
+    """
+    fn = segment_function(mapname, seg.id)
+    if fn is None:
+        ctx.notes.append(f"no segment map {mapname}")
+        return
+    fn(seg, node, ctx, others, rep_base)
+
+
+@cache
+def segment_function(mapname: str, seg_id: str) -> SegmentFunction | None:
+    """The generated function applying ``mapname`` to a segment with id ``seg_id``."""
+    plan = segment_plan(mapname)
+    if plan is None:
+        return None
+    scope: dict[str, Any] = {"NULL": NULL, "MEMO": FIELD_MEMO, "replay": replay, "run_field": run_field,
+                             "ref_value": ref_value}
+    lines = ["def apply(seg, node, ctx, others, rep_base):",
+             "    fields = seg.fields",
+             "    n = len(fields)",
+             "    did = id(seg.delimiters)",
+             "    tz = ctx.default_tz"]
+    for i, fp in enumerate(plan):
+        scope[f"FP{i}"] = fp
+        f = fp.field
+        lines += [f"    raw = fields[{f}] if n > {f} else ''",
+                  "    if raw == NULL: raw = ''"]
+        body: list[str] = []
+        if fp.pure:
+            if fp.deps:
+                deps = []
+                for ref in fp.deps:
+                    if ref[0] == seg_id:
+                        deps.append(f"fields[{ref[1]}] if n > {ref[1]} else ''")
+                    else:
+                        scope[f"REF{i}_{len(deps)}"] = ref
+                        deps.append(f"ref_value(seg, others, REF{i}_{len(deps)})")
+                body.append(f"key = (FP{i}, {seg_id!r}, raw, ({', '.join(deps)},), did, tz)")
+            else:
+                body.append(f"key = (FP{i}, raw, did, tz)")
+            body += ["hit = MEMO.get(key)",
+                     f"if hit is None: run_field(FP{i}, raw, key, seg, node, ctx, others, rep_base)",
+                     "else: replay(hit, node, rep_base)"]
+        else:
+            body.append(f"run_field(FP{i}, raw, None, seg, node, ctx, others, rep_base)")
+        if fp.when_empty:
+            lines += [f"    {line}" for line in body]
+        else:
+            lines.append("    if raw:")
+            lines += [f"        {line}" for line in body]
+    exec("\n".join(lines), scope)  # the source is built above from the compiled tables only
+    return scope["apply"]
+
+
+ConditionFunction = Callable[[SegmentLike, Callable[[str], SegmentLike | None]], bool]
+
+
+def row_condition(row: dict[str, Any], seg_id: str) -> ConditionFunction:
+    """The message-table row's condition (``OBX → DocumentReference IF OBX-2 = "ED"``) for a
+    segment with id ``seg_id``: remembered per combination of the fields it reads."""
+    fns = row.setdefault("conditions", {})
+    fn = fns.get(seg_id)
+    if fn is None:
+        fn = fns[seg_id] = _condition_function(row["test"], tuple(sorted(set(cond_refs(row["cond"])))), seg_id)
+    return fn
+
+
+def _condition_function(test: Any, refs: tuple[tuple[str, int, int, int], ...], seg_id: str) -> ConditionFunction:
+    memo: dict[tuple[Any, ...], bool] = {}
+    scope: dict[str, Any] = {"MEMO": memo, "TEST": test, "LIMIT": MEMO_LIMIT, "ref_value": ref_value,
+                             "segment_lookup": segment_lookup, "segment_count": segment_count}
+    deps = []
+    for i, ref in enumerate(refs):
+        if ref[0] == seg_id:
+            deps.append(f"fields[{ref[1]}] if n > {ref[1]} else ''")
+        else:
+            scope[f"REF{i}"] = ref
+            deps.append(f"ref_value(seg, others, REF{i})")
+    lines = ["def holds(seg, others):",
+             "    fields = seg.fields",
+             "    n = len(fields)",
+             f"    key = (id(seg.delimiters), {', '.join(deps)})",
+             "    hit = MEMO.get(key)",
+             "    if hit is None:",
+             "        if len(MEMO) >= LIMIT: MEMO.clear()",
+             "        hit = MEMO[key] = TEST(segment_lookup(seg, others), segment_count(seg))",
+             "    return hit"]
+    exec("\n".join(lines), scope)  # the source is built above from the compiled tables only
+    return scope["holds"]
