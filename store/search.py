@@ -9,7 +9,6 @@ keys ``_include``/``_revinclude`` add; bodies come from the store's hot map.
 
 from __future__ import annotations
 
-import unicodedata
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from functools import cache
@@ -22,6 +21,7 @@ from mapping.resource_types import R4_RESOURCE_TYPES
 from mapping.ucum import analyte_keys, canonical, molar_mass_g_per_mol
 from store import patient_cache
 from store.compartment import compartment_elements
+from store.index_rows import norm
 from store.search_params import SearchParam, params_for
 from store.search_values import (
     parse_date,
@@ -159,7 +159,7 @@ def _patient_hint(
 # ---- per-type conditions ---------------------------------------------------------------------------
 def _token_cond(q: _Sql, value: str, modifier: str | None, store: Store) -> str:
     if modifier == "text":
-        return f"text LIKE {q.arg('%' + _norm(value) + '%')}"
+        return f"text LIKE {q.arg('%' + norm(value) + '%')}"
     if modifier in ("in", "not-in"):
         codes = _valueset_codes(store, value)
         if not codes:
@@ -174,17 +174,12 @@ def _token_cond(q: _Sql, value: str, modifier: str | None, store: Store) -> str:
     return " AND ".join(conds) or "true"
 
 
-def _norm(text: str) -> str:
-    """Case- and accent-folded text, as the string index stores it (fhir_norm in SQL)."""
-    return "".join(c for c in unicodedata.normalize("NFKD", text) if not unicodedata.combining(c)).lower()
-
-
 def _string_cond(q: _Sql, value: str, modifier: str | None) -> str:
     if modifier == "exact":
         return f"raw = {q.arg(value)}"
     if modifier == "contains":
-        return f"value LIKE {q.arg('%' + _like_escape(_norm(value)) + '%')} ESCAPE '\\'"
-    return f"starts_with(value, {q.arg(_norm(value))})"
+        return f"value LIKE {q.arg('%' + _like_escape(norm(value)) + '%')} ESCAPE '\\'"
+    return f"starts_with(value, {q.arg(norm(value))})"
 
 
 def _like_escape(text: str) -> str:

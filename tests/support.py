@@ -55,3 +55,22 @@ def run(*args: str, env: dict[str, str] | None = None, timeout: float = 120) -> 
     return subprocess.run(
         [*FHIRTWIN, *args], capture_output=True, text=True, timeout=timeout, env={**os.environ, **(env or {})}
     )
+
+
+def wait_for_serve(proc: subprocess.Popen[str], http_port: int, mllp_port: int | None = None, timeout: float = 40) -> None:
+    """Block until a ``fhirtwin serve`` subprocess answers HTTP (and accepts MLLP connections)."""
+    import httpx
+
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            if mllp_port:
+                socket.create_connection(("127.0.0.1", mllp_port), timeout=1).close()
+            httpx.get(f"http://127.0.0.1:{http_port}/fhir/metadata", timeout=2)
+            return
+        except (OSError, httpx.TransportError):
+            if proc.poll() is not None:
+                raise RuntimeError(f"server exited: {proc.stderr.read() if proc.stderr else ''}") from None
+            if time.monotonic() > deadline:
+                raise RuntimeError("server did not start") from None
+            time.sleep(0.1)

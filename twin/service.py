@@ -34,7 +34,7 @@ from twin.publish import (
     provenance,
 )
 from twin.scenario import Scenario, SimulationRequest
-from twin.vocab import LOINC, TWIN_CS
+from twin.vocab import LOINC, TWIN_CS, quantity
 
 GLUCOSE_CODE = {"coding": [{"system": LOINC, "code": "99504-3",
                             "display": "Glucose [Mass/volume] in Interstitial fluid"}], "text": "Predicted glucose"}
@@ -182,6 +182,20 @@ def _uuid(hex_id: str) -> str:
     return f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:32]}"
 
 
+def _medication_activity(
+    rxnorm: str, display: str, text: str, description: str, amount: float, unit: str
+) -> dict[str, Any]:
+    """A proposed medication activity (CarePlan.activity.detail) for an RxNorm ingredient."""
+    return {
+        "kind": "MedicationRequest",
+        "code": {"coding": [{"system": "http://www.nlm.nih.gov/research/umls/rxnorm", "code": rxnorm,
+                             "display": display}], "text": text},
+        "status": "not-started",
+        "description": description,
+        "quantity": quantity(amount, unit),
+    }
+
+
 def _glucose_plan(store: Store, result: TwinResult) -> dict[str, Any]:
     """Simulate correction boluses now and propose the one keeping the forecast in range, safely."""
     model = GlucoseInsulinModel()
@@ -204,14 +218,7 @@ def _glucose_plan(store: Store, result: TwinResult) -> dict[str, Any]:
         best_u, best_tir, low = outcomes[0]
         text = (f"Glucose twin ({result.model.model_id} {result.model.version}): no insulin; the 2-h forecast without "
                 f"a bolus reaches a lower 80% bound of {low:.0f} mg/dL: consider carbohydrates and recheck.")
-    activity = {
-        "kind": "MedicationRequest",
-        "code": {"coding": [{"system": "http://www.nlm.nih.gov/research/umls/rxnorm", "code": "5856",
-                             "display": "insulin"}], "text": "insulin correction bolus"},
-        "status": "not-started",
-        "description": text,
-        "quantity": {"value": best_u, "unit": "U", "system": "http://unitsofmeasure.org", "code": "U"},
-    }
+    activity = _medication_activity("5856", "insulin", "insulin correction bolus", text, best_u, "U")
     return care_plan(patient_id=result.patient_id, model=result.model, title="Glucose twin: 2-hour plan",
                      description=text, activities=[activity], key="glucose", derived=result.resources[0]["id"])
 
@@ -225,18 +232,10 @@ def _vancomycin_plan(result: TwinResult, model: VancomycinModel) -> tuple[dict[s
             f"{best.auc24_median_mg_h_l:.0f} mg·h/L (80% {best.auc24_80[0]:.0f}-{best.auc24_80[1]:.0f}), "
             f"P(400-600) {best.p_target:.0%}, P(>600) {best.p_above_target:.0%}; trough {best.trough_median_mg_l:.1f} "
             f"mg/L, peak {best.peak_median_mg_l:.1f} mg/L.")
-    activity = {
-        "kind": "MedicationRequest",
-        "code": {"coding": [{"system": "http://www.nlm.nih.gov/research/umls/rxnorm", "code": "11124",
-                             "display": "vancomycin"}], "text": "vancomycin intravenous infusion"},
-        "status": "not-started",
-        "scheduledTiming": {"repeat": {"frequency": 1, "period": best.interval_h, "periodUnit": "h",
-                                       "duration": best.infusion_h, "durationUnit": "h"}},
-        "dailyAmount": {"value": best.dose_mg * 24.0 / best.interval_h, "unit": "mg", "system": "http://unitsofmeasure.org",
-                        "code": "mg"},
-        "quantity": {"value": best.dose_mg, "unit": "mg", "system": "http://unitsofmeasure.org", "code": "mg"},
-        "description": text,
-    }
+    activity = _medication_activity("11124", "vancomycin", "vancomycin intravenous infusion", text, best.dose_mg, "mg")
+    activity["scheduledTiming"] = {"repeat": {"frequency": 1, "period": best.interval_h, "periodUnit": "h",
+                                              "duration": best.infusion_h, "durationUnit": "h"}}
+    activity["dailyAmount"] = quantity(best.dose_mg * 24.0 / best.interval_h, "mg")
     plan = care_plan(patient_id=result.patient_id, model=result.model, title="Vancomycin dosing (AUC24 400-600 mg·h/L)",
                      description=text, activities=[activity], key="vancomycin", derived=result.resources[0]["id"])
     now = datetime.now(UTC)

@@ -13,7 +13,7 @@ import httpx
 import orjson
 import pyarrow.parquet as pq
 import pytest
-from support import FHIRTWIN, FIXTURES, free_port, run
+from support import FHIRTWIN, FIXTURES, free_port, run, wait_for_serve
 
 from ingest.pipeline import Ingestor
 from ingest.records import Problem
@@ -105,15 +105,7 @@ def test_serve_runs_fhir_and_mllp_together(tmp_path: Path) -> None:
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
     )
     try:
-        deadline = time.monotonic() + 30
-        while True:
-            try:
-                socket.create_connection(("127.0.0.1", mllp_port), timeout=1).close()
-                httpx.get(f"http://127.0.0.1:{port}/fhir/metadata", timeout=2)
-                break
-            except (OSError, httpx.TransportError):
-                assert proc.poll() is None and time.monotonic() < deadline
-                time.sleep(0.1)
+        wait_for_serve(proc, port, mllp_port)
         msg = "\r".join([
             "MSH|^~\\&|LAB|HOSP|FHIRTWIN|HOSP|20260301120000||ADT^A01^ADT_A01|CTRL-0001|P|2.5.1",
             "EVN|A01|20260301120000",

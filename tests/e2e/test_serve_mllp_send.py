@@ -3,30 +3,15 @@ the ACKs are checked and the mapped resources are then found through the FHIR RE
 
 from __future__ import annotations
 
-import socket
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import httpx
-from support import FHIRTWIN, FIXTURES, free_port
+from support import FHIRTWIN, FIXTURES, free_port, wait_for_serve
 
 MLLP_SEND = Path(sys.executable).with_name("mllp_send")
 FEED = FIXTURES / "mllp" / "feed.hl7"
-
-
-def wait_for(port: int, http_port: int, proc: subprocess.Popen[str]) -> None:
-    deadline = time.monotonic() + 40
-    while True:
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=1).close()
-            httpx.get(f"http://127.0.0.1:{http_port}/fhir/metadata", timeout=2)
-            return
-        except (OSError, httpx.TransportError):
-            assert proc.poll() is None, "server exited"
-            assert time.monotonic() < deadline, "server did not start"
-            time.sleep(0.1)
 
 
 def test_mllp_send_to_fhirtwin_serve_then_read_over_rest(tmp_path: Path) -> None:
@@ -36,7 +21,7 @@ def test_mllp_send_to_fhirtwin_serve_then_read_over_rest(tmp_path: Path) -> None
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
     )
     try:
-        wait_for(mllp_port, port, proc)
+        wait_for_serve(proc, port, mllp_port)
         out = subprocess.run(  # mllp_send has no timeout of its own
             [str(MLLP_SEND), "--loose", "-f", str(FEED), "-p", str(mllp_port), "127.0.0.1"],
             capture_output=True, timeout=60, check=True,
