@@ -24,7 +24,7 @@ from fhir_server.bodies import FORM_TYPE, media_type, parse_body, parse_form, pa
 from fhir_server.bundles import history_bundle, searchset
 from fhir_server.capability import capability_statement
 from fhir_server.operations import register_operations
-from fhir_server.query import criteria, paging, query_pairs, strict_handling
+from fhir_server.query import count_capped, criteria, paging, query_pairs, strict_handling
 from fhir_server.responses import (
     JSON_OUTPUT,
     FHIRError,
@@ -98,6 +98,9 @@ def search_response(service: FhirService, request: Request, rtype: str, pairs: l
         included = [(t, i, orjson.dumps(shape(orjson.loads(raw), fmt))) for t, i, raw in included]
     kept = [(n, v) for n, v in params if n not in result.ignored]
     notes = [f"search parameter {p!r} ignored" for p in result.ignored] + result.warnings
+    capped = count_capped(pairs)
+    if capped:
+        notes.append(capped)
     warnings = [
         {"resource": operation_outcome([outcome_issue("warning", "not-supported", note) for note in notes]),
          "search": {"mode": "outcome"}}

@@ -22,7 +22,8 @@ def int_param(value: str, name: str) -> int:
 
 
 def paging(pairs: list[tuple[str, str]]) -> tuple[int, int, list[tuple[str, str]]]:
-    """(count, offset, the other parameters); ``_count`` is capped at MAX_COUNT, ``_summary=count`` is 0."""
+    """(count, offset, the other parameters); ``_count`` is capped at MAX_COUNT (see :func:`count_capped`),
+    ``_summary=count`` is 0."""
     count, offset, rest = DEFAULT_COUNT, 0, []
     for name, value in pairs:
         if name == "_count":
@@ -49,3 +50,11 @@ def criteria(request: Request) -> list[tuple[str, str]]:
 def strict_handling(request: Request) -> bool:
     """``Prefer: handling=strict`` asks for unknown search parameters to be errors."""
     return "handling=strict" in request.headers.get("prefer", "")
+
+
+def count_capped(pairs: list[tuple[str, str]]) -> str | None:
+    """A note for the searchset when the asked ``_count`` exceeded the page limit (no silent truncation)."""
+    for name, value in pairs:
+        if name == "_count" and value.isdigit() and int(value) > MAX_COUNT:
+            return f"_count {value} exceeds the page limit: pages hold at most {MAX_COUNT} resources"
+    return None

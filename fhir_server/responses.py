@@ -7,7 +7,10 @@ cases in which it is parsed at all.
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
+from functools import cache
+from pathlib import Path
 from typing import Any
 
 import orjson
@@ -96,8 +99,9 @@ def negotiate(request: Request) -> OutputFormat:
         xml = _accept_prefers_xml(request.headers.get("accept", ""))
     elements = query.get("_elements")
     summary = query.get("_summary")
-    if summary not in (None, "false", "count", "data", "text"):
-        raise FHIRError(400, f"unsupported _summary {summary!r}: use false, count, data or text", code="not-supported")
+    if summary not in (None, "false", "true", "count", "data", "text"):
+        raise FHIRError(400, f"unsupported _summary {summary!r}: use true, false, count, data or text",
+                        code="not-supported")
     return OutputFormat(
         xml=xml,
         pretty=query.get("_pretty") == "true",
@@ -120,6 +124,19 @@ def _accept_prefers_xml(accept: str) -> bool:
 _ALWAYS_KEPT = frozenset({"resourceType", "id", "meta"})
 
 
+@cache
+def summary_elements() -> dict[str, frozenset[str]]:
+    """Top-level elements marked isSummary in the R4 StructureDefinitions (data file), per type."""
+    raw = json.loads((Path(__file__).with_name("data") / "summary_elements.json").read_text())
+    return {t: frozenset(names) for t, names in raw.items()}
+
+
+def _in_summary(key: str, keep: frozenset[str]) -> bool:
+    """Whether a JSON key belongs to a summary element (``_birthDate``, choice ``valueQuantity`` → value)."""
+    key = key.lstrip("_")
+    return key in keep or any(key.startswith(n) and key[len(n):][:1].isupper() for n in keep)
+
+
 def shape(resource: dict[str, Any], fmt: OutputFormat) -> dict[str, Any]:
     """Apply ``_elements`` / ``_summary`` (data, text) to one resource, marking it SUBSETTED."""
     if fmt.elements:
@@ -128,6 +145,9 @@ def shape(resource: dict[str, Any], fmt: OutputFormat) -> dict[str, Any]:
         out = {k: v for k, v in resource.items() if k != "text"}
     elif fmt.summary == "text":
         out = {k: v for k, v in resource.items() if k in _ALWAYS_KEPT or k == "text"}
+    elif fmt.summary == "true":
+        keep = summary_elements().get(resource.get("resourceType", ""), frozenset())
+        out = {k: v for k, v in resource.items() if k in _ALWAYS_KEPT or _in_summary(k, keep)}
     else:
         return resource
     meta = dict(out.get("meta") or {})

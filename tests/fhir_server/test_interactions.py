@@ -172,3 +172,18 @@ def test_capability_statement_lists_what_is_implemented(http: httpx.Client, pati
     assert {"code", "date", "subject", "patient", "value-quantity"} <= {p["name"] for p in obs["searchParam"]}
     pat = next(r for r in rest["resource"] if r["type"] == "Patient")
     assert {"everything", "validate", "meta"} <= {o["name"] for o in pat["operation"]}
+
+
+def test_summary_true_keeps_summary_elements_only(http: httpx.Client, patient: Any) -> None:
+    created = http.post("Patient", json={**patient("Summarized"), "maritalStatus": {"text": "single"},
+                                         "communication": [{"language": {"text": "en"}}]}).json()
+    body = http.get(f"Patient/{created['id']}", params={"_summary": "true"}).json()
+    assert {"name", "gender", "birthDate", "identifier"} <= set(body)
+    assert "maritalStatus" not in body and "communication" not in body
+    assert any(t["code"] == "SUBSETTED" for t in body["meta"]["tag"])
+
+
+def test_count_above_the_page_limit_is_said_not_silently_cut(http: httpx.Client) -> None:
+    bundle = http.get("Patient", params={"_count": "5000"}).json()
+    outcomes = [e["resource"] for e in bundle.get("entry", []) if e.get("search", {}).get("mode") == "outcome"]
+    assert outcomes and "page limit" in outcomes[0]["issue"][0]["diagnostics"]
