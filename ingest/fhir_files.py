@@ -33,7 +33,7 @@ def detect_format(path: Path) -> str | None:
     if name.endswith((".hl7", ".hl7v2", ".er7", ".txt")):
         return "hl7"
     if name.endswith(JSON_SUFFIXES):
-        with _open(path) as fh:
+        with open_file(path) as fh:
             head = fh.read(4096).lstrip()
         # A Bulk export sometimes names NDJSON "*.json": several top-level objects, one per line.
         first, _, rest = head.partition(b"\n")
@@ -43,7 +43,7 @@ def detect_format(path: Path) -> str | None:
     return None
 
 
-def _open(path: Path) -> IO[bytes]:
+def open_file(path: Path) -> IO[bytes]:
     return gzip.open(path, "rb") if path.name.lower().endswith(".gz") else path.open("rb")
 
 
@@ -70,7 +70,7 @@ def resources_from_json(
 def read_ndjson(path: Path, resolve: ConditionalResolver | None = None) -> Iterator[Record]:
     """One record per non-blank line of a Bulk Data NDJSON file."""
     source = str(path)
-    with _open(path) as fh:
+    with open_file(path) as fh:
         for lineno, line in enumerate(fh, start=1):
             stripped = line.strip()
             if not stripped:
@@ -87,7 +87,7 @@ def read_ndjson(path: Path, resolve: ConditionalResolver | None = None) -> Itera
 
 def read_json(path: Path, resolve: ConditionalResolver | None = None) -> Iterator[Record]:
     """A single JSON document: a resource or a Bundle."""
-    with _open(path) as fh:
+    with open_file(path) as fh:
         raw = fh.read()
     try:
         obj = orjson.loads(raw)
@@ -101,7 +101,7 @@ def read_json(path: Path, resolve: ConditionalResolver | None = None) -> Iterato
 
 def read_xml(path: Path, resolve: ConditionalResolver | None = None) -> Iterator[Record]:
     """A FHIR XML document (a resource or a Bundle), through the hardened XML reader."""
-    with _open(path) as fh:
+    with open_file(path) as fh:
         raw = fh.read()
     try:
         obj = xml_to_resource(raw)

@@ -92,14 +92,21 @@ class PreparedBatch:
         )
 
 
-def prepare(resources: list[dict[str, Any]]) -> PreparedBatch:
+def prepare(resources: list[dict[str, Any]]) -> tuple[PreparedBatch, list[tuple[int, StoreError]]]:
     """Prepare resources (modified in place: ids assigned, store meta stamped with marks).
 
-    Raises :class:`StoreError` for the first resource the store would refuse.
+    The ones the store would refuse are left out and returned as (position, error).
     """
     batch = PreparedBatch()
-    for res in resources:
-        rtype, rid, chash = identify(res)
+    kept: list[dict[str, Any]] = []
+    refused: list[tuple[int, StoreError]] = []
+    for i, res in enumerate(resources):
+        try:
+            rtype, rid, chash = identify(res)
+        except StoreError as exc:
+            refused.append((i, exc))
+            continue
+        kept.append(res)
         batch.types.append(rtype)
         batch.ids.append(rid)
         batch.hashes.append(chash)
@@ -109,5 +116,5 @@ def prepare(resources: list[dict[str, Any]]) -> PreparedBatch:
         marked = orjson.dumps(res)
         unique = marked.count(_VERSION_BYTES) == 1 and marked.count(_UPDATED_BYTES) == 1
         batch.bodies.append((marked,) if unique else plain)
-    batch.index = search_index.index_tables(resources, batch.pids)
-    return batch
+    batch.index = search_index.index_tables(kept, batch.pids)
+    return batch, refused

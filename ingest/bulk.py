@@ -1,0 +1,119 @@
+"""Parallel bulk NDJSON import: parse, validate and prepare in worker processes, commit in this one.
+
+Per resource, JSON parsing, R4 validation, the content hash, the patient compartment, the
+serialized body and the search-index rows depend only on the line itself, and they are most of
+the cost of an import. Worker processes compute them for chunks of lines
+(:func:`store.prepare.prepare`) and send back a :class:`~store.prepare.PreparedBatch` (a few lists
+and Arrow tables per chunk, not objects per row). The single writer keeps what must be
+serialized: the comparison with current versions, version numbers, the commit timestamp and the
+DuckDB transaction. While DuckDB commits one chunk (it releases the GIL), the workers already
+prepare the next ones; a bounded window of chunks in flight keeps memory flat for any file size.
+
+Records the workers cannot settle alone go through the ordinary path in this process: Bundles
+(their conditional references are resolved against the store).
+"""
+
+from __future__ import annotations
+
+import multiprocessing
+from collections import deque
+from collections.abc import Iterator
+from concurrent.futures import Future, ProcessPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import orjson
+
+from ingest.fhir_files import open_file, resources_from_json
+from ingest.r4_check import r4_validator
+from ingest.records import Problem, Record
+from store.prepare import PreparedBatch, prepare
+
+CHUNK_LINES = 5000
+
+
+@dataclass(slots=True)
+class Refused:
+    """A line a worker refused: where it was, its raw text and why."""
+
+    line: int
+    raw: bytes
+    problems: list[Problem]
+
+
+@dataclass(slots=True)
+class ChunkResult:
+    """What a worker returns for one chunk of lines."""
+
+    prepared: PreparedBatch
+    refused: list[Refused] = field(default_factory=list)
+    deferred: list[tuple[int, bytes]] = field(default_factory=list)  # (line, raw) for the writer's own path
+
+
+def prepare_chunk(source: str, first_line: int, data: bytes, validate: bool) -> ChunkResult:
+    """Parse, validate and prepare the NDJSON lines of ``data`` (line numbers from ``first_line``)."""
+    accepted: list[dict[str, Any]] = []
+    records: list[Record] = []
+    out = ChunkResult(PreparedBatch())
+    for lineno, line in enumerate(data.split(b"\n"), start=first_line):
+        raw = line.strip()
+        if not raw:
+            continue
+        try:
+            obj = orjson.loads(raw)
+        except orjson.JSONDecodeError as exc:
+            out.refused.append(Refused(lineno, raw, [Problem(f"invalid JSON: {exc}", None, "structure")]))
+            continue
+        if isinstance(obj, dict) and obj.get("resourceType") == "Bundle":
+            out.deferred.append((lineno, raw))
+            continue
+        rec = resources_from_json(obj, source, lineno, raw, "ndjson")
+        if rec.ok and validate:
+            rec.problems += r4_validator(rec.resources[0])
+        if rec.ok:
+            accepted += rec.resources
+            records.append(rec)
+        else:
+            out.refused.append(Refused(lineno, raw, rec.problems))
+    out.prepared, store_refused = prepare(accepted)
+    for pos, exc in store_refused:
+        rec = records[pos]
+        out.refused.append(Refused(rec.line or 0, bytes(rec.raw), [Problem(str(exc), exc.expression, exc.code)]))
+    out.refused.sort(key=lambda r: r.line)
+    return out
+
+
+def line_chunks(path: Path, lines_per_chunk: int = CHUNK_LINES) -> Iterator[tuple[int, bytes]]:
+    """(first line number, bytes of up to ``lines_per_chunk`` lines), streaming the (gzip) file."""
+    with open_file(path) as fh:
+        first, lines = 1, []
+        for line in fh:
+            lines.append(line)
+            if len(lines) == lines_per_chunk:
+                yield first, b"".join(lines)
+                first, lines = first + len(lines), []
+        if lines:
+            yield first, b"".join(lines)
+
+
+def prepared_chunks(
+    path: Path, *, validate: bool, workers: int, lines_per_chunk: int = CHUNK_LINES
+) -> Iterator[tuple[int, ChunkResult]]:
+    """Chunk results in file order, at most ``2 * workers`` chunks in flight (bounded memory)."""
+    ctx = multiprocessing.get_context("spawn")  # the writer holds DuckDB threads: never fork it
+    with ProcessPoolExecutor(max_workers=workers, mp_context=ctx) as pool:
+        window: deque[tuple[int, Future[ChunkResult]]] = deque()
+        for first, data in line_chunks(path, lines_per_chunk):
+            window.append((first, pool.submit(prepare_chunk, str(path), first, data, validate)))
+            if len(window) >= 2 * workers:
+                first_done, fut = window.popleft()
+                yield first_done, fut.result()
+        while window:
+            first_done, fut = window.popleft()
+            yield first_done, fut.result()
+
+
+def refused_record(source: str, refused: Refused) -> Record:
+    """The dead-letter record of a refused line, as the plain reader would have built it."""
+    return Record(source=source, line=refused.line, raw=refused.raw, problems=refused.problems, format="ndjson")

@@ -1,0 +1,111 @@
+"""Parallel bulk NDJSON import leaves exactly what the in-process path leaves in the store."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import orjson
+import pytest
+
+from ingest.bulk import line_chunks, prepare_chunk
+from ingest.pipeline import Ingestor, IngestSummary
+from store.search_index import INDEX_TABLES
+from store.store import Store
+
+BAD_LINES = [
+    b'{"resourceType":"Patient","id":',  # not JSON
+    b'{"id":"no-type"}',  # no resourceType
+    b'{"resourceType":"Patient","id":"bad id!"}',  # an id the store refuses
+    b'{"resourceType":"Patient","id":"p-bad","birthDate":"not-a-date"}',  # fails R4 validation
+    b'{"resourceType":"Patient","id":"marks","name":[{"text":"\\u0000fhirtwin:versionId"}]}',
+]
+
+
+@pytest.fixture
+def bulk_file(tmp_path: Path, synthea_dir: Path) -> Path:
+    """The Synthea NDJSON in one file, with refused lines, a replayed line and a changed version."""
+    lines = [
+        line
+        for path in sorted((synthea_dir / "ndjson").glob("*.ndjson"))
+        for line in path.read_bytes().splitlines()
+        if line.strip()
+    ]
+    changed = orjson.loads(lines[0])
+    changed["language"] = "en"
+    body = [*lines[:50], *BAD_LINES, b"", lines[3], *lines[50:], orjson.dumps(changed)]
+    path = tmp_path / "all.ndjson"
+    path.write_bytes(b"\n".join(body) + b"\n")
+    return path
+
+
+def _content(store: Store) -> dict[str, Any]:
+    """Everything the store holds, with the commit timestamps taken out (they differ run to run)."""
+    con = store.cursor()
+    versions = []
+    for rtype, rid, vid, ts, deleted, pid, chash, js in con.execute(
+        "SELECT resource_type, id, version_id, last_updated, deleted, patient_id, content_hash, json "
+        "FROM resource_versions ORDER BY ALL"
+    ).fetchall():
+        res = orjson.loads(js)
+        assert res["meta"]["lastUpdated"] == ts.isoformat(timespec="microseconds").replace("+00:00", "Z")
+        del res["meta"]["lastUpdated"]
+        versions.append((rtype, rid, vid, deleted, pid, chash, res))
+    index = {
+        table: con.execute(
+            "SELECT rt, id, param, pid, CASE WHEN param = '_lastUpdated' THEN NULL ELSE lo END, "
+            "CASE WHEN param = '_lastUpdated' THEN NULL ELSE hi END FROM idx_date ORDER BY ALL"
+            if table == "idx_date" else f"SELECT * FROM {table} ORDER BY ALL"
+        ).fetchall()
+        for table in INDEX_TABLES
+    }
+    stamps = con.execute(
+        "SELECT count(*) FROM idx_date d JOIN resources_current r ON d.rt = r.resource_type AND d.id = r.id "
+        "WHERE d.param = '_lastUpdated' AND d.lo = r.last_updated"
+    ).fetchone()[0]
+    letters = [(d["source"], d["line"], d["format"], d["raw"], d["reason"]) for d in store.dead_letters()]
+    return {"versions": versions, "index": index, "stamps": stamps, "letters": sorted(letters, key=str),
+            "current": sorted((k, c.version_id, c.content_hash) for k, c in store._current.items())}
+
+
+def _summary(s: IngestSummary) -> tuple[Any, ...]:
+    return s.accepted, s.unchanged, s.rejected, dict(s.by_type), sorted(s.errors)
+
+
+def test_parallel_bulk_path_stores_what_the_plain_path_stores(bulk_file: Path) -> None:
+    plain, parallel = Store(":memory:"), Store(":memory:")
+    plain_summary = Ingestor(plain, workers=0).ingest_paths([bulk_file])
+    ingestor = Ingestor(parallel, workers=2)
+    parallel_summary = ingestor.ingest_ndjson_parallel(bulk_file, lines_per_chunk=700)
+    assert _summary(parallel_summary) == _summary(plain_summary)
+    assert plain_summary.rejected == 4 and plain_summary.unchanged == 1, plain_summary.errors
+    expected = _content(plain)
+    got = _content(parallel)
+    assert got["versions"] == expected["versions"]
+    for table in INDEX_TABLES:
+        assert got["index"][table] == expected["index"][table], table
+    assert got["stamps"] == expected["stamps"] == plain.count()
+    assert got["letters"] == expected["letters"]
+    assert got["current"] == expected["current"]
+    # A read after the write sees it, with the store meta spliced into the prepared body.
+    marks = parallel.read("Patient", "marks")
+    assert marks["name"][0]["text"] == "\x00fhirtwin:versionId" and marks["meta"]["versionId"] == "1"
+    # Replaying the file creates nothing but the two versions of the one resource the file holds twice.
+    again = ingestor.ingest_ndjson_parallel(bulk_file, lines_per_chunk=700)
+    assert again.accepted == 2 and again.unchanged == plain_summary.accepted + plain_summary.unchanged - 2
+    assert len(_content(parallel)["versions"]) == len(expected["versions"]) + 2
+
+
+def test_chunks_keep_line_numbers_and_refusals(bulk_file: Path) -> None:
+    chunks = list(line_chunks(bulk_file, lines_per_chunk=40))
+    assert [first for first, _ in chunks[:3]] == [1, 41, 81]
+    first, data = chunks[1]
+    result = prepare_chunk(str(bulk_file), first, data, validate=True)
+    assert [r.line for r in result.refused] == [51, 52, 53, 54]
+    assert result.refused[0].raw == BAD_LINES[0]
+    assert result.refused[3].problems[0].expression == "Patient.birthDate"
+    assert len(result.prepared) == 40 - 4 - 1  # blank line
+    # Without validation the store's own id check refuses the bad id, as a plain write would.
+    unchecked = prepare_chunk(str(bulk_file), first, data, validate=False)
+    assert [r.line for r in unchecked.refused] == [51, 52, 53]
+    assert unchecked.refused[2].problems[0].diagnostics == "invalid id 'bad id!'"
