@@ -83,7 +83,11 @@ class Context:
 
     default_tz: str | None
     make_resource: Callable[[str, dict[str, Any]], dict[str, str] | None]
+    add_resource: Callable[[str, str, dict[str, Any]], None]
     notes: list[str] = field(default_factory=list)
+    created: list[tuple[str, str, Any]] | None = None
+    """While a field's rules run: the resources they create (type, id, frozen body), so
+    the field memo can replay the creation along with the writes."""
 
 
 # --- value access -------------------------------------------------------------------
@@ -498,7 +502,7 @@ def builtin(
 
 
 _MEMO: dict[tuple[int, str, int, int, str | None], Any] = {}
-FIELD_MEMO: dict[tuple[Any, ...], list[tuple[Writer, Any, int]]] = {}
+FIELD_MEMO: dict[tuple[Any, ...], tuple[tuple[tuple[str, str, Any], ...], list[tuple[Writer, Any, int]]]] = {}
 MEMO_LIMIT = 100_000
 _MISS = object()
 _loads = orjson.loads
@@ -661,7 +665,7 @@ def segment_plan(mapname: str) -> tuple[FieldPlan, ...] | None:
         rule["test"] = compile_cond(rule["cond"]) if rule["cond"] is not None else None
         by_field.setdefault(rule["f"], []).append(rule)
     return tuple(
-        FieldPlan(f, tuple(rs), any(r.get("when_empty") for r in rs), all(r["pure"] for r in rs),
+        FieldPlan(f, tuple(rs), any(r.get("when_empty") for r in rs),
                   tuple(sorted({ref for r in rs for ref in cond_refs(r["cond"])})))
         for f, rs in by_field.items()
     )
@@ -669,13 +673,12 @@ def segment_plan(mapname: str) -> tuple[FieldPlan, ...] | None:
 
 @dataclass(frozen=True, slots=True, eq=False)  # hashed by identity: a memo key
 class FieldPlan:
-    """The rules of one v2 field; ``pure`` groups are memoized on the field text and
-    the values their conditions read (``deps``)."""
+    """The rules of one v2 field, memoized on the field text and the values their
+    conditions read (``deps``)."""
 
     field: int
     rules: tuple[dict[str, Any], ...]
     when_empty: bool
-    pure: bool
     deps: tuple[tuple[str, int, int, int], ...]
 
 
@@ -706,12 +709,14 @@ def _pure_map(mapname: str) -> bool:
 _ENVELOPE_SEGMENTS = frozenset({"MSH", "FHS", "BHS"})
 
 
-def run_field(fp: FieldPlan, raw: str, key: tuple[Any, ...] | None, seg: SegmentLike, node: dict[str, Any],
+def run_field(fp: FieldPlan, raw: str, key: tuple[Any, ...], seg: SegmentLike, node: dict[str, Any],
               ctx: Context, others: Callable[[str], SegmentLike | None], rep_base: int) -> None:
-    """Run the rules of one valued field (or of an empty one with ``when_empty`` rules) and,
-    when ``key`` is given (the field's rules create no resource), remember what was written."""
+    """Run the rules of one valued field (or of an empty one with ``when_empty`` rules) and
+    remember under ``key`` what they wrote and which resources they created."""
     d = seg.delimiters
     placed: list[tuple[Writer, Any, int]] = []
+    created: list[tuple[str, str, Any]] = []
+    ctx.created = created
     if not raw:
         reps = [""]
     elif seg.id in _ENVELOPE_SEGMENTS and fp.field <= 2:
@@ -740,18 +745,22 @@ def run_field(fp: FieldPlan, raw: str, key: tuple[Any, ...] | None, seg: Segment
             value = convert(rule, rep, level, d, ctx)
             if value is not None:
                 w = _writer_for(rule, value)
-                if key is not None:
-                    placed.append((w, freeze(value), i))
+                placed.append((w, freeze(value), i))
                 w(node, value, rep_base + i)
-    if key is not None:
-        if len(FIELD_MEMO) >= MEMO_LIMIT:
-            FIELD_MEMO.clear()
-        FIELD_MEMO[key] = placed
+    ctx.created = None
+    if len(FIELD_MEMO) >= MEMO_LIMIT:
+        FIELD_MEMO.clear()
+    FIELD_MEMO[key] = (tuple(created), placed)
 
 
-def replay(hit: list[tuple[Writer, Any, int]], node: dict[str, Any], rep_base: int) -> None:
-    """Write what a field's rules wrote before for the same text, each value a fresh copy."""
-    for w, value, i in hit:
+def replay(hit: tuple[tuple[tuple[str, str, Any], ...], list[tuple[Writer, Any, int]]], node: dict[str, Any],
+           ctx: Context, rep_base: int) -> None:
+    """Do again what a field's rules did before for the same text: create the same
+    resources, write the same values, each a fresh copy."""
+    created, placed = hit
+    for rtype, rid, body in created:
+        ctx.add_resource(rtype, rid, thaw(body))
+    for w, value, i in placed:
         cls = value.__class__
         if cls is bytes:
             value = _loads(value)
@@ -762,8 +771,10 @@ def replay(hit: list[tuple[Writer, Any, int]], node: dict[str, Any], rep_base: i
 
 def has_element(item: dict[str, Any], name: str) -> bool:
     """True when ``item`` holds ``name`` itself or one of its ``name[x]`` variants."""
+    if name in item:
+        return True
     n = len(name)
-    return any(k == name or (k.startswith(name) and k[n:n + 1].isupper()) for k in item)
+    return any(k.startswith(name) and k[n:n + 1].isupper() for k in item)
 
 
 def missing_required(body: dict[str, Any], rtype: str) -> list[str]:

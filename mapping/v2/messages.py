@@ -29,6 +29,7 @@ from mapping.v2.engine import (
     clone,
     compile_cond,
     finalize,
+    freeze,
     merge,
     missing_required,
     prune,
@@ -85,6 +86,10 @@ class _Instance:
     alias: _Instance | None = None
     merges: int = 0
     bases: dict[str, int] = field(default_factory=dict)
+    chain_ids: frozenset[int] = frozenset()  # groups are compared by identity, never by value
+
+    def __post_init__(self) -> None:
+        self.chain_ids = frozenset(map(id, self.chain))
 
     def base_of(self, mapname: str) -> int:
         """List offset of a segment map's elements. The IG numbers list slots per sheet:
@@ -113,12 +118,14 @@ def _path_key(steps: list[list[Any]]) -> tuple[tuple[Any, ...], ...]:
 _PATH_KEYS: dict[int, tuple[list[list[Any]], tuple[tuple[Any, ...], ...]]] = {}
 
 
-def _walk(group: GroupLike, chain: tuple[Any, ...]) -> Iterator[tuple[SegmentLike, tuple[Any, ...]]]:
+def _walk(group: GroupLike, chain: tuple[Any, ...], path: tuple[str, ...]
+          ) -> Iterator[tuple[SegmentLike, tuple[Any, ...], tuple[str, ...]]]:
+    """Segments in message order with their enclosing groups and those groups' names."""
     for item in group.items:
         if hasattr(item, "items"):
-            yield from _walk(item, (*chain, item))
+            yield from _walk(item, (*chain, item), (*path, item.name))
         else:
-            yield item, chain
+            yield item, chain, path
 
 
 class _Rows:
@@ -197,7 +204,8 @@ class _Mapper:
         for s in msg.segments:
             self.first_seg.setdefault(s.id, s)
         msh7 = msg.msh.get(7)
-        self.ctx = Context(default_tz=values.tz_of(msh7) or default_tz, make_resource=self._make_resource)
+        self.ctx = Context(default_tz=values.tz_of(msh7) or default_tz, make_resource=self._make_resource,
+                           add_resource=self._add_resource)
 
     # -- resources referenced from datatypes (Practitioner from XCN, Location from PL) --
     def _make_resource(self, rtype: str, body: dict[str, Any]) -> dict[str, str] | None:
@@ -209,17 +217,23 @@ class _Mapper:
         if not key:
             return None
         rid = stable_id(rtype, key)
+        if self.ctx.created is not None:
+            self.ctx.created.append((rtype, rid, freeze(body)))
+        self._add_resource(rtype, rid, body)
+        return {"reference": f"{rtype}/{rid}"}
+
+    def _add_resource(self, rtype: str, rid: str, body: dict[str, Any]) -> None:
         existing = self.created.get((rtype, rid))
         if existing is None:
             self.created[(rtype, rid)] = {"resourceType": rtype, "id": rid, **body}
         else:
             merge(existing, body)
-        return {"reference": f"{rtype}/{rid}"}
 
     def run(self, rows: _Rows) -> None:
         others = self.first_seg.get
-        for seg, chain in _walk(self.root, ()):
-            found = rows.find_cached(tuple(g.name for g in chain), seg.id)
+        ctx = self.ctx
+        for seg, chain, path in _walk(self.root, (), ()):
+            found = rows.find_cached(path, seg.id)
             if not found:
                 continue
             for row in found:
@@ -227,7 +241,7 @@ class _Mapper:
                     continue
                 inst, rep_base = self._instance(row, seg, chain)
                 base = inst.base_of(row["map"]) + rep_base
-                apply_segment(row["map"], seg, inst.node, self.ctx, others, base)
+                apply_segment(row["map"], seg, inst.node, ctx, others, base)
                 if row["refs"]:
                     self.refs.append((inst, row))
 
@@ -248,7 +262,7 @@ class _Mapper:
             if outer is scope:
                 continue
             found = self.by_scope.get((row["key"], id(outer)))
-            if found is not None and found.creator.id != seg.id and outer in (self.root, *found.chain):
+            if found is not None and found.creator.id != seg.id and (outer is self.root or id(outer) in found.chain_ids):
                 found.merges += 1
                 return found, found.merges * 1000
         inst = _Instance(row["key"], row["type"], Node(), seg, chain)
@@ -270,16 +284,21 @@ class _Mapper:
     def _search(self, key: str, near: _Instance) -> _Instance | None:
         if key == near.key:
             return near
-        for g in reversed((self.root, *near.chain)):
+        candidates = self.by_key.get(key)
+        if not candidates:
+            return None
+        for g in reversed(near.chain):
             inst = self.by_scope.get((key, id(g)))
             if inst is not None:
                 return inst
-        candidates = self.by_key.get(key)
-        if candidates:
-            for g in reversed(near.chain):  # a sibling scope inside the same enclosing group
-                for inst in reversed(candidates):
-                    if g in inst.chain:
-                        return inst
+        inst = self.by_scope.get((key, id(self.root)))
+        if inst is not None:
+            return inst
+        for g in reversed(near.chain):  # a sibling scope inside the same enclosing group
+            gid = id(g)
+            for inst in reversed(candidates):
+                if gid in inst.chain_ids:
+                    return inst
         return None
 
     def link(self) -> None:

@@ -70,24 +70,21 @@ def segment_function(mapname: str, seg_id: str) -> SegmentFunction | None:
         f = fp.field
         lines += [f"    raw = fields[{f}] if n > {f} else ''",
                   "    if raw == NULL: raw = ''"]
-        body: list[str] = []
-        if fp.pure:
-            if fp.deps:
-                deps = []
-                for ref in fp.deps:
-                    if ref[0] == seg_id:
-                        deps.append(f"fields[{ref[1]}] if n > {ref[1]} else ''")
-                    else:
-                        scope[f"REF{i}_{len(deps)}"] = ref
-                        deps.append(f"ref_value(seg, others, REF{i}_{len(deps)})")
-                body.append(f"key = (FP{i}, {seg_id!r}, raw, ({', '.join(deps)},), did, tz)")
-            else:
-                body.append(f"key = (FP{i}, raw, did, tz)")
-            body += ["hit = MEMO.get(key)",
-                     f"if hit is None: run_field(FP{i}, raw, key, seg, node, ctx, others, rep_base)",
-                     "else: replay(hit, node, rep_base)"]
+        if fp.deps:
+            deps = []
+            for ref in fp.deps:
+                if ref[0] == seg_id:
+                    deps.append(f"fields[{ref[1]}] if n > {ref[1]} else ''")
+                else:
+                    scope[f"REF{i}_{len(deps)}"] = ref
+                    deps.append(f"ref_value(seg, others, REF{i}_{len(deps)})")
+            key = f"(FP{i}, {seg_id!r}, raw, ({', '.join(deps)},), did, tz)"
         else:
-            body.append(f"run_field(FP{i}, raw, None, seg, node, ctx, others, rep_base)")
+            key = f"(FP{i}, raw, did, tz)"
+        body = [f"key = {key}",
+                "hit = MEMO.get(key)",
+                f"if hit is None: run_field(FP{i}, raw, key, seg, node, ctx, others, rep_base)",
+                "else: replay(hit, node, ctx, rep_base)"]
         if fp.when_empty:
             lines += [f"    {line}" for line in body]
         else:
