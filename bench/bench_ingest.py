@@ -1,6 +1,10 @@
 """Bulk NDJSON import: fhirtwin (validation + versions + search index) against its peers, same lines, same run.
 
-    .venv/bin/python bench/bench_ingest.py --resources 200000
+    .venv/bin/python bench/bench_ingest.py --resources 100000
+
+fhirtwin is measured in process (the path small writes take) and through the parallel bulk path
+(``ingest.bulk``: worker processes parse, validate and prepare; the writer commits), with and
+without validation. A per-stage breakdown (µs per resource, one core) follows the table.
 
 Peers: DuckDB's raw ``read_ndjson_objects`` (the ceiling: parse and store, no FHIR work) and
 fhir.resources validating the same lines (the usual Python way to check R4 structure).
@@ -28,6 +32,9 @@ sys.path.insert(0, str(REPO / "bench"))
 from synthea_replicate import replicas  # noqa: E402
 
 from ingest.pipeline import Ingestor  # noqa: E402
+from ingest.r4_check import r4_validator  # noqa: E402
+from store.prepare import identify, prepare  # noqa: E402
+from store.search_index import index_tables  # noqa: E402
 from store.store import Store  # noqa: E402
 
 
@@ -59,9 +66,10 @@ def bench_fhir_resources(path: Path, sample: int) -> float:
     return len(lines) / (time.perf_counter() - start)
 
 
-def bench_fhirtwin(path: Path, db: Path, *, validate: bool) -> tuple[float, int]:
+def bench_fhirtwin(path: Path, db: Path, *, validate: bool, workers: int) -> tuple[float, int]:
     store = Store(db)
-    ingestor = Ingestor(store) if validate else Ingestor(store, validator=None)
+    validator = r4_validator if validate else None
+    ingestor = Ingestor(store, validator, workers=workers, bulk_min_bytes=0)
     start = time.perf_counter()
     summary = ingestor.ingest_paths([path])
     elapsed = time.perf_counter() - start
@@ -70,10 +78,49 @@ def bench_fhirtwin(path: Path, db: Path, *, validate: bool) -> tuple[float, int]
     return summary.accepted / elapsed, summary.accepted
 
 
+def stage_profile(path: Path, sample: int, db: Path) -> list[tuple[str, float]]:
+    """µs per resource of each stage, in this process, on the first ``sample`` lines."""
+    with path.open("rb") as fh:
+        lines = [line for _, line in zip(range(sample), fh, strict=False)]
+    n = len(lines)
+    clock = time.perf_counter
+    t0 = clock()
+    resources = [orjson.loads(line) for line in lines]
+    t1 = clock()
+    for res in resources:
+        r4_validator(res)
+    t2 = clock()
+    for res in resources:
+        identify(res)
+    t3 = clock()
+    batches = [prepare(resources[i : i + 5000])[0] for i in range(0, n, 5000)]
+    t4 = clock()
+    index_tables(resources, [None] * n)
+    t5 = clock()
+    store = Store(db)
+    for batch in batches:
+        store.write_prepared(batch)
+    t6 = clock()
+    store.close()
+    t7 = clock()
+    us = 1e6 / n
+    return [
+        ("parse JSON (orjson)", (t1 - t0) * us),
+        ("R4 validation", (t2 - t1) * us),
+        ("id + content hash", (t3 - t2) * us),
+        ("prepare: hash, patient, body (without index)", ((t4 - t3) - (t5 - t4)) * us),
+        ("search-index rows (extract, split, Arrow)", (t5 - t4) * us),
+        ("writer: versions, splice, DuckDB insert + commit", (t6 - t5) * us),
+        ("close (checkpoint)", (t7 - t6) * us),
+    ]
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--resources", type=int, default=200_000)
+    parser.add_argument("--resources", type=int, default=100_000)
     parser.add_argument("--fhir-resources-sample", type=int, default=5_000)
+    parser.add_argument("--profile-sample", type=int, default=20_000)
+    parser.add_argument("--workers", type=int, default=2)
     args = parser.parse_args()
     console = Console()
     with tempfile.TemporaryDirectory() as tmp:
@@ -86,10 +133,15 @@ def main() -> None:
             ("fhir.resources R4B validation only", bench_fhir_resources(data, args.fhir_resources_sample),
              args.fhir_resources_sample),
         ]
-        rate, n = bench_fhirtwin(data, work / "noval.duckdb", validate=False)
-        rows.append(("fhirtwin ingest, no validation (versions + index)", rate, n))
-        rate, n = bench_fhirtwin(data, work / "full.duckdb", validate=True)
-        rows.append(("fhirtwin ingest (validation + versions + index)", rate, n))
+        for label, validate, workers in (
+            ("in process, no validation", False, 0),
+            ("in process (validation + versions + index)", True, 0),
+            (f"parallel bulk, {args.workers} workers, no validation", False, args.workers),
+            (f"parallel bulk, {args.workers} workers (validation + versions + index)", True, args.workers),
+        ):
+            rate, n = bench_fhirtwin(data, work / f"ft{len(rows)}.duckdb", validate=validate, workers=workers)
+            rows.append((f"fhirtwin ingest, {label}", rate, n))
+        stages = stage_profile(data, args.profile_sample, work / "stages.duckdb")
         peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     table = Table(title=f"bulk NDJSON import, {args.resources:,} resources ({size_mb:.0f} MB)")
     table.add_column("what")
@@ -98,6 +150,13 @@ def main() -> None:
     for name, rate, n in rows:
         table.add_row(name, f"{rate:,.0f}", f"{n:,}")
     console.print(table)
+    breakdown = Table(title=f"where the time goes (one core, first {args.profile_sample:,} resources)")
+    breakdown.add_column("stage")
+    breakdown.add_column("µs/resource", justify="right")
+    for name, us in stages:
+        breakdown.add_row(name, f"{us:,.1f}")
+    breakdown.add_row("total", f"{sum(us for _, us in stages):,.1f}")
+    console.print(breakdown)
     console.print(f"peak RSS of the benchmark process: {peak_mb:,.0f} MB")
 
 
