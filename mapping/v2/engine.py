@@ -79,15 +79,43 @@ class Ref:
 
 @dataclass
 class Context:
-    """Per-message state the rules need: offsets, created resources, notes."""
+    """Per-message state the rules need: offsets, resources made from datatypes, notes.
+
+    It holds no callbacks into the message mapper: a reference cycle would keep every
+    message's working tree alive until the cyclic garbage collector ran, and collecting
+    those trees cost more than mapping them.
+    """
 
     default_tz: str | None
-    make_resource: Callable[[str, dict[str, Any]], dict[str, str] | None]
-    add_resource: Callable[[str, str, dict[str, Any]], None]
+    emit: frozenset[str]
     notes: list[str] = field(default_factory=list)
+    resources: dict[tuple[str, str], dict[str, Any]] = field(default_factory=dict)
     created: list[tuple[str, str, Any]] | None = None
     """While a field's rules run: the resources they create (type, id, frozen body), so
     the field memo can replay the creation along with the writes."""
+
+    def make_resource(self, rtype: str, body: dict[str, Any]) -> dict[str, str] | None:
+        """A resource referenced from a datatype (Practitioner from XCN, Location from PL),
+        identified by its identifier or name; the reference to it."""
+        if rtype not in self.emit or not body:
+            return None
+        body = clone(body)
+        prune(body, rtype)
+        key = identifier_key(body) or name_key(body)
+        if not key:
+            return None
+        rid = stable_id(rtype, key)
+        if self.created is not None:
+            self.created.append((rtype, rid, freeze(body)))
+        self.add_resource(rtype, rid, body)
+        return {"reference": f"{rtype}/{rid}"}
+
+    def add_resource(self, rtype: str, rid: str, body: dict[str, Any]) -> None:
+        existing = self.resources.get((rtype, rid))
+        if existing is None:
+            self.resources[(rtype, rid)] = {"resourceType": rtype, "id": rid, **body}
+        else:
+            merge(existing, body)
 
 
 # --- value access -------------------------------------------------------------------
@@ -246,7 +274,10 @@ def writer(steps: tuple[tuple[Any, ...], ...]) -> Writer:
     for i, step in enumerate(steps):
         name, slot, is_array = step[0], step[1], step[2]
         if len(step) > 3:
-            lines.append(f"    if {name!r} not in cur and _has_variant(cur, {step[3]!r}): return")
+            base = step[3]
+            lines += [f"    if {name!r} not in cur:",
+                      "        for key in cur:",
+                      f"            if key.startswith({base!r}) and key[{len(base)}:{len(base) + 1}].isupper(): return"]
         if is_array:
             key = f"({slot!r}, rep)" if rep_pending else f"({slot!r}, 0)"
             rep_pending = False
@@ -269,7 +300,7 @@ def writer(steps: tuple[tuple[Any, ...], ...]) -> Writer:
             lines += [f"    nxt = cur.get({name!r})",
                       f"    if nxt.__class__ is not Node: nxt = cur[{name!r}] = Node(nxt) if isinstance(nxt, dict) else Node()",
                       "    cur = nxt"]
-    scope: dict[str, Any] = {"Slots": Slots, "Node": Node, "merge": merge, "_has_variant": _has_variant}
+    scope: dict[str, Any] = {"Slots": Slots, "Node": Node, "merge": merge}
     exec("\n".join(lines), scope)  # the source is built above from the compiled tables only
     return scope["w"]
 
@@ -805,6 +836,26 @@ def prune(body: dict[str, Any], path: str) -> None:
             del body[key]
         else:
             body[key] = items if isinstance(val, list) else items[0]
+
+
+def identifier_key(body: dict[str, Any]) -> str:
+    ids = body.get("identifier")
+    if isinstance(ids, dict):
+        ids = [ids]
+    for ident in ids or []:
+        value = ident.get("value")
+        if value:
+            return f"{ident.get('system', '')}|{value}"
+    return ""
+
+
+def name_key(body: dict[str, Any]) -> str:
+    name = body.get("name")
+    if isinstance(name, list):
+        name = name[0] if name else None
+    if isinstance(name, dict):
+        return "|".join([name.get("family", ""), *name.get("given", [])])
+    return name or ""
 
 
 def stable_id(resource_type: str, *parts: str) -> str:

@@ -26,12 +26,12 @@ from mapping.v2.engine import (
     Node,
     Ref,
     SegmentLike,
-    clone,
     compile_cond,
     finalize,
-    freeze,
+    identifier_key,
     merge,
     missing_required,
+    name_key,
     prune,
     stable_id,
     writer,
@@ -196,7 +196,6 @@ class _Mapper:
         self.instances: list[_Instance] = []
         self.by_scope: dict[tuple[str, int], _Instance] = {}
         self.refs: list[tuple[_Instance, dict[str, Any]]] = []
-        self.created: dict[tuple[str, str], dict[str, Any]] = {}
         self.first_seg: dict[str, SegmentLike] = {}
         self.orders: dict[int, str] = {}
         self.by_key: dict[str, list[_Instance]] = {}
@@ -204,30 +203,7 @@ class _Mapper:
         for s in msg.segments:
             self.first_seg.setdefault(s.id, s)
         msh7 = msg.msh.get(7)
-        self.ctx = Context(default_tz=values.tz_of(msh7) or default_tz, make_resource=self._make_resource,
-                           add_resource=self._add_resource)
-
-    # -- resources referenced from datatypes (Practitioner from XCN, Location from PL) --
-    def _make_resource(self, rtype: str, body: dict[str, Any]) -> dict[str, str] | None:
-        if rtype not in self.emit or not body:
-            return None
-        body = clone(body)
-        prune(body, rtype)
-        key = _identifier_key(body) or _name_key(body)
-        if not key:
-            return None
-        rid = stable_id(rtype, key)
-        if self.ctx.created is not None:
-            self.ctx.created.append((rtype, rid, freeze(body)))
-        self._add_resource(rtype, rid, body)
-        return {"reference": f"{rtype}/{rid}"}
-
-    def _add_resource(self, rtype: str, rid: str, body: dict[str, Any]) -> None:
-        existing = self.created.get((rtype, rid))
-        if existing is None:
-            self.created[(rtype, rid)] = {"resourceType": rtype, "id": rid, **body}
-        else:
-            merge(existing, body)
+        self.ctx = Context(values.tz_of(msh7) or default_tz, frozenset(self.emit))
 
     def run(self, rows: _Rows) -> None:
         others = self.first_seg.get
@@ -372,9 +348,9 @@ class _Mapper:
 
     def _token(self, tok: str, inst: _Instance, body: dict[str, Any] | None) -> str:
         if tok == "identifier":
-            return _identifier_key(body or {})
+            return identifier_key(body or {})
         if tok == "name":
-            return _name_key(body or {})
+            return name_key(body or {})
         if tok == "order":
             return self.order_number(inst)
         if tok == "patient":
@@ -383,9 +359,8 @@ class _Mapper:
         if tok == "raw":
             return inst.creator.raw
         if tok.startswith("seg:"):
-            spec = tok[4:].split(".")
-            v = inst.creator.get(int(spec[0]), 1, int(spec[1]) if len(spec) > 1 else 1)
-            return f"{tok}={v}"
+            f, c = _seg_token(tok)
+            return f"{tok}={inst.creator.get(f, 1, c)}"
         raise ValueError(f"unknown id token {tok}")
 
     def resolve(self, ref: Ref) -> dict[str, Any] | None:
@@ -412,8 +387,15 @@ class _Mapper:
                 self.ctx.notes.append(f"{inst.type} from {inst.creator.id}[{inst.creator.seq}] dropped: no {missing}")
                 continue
             out.append({"resourceType": inst.type, "id": inst.id, **body})
-        out.extend(self.created.values())
+        out.extend(self.ctx.resources.values())
         return out
+
+
+@cache
+def _seg_token(tok: str) -> tuple[int, int]:
+    """``seg:3.1`` → field 3, component 1."""
+    spec = tok[4:].split(".")
+    return int(spec[0]), int(spec[1]) if len(spec) > 1 else 1
 
 
 def _element_defaults(body: dict[str, Any], rtype: str, defaults: dict[str, dict[str, Any]]) -> None:
@@ -467,26 +449,6 @@ def _keyed_parts(node: dict[str, Any]) -> dict[str, Any]:
 
 def _no_reference(_ref: Ref) -> None:
     return None
-
-
-def _identifier_key(body: dict[str, Any]) -> str:
-    ids = body.get("identifier")
-    if isinstance(ids, dict):
-        ids = [ids]
-    for ident in ids or []:
-        value = ident.get("value")
-        if value:
-            return f"{ident.get('system', '')}|{value}"
-    return ""
-
-
-def _name_key(body: dict[str, Any]) -> str:
-    name = body.get("name")
-    if isinstance(name, list):
-        name = name[0] if name else None
-    if isinstance(name, dict):
-        return "|".join([name.get("family", ""), *name.get("given", [])])
-    return name or ""
 
 
 def _provenance(msg: MessageLike, targets: list[dict[str, Any]], default_tz: str | None) -> dict[str, Any]:

@@ -18,12 +18,15 @@ from collections.abc import Callable
 from functools import cache
 from typing import Any
 
+import orjson
+
 from mapping.v2.engine import (
     FIELD_MEMO,
     MEMO_LIMIT,
     NULL,
     Context,
     SegmentLike,
+    clone,
     cond_refs,
     ref_value,
     replay,
@@ -59,7 +62,7 @@ def segment_function(mapname: str, seg_id: str) -> SegmentFunction | None:
     if plan is None:
         return None
     scope: dict[str, Any] = {"NULL": NULL, "MEMO": FIELD_MEMO, "replay": replay, "run_field": run_field,
-                             "ref_value": ref_value}
+                             "ref_value": ref_value, "loads": orjson.loads, "clone": clone}
     lines = ["def apply(seg, node, ctx, others, rep_base):",
              "    fields = seg.fields",
              "    n = len(fields)",
@@ -84,7 +87,12 @@ def segment_function(mapname: str, seg_id: str) -> SegmentFunction | None:
         body = [f"key = {key}",
                 "hit = MEMO.get(key)",
                 f"if hit is None: run_field(FP{i}, raw, key, seg, node, ctx, others, rep_base)",
-                "else: replay(hit, node, ctx, rep_base)"]
+                "elif hit[0]: replay(hit, node, ctx, rep_base)",
+                "else:",
+                "    for w, value, j in hit[1]:",  # replay() inlined: most fields create nothing
+                "        c = value.__class__",
+                "        w(node, loads(value) if c is bytes else clone(value) if c is dict or c is list else value,"
+                " rep_base + j)"]
         if fp.when_empty:
             lines += [f"    {line}" for line in body]
         else:
