@@ -9,6 +9,7 @@ from scipy.integrate import solve_ivp
 from twin.data import GlucoseData, read_raw_cgm_csv
 from twin.models.glucose import (
     CI_ML_MIN,
+    HORIZON_MIN,
     P2_PER_MIN,
     TAU1_MIN,
     TAU2_MIN,
@@ -87,8 +88,37 @@ def test_forecast_beats_naive_and_intervals_are_calibrated(glucose_report) -> No
         assert s[f"model_mard_{h}"] < s[f"naive_mard_{h}"]
         assert 0.65 <= s[f"cover80_{h}"] <= 0.95
         assert s[f"cover95_{h}"] >= s[f"cover80_{h}"]
-    assert s["model_mard_30"] < 0.11 and s["model_mard_60"] < 0.14
-    assert s["model_ab_30"] >= 0.95
+    # the hypoglycaemia stretch costs some MARD on these hypo-heavy two days and buys Clarke A+B over naive
+    assert s["model_mard_30"] < 0.12 and s["model_mard_60"] < 0.14
+    assert s["model_ab_30"] >= max(0.98, s["naive_ab_30"])
+
+
+def test_hypo_stretch_lowers_only_low_forecasts_and_keeps_order() -> None:
+    m = GlucoseInsulinModel()
+    g = np.array([50.0, 80.0, 99.0, 100.0, 180.0])
+    out = m._hypo_stretch(g)
+    np.testing.assert_allclose(out[3:], g[3:])
+    assert np.all(out[:3] < g[:3]) and np.all(np.diff(out) > 0)
+
+
+def test_trend_correction_is_fitted_and_follows_the_recent_cgm_slope() -> None:
+    data, _ = read_raw_cgm_csv(str(FIXTURE))
+    train = data.until(4 * 1440)
+    m = GlucoseInsulinModel()
+    post = m.calibrate(train, fingerprint="fx")
+    beta = np.asarray(post.extra["trend_correction"])
+    assert beta.shape == (HORIZON_MIN // 5 + 1, 7) and np.all(np.isfinite(beta))
+    origin = float(train.t_min[-1])
+    raw = m.forecast_origins(post, train, np.array([origin]), corrected=False)
+    fc = m.forecast_origins(post, train, np.array([origin]))
+    assert not np.allclose(raw["mean"], fc["mean"])
+    # the same history but CGM falling over the last 30 min: the corrected forecast must come out lower
+    falling = np.where(train.t_min > origin - 30, train.glucose_mg_dl - (train.t_min - origin + 30) * 0.8,
+                       train.glucose_mg_dl)
+    fell = GlucoseData(train.t_min, falling, train.bolus_t_min, train.bolus_u, train.basal_start_min,
+                       train.basal_end_min, train.basal_u_h, train.carbs_t_min, train.carbs_g)
+    low = m.forecast_origins(post, fell, np.array([origin]))
+    assert low["mean"][0, 30] < fc["mean"][0, 30] - 5
 
 
 def test_prediction_respects_origin_and_scenario() -> None:
