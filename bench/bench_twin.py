@@ -17,6 +17,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from twin import metrics  # noqa: E402
 from twin.data import read_raw_cgm_csv  # noqa: E402
 from twin.models.glucose import CohortInputs, GlucoseInsulinModel  # noqa: E402
 from twin.models.vancomycin import Goti2018  # noqa: E402
@@ -131,6 +132,40 @@ def validation_tables(out_dir: Path, n_vanco: int) -> None:
     print(rep.markdown_table())
 
 
+def tune_hypo_stretch() -> None:
+    """Grid for the hypoglycaemia stretch on the pooled training days (0-9) only: 30-min forecasts from
+    origins every 15 min of the training data, scored by Clarke A+B and MARD; prints the chosen pair
+    (largest A+B whose MARD is within 0.3 points of the unstretched forecast).
+    """
+    class Unstretched(GlucoseInsulinModel):
+        hypo_gain = 0.0
+
+    pairs = []
+    for path in sorted((ROOT / "fixtures/cgm/raw").glob("*.csv.gz")):
+        data, _ = read_raw_cgm_csv(str(path))
+        train = data.until(10 * 1440 - 1e-9)
+        m = Unstretched()
+        post = m.calibrate(train, path.name)
+        origins = np.arange(360.0, 10 * 1440 - 120, 15.0)
+        fc = m.forecast_origins(post, train, origins)
+        pairs.append((np.interp(origins + 30, train.t_min, train.glucose_mg_dl), fc["mean"][:, 30]))
+    rows = []
+    for gain in (0.0, 0.25, 0.5, 1.0):
+        for threshold in (80.0, 90.0, 100.0, 110.0, 120.0):
+            m = GlucoseInsulinModel()
+            m.hypo_gain, m.hypo_threshold_mg_dl = gain, threshold
+            ab = np.mean([1 - np.mean(np.isin(metrics.clarke_zones(o, m._hypo_stretch(p)), ["C", "D", "E"]))
+                          for o, p in pairs])
+            mard = np.mean([metrics.mard(m._hypo_stretch(p), o) for o, p in pairs])
+            rows.append((gain, threshold, ab, mard))
+    print("| gain | threshold mg/dL | train Clarke A+B 30 % | train MARD 30 % |\n|---|---|---|---|")
+    for gain, threshold, ab, mard in rows:
+        print(f"| {gain} | {threshold:.0f} | {100 * ab:.2f} | {100 * mard:.2f} |")
+    base = rows[0][3]
+    best = max((r for r in rows if r[3] <= base + 0.003), key=lambda r: (r[2], -r[3]))
+    print(f"\nchosen: gain {best[0]}, threshold {best[1]:.0f} mg/dL")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--patients", type=int, default=50000)
@@ -140,7 +175,11 @@ def main() -> None:
     ap.add_argument("--vanco-patients", type=int, default=1000)
     ap.add_argument("--out", default=str(ROOT / "out" / "twin-validation"))
     ap.add_argument("--skip-validation", action="store_true")
+    ap.add_argument("--tune-hypo", action="store_true", help="only print the hypoglycaemia-stretch grid")
     args = ap.parse_args()
+    if args.tune_hypo:
+        tune_hypo_stretch()
+        return
     c = bench_cohort(args.patients, args.days, args.chunks, args.procs)
     sg = bench_simglucose()
     ours_per_day = 1.0 / c["patient_days_per_s"]
