@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import base64
 import hashlib
+import itertools
 import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -33,10 +34,12 @@ QUANTITY_TYPES = frozenset({"Quantity", "SimpleQuantity", "Duration", "Age", "Di
 
 
 class DelimitersLike(Protocol):
+    field: str
     repetition: str
     component: str
     subcomponent: str
     escape: str
+    truncation: str
 
     def unescape(self, value: str) -> str: ...
 
@@ -88,6 +91,9 @@ class Context:
 
     default_tz: str | None
     emit: frozenset[str]
+    delimiters: str = "|^~\\&"
+    """The message's delimiters as one string: part of every memo key (ids of parser objects
+    would be reused by later messages)."""
     notes: list[str] = field(default_factory=list)
     resources: dict[tuple[str, str], dict[str, Any]] = field(default_factory=dict)
     created: list[tuple[str, str, Any]] | None = None
@@ -533,7 +539,10 @@ def builtin(
 
 
 _MEMO: dict[tuple[int, str, int, int, str | None], Any] = {}
-FIELD_MEMO: dict[tuple[Any, ...], tuple[tuple[tuple[str, str, Any], ...], list[tuple[Writer, Any, int]]]] = {}
+MemoEntry = tuple[tuple[tuple[str, str, Any], ...], tuple[tuple[int, Any, int], ...]]
+"""Resources a field's rules created (type, id, frozen body) and what they wrote (writer number,
+frozen value, repetition)."""
+FIELD_MEMO: dict[tuple[Any, ...], MemoEntry] = {}
 MEMO_LIMIT = 100_000
 _MISS = object()
 _loads = orjson.loads
@@ -576,7 +585,7 @@ def convert(rule: dict[str, Any], raw: str, level: int, d: DelimitersLike, ctx: 
     memoized: codes, units, facilities and timestamps repeat across a feed.
     """
     if rule.get("pure"):
-        key = (id(rule), raw, level, id(d), ctx.default_tz)
+        key = (id(rule), raw, level, ctx.delimiters, ctx.default_tz)
         hit = _MEMO.get(key, _MISS)
         if hit is _MISS:
             value = _convert(rule, raw, level, d, ctx)
@@ -638,6 +647,20 @@ def _writers(rule: dict[str, Any]) -> Writer:
     return w
 
 
+WRITERS: list[Writer] = []
+"""Every writer a memo entry names, by number: a memo entry holding only strings, numbers
+and bytes is left alone by the cyclic garbage collector."""
+_WRITER_NUMBERS: dict[Writer, int] = {}
+
+
+def writer_number(w: Writer) -> int:
+    n = _WRITER_NUMBERS.get(w)
+    if n is None:
+        n = _WRITER_NUMBERS[w] = len(WRITERS)
+        WRITERS.append(w)
+    return n
+
+
 def _merge_here(node: dict[str, Any], value: dict[str, Any], _rep: int) -> None:
     merge(node, value)
 
@@ -695,18 +718,22 @@ def segment_plan(mapname: str) -> tuple[FieldPlan, ...] | None:
         rule["pure"] = _pure_rule(rule)
         rule["test"] = compile_cond(rule["cond"]) if rule["cond"] is not None else None
         by_field.setdefault(rule["f"], []).append(rule)
-    return tuple(
-        FieldPlan(f, tuple(rs), any(r.get("when_empty") for r in rs),
-                  tuple(sorted({ref for r in rs for ref in cond_refs(r["cond"])})))
-        for f, rs in by_field.items()
-    )
+    plans = []
+    for f, rs in by_field.items():
+        plans.append(FieldPlan(next(_PLAN_NUMBERS), f, tuple(rs), any(r.get("when_empty") for r in rs),
+                               tuple(sorted({ref for r in rs for ref in cond_refs(r["cond"])}))))
+    return tuple(plans)
+
+
+_PLAN_NUMBERS = itertools.count()
 
 
 @dataclass(frozen=True, slots=True, eq=False)  # hashed by identity: a memo key
 class FieldPlan:
     """The rules of one v2 field, memoized on the field text and the values their
-    conditions read (``deps``)."""
+    conditions read (``deps``); ``number`` stands for the plan in memo keys."""
 
+    number: int
     field: int
     rules: tuple[dict[str, Any], ...]
     when_empty: bool
@@ -745,7 +772,7 @@ def run_field(fp: FieldPlan, raw: str, key: tuple[Any, ...], seg: SegmentLike, n
     """Run the rules of one valued field (or of an empty one with ``when_empty`` rules) and
     remember under ``key`` what they wrote and which resources they created."""
     d = seg.delimiters
-    placed: list[tuple[Writer, Any, int]] = []
+    placed: list[tuple[int, Any, int]] = []
     created: list[tuple[str, str, Any]] = []
     ctx.created = created
     if not raw:
@@ -755,6 +782,7 @@ def run_field(fp: FieldPlan, raw: str, key: tuple[Any, ...], seg: SegmentLike, n
     else:
         reps = raw.split(d.repetition)
     lookup: Callable[[list[Any]], str] | None = None
+    count: Callable[[list[Any]], int] | None = None
     for rule in fp.rules:
         comp = rule["c"]
         if comp:
@@ -769,22 +797,22 @@ def run_field(fp: FieldPlan, raw: str, key: tuple[Any, ...], seg: SegmentLike, n
         test = rule["test"]
         if test is not None:
             if lookup is None:
-                lookup = segment_lookup(seg, others)
-            if not test(lookup, segment_count(seg)):
+                lookup, count = segment_lookup(seg, others), segment_count(seg)
+            if not test(lookup, count):
                 continue
         for i, rep in enumerate(values_ if rule["rep"] else values_[:1]):
             value = convert(rule, rep, level, d, ctx)
             if value is not None:
                 w = _writer_for(rule, value)
-                placed.append((w, freeze(value), i))
+                placed.append((writer_number(w), freeze(value), i))
                 w(node, value, rep_base + i)
     ctx.created = None
     if len(FIELD_MEMO) >= MEMO_LIMIT:
         FIELD_MEMO.clear()
-    FIELD_MEMO[key] = (tuple(created), placed)
+    FIELD_MEMO[key] = (tuple(created), tuple(placed))
 
 
-def replay(hit: tuple[tuple[tuple[str, str, Any], ...], list[tuple[Writer, Any, int]]], node: dict[str, Any],
+def replay(hit: MemoEntry, node: dict[str, Any],
            ctx: Context, rep_base: int) -> None:
     """Do again what a field's rules did before for the same text: create the same
     resources, write the same values, each a fresh copy."""
@@ -792,6 +820,7 @@ def replay(hit: tuple[tuple[tuple[str, str, Any], ...], list[tuple[Writer, Any, 
     for rtype, rid, body in created:
         ctx.add_resource(rtype, rid, thaw(body))
     for w, value, i in placed:
+        w = WRITERS[w]
         cls = value.__class__
         if cls is bytes:
             value = _loads(value)

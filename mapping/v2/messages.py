@@ -203,7 +203,9 @@ class _Mapper:
         for s in msg.segments:
             self.first_seg.setdefault(s.id, s)
         msh7 = msg.msh.get(7)
-        self.ctx = Context(values.tz_of(msh7) or default_tz, frozenset(self.emit))
+        d = msg.msh.delimiters
+        self.ctx = Context(values.tz_of(msh7) or default_tz, frozenset(self.emit),
+                           d.field + d.component + d.repetition + d.escape + d.subcomponent + d.truncation)
 
     def run(self, rows: _Rows) -> None:
         others = self.first_seg.get
@@ -213,7 +215,7 @@ class _Mapper:
             if not found:
                 continue
             for row in found:
-                if row["cond"] is not None and not row_condition(row, seg.id)(seg, others):
+                if row["cond"] is not None and not row_condition(row, seg.id)(seg, others, ctx):
                     continue
                 inst, rep_base = self._instance(row, seg, chain)
                 base = inst.base_of(row["map"]) + rep_base

@@ -24,6 +24,7 @@ from mapping.v2.engine import (
     FIELD_MEMO,
     MEMO_LIMIT,
     NULL,
+    WRITERS,
     Context,
     SegmentLike,
     clone,
@@ -62,11 +63,12 @@ def segment_function(mapname: str, seg_id: str) -> SegmentFunction | None:
     if plan is None:
         return None
     scope: dict[str, Any] = {"NULL": NULL, "MEMO": FIELD_MEMO, "replay": replay, "run_field": run_field,
-                             "ref_value": ref_value, "loads": orjson.loads, "clone": clone}
+                             "ref_value": ref_value, "loads": orjson.loads, "clone": clone,
+                             "WRITERS": WRITERS}
     lines = ["def apply(seg, node, ctx, others, rep_base):",
              "    fields = seg.fields",
              "    n = len(fields)",
-             "    did = id(seg.delimiters)",
+             "    dk = ctx.delimiters",
              "    tz = ctx.default_tz"]
     for i, fp in enumerate(plan):
         scope[f"FP{i}"] = fp
@@ -81,9 +83,9 @@ def segment_function(mapname: str, seg_id: str) -> SegmentFunction | None:
                 else:
                     scope[f"REF{i}_{len(deps)}"] = ref
                     deps.append(f"ref_value(seg, others, REF{i}_{len(deps)})")
-            key = f"(FP{i}, {seg_id!r}, raw, ({', '.join(deps)},), did, tz)"
+            key = f"({fp.number}, {seg_id!r}, raw, {', '.join(deps)}, dk, tz)"
         else:
-            key = f"(FP{i}, raw, did, tz)"
+            key = f"({fp.number}, raw, dk, tz)"
         body = [f"key = {key}",
                 "hit = MEMO.get(key)",
                 f"if hit is None: run_field(FP{i}, raw, key, seg, node, ctx, others, rep_base)",
@@ -91,7 +93,7 @@ def segment_function(mapname: str, seg_id: str) -> SegmentFunction | None:
                 "else:",
                 "    for w, value, j in hit[1]:",  # replay() inlined: most fields create nothing
                 "        c = value.__class__",
-                "        w(node, loads(value) if c is bytes else clone(value) if c is dict or c is list else value,"
+                "        WRITERS[w](node, loads(value) if c is bytes else clone(value) if c is dict or c is list else value,"
                 " rep_base + j)"]
         if fp.when_empty:
             lines += [f"    {line}" for line in body]
@@ -102,7 +104,7 @@ def segment_function(mapname: str, seg_id: str) -> SegmentFunction | None:
     return scope["apply"]
 
 
-ConditionFunction = Callable[[SegmentLike, Callable[[str], SegmentLike | None]], bool]
+ConditionFunction = Callable[[SegmentLike, Callable[[str], SegmentLike | None], Context], bool]
 
 
 def row_condition(row: dict[str, Any], seg_id: str) -> ConditionFunction:
@@ -126,10 +128,10 @@ def _condition_function(test: Any, refs: tuple[tuple[str, int, int, int], ...], 
         else:
             scope[f"REF{i}"] = ref
             deps.append(f"ref_value(seg, others, REF{i})")
-    lines = ["def holds(seg, others):",
+    lines = ["def holds(seg, others, ctx):",
              "    fields = seg.fields",
              "    n = len(fields)",
-             f"    key = (id(seg.delimiters), {', '.join(deps)})",
+             f"    key = (ctx.delimiters, {', '.join(deps)})",
              "    hit = MEMO.get(key)",
              "    if hit is None:",
              "        if len(MEMO) >= LIMIT: MEMO.clear()",
