@@ -36,23 +36,29 @@ def _progress(console: Console) -> Progress:
     )
 
 
-def count_lines(paths: list[Path]) -> int:
-    """Rough number of records to expect (NDJSON lines, one per JSON file), for the progress bar."""
-    total = 0
-    for path in iter_files(paths):
-        if path.suffix == ".ndjson":
-            with path.open("rb") as fh:
-                total += sum(1 for line in fh if line.strip())
-        else:
-            total += 1
-    return total
+def count_lines(path: Path) -> int:
+    """Records to expect from one file (NDJSON lines, one per JSON file), for the progress bar."""
+    if path.suffix == ".ndjson":
+        with path.open("rb") as fh:
+            return sum(1 for line in fh if line.strip())
+    return 1
 
 
 def ingest_with_progress(store: Store, paths: list[Path], console: Console) -> IngestSummary:
-    """Ingest files showing a progress bar."""
+    """Ingest files showing a progress bar; large NDJSON files go through the parallel bulk path."""
+    ingestor = Ingestor(store)
+    files = list(iter_files(paths))
+    summary = IngestSummary()
     with _progress(console) as progress:
-        task = progress.add_task("ingest", total=count_lines(paths))
-        return Ingestor(store).ingest_paths(paths, on_record=lambda _: progress.advance(task))
+        task = progress.add_task("ingest", total=sum(count_lines(p) for p in files))
+        for path in files:
+            if ingestor.bulk_eligible(path):
+                part = ingestor.ingest_paths([path])
+                progress.advance(task, count_lines(path))
+            else:
+                part = ingestor.ingest_paths([path], on_record=lambda _: progress.advance(task))
+            summary.add(part)
+    return summary
 
 
 def run_pipeline(store: Store, data: Path, console: Console, as_of: datetime | None = None) -> list[TrendResult]:

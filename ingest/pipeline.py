@@ -195,7 +195,7 @@ class Ingestor:
         """Ingest every file under ``paths``."""
         summary = IngestSummary()
         for path in iter_files(list(paths)):
-            if on_record is None and self._bulk_eligible(path):
+            if on_record is None and self.bulk_eligible(path):
                 part = self.ingest_ndjson_parallel(path)
             else:
                 part = self.ingest_records(_records(path, self.resolve_conditional), on_record)
@@ -203,7 +203,8 @@ class Ingestor:
             summary.add(part)
         return summary
 
-    def _bulk_eligible(self, path: Path) -> bool:
+    def bulk_eligible(self, path: Path) -> bool:
+        """Whether a file goes through the worker processes (large NDJSON, built-in validation)."""
         return (
             self.workers > 0
             and self.validator in (r4_validator, None)
