@@ -770,7 +770,27 @@ _ENVELOPE_SEGMENTS = frozenset({"MSH", "FHS", "BHS"})
 def run_field(fp: FieldPlan, raw: str, key: tuple[Any, ...], seg: SegmentLike, node: dict[str, Any],
               ctx: Context, others: Callable[[str], SegmentLike | None], rep_base: int) -> None:
     """Run the rules of one valued field (or of an empty one with ``when_empty`` rules) and
-    remember under ``key`` what they wrote and which resources they created."""
+    remember under ``key`` what they wrote and which resources they created.
+
+    ``key`` holds the raw fields the rules' conditions read; most of them only look at a
+    few of those (OBX-6's rules read OBX-5 only when OBX-2 is SN), so what the rules do is
+    also remembered under the field text and which conditions held: a new OBX-5 value then
+    finds the units it comes with already converted.
+    """
+    holds = None
+    if fp.deps:
+        lookup = segment_lookup(seg, others)
+        count = segment_count(seg)
+        holds = tuple(rule["test"] is None or rule["test"](lookup, count) for rule in fp.rules)
+        by_outcome = (fp.number, raw, holds, ctx.delimiters, ctx.default_tz)
+        hit = FIELD_MEMO.get(by_outcome)
+        if hit is not None:
+            FIELD_MEMO[key] = hit
+            replay(hit, node, ctx, rep_base)
+            return
+        key_also = by_outcome
+    else:
+        key_also = None
     d = seg.delimiters
     placed: list[tuple[int, Any, int]] = []
     created: list[tuple[str, str, Any]] = []
@@ -781,9 +801,9 @@ def run_field(fp: FieldPlan, raw: str, key: tuple[Any, ...], seg: SegmentLike, n
         reps = [raw]
     else:
         reps = raw.split(d.repetition)
-    lookup: Callable[[list[Any]], str] | None = None
-    count: Callable[[list[Any]], int] | None = None
-    for rule in fp.rules:
+    for j, rule in enumerate(fp.rules):
+        if holds is not None and not holds[j]:
+            continue
         comp = rule["c"]
         if comp:
             cut = [r.split(d.component) for r in reps]
@@ -794,12 +814,6 @@ def run_field(fp: FieldPlan, raw: str, key: tuple[Any, ...], seg: SegmentLike, n
             level = 0
         if not values_[0] and not rule.get("when_empty"):
             continue
-        test = rule["test"]
-        if test is not None:
-            if lookup is None:
-                lookup, count = segment_lookup(seg, others), segment_count(seg)
-            if not test(lookup, count):
-                continue
         for i, rep in enumerate(values_ if rule["rep"] else values_[:1]):
             value = convert(rule, rep, level, d, ctx)
             if value is not None:
@@ -809,7 +823,9 @@ def run_field(fp: FieldPlan, raw: str, key: tuple[Any, ...], seg: SegmentLike, n
     ctx.created = None
     if len(FIELD_MEMO) >= MEMO_LIMIT:
         FIELD_MEMO.clear()
-    FIELD_MEMO[key] = (tuple(created), tuple(placed))
+    entry = FIELD_MEMO[key] = (tuple(created), tuple(placed))
+    if key_also is not None:
+        FIELD_MEMO[key_also] = entry
 
 
 def replay(hit: MemoEntry, node: dict[str, Any],
