@@ -147,7 +147,7 @@ class GlucoseInsulinModel:
     """Kanderian identifiable-virtual-patient model with Kalman-filter state estimation."""
 
     model_id = "glucose-ivp-kanderian-2009"
-    model_version = "1.0"
+    model_version = "1.1"
     parameters = (
         Parameter("si_ml_per_uu_min", 5e-4, 1.0),
         Parameter("egp_mg_dl_min", 1.3, 0.5),
