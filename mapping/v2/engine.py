@@ -404,10 +404,7 @@ def _finalize_node(value: Node, resolve: Callable[[Ref], dict[str, Any] | None])
             fv = resolve(v)
         else:
             fv = v
-        if fv is None:
-            continue
-        c = fv.__class__
-        if (c is str or c is dict or c is list) and not fv:
+        if fv is None or (fv.__class__ in _SIZED and not fv):
             continue
         if k == "extension":
             fv = [e for e in fv if isinstance(e, dict) and "url" in e and len(e) > 1] or None
@@ -417,16 +414,20 @@ def _finalize_node(value: Node, resolve: Callable[[Ref], dict[str, Any] | None])
     return out or None
 
 
+_SIZED = frozenset({str, dict, list})
+"""Finished values that are dropped when empty."""
+
+
 def _finalize_slots(value: Slots, resolve: Callable[[Ref], dict[str, Any] | None]) -> list[Any] | None:
     if len(value) == 1:
         for v in value.values():
             v = finalize(v, resolve)
-            return None if v in (None, {}, [], "") else [v]
+            return None if v is None or (v.__class__ in _SIZED and not v) else [v]
     out: list[Any] = []
     numbered: dict[tuple[int, int], list[dict[str, Any]]] = {}
     for k in sorted(value):
         v = finalize(value[k], resolve)
-        if v in (None, {}, [], "") or v in out:
+        if v is None or (v.__class__ in _SIZED and not v) or v in out:
             continue
         if isinstance(v, dict):
             alike = numbered.setdefault((k[0], k[1] % SHEET_STRIDE), [])  # same number, other sheets

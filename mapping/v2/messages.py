@@ -26,6 +26,7 @@ from mapping.v2.engine import (
     Node,
     Ref,
     SegmentLike,
+    Writer,
     compile_cond,
     finalize,
     identifier_key,
@@ -107,15 +108,35 @@ class _Instance:
         return inst
 
 
-def _path_key(steps: list[list[Any]]) -> tuple[tuple[Any, ...], ...]:
-    """A path from the tables as the hashable key :func:`writer` takes (cached per path list)."""
-    key = _PATH_KEYS.get(id(steps))
-    if key is None or key[0] is not steps:
-        key = _PATH_KEYS[id(steps)] = (steps, tuple(tuple(step) for step in steps))
-    return key[1]
+@dataclass(eq=False)
+class _Link:
+    """One References entry of a message-table row (``DiagnosticReport[1].result =
+    Observation[2]``) with its writers made once."""
+
+    source: str
+    target: str
+    literal: Any
+    path: tuple[tuple[Any, ...], ...]
+    write: Writer
+    listed: bool
+    elements: dict[int, Writer] = field(default_factory=dict)
+
+    def element(self, slot: int) -> Writer:
+        """Writer for the list element ``slot`` of a list of references."""
+        w = self.elements.get(slot)
+        if w is None:
+            w = self.elements[slot] = writer((*self.path[:-1], (self.path[-1][0], slot, True)))
+        return w
 
 
-_PATH_KEYS: dict[int, tuple[list[list[Any]], tuple[tuple[Any, ...], ...]]] = {}
+def _links(row: dict[str, Any]) -> list[_Link]:
+    links = row.get("links")
+    if links is None:
+        links = row["links"] = []
+        for a, steps, b, literal in row["refs"]:
+            path = tuple(tuple(step) for step in steps)
+            links.append(_Link(a, b, literal, path, writer(path), bool(steps[-1][2])))
+    return links
 
 
 def _walk(group: GroupLike, chain: tuple[Any, ...], path: tuple[str, ...]
@@ -148,8 +169,7 @@ class _Rows:
         key = (path, seg)
         hit = self.memo.get(key)
         if hit is None:
-            emit = set(config()["emit"])
-            hit = self.memo[key] = [row for row in self.find(path, seg) if row["type"] in emit]
+            hit = self.memo[key] = [row for row in self.find(path, seg) if row["type"] in _emitted()]
             for row in hit:
                 if row["cond"] is not None and "test" not in row:
                     row["test"] = compile_cond(row["cond"])
@@ -186,13 +206,18 @@ def _scope(chain: tuple[Any, ...], root: GroupLike) -> Any:
     return root
 
 
+@cache
+def _emitted() -> frozenset[str]:
+    """The resource types the mapper emits (``config.json`` → ``emit``)."""
+    return frozenset(config()["emit"])
+
+
 class _Mapper:
     def __init__(self, msg: MessageLike, root: GroupLike, structure: str, default_tz: str | None) -> None:
         self.msg = msg
         self.root = root
         self.structure = structure
-        cfg = config()
-        self.emit = set(cfg["emit"])
+        self.emit = _emitted()
         self.instances: list[_Instance] = []
         self.by_scope: dict[tuple[str, int], _Instance] = {}
         self.refs: list[tuple[_Instance, dict[str, Any]]] = []
@@ -200,11 +225,11 @@ class _Mapper:
         self.orders: dict[int, str] = {}
         self.by_key: dict[str, list[_Instance]] = {}
         self.found: dict[tuple[str, int], _Instance | None] = {}
-        for s in msg.segments:
-            self.first_seg.setdefault(s.id, s)
+        for s in reversed(msg.segments):
+            self.first_seg[s.id] = s
         msh7 = msg.msh.get(7)
         d = msg.msh.delimiters
-        self.ctx = Context(values.tz_of(msh7) or default_tz, frozenset(self.emit),
+        self.ctx = Context(values.tz_of(msh7) or default_tz, self.emit,
                            d.field + d.component + d.repetition + d.escape + d.subcomponent + d.truncation)
 
     def run(self, rows: _Rows) -> None:
@@ -283,20 +308,20 @@ class _Mapper:
         position = {id(inst): i for i, inst in enumerate(self.instances)}
         n = len(self.instances)
         for inst, row in self.refs:
-            for a, steps, b, literal in row["refs"]:
-                source = self._find(a, inst)
+            for link in _links(row):
+                source = self._find(link.source, inst)
                 if source is None:
                     continue
-                if literal:
-                    writer(_path_key(steps))(source.node, literal, 0)
+                if link.literal:
+                    link.write(source.node, link.literal, 0)
                     continue
-                target = self._find(b, inst)
+                target = self._find(link.target, inst)
                 if target is None or target is source:
                     continue
-                key = _path_key(steps)
-                if steps[-1][2]:  # a list of references: one element per target
-                    key = (*key[:-1], (steps[-1][0], n + position[id(target)], True))
-                writer(key)(source.node, Ref(target), 0)
+                if link.listed:  # a list of references: one element per target
+                    link.element(n + position[id(target)])(source.node, Ref(target), 0)
+                else:
+                    link.write(source.node, Ref(target), 0)
 
     def patient(self, near: _Instance) -> _Instance | None:
         return self._find("Patient[1]", near)
