@@ -187,58 +187,6 @@ def eval_cond(cond: Any, lookup: Callable[[list[Any]], str], count: Callable[[li
     raise ValueError(f"unknown condition operator {op}")
 
 
-Lookup = Callable[[tuple[str, int, int, int]], str]
-Test = Callable[[Lookup, Callable[[Any], int]], bool]
-
-
-def compile_cond(cond: Any) -> Test:
-    """A condition AST as a closure: rules on OBX-5 test OBX-2 twenty times per segment,
-    so each test must cost one cached lookup and one comparison."""
-    op = cond[0]
-    if op in ("and", "or"):
-        a, b = compile_cond(cond[1]), compile_cond(cond[2])
-        if op == "and":
-            return lambda v, n: a(v, n) and b(v, n)
-        return lambda v, n: a(v, n) or b(v, n)
-    ref = tuple(cond[1])
-    if op == "count":
-        cmp, limit = cond[2], cond[3]
-        checks = {"<": float.__gt__, ">": float.__lt__, "<=": float.__ge__, ">=": float.__le__}
-        check = checks[cmp]
-        return lambda v, n: check(limit, float(n(ref)))
-    if op == "valued":
-        return lambda v, n: bool(v(ref))
-    if op == "not_valued":
-        return lambda v, n: not v(ref)
-    if op in ("eq", "ne", "in", "not_in"):
-        want = cond[2] if op in ("eq", "ne") else frozenset(cond[2])
-        if op == "eq":
-            return lambda v, n: v(ref) == want
-        if op == "ne":
-            return lambda v, n: v(ref) != want
-        if op == "in":
-            return lambda v, n: v(ref) in want
-        return lambda v, n: v(ref) not in want
-    other = tuple(cond[2])
-    if op == "eqref":
-        return lambda v, n: v(ref) == v(other)
-    if op == "neref":
-        return lambda v, n: v(ref) != v(other)
-    raise ValueError(f"unknown condition operator {op}")
-
-
-def segment_lookup(seg: SegmentLike, others: Callable[[str], SegmentLike | None]) -> Callable[[list[Any]], str]:
-    seen: dict[Any, str] = {}
-
-    def lookup(ref: Any) -> str:
-        hit = seen.get(ref)
-        if hit is None:
-            hit = seen[ref] = ref_value(seg, others, ref)
-        return hit
-
-    return lookup
-
-
 def ref_value(seg: SegmentLike, others: Callable[[str], SegmentLike | None], ref: tuple[str, int, int, int]) -> str:
     """The first value at ``SEG-f.c.s`` as a condition sees it: of ``seg`` itself or of the
     message's first segment with that id; the explicit null reads as empty; aliases applied."""
@@ -251,10 +199,6 @@ def ref_value(seg: SegmentLike, others: Callable[[str], SegmentLike | None], ref
         return ""
     alias = config()["value_aliases"].get(f"{seg_id}-{f}")
     return alias.get(v, v) if alias else v
-
-
-def segment_count(seg: SegmentLike) -> Callable[[list[Any]], int]:
-    return lambda ref: len(seg.reps(ref[1])) if ref[0] == seg.id else 0
 
 
 # --- building ----------------------------------------------------------------------
@@ -717,7 +661,6 @@ def segment_plan(mapname: str) -> tuple[FieldPlan, ...] | None:
     by_field: dict[int, list[dict[str, Any]]] = {}
     for rule in rules:
         rule["pure"] = _pure_rule(rule)
-        rule["test"] = compile_cond(rule["cond"]) if rule["cond"] is not None else None
         by_field.setdefault(rule["f"], []).append(rule)
     plans = []
     for f, rs in by_field.items():
@@ -780,9 +723,7 @@ def run_field(fp: FieldPlan, raw: str, key: tuple[Any, ...], seg: SegmentLike, n
     """
     holds = None
     if fp.deps:
-        lookup = segment_lookup(seg, others)
-        count = segment_count(seg)
-        holds = tuple(rule["test"] is None or rule["test"](lookup, count) for rule in fp.rules)
+        holds = _outcomes(fp, seg.id)(seg, others)
         by_outcome = (fp.number, raw, holds, ctx.delimiters, ctx.default_tz)
         hit = FIELD_MEMO.get(by_outcome)
         if hit is not None:
@@ -827,6 +768,62 @@ def run_field(fp: FieldPlan, raw: str, key: tuple[Any, ...], seg: SegmentLike, n
     entry = FIELD_MEMO[key] = (tuple(created), tuple(placed))
     if key_also is not None:
         FIELD_MEMO[key_also] = entry
+
+
+def condition_expression(cond: Any, refs: dict[tuple[str, int, int, int], int], scope: dict[str, Any]) -> str:
+    """A condition AST as a Python expression over ``v<k>`` (the value of ``refs``' k-th
+    reference) and ``c<k>`` (its number of repetitions); value sets are added to ``scope``."""
+    op = cond[0]
+    if op in ("and", "or"):
+        return f"({condition_expression(cond[1], refs, scope)} {op} {condition_expression(cond[2], refs, scope)})"
+    k = refs[tuple(cond[1])]
+    if op == "count":
+        if cond[2] not in ("<", ">", "<=", ">="):
+            raise ValueError(f"unknown comparison {cond[2]}")
+        return f"(float(c{k}) {cond[2]} {float(cond[3])!r})"
+    if op == "valued":
+        return f"bool(v{k})"
+    if op == "not_valued":
+        return f"(not v{k})"
+    if op in ("eq", "ne"):
+        return f"(v{k} {'==' if op == 'eq' else '!='} {cond[2]!r})"
+    if op in ("in", "not_in"):
+        name = f"S{len(scope)}"
+        scope[name] = frozenset(cond[2])
+        return f"(v{k} {'in' if op == 'in' else 'not in'} {name})"
+    if op in ("eqref", "neref"):
+        return f"(v{k} {'==' if op == 'eqref' else '!='} v{refs[tuple(cond[2])]})"
+    raise ValueError(f"unknown condition operator {op}")
+
+
+def value_lines(refs: dict[tuple[str, int, int, int], int], seg_id: str, scope: dict[str, Any]) -> list[str]:
+    """Source lines fetching ``v<k>``/``c<k>`` for a segment with id ``seg_id`` (see
+    :func:`condition_expression`); a count of another segment's field is 0."""
+    lines = []
+    for ref, i in refs.items():
+        scope[f"R{i}"] = ref
+        lines.append(f"    v{i} = ref_value(seg, others, R{i})")
+        lines.append(f"    c{i} = len(seg.reps({ref[1]}))" if ref[0] == seg_id else f"    c{i} = 0")
+    return lines
+
+
+_OUTCOMES: dict[tuple[int, str], Callable[[SegmentLike, Callable[[str], SegmentLike | None]], tuple[bool, ...]]] = {}
+def _outcomes(fp: FieldPlan, seg_id: str) -> Callable[[SegmentLike, Callable[[str], SegmentLike | None]], tuple[bool, ...]]:
+    """Generated function telling which of the field's rules have their condition met: the
+    values the conditions read are fetched once, the conditions are inline expressions."""
+    fn = _OUTCOMES.get((fp.number, seg_id))
+    if fn is not None:
+        return fn
+    refs = {ref: i for i, ref in enumerate(fp.deps)}
+    scope: dict[str, Any] = {"ref_value": ref_value}
+    lines = ["def outcomes(seg, others):", *value_lines(refs, seg_id, scope)]
+
+    tests = ", ".join("True" if rule["cond"] is None else condition_expression(rule["cond"], refs, scope)
+                      for rule in fp.rules)
+    lines.append(f"    return ({tests},)")
+    exec("\n".join(lines), scope)  # the source is built above from the compiled tables only
+    fn = _OUTCOMES[(fp.number, seg_id)] = scope["outcomes"]
+    return fn
 
 
 def replay(hit: MemoEntry, node: dict[str, Any],

@@ -27,7 +27,6 @@ from mapping.v2.engine import (
     Ref,
     SegmentLike,
     Writer,
-    compile_cond,
     finalize,
     identifier_key,
     merge,
@@ -165,14 +164,11 @@ class _Rows:
                 self.by_seg[seg] = rs
 
     def find_cached(self, path: tuple[str, ...], seg: str) -> list[dict[str, Any]]:
-        """:meth:`find`, remembered, restricted to emitted resource types, conditions compiled."""
+        """:meth:`find`, remembered, restricted to emitted resource types."""
         key = (path, seg)
         hit = self.memo.get(key)
         if hit is None:
             hit = self.memo[key] = [row for row in self.find(path, seg) if row["type"] in _emitted()]
-            for row in hit:
-                if row["cond"] is not None and "test" not in row:
-                    row["test"] = compile_cond(row["cond"])
         return hit
 
     def find(self, path: tuple[str, ...], seg: str) -> list[dict[str, Any]]:
@@ -240,7 +236,7 @@ class _Mapper:
             if not found:
                 continue
             for row in found:
-                if row["cond"] is not None and not row_condition(row, seg.id)(seg, others, ctx):
+                if row["cond"] is not None and not row_condition(row, seg.id)(seg, others):
                     continue
                 inst, rep_base = self._instance(row, seg, chain)
                 base = inst.base_of(row["map"]) + rep_base

@@ -22,19 +22,18 @@ import orjson
 
 from mapping.v2.engine import (
     FIELD_MEMO,
-    MEMO_LIMIT,
     NULL,
     WRITERS,
     Context,
     SegmentLike,
     clone,
     cond_refs,
+    condition_expression,
     ref_value,
     replay,
     run_field,
-    segment_count,
-    segment_lookup,
     segment_plan,
+    value_lines,
 )
 
 SegmentFunction = Callable[
@@ -104,38 +103,19 @@ def segment_function(mapname: str, seg_id: str) -> SegmentFunction | None:
     return scope["apply"]
 
 
-ConditionFunction = Callable[[SegmentLike, Callable[[str], SegmentLike | None], Context], bool]
+ConditionFunction = Callable[[SegmentLike, Callable[[str], SegmentLike | None]], bool]
 
 
 def row_condition(row: dict[str, Any], seg_id: str) -> ConditionFunction:
     """The message-table row's condition (``OBX → DocumentReference IF OBX-2 = "ED"``) for a
-    segment with id ``seg_id``: remembered per combination of the fields it reads."""
+    segment with id ``seg_id``, as a generated function."""
     fns = row.setdefault("conditions", {})
     fn = fns.get(seg_id)
     if fn is None:
-        fn = fns[seg_id] = _condition_function(row["test"], tuple(sorted(set(cond_refs(row["cond"])))), seg_id)
+        refs = {ref: i for i, ref in enumerate(sorted(set(cond_refs(row["cond"]))))}
+        scope: dict[str, Any] = {"ref_value": ref_value}
+        lines = ["def holds(seg, others):", *value_lines(refs, seg_id, scope),
+                 f"    return {condition_expression(row['cond'], refs, scope)}"]
+        exec("\n".join(lines), scope)  # the source is built above from the compiled tables only
+        fn = fns[seg_id] = scope["holds"]
     return fn
-
-
-def _condition_function(test: Any, refs: tuple[tuple[str, int, int, int], ...], seg_id: str) -> ConditionFunction:
-    memo: dict[tuple[Any, ...], bool] = {}
-    scope: dict[str, Any] = {"MEMO": memo, "TEST": test, "LIMIT": MEMO_LIMIT, "ref_value": ref_value,
-                             "segment_lookup": segment_lookup, "segment_count": segment_count}
-    deps = []
-    for i, ref in enumerate(refs):
-        if ref[0] == seg_id:
-            deps.append(f"fields[{ref[1]}] if n > {ref[1]} else ''")
-        else:
-            scope[f"REF{i}"] = ref
-            deps.append(f"ref_value(seg, others, REF{i})")
-    lines = ["def holds(seg, others, ctx):",
-             "    fields = seg.fields",
-             "    n = len(fields)",
-             f"    key = (ctx.delimiters, {', '.join(deps)})",
-             "    hit = MEMO.get(key)",
-             "    if hit is None:",
-             "        if len(MEMO) >= LIMIT: MEMO.clear()",
-             "        hit = MEMO[key] = TEST(segment_lookup(seg, others), segment_count(seg))",
-             "    return hit"]
-    exec("\n".join(lines), scope)  # the source is built above from the compiled tables only
-    return scope["holds"]
