@@ -796,14 +796,35 @@ def condition_expression(cond: Any, refs: dict[tuple[str, int, int, int], int], 
     raise ValueError(f"unknown condition operator {op}")
 
 
-def value_lines(refs: dict[tuple[str, int, int, int], int], seg_id: str, scope: dict[str, Any]) -> list[str]:
-    """Source lines fetching ``v<k>``/``c<k>`` for a segment with id ``seg_id`` (see
-    :func:`condition_expression`); a count of another segment's field is 0."""
-    lines = []
+def value_lines(refs: dict[tuple[str, int, int, int], int], seg_id: str, scope: dict[str, Any],
+                expressions: str) -> list[str]:
+    """Source lines fetching the ``v<k>``/``c<k>`` that ``expressions`` use, for a segment with
+    id ``seg_id`` (see :func:`condition_expression`).
+
+    A field value without delimiters, escapes or the explicit null is its own first
+    component: it is taken as it is instead of through :func:`ref_value`. A count of
+    another segment's field is 0.
+    """
+    aliases = config()["value_aliases"]
+    lines = ["    fields = seg.fields", "    n = len(fields)"]
     for ref, i in refs.items():
-        scope[f"R{i}"] = ref
-        lines.append(f"    v{i} = ref_value(seg, others, R{i})")
-        lines.append(f"    c{i} = len(seg.reps({ref[1]}))" if ref[0] == seg_id else f"    c{i} = 0")
+        own = ref[0] == seg_id
+        if re.search(rf"\bv{i}\b", expressions):
+            scope[f"R{i}"] = ref
+            slow = f"ref_value(seg, others, R{i})"
+            if own:
+                f, c, s = ref[1], ref[2] or 1, ref[3] or 1
+                whole = "''" if c > 1 or s > 1 else f"f{i}"
+                alias = aliases.get(f"{ref[0]}-{f}")
+                if alias:
+                    scope[f"A{i}"] = alias
+                    whole = f"A{i}.get({whole}, {whole})"
+                lines += [f"    f{i} = fields[{f}] if n > {f} else ''",
+                          f"    v{i} = {whole} if f{i}.isalnum() else {slow}"]
+            else:
+                lines.append(f"    v{i} = {slow}")
+        if re.search(rf"\bc{i}\b", expressions):
+            lines.append(f"    c{i} = len(seg.reps({ref[1]}))" if own else f"    c{i} = 0")
     return lines
 
 
@@ -816,11 +837,9 @@ def _outcomes(fp: FieldPlan, seg_id: str) -> Callable[[SegmentLike, Callable[[st
         return fn
     refs = {ref: i for i, ref in enumerate(fp.deps)}
     scope: dict[str, Any] = {"ref_value": ref_value}
-    lines = ["def outcomes(seg, others):", *value_lines(refs, seg_id, scope)]
-
     tests = ", ".join("True" if rule["cond"] is None else condition_expression(rule["cond"], refs, scope)
                       for rule in fp.rules)
-    lines.append(f"    return ({tests},)")
+    lines = ["def outcomes(seg, others):", *value_lines(refs, seg_id, scope, tests), f"    return ({tests},)"]
     exec("\n".join(lines), scope)  # the source is built above from the compiled tables only
     fn = _OUTCOMES[(fp.number, seg_id)] = scope["outcomes"]
     return fn

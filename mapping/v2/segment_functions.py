@@ -114,8 +114,8 @@ def row_condition(row: dict[str, Any], seg_id: str) -> ConditionFunction:
     if fn is None:
         refs = {ref: i for i, ref in enumerate(sorted(set(cond_refs(row["cond"]))))}
         scope: dict[str, Any] = {"ref_value": ref_value}
-        lines = ["def holds(seg, others):", *value_lines(refs, seg_id, scope),
-                 f"    return {condition_expression(row['cond'], refs, scope)}"]
+        test = condition_expression(row["cond"], refs, scope)
+        lines = ["def holds(seg, others):", *value_lines(refs, seg_id, scope, test), f"    return {test}"]
         exec("\n".join(lines), scope)  # the source is built above from the compiled tables only
         fn = fns[seg_id] = scope["holds"]
     return fn
