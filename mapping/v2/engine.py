@@ -796,6 +796,10 @@ def condition_expression(cond: Any, refs: dict[tuple[str, int, int, int], int], 
     raise ValueError(f"unknown condition operator {op}")
 
 
+_PLAIN = re.compile(r'[^\^~\\&"]+').fullmatch
+"""A value that, with the usual delimiters, has no component, repetition, escape or null in it."""
+
+
 def value_lines(refs: dict[tuple[str, int, int, int], int], seg_id: str, scope: dict[str, Any],
                 expressions: str) -> list[str]:
     """Source lines fetching the ``v<k>``/``c<k>`` that ``expressions`` use, for a segment with
@@ -806,7 +810,9 @@ def value_lines(refs: dict[tuple[str, int, int, int], int], seg_id: str, scope: 
     another segment's field is 0.
     """
     aliases = config()["value_aliases"]
-    lines = ["    fields = seg.fields", "    n = len(fields)"]
+    scope["PLAIN"] = _PLAIN
+    lines = ["    fields = seg.fields", "    n = len(fields)", "    d = seg.delimiters",
+             "    std = d.component == '^' and d.repetition == '~' and d.escape == '\\\\' and d.subcomponent == '&'"]
     for ref, i in refs.items():
         own = ref[0] == seg_id
         if re.search(rf"\bv{i}\b", expressions):
@@ -820,7 +826,7 @@ def value_lines(refs: dict[tuple[str, int, int, int], int], seg_id: str, scope: 
                     scope[f"A{i}"] = alias
                     whole = f"A{i}.get({whole}, {whole})"
                 lines += [f"    f{i} = fields[{f}] if n > {f} else ''",
-                          f"    v{i} = {whole} if f{i}.isalnum() else {slow}"]
+                          f"    v{i} = {whole} if f{i}.isalnum() or (std and PLAIN(f{i})) else {slow}"]
             else:
                 lines.append(f"    v{i} = {slow}")
         if re.search(rf"\bc{i}\b", expressions):
