@@ -826,7 +826,7 @@ def value_lines(refs: dict[tuple[str, int, int, int], int], seg_id: str, scope: 
                     scope[f"A{i}"] = alias
                     whole = f"A{i}.get({whole}, {whole})"
                 lines += [f"    f{i} = fields[{f}] if n > {f} else ''",
-                          f"    v{i} = {whole} if f{i}.isalnum() or (std and PLAIN(f{i})) else {slow}"]
+                          f"    v{i} = {whole} if not f{i} or f{i}.isalnum() or (std and PLAIN(f{i})) else {slow}"]
             else:
                 lines.append(f"    v{i} = {slow}")
         if re.search(rf"\bc{i}\b", expressions):
