@@ -928,9 +928,5 @@ def name_key(body: dict[str, Any]) -> str:
 
 def stable_id(resource_type: str, *parts: str) -> str:
     """Deterministic resource id: same source record, same id, on every replay."""
-    h = hashlib.blake2b(digest_size=16)
-    h.update(resource_type.encode())
-    for p in parts:
-        h.update(b"\x1f")
-        h.update(p.encode())
-    return h.hexdigest()
+    text = "\x1f".join((resource_type, *parts))  # the type and each part, separated by US
+    return hashlib.blake2b(text.encode(), digest_size=16).hexdigest()
