@@ -6,9 +6,9 @@ the condition inputs. The function generated for ``OBX[Observation]`` applied to
 has all of that as constants: it reads each mapped field by number, skips it when empty,
 builds the memo key from the raw fields the rules' conditions read, and replays the
 remembered writes. Only a field seen for the first time (or whose rules create
-resources) goes through the rule interpreter (:func:`engine.run_field`).
+resources) goes through the rule interpreter (:func:`field_rules.run_field`).
 
-The tables stay the source: the code is built from :func:`engine.segment_plan` and its
+The tables stay the source: the code is built from :func:`field_rules.segment_plan` and its
 memo keys are the ones the interpreter uses, so both share one memo.
 """
 
@@ -20,16 +20,12 @@ from typing import Any
 
 import orjson
 
-from mapping.v2.engine import (
+from mapping.v2.engine import NULL, Context, SegmentLike, clone, ref_value
+from mapping.v2.field_rules import (
     FIELD_MEMO,
-    NULL,
     WRITERS,
-    Context,
-    SegmentLike,
-    clone,
     cond_refs,
     condition_expression,
-    ref_value,
     replay,
     run_field,
     segment_plan,

@@ -1,0 +1,263 @@
+"""The rules of a segment map grouped by field, run once per distinct field text.
+
+A segment map's rules are planned by v2 field (an empty field costs one lookup). What the
+rules of a field write, and the resources they create, depend only on the field's text,
+on the values their conditions read, on the message's delimiters and time zone: that is
+remembered (``FIELD_MEMO``) and replayed for the next segment with the same inputs. The
+conditions of a field's rules become one generated function of the values they read.
+
+Memo entries hold only strings, numbers and bytes (writers by number, plans by number),
+so the cyclic garbage collector leaves them alone.
+"""
+
+from __future__ import annotations
+
+import itertools
+import re
+from collections.abc import Callable
+from dataclasses import dataclass
+from functools import cache
+from typing import Any
+
+import orjson
+
+from mapping.v2.engine import (
+    MEMO_LIMIT,
+    Context,
+    SegmentLike,
+    Writer,
+    clone,
+    convert,
+    freeze,
+    pure_map,
+    ref_value,
+    thaw,
+    writer_for,
+)
+from mapping.v2.tables import config, segment_maps
+
+MemoEntry = tuple[tuple[tuple[str, str, Any], ...], tuple[tuple[int, Any, int], ...]]
+"""Resources a field's rules created (type, id, frozen body) and what they wrote (writer number,
+frozen value, repetition)."""
+FIELD_MEMO: dict[tuple[Any, ...], MemoEntry] = {}
+
+WRITERS: list[Writer] = []
+"""Every writer a memo entry names, by number: a memo entry holding only strings, numbers
+and bytes is left alone by the cyclic garbage collector."""
+_WRITER_NUMBERS: dict[Writer, int] = {}
+
+
+def writer_number(w: Writer) -> int:
+    n = _WRITER_NUMBERS.get(w)
+    if n is None:
+        n = _WRITER_NUMBERS[w] = len(WRITERS)
+        WRITERS.append(w)
+    return n
+
+@cache
+def segment_plan(mapname: str) -> tuple[FieldPlan, ...] | None:
+    """A segment map's rules grouped by field, so an empty field costs one lookup."""
+    rules = segment_maps().get(mapname)
+    if rules is None:
+        return None
+    by_field: dict[int, list[dict[str, Any]]] = {}
+    for rule in rules:
+        rule["pure"] = _pure_rule(rule)
+        by_field.setdefault(rule["f"], []).append(rule)
+    plans = []
+    for f, rs in by_field.items():
+        plans.append(FieldPlan(next(_PLAN_NUMBERS), f, tuple(rs), any(r.get("when_empty") for r in rs),
+                               tuple(sorted({ref for r in rs for ref in cond_refs(r["cond"])}))))
+    return tuple(plans)
+
+
+_PLAN_NUMBERS = itertools.count()
+
+
+@dataclass(frozen=True, slots=True, eq=False)  # hashed by identity: a memo key
+class FieldPlan:
+    """The rules of one v2 field, memoized on the field text and the values their
+    conditions read (``deps``); ``number`` stands for the plan in memo keys."""
+
+    number: int
+    field: int
+    rules: tuple[dict[str, Any], ...]
+    when_empty: bool
+    deps: tuple[tuple[str, int, int, int], ...]
+
+
+def cond_refs(cond: Any) -> list[tuple[str, int, int, int]]:
+    if cond is None:
+        return []
+    if cond[0] in ("and", "or"):
+        return cond_refs(cond[1]) + cond_refs(cond[2])
+    refs = [tuple(cond[1])]
+    if cond[0] in ("eqref", "neref"):
+        refs.append(tuple(cond[2]))
+    return refs  # type: ignore[return-value]
+
+
+def _pure_rule(rule: dict[str, Any]) -> bool:
+    """True when converting the rule's value creates no resource (so it can be memoized)."""
+    return not rule["ref"] and (not rule["map"] or pure_map(rule["map"]))
+
+_ENVELOPE_SEGMENTS = frozenset({"MSH", "FHS", "BHS"})
+
+
+def run_field(fp: FieldPlan, raw: str, key: tuple[Any, ...], seg: SegmentLike, node: dict[str, Any],
+              ctx: Context, others: Callable[[str], SegmentLike | None], rep_base: int) -> None:
+    """Run the rules of one valued field (or of an empty one with ``when_empty`` rules) and
+    remember under ``key`` what they wrote and which resources they created.
+
+    ``key`` holds the raw fields the rules' conditions read; most of them only look at a
+    few of those (OBX-6's rules read OBX-5 only when OBX-2 is SN), so what the rules do is
+    also remembered under the field text and which conditions held: a new OBX-5 value then
+    finds the units it comes with already converted.
+    """
+    holds = None
+    if fp.deps:
+        holds = _outcomes(fp, seg.id)(seg, others)
+        by_outcome = (fp.number, raw, holds, ctx.delimiters, ctx.default_tz)
+        hit = FIELD_MEMO.get(by_outcome)
+        if hit is not None:
+            FIELD_MEMO[key] = hit
+            replay(hit, node, ctx, rep_base)
+            return
+        key_also = by_outcome
+    else:
+        key_also = None
+    d = seg.delimiters
+    placed: list[tuple[int, Any, int]] = []
+    created: list[tuple[str, str, Any]] = []
+    ctx.created = created
+    if not raw:
+        reps = [""]
+    elif seg.id in _ENVELOPE_SEGMENTS and fp.field <= 2:
+        reps = [raw]
+    else:
+        reps = raw.split(d.repetition)
+    for j, rule in enumerate(fp.rules):
+        if holds is not None and not holds[j]:
+            continue
+        comp = rule["c"]
+        if comp:
+            cut = [r.split(d.component) for r in reps]
+            values_ = [c[comp - 1] if len(c) >= comp else "" for c in cut]
+            level = 1
+        else:
+            values_ = reps
+            level = 0
+        if not values_[0] and not rule.get("when_empty"):
+            continue
+        for i, rep in enumerate(values_ if rule["rep"] else values_[:1]):
+            value = convert(rule, rep, level, d, ctx)
+            if value is not None:
+                w = writer_for(rule, value)
+                placed.append((writer_number(w), freeze(value), i))
+                w(node, value, rep_base + i)
+    ctx.created = None
+    if len(FIELD_MEMO) >= MEMO_LIMIT:
+        FIELD_MEMO.clear()
+    entry = FIELD_MEMO[key] = (tuple(created), tuple(placed))
+    if key_also is not None:
+        FIELD_MEMO[key_also] = entry
+
+
+def condition_expression(cond: Any, refs: dict[tuple[str, int, int, int], int], scope: dict[str, Any]) -> str:
+    """A condition AST as a Python expression over ``v<k>`` (the value of ``refs``' k-th
+    reference) and ``c<k>`` (its number of repetitions); value sets are added to ``scope``."""
+    op = cond[0]
+    if op in ("and", "or"):
+        return f"({condition_expression(cond[1], refs, scope)} {op} {condition_expression(cond[2], refs, scope)})"
+    k = refs[tuple(cond[1])]
+    if op == "count":
+        if cond[2] not in ("<", ">", "<=", ">="):
+            raise ValueError(f"unknown comparison {cond[2]}")
+        return f"(float(c{k}) {cond[2]} {float(cond[3])!r})"
+    if op == "valued":
+        return f"bool(v{k})"
+    if op == "not_valued":
+        return f"(not v{k})"
+    if op in ("eq", "ne"):
+        return f"(v{k} {'==' if op == 'eq' else '!='} {cond[2]!r})"
+    if op in ("in", "not_in"):
+        name = f"S{len(scope)}"
+        scope[name] = frozenset(cond[2])
+        return f"(v{k} {'in' if op == 'in' else 'not in'} {name})"
+    if op in ("eqref", "neref"):
+        return f"(v{k} {'==' if op == 'eqref' else '!='} v{refs[tuple(cond[2])]})"
+    raise ValueError(f"unknown condition operator {op}")
+
+
+_PLAIN = re.compile(r'[^\^~\\&"]+').fullmatch
+"""A value that, with the usual delimiters, has no component, repetition, escape or null in it."""
+
+
+def value_lines(refs: dict[tuple[str, int, int, int], int], seg_id: str, scope: dict[str, Any],
+                expressions: str) -> list[str]:
+    """Source lines fetching the ``v<k>``/``c<k>`` that ``expressions`` use, for a segment with
+    id ``seg_id`` (see :func:`condition_expression`).
+
+    A field value without delimiters, escapes or the explicit null is its own first
+    component: it is taken as it is instead of through :func:`ref_value`. A count of
+    another segment's field is 0.
+    """
+    aliases = config()["value_aliases"]
+    scope["PLAIN"] = _PLAIN
+    lines = ["    fields = seg.fields", "    n = len(fields)", "    d = seg.delimiters",
+             "    std = d.component == '^' and d.repetition == '~' and d.escape == '\\\\' and d.subcomponent == '&'"]
+    for ref, i in refs.items():
+        own = ref[0] == seg_id
+        if re.search(rf"\bv{i}\b", expressions):
+            scope[f"R{i}"] = ref
+            slow = f"ref_value(seg, others, R{i})"
+            if own:
+                f, c, s = ref[1], ref[2] or 1, ref[3] or 1
+                whole = "''" if c > 1 or s > 1 else f"f{i}"
+                alias = aliases.get(f"{ref[0]}-{f}")
+                if alias:
+                    scope[f"A{i}"] = alias
+                    whole = f"A{i}.get({whole}, {whole})"
+                lines += [f"    f{i} = fields[{f}] if n > {f} else ''",
+                          f"    v{i} = {whole} if not f{i} or f{i}.isalnum() or (std and PLAIN(f{i})) else {slow}"]
+            else:
+                lines.append(f"    v{i} = {slow}")
+        if re.search(rf"\bc{i}\b", expressions):
+            lines.append(f"    c{i} = len(seg.reps({ref[1]}))" if own else f"    c{i} = 0")
+    return lines
+
+
+_OUTCOMES: dict[tuple[int, str], Callable[[SegmentLike, Callable[[str], SegmentLike | None]], tuple[bool, ...]]] = {}
+
+
+def _outcomes(fp: FieldPlan, seg_id: str) -> Callable[[SegmentLike, Callable[[str], SegmentLike | None]], tuple[bool, ...]]:
+    """Generated function telling which of the field's rules have their condition met: the
+    values the conditions read are fetched once, the conditions are inline expressions."""
+    fn = _OUTCOMES.get((fp.number, seg_id))
+    if fn is not None:
+        return fn
+    refs = {ref: i for i, ref in enumerate(fp.deps)}
+    scope: dict[str, Any] = {"ref_value": ref_value}
+    tests = ", ".join("True" if rule["cond"] is None else condition_expression(rule["cond"], refs, scope)
+                      for rule in fp.rules)
+    lines = ["def outcomes(seg, others):", *value_lines(refs, seg_id, scope, tests), f"    return ({tests},)"]
+    exec("\n".join(lines), scope)  # the source is built above from the compiled tables only
+    fn = _OUTCOMES[(fp.number, seg_id)] = scope["outcomes"]
+    return fn
+
+
+def replay(hit: MemoEntry, node: dict[str, Any],
+           ctx: Context, rep_base: int) -> None:
+    """Do again what a field's rules did before for the same text: create the same
+    resources, write the same values, each a fresh copy."""
+    created, placed = hit
+    for rtype, rid, body in created:
+        ctx.add_resource(rtype, rid, thaw(body))
+    for w, value, i in placed:
+        w = WRITERS[w]
+        cls = value.__class__
+        if cls is bytes:
+            value = orjson.loads(value)
+        elif cls is dict or cls is list:
+            value = clone(value)
+        w(node, value, rep_base + i)
