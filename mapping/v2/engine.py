@@ -520,13 +520,16 @@ def thaw(value: Any) -> Any:
     return value
 
 
-def convert(rule: dict[str, Any], raw: str, level: int, d: DelimitersLike, ctx: Context) -> Any:
+def convert(rule: dict[str, Any], raw: str, level: int, d: DelimitersLike, ctx: Context,
+            remember: bool = True) -> Any:
     """One rule's FHIR value for one v2 value, or ``None``.
 
     Conversions that create no resource are pure functions of the v2 text, so they are
-    memoized: codes, units, facilities and timestamps repeat across a feed.
+    memoized: codes, units, facilities and timestamps repeat across a feed. A caller
+    that remembers the result itself (a whole field, in the field memo) passes
+    ``remember=False``.
     """
-    if rule.get("pure"):
+    if remember and rule.get("pure"):
         key = (id(rule), raw, level, ctx.delimiters, ctx.default_tz)
         hit = _MEMO.get(key, _MISS)
         if hit is _MISS:

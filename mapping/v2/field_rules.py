@@ -149,8 +149,9 @@ def run_field(fp: FieldPlan, raw: str, key: tuple[Any, ...], seg: SegmentLike, n
             level = 0
         if not values_[0] and not rule.get("when_empty"):
             continue
+        whole = not comp and len(reps) == 1  # the field memo already keys on this text
         for i, rep in enumerate(values_ if rule["rep"] else values_[:1]):
-            value = convert(rule, rep, level, d, ctx)
+            value = convert(rule, rep, level, d, ctx, not whole)
             if value is not None:
                 w = writer_for(rule, value)
                 placed.append((writer_number(w), freeze(value), i))
