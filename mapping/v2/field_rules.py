@@ -26,20 +26,19 @@ from mapping.v2.engine import (
     Context,
     SegmentLike,
     Writer,
-    clone,
     convert,
     freeze,
     pure_map,
     ref_value,
-    thaw,
     writer_for,
 )
 from mapping.v2.tables import config, segment_maps
 
-MemoEntry = tuple[tuple[tuple[str, str, Any], ...], tuple[tuple[int, Any, int], ...]]
-"""Resources a field's rules created (type, id, frozen body) and what they wrote (writer number,
-frozen value, repetition)."""
-FIELD_MEMO: dict[tuple[Any, ...], MemoEntry] = {}
+FIELD_MEMO: dict[tuple[Any, ...], bytes] = {}
+"""Field memo: key → JSON ``[[[type, id, body], …], [[writer number, value, repetition], …]]``,
+the resources a field's rules created and what they wrote. One bytes object per entry:
+nothing for the cyclic garbage collector to count or scan, and one ``orjson.loads`` gives
+fresh copies of every value."""
 
 WRITERS: list[Writer] = []
 """Every writer a memo entry names, by number: a memo entry holding only strings, numbers
@@ -157,11 +156,21 @@ def run_field(fp: FieldPlan, raw: str, key: tuple[Any, ...], seg: SegmentLike, n
                 placed.append((writer_number(w), freeze(value), i))
                 w(node, value, rep_base + i)
     ctx.created = None
+    try:
+        entry = orjson.dumps([[[rtype, rid, _fragment(body)] for rtype, rid, body in created],
+                              [[w, _fragment(value), i] for w, value, i in placed]])
+    except TypeError:  # an integer beyond 64 bits: not remembered, converted again next time
+        return
     if len(FIELD_MEMO) >= MEMO_LIMIT:
         FIELD_MEMO.clear()
-    entry = FIELD_MEMO[key] = (tuple(created), tuple(placed))
+    FIELD_MEMO[key] = entry
     if key_also is not None:
         FIELD_MEMO[key_also] = entry
+
+
+def _fragment(frozen: Any) -> Any:
+    """A value frozen by :func:`engine.freeze` as it goes into a memo entry's JSON."""
+    return orjson.Fragment(frozen) if frozen.__class__ is bytes else frozen
 
 
 def condition_expression(cond: Any, refs: dict[tuple[str, int, int, int], int], scope: dict[str, Any]) -> str:
@@ -247,18 +256,11 @@ def _outcomes(fp: FieldPlan, seg_id: str) -> Callable[[SegmentLike, Callable[[st
     return fn
 
 
-def replay(hit: MemoEntry, node: dict[str, Any],
-           ctx: Context, rep_base: int) -> None:
+def replay(hit: bytes, node: dict[str, Any], ctx: Context, rep_base: int) -> None:
     """Do again what a field's rules did before for the same text: create the same
-    resources, write the same values, each a fresh copy."""
-    created, placed = hit
+    resources, write the same values (fresh copies, from the entry's JSON)."""
+    created, placed = orjson.loads(hit)
     for rtype, rid, body in created:
-        ctx.add_resource(rtype, rid, thaw(body))
+        ctx.add_resource(rtype, rid, body)
     for w, value, i in placed:
-        w = WRITERS[w]
-        cls = value.__class__
-        if cls is bytes:
-            value = orjson.loads(value)
-        elif cls is dict or cls is list:
-            value = clone(value)
-        w(node, value, rep_base + i)
+        WRITERS[w](node, value, rep_base + i)

@@ -20,13 +20,12 @@ from typing import Any
 
 import orjson
 
-from mapping.v2.engine import NULL, Context, SegmentLike, clone, ref_value
+from mapping.v2.engine import NULL, Context, SegmentLike, ref_value
 from mapping.v2.field_rules import (
     FIELD_MEMO,
     WRITERS,
     cond_refs,
     condition_expression,
-    replay,
     run_field,
     segment_plan,
     value_lines,
@@ -57,8 +56,8 @@ def segment_function(mapname: str, seg_id: str) -> SegmentFunction | None:
     plan = segment_plan(mapname)
     if plan is None:
         return None
-    scope: dict[str, Any] = {"NULL": NULL, "MEMO": FIELD_MEMO, "replay": replay, "run_field": run_field,
-                             "ref_value": ref_value, "loads": orjson.loads, "clone": clone,
+    scope: dict[str, Any] = {"NULL": NULL, "MEMO": FIELD_MEMO, "run_field": run_field,
+                             "ref_value": ref_value, "loads": orjson.loads,
                              "WRITERS": WRITERS}
     lines = ["def apply(seg, node, ctx, others, rep_base):",
              "    fields = seg.fields",
@@ -84,12 +83,10 @@ def segment_function(mapname: str, seg_id: str) -> SegmentFunction | None:
         body = [f"key = {key}",
                 "hit = MEMO.get(key)",
                 f"if hit is None: run_field(FP{i}, raw, key, seg, node, ctx, others, rep_base)",
-                "elif hit[0]: replay(hit, node, ctx, rep_base)",
-                "else:",
-                "    for w, value, j in hit[1]:",  # replay() inlined: most fields create nothing
-                "        c = value.__class__",
-                "        WRITERS[w](node, loads(value) if c is bytes else clone(value) if c is dict or c is list else value,"
-                " rep_base + j)"]
+                "else:",  # replay(), inlined
+                "    created, placed = loads(hit)",
+                "    for rtype, rid, body in created: ctx.add_resource(rtype, rid, body)",
+                "    for w, value, j in placed: WRITERS[w](node, value, rep_base + j)"]
         if fp.when_empty:
             lines += [f"    {line}" for line in body]
         else:
