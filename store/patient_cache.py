@@ -53,16 +53,32 @@ class Unsupported(Exception):
 
 @dataclass
 class PatientRows:
-    """One patient's resources and index rows, grouped for evaluation."""
+    """One patient's resources and, loaded table by table when a search first needs them, index rows."""
 
+    pid: str
+    store: Store
     resources: dict[tuple[str, str], datetime] = field(default_factory=dict)
     rows: dict[tuple[str, str], dict[str, list[tuple[Any, ...]]]] = field(default_factory=dict)
-
-    def ids(self, rtype: str) -> set[str]:
-        return {i for (t, i) in self.resources if t == rtype}
+    loaded: set[str] = field(default_factory=set)
+    lock: threading.Lock = field(default_factory=threading.Lock)
 
     def param_rows(self, rtype: str, param: str) -> dict[str, list[tuple[Any, ...]]]:
+        table = _TABLE_OF.get(params_for(rtype)[param].type) if param in params_for(rtype) else None
+        if table is not None and table not in self.loaded:
+            self._load_table(table)
         return self.rows.get((rtype, param), {})
+
+    def _load_table(self, table: str) -> None:
+        """One pruned scan of an index table for this patient (the tables are clustered by patient)."""
+        with self.lock:
+            if table in self.loaded:
+                return
+            for rtype, rid, param, *values in self.store.cursor().execute(
+                f"SELECT rt, id, param, {_COLUMNS[table]} FROM {table} WHERE pid = ?", [self.pid]
+            ).fetchall():
+                if (rtype, rid) in self.resources:
+                    self.rows.setdefault((rtype, param), {}).setdefault(rid, []).append(tuple(values))
+            self.loaded.add(table)
 
 
 class PatientIndexCache:
@@ -110,18 +126,11 @@ class PatientIndexCache:
         return entry
 
     def _load(self, pid: str) -> PatientRows:
-        cur = self.store.cursor()
-        out = PatientRows()
-        for rtype, rid, ts in cur.execute(
+        out = PatientRows(pid, self.store)
+        for rtype, rid, ts in self.store.cursor().execute(
             "SELECT resource_type, id, last_updated FROM resources WHERE patient_id = ?", [pid]
         ).fetchall():
             out.resources[(rtype, rid)] = ts
-        for table, cols in _COLUMNS.items():
-            for rtype, rid, param, *values in cur.execute(
-                f"SELECT rt, id, param, {cols} FROM {table} WHERE pid = ?", [pid]
-            ).fetchall():
-                if (rtype, rid) in out.resources:
-                    out.rows.setdefault((rtype, param), {}).setdefault(rid, []).append(tuple(values))
         return out
 
 
