@@ -6,8 +6,8 @@ on the values their conditions read, on the message's delimiters and time zone: 
 remembered (``FIELD_MEMO``) and replayed for the next segment with the same inputs. The
 conditions of a field's rules become one generated function of the values they read.
 
-Memo entries hold only strings, numbers and bytes (writers by number, plans by number),
-so the cyclic garbage collector leaves them alone.
+A memo entry is one JSON bytes object (writers named by number) and its key holds only
+numbers and text, so the cyclic garbage collector has nothing in the memo to scan.
 """
 
 from __future__ import annotations
@@ -41,17 +41,18 @@ nothing for the cyclic garbage collector to count or scan, and one ``orjson.load
 fresh copies of every value."""
 
 WRITERS: list[Writer] = []
-"""Every writer a memo entry names, by number: a memo entry holding only strings, numbers
-and bytes is left alone by the cyclic garbage collector."""
+"""Every writer a memo entry names, by number (memo entries are JSON)."""
 _WRITER_NUMBERS: dict[Writer, int] = {}
 
 
 def writer_number(w: Writer) -> int:
+    """The number a memo entry names ``w`` by."""
     n = _WRITER_NUMBERS.get(w)
     if n is None:
         n = _WRITER_NUMBERS[w] = len(WRITERS)
         WRITERS.append(w)
     return n
+
 
 @cache
 def segment_plan(mapname: str) -> tuple[FieldPlan, ...] | None:
@@ -86,6 +87,7 @@ class FieldPlan:
 
 
 def cond_refs(cond: Any) -> list[tuple[str, int, int, int]]:
+    """The values (segment, field, component, subcomponent) a condition reads."""
     if cond is None:
         return []
     if cond[0] in ("and", "or"):
@@ -99,6 +101,7 @@ def cond_refs(cond: Any) -> list[tuple[str, int, int, int]]:
 def _pure_rule(rule: dict[str, Any]) -> bool:
     """True when converting the rule's value creates no resource (so it can be memoized)."""
     return not rule["ref"] and (not rule["map"] or pure_map(rule["map"]))
+
 
 _ENVELOPE_SEGMENTS = frozenset({"MSH", "FHS", "BHS"})
 

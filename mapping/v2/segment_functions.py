@@ -5,8 +5,8 @@ segment: a loop over the map's fields, building memo keys through closures, look
 the condition inputs. The function generated for ``OBX[Observation]`` applied to an OBX
 has all of that as constants: it reads each mapped field by number, skips it when empty,
 builds the memo key from the raw fields the rules' conditions read, and replays the
-remembered writes. Only a field seen for the first time (or whose rules create
-resources) goes through the rule interpreter (:func:`field_rules.run_field`).
+remembered writes (and resource creations). Only a field text seen for the first time
+goes through the rule interpreter (:func:`field_rules.run_field`).
 
 The tables stay the source: the code is built from :func:`field_rules.segment_plan` and its
 memo keys are the ones the interpreter uses, so both share one memo.
