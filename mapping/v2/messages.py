@@ -14,6 +14,7 @@ a Provenance naming the source message.
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from functools import cache
@@ -404,7 +405,8 @@ class _Mapper:
             _element_defaults(body, inst.type, cfg["element_defaults"])
             prune(body, inst.type)
             for k, v in cfg["defaults"].get(inst.type, {}).items():
-                body.setdefault(k, v)
+                if k not in body:  # a copy: resources must not share mutable default objects
+                    body[k] = copy.deepcopy(v)
             missing = missing_required(body, inst.type)
             if missing:
                 self.ctx.notes.append(f"{inst.type} from {inst.creator.id}[{inst.creator.seq}] dropped: no {missing}")
@@ -429,7 +431,8 @@ def _element_defaults(body: dict[str, Any], rtype: str, defaults: dict[str, dict
         items = body[element] if isinstance(body[element], list) else [body[element]]
         for item in items:
             for k, v in values_.items():
-                item.setdefault(k, v)
+                if k not in item:
+                    item[k] = copy.deepcopy(v)
 
 
 @cache
