@@ -74,3 +74,17 @@ def wait_for_serve(proc: subprocess.Popen[str], http_port: int, mllp_port: int |
             if time.monotonic() > deadline:
                 raise RuntimeError("server did not start") from None
             time.sleep(0.1)
+
+
+def map_v2_fixture(name: str) -> object:
+    """Map ``fixtures/hl7v2/<name>`` to FHIR, checking it mapped and that every resource loads into the
+    strict fhirclient R4 models."""
+    from fhirclient.models.fhirelementfactory import FHIRElementFactory
+
+    from ingest.hl7v2.convert import map_message
+
+    result = map_message((FIXTURES / "hl7v2" / name).read_bytes())
+    assert result.mapped, result.notes
+    for res in result.resources:
+        FHIRElementFactory.instantiate(res["resourceType"], res)
+    return result

@@ -7,23 +7,16 @@ from typing import Any
 
 import pytest
 from fhirclient.models.fhirelementfactory import FHIRElementFactory
+from support import map_v2_fixture
 
 from ingest.hl7v2.convert import map_message
 
 FIXTURES = Path(__file__).resolve().parents[2] / "fixtures" / "hl7v2"
 
 
-def mapped(name: str) -> Any:
-    result = map_message((FIXTURES / name).read_bytes())
-    assert result.mapped, result.notes
-    for res in result.resources:
-        FHIRElementFactory.instantiate(res["resourceType"], res)
-    return result
-
-
 @pytest.fixture(scope="module")
 def a01() -> Any:
-    return mapped("adt_a01_admit.hl7")
+    return map_v2_fixture("adt_a01_admit.hl7")
 
 
 def test_patient_demographics(a01: Any) -> None:
@@ -80,14 +73,14 @@ def test_next_of_kin_allergy_diagnosis_procedure_coverage(a01: Any) -> None:
 
 
 def test_a08_update_gives_the_same_patient_and_encounter_ids(a01: Any) -> None:
-    a08 = mapped("adt_a08_update.hl7")
+    a08 = map_v2_fixture("adt_a08_update.hl7")
     assert a08.patient_id == a01.patient_id
     assert a08.of_type("Encounter")[0]["id"] == a01.of_type("Encounter")[0]["id"]
     assert a08.of_type("Patient")[0]["name"][0]["given"] == ["Jane", "Quinn"]
 
 
 def test_a40_merge_links_both_patients() -> None:
-    result = mapped("ADT-A40-01.hl7")
+    result = map_v2_fixture("ADT-A40-01.hl7")
     survivor, merged = result.of_type("Patient")
     assert survivor["identifier"][0]["value"] == "12345"
     assert merged["identifier"][0]["value"] == "56789"
@@ -98,13 +91,13 @@ def test_a40_merge_links_both_patients() -> None:
 
 
 def test_a40_merged_patient_id_matches_its_own_admission() -> None:
-    merged_id = mapped("ADT-A40-01.hl7").of_type("Patient")[1]["id"]
+    merged_id = map_v2_fixture("ADT-A40-01.hl7").of_type("Patient")[1]["id"]
     admit = "MSH|^~\\&|A|B|C|D|20260301||ADT^A01^ADT_A01|9|P|2.5\rEVN|A01\rPID|1||56789^^^BCBS^MR||X^Y\rPV1|1|I"
     assert map_message(admit).patient_id == merged_id
 
 
 def test_a47_identifier_change() -> None:
-    result = mapped("ADT-A47-01.hl7")
+    result = map_v2_fixture("ADT-A47-01.hl7")
     new, old = result.of_type("Patient")
     assert new["identifier"][0]["value"] == "MR101" and old["identifier"][0]["value"] == "MR102"
     assert new["link"][0]["type"] == "replaces"
@@ -132,7 +125,7 @@ def test_adt_events_map_to_patient_and_encounter(event: str) -> None:
 
 
 def test_v28_rich_message_escapes_and_offsets() -> None:
-    result = mapped("fc_ADT_A01_v28_rich_escapes.hl7")
+    result = map_v2_fixture("fc_ADT_A01_v28_rich_escapes.hl7")
     [patient] = result.of_type("Patient")
     assert patient["name"][0]["family"] == "EVERYMAN"
     [prov] = result.of_type("Provenance")

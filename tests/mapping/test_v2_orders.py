@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from fhirclient.models.fhirelementfactory import FHIRElementFactory
+from support import map_v2_fixture
 
 from ingest.hl7v2.convert import map_message
 
@@ -16,17 +16,9 @@ RXNORM = "http://www.nlm.nih.gov/research/umls/rxnorm"
 UCUM = "http://unitsofmeasure.org"
 
 
-def mapped(name: str) -> Any:
-    result = map_message((FIXTURES / name).read_bytes())
-    assert result.mapped, result.notes
-    for res in result.resources:
-        FHIRElementFactory.instantiate(res["resourceType"], res)
-    return result
-
-
 @pytest.fixture(scope="module")
 def ras() -> Any:
-    return mapped("ras_o17_insulin_vancomycin.hl7")
+    return map_v2_fixture("ras_o17_insulin_vancomycin.hl7")
 
 
 def test_ras_bolus_dose_in_units_at_a_point_in_time(ras: Any) -> None:
@@ -64,7 +56,7 @@ def test_ras_infusion_dose_in_mg_over_a_period_linked_to_its_order(ras: Any) -> 
 
 
 def test_rde_medication_request() -> None:
-    result = mapped("RDE-O11-01.hl7")
+    result = map_v2_fixture("RDE-O11-01.hl7")
     [req] = result.of_type("MedicationRequest")
     assert req["intent"] == "order" and req["status"] == "active"
     assert req["medicationCodeableConcept"]["coding"][0]["system"] == "http://hl7.org/fhir/sid/ndc"
@@ -79,7 +71,7 @@ def test_rde_medication_request() -> None:
 
 
 def test_rds_medication_dispense() -> None:
-    result = mapped("RDS-O13-01.hl7")
+    result = map_v2_fixture("RDS-O13-01.hl7")
     [disp] = result.of_type("MedicationDispense")
     assert disp["medicationCodeableConcept"]["coding"][0]["code"] == "01151327"
     assert disp["quantity"]["value"] == 10
@@ -89,7 +81,7 @@ def test_rds_medication_dispense() -> None:
 
 @pytest.mark.parametrize("name", ["v2tofhir_ORM_O01.hl7", "v2tofhir_OML_O21.hl7", "fc_OML_O21.hl7"])
 def test_orders_become_service_requests(name: str) -> None:
-    result = mapped(name)
+    result = map_v2_fixture(name)
     requests = result.of_type("ServiceRequest")
     assert requests
     for req in requests:
@@ -99,7 +91,7 @@ def test_orders_become_service_requests(name: str) -> None:
 
 
 def test_vxu_immunization() -> None:
-    result = mapped("v2tofhir_VXU_V04.hl7")
+    result = map_v2_fixture("v2tofhir_VXU_V04.hl7")
     [imm] = result.of_type("Immunization")
     assert imm["vaccineCode"]["coding"][0]["code"] == "49281-0215-88"
     assert imm["occurrenceDateTime"] == "2015-06-24T08:30:00-05:00"
@@ -109,7 +101,7 @@ def test_vxu_immunization() -> None:
 
 
 def test_mdm_document_reference_carries_the_text() -> None:
-    result = mapped("v2tofhir_MDM_T02.hl7")
+    result = map_v2_fixture("v2tofhir_MDM_T02.hl7")
     [doc] = result.of_type("DocumentReference")
     texts = [base64.b64decode(c["attachment"]["data"]).decode() for c in doc["content"]
              if c["attachment"].get("contentType", "").startswith("text/")]
@@ -122,7 +114,7 @@ def test_mdm_document_reference_carries_the_text() -> None:
 
 
 def test_siu_appointment_with_participants() -> None:
-    result = mapped("v2tofhir_SIU_S12.hl7")
+    result = map_v2_fixture("v2tofhir_SIU_S12.hl7")
     [appt] = result.of_type("Appointment")
     assert appt["minutesDuration"] == 15
     actors = [p["actor"]["reference"] for p in appt["participant"] if "actor" in p]
