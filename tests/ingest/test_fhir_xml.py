@@ -65,7 +65,6 @@ def test_bundle_round_trip() -> None:
     assert xml_to_resource(xml) == bundle
 
 
-@pytest.mark.skipif(not SHARED_BUNDLES.is_dir(), reason="shared Synthea data not present")
 def test_synthea_transaction_bundle_round_trip() -> None:
     path = min(SHARED_BUNDLES.glob("*.json"), key=lambda p: p.stat().st_size)
     bundle = json.loads(path.read_text())

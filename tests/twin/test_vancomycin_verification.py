@@ -59,7 +59,7 @@ def sbml_two_compartment(cl: float, vc: float, q: float, vp: float) -> str:
 
 def roadrunner_concentrations(cl: float, vc: float, q: float, vp: float, t: np.ndarray) -> np.ndarray:
     """Integrate with CVODE piece by piece between infusion switches (R set at each boundary)."""
-    roadrunner = pytest.importorskip("roadrunner")
+    import roadrunner  # libroadrunner, a test dependency: the independent ODE solver
     rr = roadrunner.RoadRunner(sbml_two_compartment(cl, vc, q, vp))
     integ = rr.getIntegrator()
     integ.setValue("relative_tolerance", 1e-12)
