@@ -15,7 +15,7 @@ indexed through the FHIRPath→SQL compiler instead (``store.search_index``).
 from __future__ import annotations
 
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from functools import cache
 from typing import Any
@@ -170,6 +170,29 @@ class _CodeGen:
         raise Unsupported(f"{node.name}()")
 
 
+def _generate(resource_type: str, expressions: tuple[str, ...]) -> tuple[_CodeGen, list[str | None]]:
+    """Straight-line code selecting each expression's elements: the variable holding them, or None
+    for an expression outside the supported subset (its lines are left out)."""
+    gen = _CodeGen(resource_type)
+    outputs: list[str | None] = []
+    for expr in expressions:
+        mark = (len(gen.lines), dict(gen.memo), gen.n)
+        try:
+            outputs.append(gen.materialize(gen.compile(parse(expr))))
+        except (Unsupported, FhirPathError):
+            gen.lines = gen.lines[: mark[0]]
+            gen.memo, gen.n = mark[1], mark[2]
+            outputs.append(None)
+    return gen, outputs
+
+
+def _define(gen: _CodeGen, header: str, tail: list[str], namespace: dict[str, Any]) -> Callable[..., Any]:
+    body = "\n".join([header, "    root = [r]", *gen.lines, *tail])
+    namespace.update(gen.consts)
+    exec(compile(body, f"<search extract {gen.rtype}>", "exec"), namespace)  # noqa: S102 - generated from the spec's expressions
+    return namespace[header[4 : header.index("(")]]
+
+
 @cache
 def type_extractor(resource_type: str, expressions: tuple[str, ...]) -> tuple[Extractor, tuple[bool, ...]]:
     """One function returning, for a resource, the element list of each supported expression.
@@ -177,22 +200,35 @@ def type_extractor(resource_type: str, expressions: tuple[str, ...]) -> tuple[Ex
     The second value says which of ``expressions`` are supported (in order); the
     function's result holds one list per supported expression.
     """
-    gen = _CodeGen(resource_type)
-    outputs: list[str] = []
-    supported: list[bool] = []
-    for expr in expressions:
-        mark = (len(gen.lines), dict(gen.memo), gen.n)
-        try:
-            outputs.append(gen.materialize(gen.compile(parse(expr))))
-            supported.append(True)
-        except (Unsupported, FhirPathError):
-            gen.lines = gen.lines[: mark[0]]
-            gen.memo, gen.n = mark[1], mark[2]
-            supported.append(False)
-    body = "\n".join(["def extract(r):", "    root = [r]", *gen.lines, f"    return ({', '.join(outputs)}{',' if outputs else ''})"])
-    namespace: dict[str, Any] = dict(gen.consts)
-    exec(compile(body, f"<search extract {resource_type}>", "exec"), namespace)  # noqa: S102 - generated from the spec's expressions
-    return namespace["extract"], tuple(supported)
+    gen, outputs = _generate(resource_type, expressions)
+    found = [out for out in outputs if out is not None]
+    fn = _define(gen, "def extract(r):", [f"    return ({', '.join(found)}{',' if found else ''})"], {})
+    return fn, tuple(out is not None for out in outputs)
+
+
+Sink = Callable[[list[list[Any]], list[Any], int, str, Any], None]
+Indexer = Callable[[dict[str, Any], int, Sequence[list[list[Any]]], Any], None]
+
+
+@cache
+def type_indexer(
+    resource_type: str, targets: tuple[tuple[str, Sink, int, str], ...]
+) -> Indexer:
+    """One function handing, for a resource, each expression's non-empty element list to its sink.
+
+    ``targets`` holds (expression, sink, column-set number, parameter code); the generated
+    ``index(r, i, column_sets, extra)`` calls ``sink(column_sets[n], elements, i, code, extra)``
+    in place, so no per-parameter result tuple is built and empty parameters cost one test.
+    Unsupported expressions are skipped.
+    """
+    gen, outputs = _generate(resource_type, tuple(expr for expr, _, _, _ in targets))
+    namespace: dict[str, Any] = {}
+    tail: list[str] = []
+    for k, ((_, sink, number, code), out) in enumerate(zip(targets, outputs, strict=True)):
+        if out is not None:
+            namespace[f"s{k}"] = sink
+            tail.append(f"    if {out}:\n        s{k}(cols[{number}], {out}, i, {code!r}, extra)")
+    return _define(gen, "def index(r, i, cols, extra):", tail or ["    return None"], namespace)
 
 
 def extractor(expression: str, resource_type: str) -> Callable[[dict[str, Any]], list[Any]] | None:

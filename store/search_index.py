@@ -10,7 +10,7 @@ resources it describes.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from datetime import datetime
 from functools import cache
 from typing import Any
@@ -21,7 +21,7 @@ import pyarrow as pa
 
 from mapping.fhirpath.values import sql_string
 from store import index_rows as rows
-from store.extract import type_extractor
+from store.extract import Indexer, Sink, type_extractor, type_indexer
 from store.search_params import params_for
 
 INDEX_DDL = """
@@ -45,26 +45,22 @@ CREATE TABLE IF NOT EXISTS idx_uri (rt VARCHAR, id VARCHAR, param VARCHAR, value
 )
 
 _S, _TS, _F = pa.string(), pa.timestamp("us", tz="UTC"), pa.float64()
-# Index table -> (columns after rt/id/param with their Arrow types, row splitter, whether the splitter yields
-# bare values instead of tuples).
-_Splitter = Callable[[Any, str | None], list[Any]]
-_TABLES: dict[str, tuple[tuple[tuple[str, pa.DataType], ...], _Splitter, bool]] = {
-    "idx_token": ((("system", _S), ("code", _S), ("text", _S)), lambda e, _: rows.token_rows(e), False),
-    "idx_string": ((("value", _S), ("raw", _S)), lambda e, _: rows.string_rows(e), False),
+# Index table -> (columns after rt/id/param with their Arrow types, splitter appending an element list's rows).
+_TABLES: dict[str, tuple[tuple[tuple[str, pa.DataType], ...], Sink]] = {
+    "idx_token": ((("system", _S), ("code", _S), ("text", _S)), rows.token_into),
+    "idx_string": ((("value", _S), ("raw", _S)), rows.string_into),
     "idx_reference": (
         (("ref_type", _S), ("ref_id", _S), ("url", _S), ("ident_system", _S), ("ident_value", _S)),
-        lambda e, _: rows.reference_rows(e),
-        False,
+        rows.reference_into,
     ),
-    "idx_date": ((("lo", _TS), ("hi", _TS)), lambda e, _: rows.date_rows(e), False),
-    "idx_number": ((("value", _F),), lambda e, _: rows.number_rows(e), True),
+    "idx_date": ((("lo", _TS), ("hi", _TS)), rows.date_into),
+    "idx_number": ((("value", _F),), rows.number_into),
     "idx_quantity": (
         (("value", _F), ("system", _S), ("code", _S), ("unit", _S), ("canon_value", _F), ("canon_unit", _S),
          ("analyte", _S)),
-        rows.quantity_rows,
-        False,
+        rows.quantity_into,
     ),
-    "idx_uri": ((("value", _S),), lambda e, _: rows.uri_rows(e), True),
+    "idx_uri": ((("value", _S),), rows.uri_into),
 }
 INDEX_TABLES = tuple(_TABLES)
 TABLE_OF = {
@@ -119,23 +115,33 @@ def cluster(con: duckdb.DuckDBPyConnection) -> None:
         con.execute(f"CREATE INDEX IF NOT EXISTS {table}_id ON {table} (id)")
 
 
+# Indexed from the commit timestamp by the writer (``stamp_rows``), not from the resource: prepared rows
+# must not depend on the version the store has yet to assign.
+STAMPED = "_lastUpdated"
+
+
 @cache
-def _plan(resource_type: str) -> tuple[Any, tuple[tuple[str, str], ...], tuple[tuple[str, str, str], ...]]:
-    """Per type: the generated extractor with the (code, table) of each of its outputs, and
+def _plan(resource_type: str) -> tuple[Indexer, tuple[tuple[str, str], ...], tuple[tuple[str, str, str], ...]]:
+    """Per type: the generated indexer feeding the splitters of the (code, table) it handles, and
     (code, table, SQL) for expressions it does not handle."""
     params = [
         (p.code, TABLE_OF[p.type], p.expression)
         for p in params_for(resource_type).values()
         if p.expression and p.type in TABLE_OF
     ]
-    fn, supported = type_extractor(resource_type, tuple(expr for _, _, expr in params))
+    _, supported = type_extractor(resource_type, tuple(expr for _, _, expr in params))
     fast = tuple((code, table) for (code, table, _), ok in zip(params, supported, strict=True) if ok)
     slow = tuple(
         (code, table, params_for(resource_type)[code].elements_sql("json::JSON"))
         for (code, table, _), ok in zip(params, supported, strict=True)
         if not ok
     )
-    return fn, fast, slow
+    indexer = type_indexer(resource_type, tuple(
+        (expr, _TABLES[table][1], INDEX_TABLES.index(table), code)
+        for (code, table, expr), ok in zip(params, supported, strict=True)
+        if ok and code != STAMPED
+    ))
+    return indexer, fast, slow
 
 
 def _analyte(resource: dict[str, Any]) -> str | None:
@@ -146,67 +152,52 @@ def _analyte(resource: dict[str, Any]) -> str | None:
     return first.get("code") if isinstance(first, dict) else None
 
 
-# Indexed from the commit timestamp by the writer (``stamp_rows``), not from the resource: prepared rows
-# must not depend on the version the store has yet to assign.
-STAMPED = "_lastUpdated"
+def _column_sets() -> tuple[rows.Columns, ...]:
+    """Empty columns (``pos``, ``param``, value columns) of every index table, in ``INDEX_TABLES`` order."""
+    return tuple([[] for _ in range(2 + len(cols))] for cols, _ in _TABLES.values())
 
 
-def _arrow_table(
-    table: str, values: list[Any], rt: pa.Array, ids: pa.Array, params: list[str], pids: pa.Array, pos: pa.Array
-) -> pa.Table:
-    """One index table's rows as Arrow: the key columns, one column per split value, and ``pos`` (the
-    resource's position in its batch, so a writer can drop the rows of resources it does not store)."""
-    cols, _, bare = _TABLES[table]
-    value_cols = [values] if bare else list(zip(*values, strict=True))
-    arrays = [rt, ids, pa.array(params, _S)]
-    arrays += [pa.array(col, type=t) for col, (_, t) in zip(value_cols, cols, strict=True)]
-    return pa.Table.from_arrays(
-        [*arrays, pids, pos], names=["rt", "id", "param", *(n for n, _ in cols), "pid", "pos"]
-    )
+def _arrow_tables(
+    column_sets: tuple[rows.Columns, ...], rt: pa.Array, ids: pa.Array, pids: pa.Array
+) -> dict[str, pa.Table]:
+    """Index rows as Arrow tables: the key columns taken from per-resource arrays by position, one
+    column per split value, and ``pos`` (the resource's position in its batch, so a writer can drop
+    the rows of resources it does not store)."""
+    out: dict[str, pa.Table] = {}
+    for table, (pos_list, params, *values) in zip(INDEX_TABLES, column_sets, strict=True):
+        if not pos_list:
+            continue
+        cols = _TABLES[table][0]
+        pos = pa.array(pos_list, pa.int32())
+        arrays = [rt.take(pos), ids.take(pos), pa.array(params, _S)]
+        arrays += [pa.array(col, type=t) for col, (_, t) in zip(values, cols, strict=True)]
+        out[table] = pa.Table.from_arrays(
+            [*arrays, pids.take(pos), pos], names=["rt", "id", "param", *(n for n, _ in cols), "pid", "pos"]
+        )
+    return out
 
 
 def index_tables(resources: Sequence[dict[str, Any]], pids: Sequence[str | None]) -> dict[str, pa.Table]:
     """Index rows of the Python-extracted parameters of ``resources`` (ids assigned), per index table.
 
-    Pure (no database), so bulk import runs it in worker processes. Rows are gathered per table as
-    value tuples with parallel position/parameter lists; the type, id and patient columns are taken from
-    per-resource arrays by position, so no per-row key tuple is built.
+    Pure (no database), so bulk import runs it in worker processes. Each type's generated indexer
+    hands every non-empty parameter to its table's splitter, which appends straight into that
+    table's column lists; the type, id and patient columns are taken from per-resource arrays.
     """
-    values: dict[str, list[Any]] = {t: [] for t in INDEX_TABLES}
-    positions: dict[str, list[int]] = {t: [] for t in INDEX_TABLES}
-    params: dict[str, list[str]] = {t: [] for t in INDEX_TABLES}
-    for i, res in enumerate(resources):
-        fn, fast, _ = _plan(res["resourceType"])
-        analyte = _analyte(res)
-        for (code, table), elements in zip(fast, fn(res), strict=True):
-            if not elements or code == STAMPED:
-                continue
-            split = _TABLES[table][1]
-            found: list[Any] = []
-            for element in elements:
-                found += split(element, analyte)
-            if found:
-                values[table] += found
-                positions[table] += [i] * len(found)
-                params[table] += [code] * len(found)
     if not resources:
         return {}
+    column_sets = _column_sets()
+    for i, res in enumerate(resources):
+        _plan(res["resourceType"])[0](res, i, column_sets, _analyte(res))
     rt = pa.array([r["resourceType"] for r in resources], _S)
     ids = pa.array([r["id"] for r in resources], _S)
-    pid = pa.array(pids, _S)
-    out: dict[str, pa.Table] = {}
-    for table, pos_list in positions.items():
-        if pos_list:
-            pos = pa.array(pos_list, pa.int32())
-            out[table] = _arrow_table(table, values[table], rt.take(pos), ids.take(pos), params[table],
-                                      pid.take(pos), pos)
-    return out
+    return _arrow_tables(column_sets, rt, ids, pa.array(pids, _S))
 
 
 def _fallback_tables(con: duckdb.DuckDBPyConnection, staged: str, rtypes: set[str]) -> dict[str, pa.Table]:
     """Index rows of the parameters compiled to SQL, read from the staged JSON."""
-    values: dict[str, list[Any]] = {t: [] for t in INDEX_TABLES}
-    keys: dict[str, list[tuple[str, str, str, str | None]]] = {t: [] for t in INDEX_TABLES}
+    column_sets = _column_sets()
+    keys: list[tuple[str, str, str | None]] = []
     for rtype in sorted(rtypes):
         _, _, slow = _plan(rtype)
         if not slow:
@@ -217,17 +208,15 @@ def _fallback_tables(con: duckdb.DuckDBPyConnection, staged: str, rtypes: set[st
             f"FROM {staged} WHERE resource_type = {sql_string(rtype)} AND NOT deleted"
         ).fetchall():
             for (code, table, _), elements in zip(slow, lists, strict=True):
-                for element in elements or ():
-                    found = _TABLES[table][1](orjson.loads(element), analyte)
-                    values[table] += found
-                    keys[table] += [(rtype, rid, code, pid)] * len(found)
-    out: dict[str, pa.Table] = {}
-    for table, key_rows in keys.items():
-        if key_rows:
-            rt, ids, params, pids = (list(c) for c in zip(*key_rows, strict=True))
-            out[table] = _arrow_table(table, values[table], pa.array(rt, _S), pa.array(ids, _S), params,
-                                      pa.array(pids, _S), pa.array(range(len(rt)), pa.int32()))
-    return out
+                if elements:
+                    number = INDEX_TABLES.index(table)
+                    _TABLES[table][1](column_sets[number], [orjson.loads(e) for e in elements], len(keys), code,
+                                      analyte)
+            keys.append((rtype, rid, pid))
+    if not keys:
+        return {}
+    rt, ids, pids = (pa.array(list(c), _S) for c in zip(*keys, strict=True))
+    return _arrow_tables(column_sets, rt, ids, pids)
 
 
 def _insert(con: duckdb.DuckDBPyConnection, table: str, rows_table: pa.Table) -> None:
