@@ -599,7 +599,10 @@ def _includes(
 def search(store: Store, req: SearchRequest) -> SearchResult:
     """Run a type-level search and return one page of keys, the total and the included keys."""
     rtype = req.resource_type
-    pids = _patient_hint(store, rtype, req.params) if rtype in R4_RESOURCE_TYPES else None
+    known = rtype in R4_RESOURCE_TYPES
+    direct = _patient_hint(store, rtype, req.params, chains=False) if known else None
+    chained = known and any("." in name for name, _ in req.params)
+    pids = _patient_hint(store, rtype, req.params) if chained else direct
     b = _Builder(store, req.strict, (rtype, pids) if pids is not None else None)
     conds: list[str] = []
     sort = ""
@@ -636,7 +639,7 @@ def search(store: Store, req: SearchRequest) -> SearchResult:
                 conds.append(cond)
     if rtype not in R4_RESOURCE_TYPES:
         raise SearchError(f"unknown resource type {rtype!r}", status=404)
-    fast = _patient_search(store, rtype, req.params, b.ignored, sort, includes, revincludes or iterate)
+    fast = _patient_search(store, rtype, direct, req.params, b.ignored, sort, includes, revincludes or iterate)
     if fast is not None:
         matched, ordered_ids, entries = fast
         total = len(ordered_ids) if total_mode != "none" or summary_count else None
@@ -700,13 +703,13 @@ MAX_FAST_PATIENTS = 5
 
 
 def _patient_search(
-    store: Store, rtype: str, params: list[tuple[str, str]], ignored: list[str], sort: str, includes: list[str],
-    needs_sql: bool,
+    store: Store, rtype: str, pids: frozenset[str] | None, params: list[tuple[str, str]], ignored: list[str],
+    sort: str, includes: list[str], needs_sql: bool,
 ) -> tuple[list, list[str], list] | None:
-    """Answer a search anchored on a few patients from the in-memory patient cache, or None (use SQL)."""
+    """Answer a search anchored on a few patients (``pids``: its direct patient anchor) from the in-memory
+    patient cache, or None (use SQL)."""
     if needs_sql:
         return None
-    pids = _patient_hint(store, rtype, params, chains=False)
     if not pids or len(pids) > MAX_FAST_PATIENTS:
         return None
     filters = [(n, v) for n, v in params if n not in CONTROL_PARAMS and n not in ignored]

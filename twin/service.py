@@ -19,6 +19,7 @@ from typing import Any
 import numpy as np
 import orjson
 
+from store.compartment import patients_of
 from store.store import Store, WriteResult, fhir_instant
 from twin.inputs import InputSet, MissingData, dosing_inputs, glucose_inputs, latest_time
 from twin.models.base import Posterior, Prediction
@@ -336,18 +337,19 @@ class TwinRefresher:
         store.on_commit(self._changed)
 
     def _changed(self, results: list[WriteResult]) -> None:
+        """Mark stale the twins of patients whose data a commit changed (one registry query per commit)."""
+        tracked = {r["patient_id"] for r in TwinRegistry.rows(self.store)}
+        if not tracked:
+            return
         patients: set[str] = set()
         for r in results:
             if r.resource_type in ("Device", "CarePlan", "Provenance"):
                 continue
             raw = self.store.read_bytes(r.resource_type, r.id)
-            if raw is not None and _TWIN_TAG in raw:
+            # A cheap byte test first: most resources of a bulk batch name no tracked patient.
+            if raw is None or _TWIN_TAG in raw or not any(p.encode() in raw for p in tracked):
                 continue
-            cur = self.store.cursor().execute(
-                "SELECT patient_id FROM resources_current WHERE resource_type = ? AND id = ?", [r.resource_type, r.id]
-            ).fetchone()
-            if cur and cur[0]:
-                patients.add(cur[0])
+            patients.update(p for p in patients_of(orjson.loads(raw)) if p in tracked)
         if patients and TwinRegistry.mark_stale(self.store, patients):
             self._wake.set()
 

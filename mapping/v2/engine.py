@@ -292,7 +292,7 @@ def merge(into: dict[str, Any], other: dict[str, Any]) -> None:
                     cur[sk] = sv
         elif isinstance(cur, Slots) and isinstance(v, list):
             for i, sv in enumerate(v):
-                cur.setdefault((1_000_000 + i, 0), sv)
+                cur.setdefault((SHEET_STRIDE + i, 0), sv)
 
 
 SHEET_STRIDE = 1_000_000
