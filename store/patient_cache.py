@@ -58,15 +58,34 @@ class PatientRows:
     pid: str
     store: Store
     resources: dict[tuple[str, str], datetime] = field(default_factory=dict)
+    by_type: dict[str, dict[str, datetime]] = field(default_factory=dict)
     rows: dict[tuple[str, str], dict[str, list[tuple[Any, ...]]]] = field(default_factory=dict)
     loaded: set[str] = field(default_factory=set)
     lock: threading.Lock = field(default_factory=threading.Lock)
+    _inverted: dict[tuple[str, str, int], dict[Any, set[str]]] = field(default_factory=dict)
+
+    def add(self, rtype: str, rid: str, last_updated: datetime) -> None:
+        self.resources[(rtype, rid)] = last_updated
+        self.by_type.setdefault(rtype, {})[rid] = last_updated
 
     def param_rows(self, rtype: str, param: str) -> dict[str, list[tuple[Any, ...]]]:
         table = _TABLE_OF.get(params_for(rtype)[param].type) if param in params_for(rtype) else None
         if table is not None and table not in self.loaded:
             self._load_table(table)
         return self.rows.get((rtype, param), {})
+
+    def inverted(self, rtype: str, param: str, column: int) -> dict[Any, set[str]]:
+        """Ids by the value of one index column (token code, reference id): equality searches
+        then touch only the rows of their candidates instead of every row of the type."""
+        key = (rtype, param, column)
+        found = self._inverted.get(key)
+        if found is None:
+            found = {}
+            for rid, rows in self.param_rows(rtype, param).items():
+                for row in rows:
+                    found.setdefault(row[column], set()).add(rid)
+            self._inverted[key] = found
+        return found
 
     def _load_table(self, table: str) -> None:
         """One pruned scan of an index table for this patient (the tables are clustered by patient)."""
@@ -130,7 +149,7 @@ class PatientIndexCache:
         for rtype, rid, ts in self.store.cursor().execute(
             "SELECT resource_type, id, last_updated FROM resources WHERE patient_id = ?", [pid]
         ).fetchall():
-            out.resources[(rtype, rid)] = ts
+            out.add(rtype, rid, ts)
         return out
 
 
@@ -190,13 +209,17 @@ def _value_ok(prefix: str, col: float | None, value: float, lo: float, hi: float
     return value - d <= col <= value + d
 
 
-def _token_ok(row: tuple, value: str) -> bool:
+def _token_matcher(value: str) -> Any:
     system, code, has_bar = split_token(value)
-    if code is not None and row[1] != code:
-        return False
-    if has_bar:
-        return row[0] is None if system == "" else row[0] == system
-    return True
+
+    def ok(row: tuple) -> bool:
+        if code is not None and row[1] != code:
+            return False
+        if has_bar:
+            return row[0] is None if system == "" else row[0] == system
+        return True
+
+    return ok
 
 
 def _quantity_ok(row: tuple, value: str) -> bool:
@@ -220,28 +243,48 @@ def _quantity_ok(row: tuple, value: str) -> bool:
     return False
 
 
-def _reference_ok(row: tuple, value: str, modifier: str, targets: tuple[str, ...]) -> bool:
-    ref_type, ref_id, url, isys, ival = row
+def _reference_target(value: str, modifier: str) -> tuple[int, Any, str | None]:
+    """(index column, value it must equal, required target type) for a reference search value:
+    column 4 (identifier value), 2 (absolute URL) or 1 (resource id), as the SQL path reads them."""
     if modifier == "identifier":
-        system, code, has_bar = split_token(value)
-        return ival == code and (not (has_bar and system) or isys == system)
+        return 4, split_token(value)[1], None
     want_type = modifier if modifier in R4_RESOURCE_TYPES else None
     ref = value.rstrip("/")
     parts = ref.split("/_history/")[0].split("/") if "/_history/" in ref else ref.split("/")
     if len(parts) >= 2 and parts[-2] in R4_RESOURCE_TYPES:
-        want_type, rid = parts[-2], parts[-1]
-    elif ref.startswith(("http:", "https:", "urn:")):
-        return url == ref
-    else:
-        rid = ref
-    return ref_id == rid and (want_type is None or ref_type == want_type)
+        return 1, parts[-1], parts[-2]
+    if ref.startswith(("http:", "https:", "urn:")):
+        return 2, ref, None
+    return 1, ref, want_type
 
 
-def matcher(ptype: str, modifier: str, value: str, targets: tuple[str, ...]) -> Any:
+def _reference_matcher(value: str, modifier: str) -> Any:
+    column, wanted, want_type = _reference_target(value, modifier)
+    if modifier == "identifier":
+        system, _, has_bar = split_token(value)
+        return lambda row: row[4] == wanted and (not (has_bar and system) or row[3] == system)
+    if want_type is None:
+        return lambda row: row[column] == wanted
+    return lambda row: row[1] == wanted and row[0] == want_type
+
+
+def _lookup(ptype: str, modifier: str, value: str) -> tuple[int, Any, bool] | None:
+    """(column, value, exact) for equality searches: every index row matching ``value`` has that
+    column value, and when ``exact`` nothing else needs checking."""
+    if ptype == "token":
+        _, code, has_bar = split_token(value)
+        return None if code is None else (1, code, not has_bar)
+    if ptype == "reference":
+        column, wanted, want_type = _reference_target(value, modifier)
+        return column, wanted, want_type is None and (modifier != "identifier" or "|" not in value)
+    return None
+
+
+def matcher(ptype: str, modifier: str, value: str) -> Any:
     """A predicate over index rows for one search value, with the value parsed once."""
     match ptype:
         case "token":
-            return lambda row: _token_ok(row, value)
+            return _token_matcher(value)
         case "string":
             if modifier == "exact":
                 return lambda row: row[1] == value
@@ -267,7 +310,7 @@ def matcher(ptype: str, modifier: str, value: str, targets: tuple[str, ...]) -> 
             parse_quantity(value)
             return lambda row: _quantity_ok(row, value)
         case "reference":
-            return lambda row: _reference_ok(row, value, modifier, targets)
+            return _reference_matcher(value, modifier)
     raise Unsupported(ptype)
 
 
@@ -276,22 +319,39 @@ def evaluate(
 ) -> list[tuple[tuple, datetime, str]]:
     """Matches as (sort key, lastUpdated, id), unordered; raises Unsupported for what SQL must answer."""
     params = params_for(rtype)
-    universe: dict[str, datetime] = {}
-    for e in entries:
-        universe.update({i: ts for (t, i), ts in e.resources.items() if t == rtype})
-    matched = set(universe)
-    for name, value in filters:
+    if len(entries) == 1:
+        universe = entries[0].by_type.get(rtype, {})
+    else:
+        universe = {}
+        for e in entries:
+            universe.update(e.by_type.get(rtype, {}))
+    matched: set[str] | dict[str, datetime] = universe  # narrowed filter by filter, never mutated in place
+    # Equality filters answered by the inverted maps go first: the rest then scan few candidates.
+    lookup_first = {c for c, p in params.items() if p.type in ("token", "reference")} | {"_id"}
+    for name, value in sorted(filters, key=lambda f: f[0].partition(":")[0] not in lookup_first):
         code, _, modifier = name.partition(":")
         if code == "_id":
-            matched &= set(split_or(value))
+            matched = {i for i in split_or(value) if i in matched}
             continue
         p = params.get(code)
         if p is None or p.type not in _MODIFIERS or modifier not in _MODIFIERS[p.type] or "." in name:
             raise Unsupported(name)
-        preds = [matcher(p.type, modifier, alt, p.targets) for alt in split_or(value)]
-        rows_by_id = _rows_of(entries, rtype, code)
-        hit = {rid for rid in matched if any(pred(row) for row in rows_by_id.get(rid, ()) for pred in preds)}
-        matched = matched - hit if modifier == "not" else hit
+        alts = split_or(value)
+        lookups = [_lookup(p.type, modifier, alt) for alt in alts]
+        candidates: Any = matched
+        if all(lookups):
+            found: set[str] = set()
+            for e in entries:
+                for column, wanted, _ in lookups:
+                    found |= e.inverted(rtype, code, column).get(wanted, set())
+            candidates = found if matched is universe else found & matched
+        if all(lookup and lookup[2] for lookup in lookups):
+            hit = set(candidates)
+        else:
+            preds = [matcher(p.type, modifier, alt) for alt in alts]
+            rows_by_id = _rows_of(entries, rtype, code)
+            hit = {rid for rid in candidates if any(pred(row) for row in rows_by_id.get(rid, ()) for pred in preds)}
+        matched = {rid for rid in matched if rid not in hit} if modifier == "not" else hit
     specs = [(k.startswith("-"), k.lstrip("-")) for k in sort.split(",") if k]
     sort_rows = {code: _rows_of(entries, rtype, code) for _, code in specs if code not in ("_id", "_lastUpdated")}
     out = []
@@ -311,6 +371,8 @@ def evaluate(
 
 
 def _rows_of(entries: list[PatientRows], rtype: str, code: str) -> dict[str, list[tuple]]:
+    if len(entries) == 1:
+        return entries[0].param_rows(rtype, code)
     merged: dict[str, list[tuple]] = {}
     for e in entries:
         merged.update(e.param_rows(rtype, code))

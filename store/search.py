@@ -605,6 +605,7 @@ def search(store: Store, req: SearchRequest) -> SearchResult:
     pids = _patient_hint(store, rtype, req.params) if chained else direct
     b = _Builder(store, req.strict, (rtype, pids) if pids is not None else None)
     conds: list[str] = []
+    filters: list[tuple[str, str]] = []
     sort = ""
     includes: list[str] = []
     revincludes: list[str] = []
@@ -631,15 +632,13 @@ def search(store: Store, req: SearchRequest) -> SearchResult:
             count = _nonneg_int(value, "_count")
         elif name == "_offset":
             offset = _nonneg_int(value, "_offset")
-        elif name in CONTROL_PARAMS:
-            continue
-        else:
-            cond = b.filter(rtype, name, value)
-            if cond is not None:
-                conds.append(cond)
+        elif name not in CONTROL_PARAMS:
+            filters.append((name, value))
     if rtype not in R4_RESOURCE_TYPES:
         raise SearchError(f"unknown resource type {rtype!r}", status=404)
-    fast = _patient_search(store, rtype, direct, req.params, b.ignored, sort, includes, revincludes or iterate)
+    # The in-memory path parses every value it uses and declines (None) what it cannot answer
+    # exactly, including unknown parameters and bad values, which the SQL builder then reports.
+    fast = _patient_search(store, rtype, direct, filters, sort, includes, revincludes or iterate)
     if fast is not None:
         matched, ordered_ids, entries = fast
         total = len(ordered_ids) if total_mode != "none" or summary_count else None
@@ -649,6 +648,10 @@ def search(store: Store, req: SearchRequest) -> SearchResult:
         included = patient_cache.forward_includes(entries, rtype, page, includes) - {(rtype, i) for i in page}
         return SearchResult(total=total, keys=[(rtype, i) for i in page], included=sorted(included),
                             ignored=b.ignored)
+    for name, value in filters:
+        cond = b.filter(rtype, name, value)
+        if cond is not None:
+            conds.append(cond)
     # Positive conditions are ``id IN (subquery)``: intersecting the subqueries is several times
     # faster in DuckDB than chaining semi-joins; the rest (NOT IN, ORs) filter the resources rows.
     # Conditions name the bare column ``id``: in the outer query that is resources.id.
@@ -703,7 +706,7 @@ MAX_FAST_PATIENTS = 5
 
 
 def _patient_search(
-    store: Store, rtype: str, pids: frozenset[str] | None, params: list[tuple[str, str]], ignored: list[str],
+    store: Store, rtype: str, pids: frozenset[str] | None, filters: list[tuple[str, str]],
     sort: str, includes: list[str], needs_sql: bool,
 ) -> tuple[list, list[str], list] | None:
     """Answer a search anchored on a few patients (``pids``: its direct patient anchor) from the in-memory
@@ -712,7 +715,6 @@ def _patient_search(
         return None
     if not pids or len(pids) > MAX_FAST_PATIENTS:
         return None
-    filters = [(n, v) for n, v in params if n not in CONTROL_PARAMS and n not in ignored]
     cache = patient_cache.cache_for(store)
     entries = [cache.get(pid) for pid in sorted(pids)]
     try:

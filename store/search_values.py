@@ -115,6 +115,8 @@ def split_token(value: str) -> tuple[str | None, str | None, bool]:
 
 def split_or(value: str) -> list[str]:
     """Comma-separated alternatives, honouring the ``\\,`` escape."""
+    if "\\" not in value:
+        return value.split(",")
     parts, cur, i = [], [], 0
     while i < len(value):
         ch = value[i]
