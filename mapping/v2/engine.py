@@ -97,6 +97,8 @@ class Context:
     would be reused by later messages)."""
     notes: list[str] = field(default_factory=list)
     resources: dict[tuple[str, str], dict[str, Any]] = field(default_factory=dict)
+    memos: Any = None
+    """The field memos for this message's delimiters and time zone (``field_rules.memo_table``)."""
     created: list[tuple[str, str, Any]] | None = None
     """While a field's rules run: the resources they create (type, id, frozen body), so
     the field memo can replay the creation along with the writes."""

@@ -22,7 +22,6 @@ from typing import Any
 import orjson
 
 from mapping.v2.engine import (
-    MEMO_LIMIT,
     Context,
     SegmentLike,
     Writer,
@@ -34,11 +33,55 @@ from mapping.v2.engine import (
 )
 from mapping.v2.tables import config, segment_maps
 
-FIELD_MEMO: dict[tuple[Any, ...], bytes] = {}
-"""Field memo: key → JSON ``[[[type, id, body], …], [[writer number, value, repetition], …]]``,
-the resources a field's rules created and what they wrote. One bytes object per entry:
-nothing for the cyclic garbage collector to count or scan, and one ``orjson.loads`` gives
-fresh copies of every value."""
+
+class FieldMemo(dict):
+    """One field plan's memo (for one delimiter set and time zone): the field text, with
+    which of the rules' conditions held when the rules have conditions, → what the rules did.
+
+    An entry is the JSON of the writes ``[[writer number, value, repetition], …]``, or, when
+    the rules also created resources, the pair (JSON of ``[[type, id, body], …]``, JSON of
+    the writes). Bytes: nothing for the cyclic garbage collector to count or scan, and one
+    ``orjson.loads`` gives fresh copies of every value.
+
+    A field whose texts hardly repeat (OBX-5 results, OBX-14 times, control ids) stops being
+    remembered: storing entries nobody reads again costs a JSON dump, memory and garbage
+    collector passes. ``hits`` and ``misses`` decide; the plan is tried again now and then.
+    """
+
+    __slots__ = ("hits", "misses", "keep")
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.hits = 0
+        self.misses = 0
+        self.keep = True
+
+
+class MemoTable(dict):
+    """Field plan number → its :class:`FieldMemo`, for one delimiter set and time zone."""
+
+    def __missing__(self, number: int) -> FieldMemo:
+        memo = self[number] = FieldMemo()
+        return memo
+
+
+MEMO_TABLES: dict[str, MemoTable] = {}
+"""Delimiters + time zone (the inputs every field's result depends on besides its text) →
+the memos of all field plans."""
+
+PLAN_MEMO_LIMIT = 20_000
+"""Entries one field plan remembers before its memo starts over."""
+_TRY_AGAIN = 4_096
+"""Misses after which a field that stopped being remembered is given another chance."""
+
+
+def memo_table(delimiters: str, tz: str | None) -> MemoTable:
+    key = f"{delimiters}\x1f{tz}"
+    table = MEMO_TABLES.get(key)
+    if table is None:
+        table = MEMO_TABLES[key] = MemoTable()
+    return table
+
 
 WRITERS: list[Writer] = []
 """Every writer a memo entry names, by number (memo entries are JSON)."""
@@ -106,28 +149,16 @@ def _pure_rule(rule: dict[str, Any]) -> bool:
 _ENVELOPE_SEGMENTS = frozenset({"MSH", "FHS", "BHS"})
 
 
-def run_field(fp: FieldPlan, raw: str, key: tuple[Any, ...], seg: SegmentLike, node: dict[str, Any],
-              ctx: Context, others: Callable[[str], SegmentLike | None], rep_base: int) -> None:
+def run_field(fp: FieldPlan, raw: str, key: Any, holds: tuple[bool, ...] | None, memo: FieldMemo,
+              seg: SegmentLike, node: dict[str, Any], ctx: Context,
+              others: Callable[[str], SegmentLike | None], rep_base: int) -> None:
     """Run the rules of one valued field (or of an empty one with ``when_empty`` rules) and
     remember under ``key`` what they wrote and which resources they created.
 
-    ``key`` holds the raw fields the rules' conditions read; most of them only look at a
-    few of those (OBX-6's rules read OBX-5 only when OBX-2 is SN), so what the rules do is
-    also remembered under the field text and which conditions held: a new OBX-5 value then
-    finds the units it comes with already converted.
+    ``holds`` says which of the rules have their condition met (``None``: no rule has one);
+    the key holds it next to the field text, so a new OBX-5 value finds the OBX-6 units it
+    comes with already converted although OBX-6's rules read OBX-5.
     """
-    holds = None
-    if fp.deps:
-        holds = _outcomes(fp, seg.id)(seg, others)
-        by_outcome = (fp.number, raw, holds, ctx.delimiters, ctx.default_tz)
-        hit = FIELD_MEMO.get(by_outcome)
-        if hit is not None:
-            FIELD_MEMO[key] = hit
-            replay(hit, node, ctx, rep_base)
-            return
-        key_also = by_outcome
-    else:
-        key_also = None
     d = seg.delimiters
     placed: list[tuple[int, Any, int]] = []
     created: list[tuple[str, str, Any]] = []
@@ -159,16 +190,28 @@ def run_field(fp: FieldPlan, raw: str, key: tuple[Any, ...], seg: SegmentLike, n
                 placed.append((writer_number(w), freeze(value), i))
                 w(node, value, rep_base + i)
     ctx.created = None
+    _remember(memo, key, created, placed)
+
+
+def _remember(memo: FieldMemo, key: Any, created: list[tuple[str, str, Any]],
+              placed: list[tuple[int, Any, int]]) -> None:
+    memo.misses += 1
+    if not memo.keep:
+        if memo.misses % _TRY_AGAIN:
+            return
+        memo.keep, memo.hits, memo.misses = True, 0, 0
+    elif memo.misses >= 512 and memo.hits * 4 < memo.misses:  # texts that hardly ever come again
+        memo.keep = False
+        memo.clear()
+        return
     try:
-        entry = orjson.dumps([[[rtype, rid, _fragment(body)] for rtype, rid, body in created],
-                              [[w, _fragment(value), i] for w, value, i in placed]])
+        writes = orjson.dumps([[w, _fragment(value), i] for w, value, i in placed])
+        made = orjson.dumps([[rtype, rid, _fragment(body)] for rtype, rid, body in created]) if created else None
     except TypeError:  # an integer beyond 64 bits: not remembered, converted again next time
         return
-    if len(FIELD_MEMO) >= MEMO_LIMIT:
-        FIELD_MEMO.clear()
-    FIELD_MEMO[key] = entry
-    if key_also is not None:
-        FIELD_MEMO[key_also] = entry
+    if len(memo) >= PLAN_MEMO_LIMIT:
+        memo.clear()
+    memo[key] = writes if made is None else (made, writes)
 
 
 def _fragment(frozen: Any) -> Any:
@@ -243,7 +286,7 @@ def value_lines(refs: dict[tuple[str, int, int, int], int], seg_id: str, scope: 
 _OUTCOMES: dict[tuple[int, str], Callable[[SegmentLike, Callable[[str], SegmentLike | None]], tuple[bool, ...]]] = {}
 
 
-def _outcomes(fp: FieldPlan, seg_id: str) -> Callable[[SegmentLike, Callable[[str], SegmentLike | None]], tuple[bool, ...]]:
+def outcomes_function(fp: FieldPlan, seg_id: str) -> Callable[[SegmentLike, Callable[[str], SegmentLike | None]], tuple[bool, ...]]:
     """Generated function telling which of the field's rules have their condition met: the
     values the conditions read are fetched once, the conditions are inline expressions."""
     fn = _OUTCOMES.get((fp.number, seg_id))
@@ -259,11 +302,11 @@ def _outcomes(fp: FieldPlan, seg_id: str) -> Callable[[SegmentLike, Callable[[st
     return fn
 
 
-def replay(hit: bytes, node: dict[str, Any], ctx: Context, rep_base: int) -> None:
-    """Do again what a field's rules did before for the same text: create the same
-    resources, write the same values (fresh copies, from the entry's JSON)."""
-    created, placed = orjson.loads(hit)
-    for rtype, rid, body in created:
+def replay_created(hit: tuple[bytes, bytes], node: dict[str, Any], ctx: Context, rep_base: int) -> None:
+    """Do again what a field's rules did before for the same text when they created
+    resources: create the same resources, write the same values (fresh copies)."""
+    made, writes = hit
+    for rtype, rid, body in orjson.loads(made):
         ctx.add_resource(rtype, rid, body)
-    for w, value, i in placed:
+    for w, value, i in orjson.loads(writes):
         WRITERS[w](node, value, rep_base + i)

@@ -37,6 +37,7 @@ from mapping.v2.engine import (
     stable_id,
     writer,
 )
+from mapping.v2.field_rules import memo_table
 from mapping.v2.segment_functions import apply_segment, row_condition
 from mapping.v2.tables import config, message_maps
 
@@ -226,8 +227,9 @@ class _Mapper:
             self.first_seg[s.id] = s
         msh7 = msg.msh.get(7)
         d = msg.msh.delimiters
-        self.ctx = Context(values.tz_of(msh7) or default_tz, self.emit,
-                           d.field + d.component + d.repetition + d.escape + d.subcomponent + d.truncation)
+        tz = values.tz_of(msh7) or default_tz
+        dk = d.field + d.component + d.repetition + d.escape + d.subcomponent + d.truncation
+        self.ctx = Context(tz, self.emit, dk, memos=memo_table(dk, tz))
 
     def run(self, rows: _Rows) -> None:
         others = self.first_seg.get

@@ -22,10 +22,11 @@ import orjson
 
 from mapping.v2.engine import NULL, Context, SegmentLike, ref_value
 from mapping.v2.field_rules import (
-    FIELD_MEMO,
     WRITERS,
     cond_refs,
     condition_expression,
+    outcomes_function,
+    replay_created,
     run_field,
     segment_plan,
     value_lines,
@@ -56,37 +57,31 @@ def segment_function(mapname: str, seg_id: str) -> SegmentFunction | None:
     plan = segment_plan(mapname)
     if plan is None:
         return None
-    scope: dict[str, Any] = {"NULL": NULL, "MEMO": FIELD_MEMO, "run_field": run_field,
-                             "ref_value": ref_value, "loads": orjson.loads,
-                             "WRITERS": WRITERS}
+    scope: dict[str, Any] = {"NULL": NULL, "run_field": run_field, "loads": orjson.loads,
+                             "WRITERS": WRITERS, "replay_created": replay_created}
     lines = ["def apply(seg, node, ctx, others, rep_base):",
              "    fields = seg.fields",
              "    n = len(fields)",
-             "    dk = ctx.delimiters",
-             "    tz = ctx.default_tz"]
+             "    memos = ctx.memos"]
     for i, fp in enumerate(plan):
         scope[f"FP{i}"] = fp
         f = fp.field
         lines += [f"    raw = fields[{f}] if n > {f} else ''",
                   "    if raw == NULL: raw = ''"]
         if fp.deps:
-            deps = []
-            for ref in fp.deps:
-                if ref[0] == seg_id:
-                    deps.append(f"fields[{ref[1]}] if n > {ref[1]} else ''")
-                else:
-                    scope[f"REF{i}_{len(deps)}"] = ref
-                    deps.append(f"ref_value(seg, others, REF{i}_{len(deps)})")
-            key = f"({fp.number}, {seg_id!r}, raw, {', '.join(deps)}, dk, tz)"
+            scope[f"OUT{i}"] = outcomes_function(fp, seg_id)
+            key = [f"holds = OUT{i}(seg, others)", "key = (raw, holds)"]
         else:
-            key = f"({fp.number}, raw, dk, tz)"
-        body = [f"key = {key}",
-                "hit = MEMO.get(key)",
-                f"if hit is None: run_field(FP{i}, raw, key, seg, node, ctx, others, rep_base)",
-                "else:",  # replay(), inlined
-                "    created, placed = loads(hit)",
-                "    for rtype, rid, body in created: ctx.add_resource(rtype, rid, body)",
-                "    for w, value, j in placed: WRITERS[w](node, value, rep_base + j)"]
+            key = ["holds = None", "key = raw"]
+        body = [f"memo = memos[{fp.number}]", *key,
+                "hit = memo.get(key)",
+                f"if hit is None: run_field(FP{i}, raw, key, holds, memo, seg, node, ctx, others, rep_base)",
+                "elif hit.__class__ is bytes:",
+                "    memo.hits += 1",
+                "    for w, value, j in loads(hit): WRITERS[w](node, value, rep_base + j)",
+                "else:",
+                "    memo.hits += 1",
+                "    replay_created(hit, node, ctx, rep_base)"]
         if fp.when_empty:
             lines += [f"    {line}" for line in body]
         else:
