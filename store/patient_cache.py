@@ -129,6 +129,10 @@ class PatientIndexCache:
                     self._entries.pop(pid, None)
                     self._generation[pid] = self._generation.get(pid, 0) + 1
 
+    def holds(self, pid: str) -> bool:
+        """Whether the patient is cached now (a search over many patients only runs here when all are)."""
+        return pid in self._entries
+
     def get(self, pid: str) -> PatientRows:
         with self._lock:
             entry = self._entries.get(pid)

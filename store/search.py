@@ -118,42 +118,52 @@ def _compartment_anchor(rtype: str, code: str) -> SearchParam | None:
     return p if top == first else None
 
 
-def _patient_hint(
-    store: Store, rtype: str, params: list[tuple[str, str]], *, chains: bool = True
-) -> frozenset[str] | None:
-    """The patients a search is anchored on (``patient=``, ``subject=Patient/…`` or a chain into Patient),
-    when that set is known exactly and small; None when the search is not patient-anchored."""
+def _patient_hint(rtype: str, params: list[tuple[str, str]]) -> frozenset[str] | None:
+    """The patients a search is anchored on (``patient=``, ``subject=Patient/…``) when that set is
+    known exactly; None when the search is not patient-anchored."""
     hint: frozenset[str] | None = None
+    for name, value in params:
+        code, _, modifier = name.partition(":")
+        p = _compartment_anchor(rtype, code)
+        if p is None or modifier not in ("", "Patient") or "." in name:
+            continue
+        pids = set()
+        for alt in split_or(value):
+            parts = alt.rstrip("/").split("/")
+            if len(parts) >= 2 and parts[-2] == "Patient":
+                pids.add(parts[-1])
+            elif len(parts) == 1 and (modifier == "Patient" or p.targets == ("Patient",)):
+                pids.add(alt)
+            else:
+                pids = set()
+                break
+        if not pids:
+            continue
+        hint = frozenset(pids) if hint is None else hint & pids
+    return hint
+
+
+def _resolve_patient_chains(store: Store, rtype: str, params: list[tuple[str, str]]) -> list[tuple[str, str]] | None:
+    """``params`` with each chain into Patient on the compartment anchor (``subject:Patient.name=…``)
+    replaced by the patients it finds (``subject:Patient=a,b``) when they are few, so the search is
+    patient-anchored; None when such a chain finds no patient (nothing can match)."""
+    out = []
     for name, value in params:
         head, _, chain = name.partition(".")
         code, _, modifier = head.partition(":")
-        p = _compartment_anchor(rtype, code)
-        if p is None or modifier not in ("", "Patient"):
+        p = _compartment_anchor(rtype, code) if chain else None
+        if p is None or modifier not in ("", "Patient") or (modifier != "Patient" and p.targets != ("Patient",)):
+            out.append((name, value))
             continue
-        if chain:
-            if not chains or (modifier != "Patient" and p.targets != ("Patient",)):
-                continue
-            found = search(store, SearchRequest("Patient", [(chain, value), ("_total", "none")],
-                                                count=MAX_HINT_PATIENTS + 1))
-            if len(found.keys) > MAX_HINT_PATIENTS or found.ignored:
-                continue
-            pids = frozenset(i for _, i in found.keys)
-        else:
-            pids = set()
-            for alt in split_or(value):
-                parts = alt.rstrip("/").split("/")
-                if len(parts) >= 2 and parts[-2] == "Patient":
-                    pids.add(parts[-1])
-                elif len(parts) == 1 and (modifier == "Patient" or p.targets == ("Patient",)):
-                    pids.add(alt)
-                else:
-                    pids = set()
-                    break
-            if not pids:
-                continue
-            pids = frozenset(pids)
-        hint = pids if hint is None else hint & pids
-    return hint
+        found = search(store, SearchRequest("Patient", [(chain, value), ("_total", "none")],
+                                            count=MAX_HINT_PATIENTS + 1))
+        if len(found.keys) > MAX_HINT_PATIENTS or found.ignored:
+            out.append((name, value))
+            continue
+        if not found.keys:
+            return None
+        out.append((f"{code}:Patient", ",".join(i for _, i in found.keys)))
+    return out
 
 
 # ---- per-type conditions ---------------------------------------------------------------------------
@@ -599,11 +609,6 @@ def _includes(
 def search(store: Store, req: SearchRequest) -> SearchResult:
     """Run a type-level search and return one page of keys, the total and the included keys."""
     rtype = req.resource_type
-    known = rtype in R4_RESOURCE_TYPES
-    direct = _patient_hint(store, rtype, req.params, chains=False) if known else None
-    chained = known and any("." in name for name, _ in req.params)
-    pids = _patient_hint(store, rtype, req.params) if chained else direct
-    b = _Builder(store, req.strict, (rtype, pids) if pids is not None else None)
     conds: list[str] = []
     filters: list[tuple[str, str]] = []
     sort = ""
@@ -636,9 +641,17 @@ def search(store: Store, req: SearchRequest) -> SearchResult:
             filters.append((name, value))
     if rtype not in R4_RESOURCE_TYPES:
         raise SearchError(f"unknown resource type {rtype!r}", status=404)
+    if any("." in name for name, _ in filters):
+        resolved = _resolve_patient_chains(store, rtype, filters)
+        if resolved is None:
+            counted = total_mode != "none" or summary_count
+            return SearchResult(total=0 if counted else None, keys=[], summary_count=summary_count)
+        filters = resolved
+    pids = _patient_hint(rtype, filters)
+    b = _Builder(store, req.strict, (rtype, pids) if pids is not None else None)
     # The in-memory path parses every value it uses and declines (None) what it cannot answer
     # exactly, including unknown parameters and bad values, which the SQL builder then reports.
-    fast = _patient_search(store, rtype, direct, filters, sort, includes, revincludes or iterate)
+    fast = _patient_search(store, rtype, pids, filters, sort, includes, revincludes or iterate)
     if fast is not None:
         matched, ordered_ids, entries = fast
         total = len(ordered_ids) if total_mode != "none" or summary_count else None
@@ -702,7 +715,8 @@ def search(store: Store, req: SearchRequest) -> SearchResult:
     )
 
 
-MAX_FAST_PATIENTS = 5
+MAX_FAST_PATIENTS = 5  # patients a search may load into the cache; more are fine when already there
+MAX_CACHED_PATIENTS = 100
 
 
 def _patient_search(
@@ -713,9 +727,11 @@ def _patient_search(
     patient cache, or None (use SQL)."""
     if needs_sql:
         return None
-    if not pids or len(pids) > MAX_FAST_PATIENTS:
+    if pids is None or len(pids) > MAX_CACHED_PATIENTS:
         return None
     cache = patient_cache.cache_for(store)
+    if len(pids) > MAX_FAST_PATIENTS and not all(cache.holds(pid) for pid in pids):
+        return None
     entries = [cache.get(pid) for pid in sorted(pids)]
     try:
         matched = patient_cache.evaluate(entries, rtype, filters, sort)

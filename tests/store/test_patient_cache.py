@@ -26,12 +26,12 @@ SORTS = ["", "date", "-date", "code", "-value-quantity", "_id", "-_lastUpdated",
 
 def both(store: Store, rtype: str, params: list[tuple[str, str]], count: int = 7, offset: int = 0) -> tuple:
     fast = search(store, SearchRequest(rtype, params, count=count, offset=offset))
-    limit = search_module.MAX_FAST_PATIENTS
-    search_module.MAX_FAST_PATIENTS = 0
+    limit = search_module.MAX_CACHED_PATIENTS
+    search_module.MAX_CACHED_PATIENTS = -1
     try:
         slow = search(store, SearchRequest(rtype, params, count=count, offset=offset))
     finally:
-        search_module.MAX_FAST_PATIENTS = limit
+        search_module.MAX_CACHED_PATIENTS = limit
     return (fast.total, fast.keys, fast.included), (slow.total, slow.keys, slow.included)
 
 
@@ -91,3 +91,21 @@ def test_cache_sees_writes_at_once(store: Store) -> None:
     store.delete("Observation", "cache-probe")
     again = search(store, SearchRequest("Observation", params, count=100))
     assert again.total == before.total
+
+
+def test_chains_into_patient_resolve_to_the_patients_they_find(store: Store, synthea_resources: list[dict]) -> None:
+    patients = [r for r in synthea_resources if r["resourceType"] == "Patient"]
+    family = patients[0]["name"][0]["family"]
+    named = {p["id"] for p in patients if any(n.get("family", "").lower().startswith(family.lower()) for n in p["name"])}
+    expected = {
+        o["id"] for o in synthea_resources if o["resourceType"] == "Observation"
+        and o["subject"]["reference"].split("/")[1] in named
+    }
+    params = [("subject:Patient.name", family), ("_count", "10000")]
+    fast, slow = both(store, "Observation", params, count=10_000)
+    assert fast == slow
+    assert {i for _, i in fast[1]} == expected and fast[0] == len(expected) > 0
+    nobody = search(store, SearchRequest("Observation", [("patient.name", "zz-no-such-family")]))
+    assert nobody.total == 0 and nobody.keys == []
+    counted = search(store, SearchRequest("Observation", [("patient.name", "zz-no-such-family"), ("_summary", "count")]))
+    assert counted.total == 0 and counted.summary_count

@@ -210,3 +210,14 @@ def test_patient_clustering_changes_no_answer(synthea_resources: list[dict]) -> 
     assert store.unclustered_rows() == 0
     assert answers() == before
     store.close()
+
+
+def test_chain_off_the_patient_anchor_runs_in_sql(synthea_store: Store, synthea_resources: list[dict]) -> None:
+    finished = {e["id"] for e in of_type(synthea_resources, "Encounter") if e["status"] == "finished"}
+    expected = {
+        o["id"] for o in of_type(synthea_resources, "Observation")
+        if "4548-4" in codes(o) and o.get("encounter", {}).get("reference", "").split("/")[-1] in finished
+    }
+    assert expected
+    assert ids(synthea_store, "Observation", [("code", "4548-4"), ("encounter.status", "finished")]) == expected
+    assert ids(synthea_store, "Observation", [("code", "4548-4"), ("encounter.status", "planned")]) == set()
