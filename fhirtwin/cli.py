@@ -15,9 +15,12 @@ if TYPE_CHECKING:
 from fhirtwin.settings import (
     DEFAULT_DB,
     DEFAULT_HOST,
+    DEFAULT_MLLP_ACK_AFTER,
     DEFAULT_MLLP_PORT,
     DEFAULT_PORT,
+    MLLP_ACK_AFTER_CHOICES,
     Settings,
+    env_choice,
     env_default,
     env_int,
 )
@@ -34,12 +37,31 @@ def _add_net(p: argparse.ArgumentParser) -> None:
     p.add_argument("--port", type=int, default=env_int("PORT", DEFAULT_PORT), help="HTTP port (env FHIRTWIN_PORT)")
 
 
+MLLP_ACK_AFTER_HELP = (
+    "when an original-mode AA is sent (env FHIRTWIN_MLLP_ACK_AFTER; default %(default)s). "
+    "processed: after the message is in the inbox and mapped into the store (readable through the API); "
+    "mapping failures get AE with an ERR segment. commit: as soon as the message is parsed, checked and "
+    "committed to the durable inbox; mapping follows in the background in order per patient, and a "
+    "failure keeps the message in the dead letters (see 'fhirtwin replay') instead of an AE. Malformed "
+    "messages get AR/AE with ERR under both; enhanced mode (MSH-15/16) is the same under both."
+)
+
+
+def _add_mllp_ack_after(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--mllp-ack-after", choices=MLLP_ACK_AFTER_CHOICES,
+        default=env_choice("MLLP_ACK_AFTER", DEFAULT_MLLP_ACK_AFTER, MLLP_ACK_AFTER_CHOICES),
+        help=MLLP_ACK_AFTER_HELP,
+    )
+
+
 def _settings(args: argparse.Namespace) -> Settings:
     return Settings(
         db=args.db,
         host=getattr(args, "host", DEFAULT_HOST),
         port=getattr(args, "port", DEFAULT_PORT),
         mllp_port=getattr(args, "mllp_port", DEFAULT_MLLP_PORT),
+        mllp_ack_after=getattr(args, "mllp_ack_after", DEFAULT_MLLP_ACK_AFTER),
     )
 
 
@@ -61,6 +83,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--mllp-port", type=int, default=env_int("MLLP_PORT", DEFAULT_MLLP_PORT),
         help="MLLP listener port, 0 turns it off (env FHIRTWIN_MLLP_PORT)",
     )
+    _add_mllp_ack_after(serve)
 
     ingest = sub.add_parser(
         "ingest", help="ingest FHIR NDJSON (.ndjson, .ndjson.gz), JSON, Bundles, FHIR XML and HL7v2 files or folders"
@@ -74,6 +97,7 @@ def build_parser() -> argparse.ArgumentParser:
     mllp.add_argument(
         "--mllp-port", type=int, default=env_int("MLLP_PORT", DEFAULT_MLLP_PORT), help="port (env FHIRTWIN_MLLP_PORT)"
     )
+    _add_mllp_ack_after(mllp)
 
     replay = sub.add_parser("replay", help="re-process dead letters (refused FHIR records and HL7v2 messages)")
     _add_db(replay)
@@ -158,10 +182,13 @@ def cmd_serve(settings: Settings, console: Console) -> int:
 
     store = Store(settings.db)
     _cluster_if_needed(store, console)
-    mllp = f", MLLP on {settings.host}:{settings.mllp_port}" if settings.mllp_port else ""
+    mllp = (
+        f", MLLP on {settings.host}:{settings.mllp_port} (AA after {settings.mllp_ack_after})"
+        if settings.mllp_port else ""
+    )
     console.print(f"serving {settings.db} on http://{settings.host}:{settings.port}/fhir{mllp} (Ctrl-C to stop)")
     try:
-        serve(store, settings.host, settings.port, mllp_port=settings.mllp_port)
+        serve(store, settings.host, settings.port, mllp_port=settings.mllp_port, mllp_ack_after=settings.mllp_ack_after)
     finally:
         store.close()
     return 0
@@ -194,7 +221,7 @@ def cmd_mllp(settings: Settings) -> int:
     from store.store import Store
 
     with Store(settings.db) as store:
-        run_mllp_forever(store, settings.host, settings.mllp_port)
+        run_mllp_forever(store, settings.host, settings.mllp_port, ack_after=settings.mllp_ack_after)
     return 0
 
 

@@ -18,12 +18,12 @@ from store.store import Store
 from twin.service import TwinRefresher
 
 
-async def _serve(store: Store, host: str, port: int, mllp_port: int, log_level: str) -> None:
+async def _serve(store: Store, host: str, port: int, mllp_port: int, mllp_ack_after: str, log_level: str) -> None:
     config = uvicorn.Config(create_app(store), host=host, port=port, log_level=log_level, access_log=False)
     server = uvicorn.Server(config)
     refresher = TwinRefresher(store)
     refresher.start()
-    mllp = await start_mllp_server(store, host, mllp_port) if mllp_port else None
+    mllp = await start_mllp_server(store, host, mllp_port, ack_after=mllp_ack_after) if mllp_port else None
     try:
         await server.serve()
     finally:
@@ -32,6 +32,12 @@ async def _serve(store: Store, host: str, port: int, mllp_port: int, log_level: 
         refresher.stop()
 
 
-def serve(store: Store, host: str, port: int, *, mllp_port: int = 0, log_level: str = "warning") -> None:
-    """Serve FHIR on ``port`` (and MLLP on ``mllp_port`` unless 0) until interrupted."""
-    asyncio.run(_serve(store, host, port, mllp_port, log_level))
+def serve(
+    store: Store, host: str, port: int, *, mllp_port: int = 0, mllp_ack_after: str = "processed",
+    log_level: str = "warning",
+) -> None:
+    """Serve FHIR on ``port`` (and MLLP on ``mllp_port`` unless 0) until interrupted.
+
+    ``mllp_ack_after`` is the listener's original-mode ACK policy (``processed`` or ``commit``).
+    """
+    asyncio.run(_serve(store, host, port, mllp_port, mllp_ack_after, log_level))

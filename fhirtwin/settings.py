@@ -12,6 +12,8 @@ DEFAULT_DB = "./fhirtwin.duckdb"
 DEFAULT_HOST = "127.0.0.1"
 DEFAULT_PORT = 8080
 DEFAULT_MLLP_PORT = 2575
+DEFAULT_MLLP_ACK_AFTER = "processed"
+MLLP_ACK_AFTER_CHOICES = ("processed", "commit")
 
 
 def env_default(name: str, fallback: str) -> str:
@@ -30,6 +32,14 @@ def env_int(name: str, fallback: int) -> int:
         raise SystemExit(f"FHIRTWIN_{name} must be an integer, got {raw!r}") from None
 
 
+def env_choice(name: str, fallback: str, choices: tuple[str, ...]) -> str:
+    """A setting from the environment that must be one of ``choices``, with a clear error otherwise."""
+    raw = os.environ.get(f"FHIRTWIN_{name}") or fallback
+    if raw not in choices:
+        raise SystemExit(f"FHIRTWIN_{name} must be one of {', '.join(choices)}, got {raw!r}")
+    return raw
+
+
 @dataclass(frozen=True)
 class Settings:
     """Resolved settings for one command."""
@@ -38,3 +48,4 @@ class Settings:
     host: str
     port: int
     mllp_port: int
+    mllp_ack_after: str = DEFAULT_MLLP_ACK_AFTER

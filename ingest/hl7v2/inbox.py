@@ -19,12 +19,24 @@ Row status: ``received`` (committed, waiting for the mapper), ``processed``,
 store write failed: see ``error`` and the store's dead letters), ``rejected``
 (unreadable, never processed), ``oversize`` (larger than the frame limit: only its
 head is kept, so it is never replayed) and ``conflict``.
+
+The inbox writes on its own DuckDB connection, serialized by its own lock, not
+under the store's resource-writer lock: the tables are disjoint, DuckDB's MVCC
+runs both transactions side by side, and so a long ``Store.write`` of mapped
+resources never delays the receipt (and ACK) of the next frames.
+
+ACK policy for original mode (``ack_after``): ``processed`` sends AA once the
+message is mapped into the store; ``commit`` sends AA as soon as its inbox row is
+committed (row column ``ack_on_commit``). That AA is the row's ``ack`` for good:
+processing later records status, error and resource ids, never another ACK.
 """
 
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Iterable
+import threading
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -44,10 +56,13 @@ CREATE TABLE IF NOT EXISTS hl7_inbox (
     message_type VARCHAR, content_hash VARCHAR NOT NULL, patient_key VARCHAR,
     status VARCHAR NOT NULL, enhanced BOOLEAN NOT NULL, commit_ack VARCHAR, ack VARCHAR,
     raw VARCHAR NOT NULL, size_bytes BIGINT NOT NULL, error JSON, resource_ids JSON, notes JSON,
-    resends INTEGER NOT NULL DEFAULT 0, processed TIMESTAMPTZ
+    resends INTEGER NOT NULL DEFAULT 0, processed TIMESTAMPTZ, ack_on_commit BOOLEAN DEFAULT false
 );
 CREATE INDEX IF NOT EXISTS hl7_inbox_msg_key ON hl7_inbox (msg_key);
+ALTER TABLE hl7_inbox ADD COLUMN IF NOT EXISTS ack_on_commit BOOLEAN DEFAULT false;
 """
+
+ACK_AFTER = ("processed", "commit")
 
 ACCEPTED = ("received", "processed", "not-mapped", "dead")
 FINAL = ("processed", "not-mapped", "dead", "rejected", "oversize", "conflict")
@@ -71,6 +86,7 @@ _ROW_SCHEMA = pa.schema(
         ("raw", pa.string()),
         ("size_bytes", pa.int64()),
         ("error", pa.string()),
+        ("ack_on_commit", pa.bool_()),
     ]
 )
 
@@ -171,13 +187,39 @@ def ensure_inbox(store: Store) -> None:
 
 
 class Inbox:
-    """Durable receipt of HL7 v2 frames in the store's DuckDB file."""
+    """Durable receipt of HL7 v2 frames in the store's DuckDB file.
 
-    def __init__(self, store: Store) -> None:
+    ``ack_after="commit"`` makes original-mode receipts of new messages carry their AA
+    at once (stored with the row); ``"processed"`` leaves it to processing.
+    """
+
+    def __init__(self, store: Store, *, ack_after: str = "processed") -> None:
+        if ack_after not in ACK_AFTER:
+            raise ValueError(f"ack_after must be one of {', '.join(ACK_AFTER)}, got {ack_after!r}")
         self.store = store
+        self.ack_on_commit = ack_after == "commit"
         ensure_inbox(store)
-        row = store.cursor().execute("SELECT coalesce(max(inbox_id), 0) FROM hl7_inbox").fetchone()
+        self._con = store.cursor()
+        self._lock = threading.Lock()
+        row = self._con.execute("SELECT coalesce(max(inbox_id), 0) FROM hl7_inbox").fetchone()
         self._last_id = int(row[0]) if row else 0
+
+    @contextmanager
+    def _transaction(self) -> Iterator[Any]:
+        with self._lock:
+            con = self._con
+            con.execute("BEGIN TRANSACTION")
+            try:
+                yield con
+            except BaseException:
+                con.execute("ROLLBACK")
+                raise
+            con.execute("COMMIT")
+
+    @property
+    def last_id(self) -> int:
+        """The highest inbox id given out so far."""
+        return self._last_id
 
     # -- receipt -----------------------------------------------------------
     def accept(self, arrivals: list[Arrival]) -> list[Receipt]:
@@ -185,7 +227,7 @@ class Inbox:
         now = datetime.now(UTC)
         staged = [_read(a) for a in arrivals]
         keys = {message_key(s.header) for s in staged}
-        with self.store.write_transaction() as con:
+        with self._transaction() as con:
             known = self._known(con, keys)
             rows: list[dict[str, Any]] = []
             resent: dict[int, int] = {}
@@ -204,7 +246,7 @@ class Inbox:
                     first = next(p for p in prior if p["status"] in ACCEPTED)
                     s.error = _conflict_error(s.header, first["inbox_id"])
                     s.kind = "conflict"
-                receipt = _receipt(rid, s)
+                receipt = _receipt(rid, s, self.ack_on_commit)
                 status = "received" if s.kind == "new" else s.kind
                 row = _row(rid, now, arrival, s, status, receipt)
                 rows.append(row)
@@ -225,13 +267,14 @@ class Inbox:
         if not keys:
             return out
         rows = con.execute(
-            "SELECT msg_key, content_hash, inbox_id, status, commit_ack, ack FROM hl7_inbox "
-            "WHERE msg_key = ANY(?::VARCHAR[]) ORDER BY inbox_id",
-            [keys],
+            "SELECT msg_key, content_hash, inbox_id, status, commit_ack, ack, ack_on_commit FROM hl7_inbox "
+            f"WHERE msg_key IN ({', '.join('?' * len(keys))}) ORDER BY inbox_id",
+            keys,
         ).fetchall()
-        for key, chash, rid, status, commit_ack, ack in rows:
+        for key, chash, rid, status, commit_ack, ack, on_commit in rows:
             out.setdefault(key, []).append(
-                {"content_hash": chash, "inbox_id": rid, "status": status, "commit_ack": commit_ack, "ack": ack}
+                {"content_hash": chash, "inbox_id": rid, "status": status, "commit_ack": commit_ack, "ack": ack,
+                 "ack_on_commit": bool(on_commit)}
             )
         return out
 
@@ -251,11 +294,12 @@ class Inbox:
                 "notes": [_json(o.get("notes")) for o in outcomes],
             }
         )
-        with self.store.write_transaction() as con:
+        with self._transaction() as con:
             con.register("_outcomes", table)
             try:
                 con.execute(
-                    "UPDATE hl7_inbox SET status = o.status, ack = o.ack, error = o.error::JSON, "
+                    "UPDATE hl7_inbox SET status = o.status, "
+                    "ack = CASE WHEN hl7_inbox.ack_on_commit THEN hl7_inbox.ack ELSE o.ack END, error = o.error::JSON, "
                     "resource_ids = o.resource_ids::JSON, notes = o.notes::JSON, processed = ? "
                     "FROM _outcomes o WHERE hl7_inbox.inbox_id = o.inbox_id",
                     [now],
@@ -264,9 +308,10 @@ class Inbox:
                 con.unregister("_outcomes")
 
     def final_ack(self, inbox_id: int) -> str | None:
-        """The stored application-level ACK of a row, once it is final."""
+        """The stored application-level ACK of a row, once it is final (or sent at commit)."""
         row = self.store.cursor().execute(
-            "SELECT ack FROM hl7_inbox WHERE inbox_id = ? AND status IN (SELECT unnest(?::VARCHAR[]))",
+            "SELECT ack FROM hl7_inbox WHERE inbox_id = ? "
+            "AND (ack_on_commit OR status IN (SELECT unnest(?::VARCHAR[])))",
             [inbox_id, list(FINAL)],
         ).fetchone()
         return row[0] if row else None
@@ -283,6 +328,27 @@ class Inbox:
             )
             .fetchall()
         ]
+
+    def received(self, first_id: int, last_id: int, limit: int) -> list[tuple[int, str]]:
+        """``(inbox_id, raw)`` of rows still ``received`` with ids in ``[first_id, last_id]``, oldest first.
+
+        Processing reads its backlog from here once it no longer fits in memory (and at start).
+        """
+        return [
+            (int(rid), raw)
+            for rid, raw in self.store.cursor()
+            .execute(
+                "SELECT inbox_id, raw FROM hl7_inbox WHERE status = 'received' AND inbox_id BETWEEN ? AND ? "
+                "ORDER BY inbox_id LIMIT ?",
+                [first_id, last_id, limit],
+            )
+            .fetchall()
+        ]
+
+    def first_received(self) -> int | None:
+        """The oldest row still waiting for processing (left by a stop or a crash), if any."""
+        row = self.store.cursor().execute("SELECT min(inbox_id) FROM hl7_inbox WHERE status = 'received'").fetchone()
+        return None if row is None or row[0] is None else int(row[0])
 
     def counts(self) -> dict[str, int]:
         """Rows per status."""
@@ -329,18 +395,20 @@ def _conflict_error(header: Header, first_id: int) -> HL7Error:
     )
 
 
-def _receipt(inbox_id: int, s: _Staged) -> Receipt:
+def _receipt(inbox_id: int, s: _Staged, ack_on_commit: bool) -> Receipt:
     errors = [s.error] if s.error is not None else []
     source = s.message if s.message is not None else s.text
     commit = None
     if s.header.enhanced:
         commit = build_ack(source, errors=errors, mode="enhanced", control_id=commit_ack_id(s.header))
-    final = build_ack(source, errors=errors, mode="original") if errors else None
+    final = None
+    if errors or (ack_on_commit and not s.header.enhanced):
+        final = build_ack(source, errors=errors, mode="original")
     return Receipt(s.kind, inbox_id, s.header, s.kind == "new", s.message, commit, final)
 
 
 def _resend(s: _Staged, prior: dict[str, Any]) -> Receipt:
-    final = prior["ack"] if prior["status"] in FINAL else None
+    final = prior["ack"] if prior["status"] in FINAL or prior["ack_on_commit"] else None
     accepted = prior["status"] in ACCEPTED
     return Receipt("duplicate", prior["inbox_id"], s.header, accepted, None, prior["commit_ack"], final)
 
@@ -379,6 +447,7 @@ def _row(rid: int, now: datetime, arrival: Arrival, s: _Staged, status: str, rec
         "raw": s.text,
         "size_bytes": arrival.size_bytes or len(arrival.payload),
         "error": _json(error_issue(err)) if err is not None else None,
+        "ack_on_commit": s.kind == "new" and receipt.final_ack is not None,
     }
 
 
@@ -399,9 +468,9 @@ def _insert(con: Any, rows: list[dict[str, Any]]) -> None:
         con.execute(
             "INSERT INTO hl7_inbox (inbox_id, received, peer, msg_key, sending_application, sending_facility, "
             "control_id, message_type, content_hash, patient_key, status, enhanced, commit_ack, ack, raw, "
-            "size_bytes, error) SELECT inbox_id, received, peer, msg_key, sending_application, sending_facility, "
-            "control_id, message_type, content_hash, patient_key, status, enhanced, commit_ack, ack, raw, "
-            "size_bytes, error::JSON FROM _arrivals"
+            "size_bytes, error, ack_on_commit) SELECT inbox_id, received, peer, msg_key, sending_application, "
+            "sending_facility, control_id, message_type, content_hash, patient_key, status, enhanced, commit_ack, "
+            "ack, raw, size_bytes, error::JSON, ack_on_commit FROM _arrivals"
         )
     finally:
         con.unregister("_arrivals")

@@ -1,7 +1,7 @@
 """The asyncio MLLP listener: frames in, durable inbox, mapped resources, honest ACKs out.
 
-Three stages, joined by bounded queues so a flood slows the senders down
-instead of growing memory:
+Stages joined by bounded queues, so a flood slows the senders down instead of
+growing memory:
 
 1. one reader and one writer task per connection. The reader decodes frames and
    queues them both on the connection's ACK queue (bounded: when full the reader
@@ -10,13 +10,20 @@ instead of growing memory:
 2. the committer takes whatever is waiting on the intake queue from *all*
    connections and records it in the inbox in one DuckDB transaction, in a worker
    thread (group commit). Only then can an AA/CA exist for those frames.
-3. the processor maps committed messages and writes resources, in batches, in
-   another worker thread; its outcome is the application ACK (AA/AE).
+3. processing: a feeder takes committed messages in inbox order, in batches, and
+   has them mapped (parse, map, prepare for the store) in a worker process; the
+   writer stores each mapped batch in order and records the outcomes. When more
+   is committed than the work queue holds, the rest stays in the inbox only and
+   the feeder reads it back from there (the inbox is the queue), so a backlog
+   costs disk, not memory.
 
-Original mode (MSH-15/16 empty) answers once, with the application ACK, so AA
-means "stored in the inbox and mapped into the store". Enhanced mode answers the
-commit ACK (CA/CE/CR) as soon as the inbox commit is done and, when MSH-16 asks,
-the application ACK after it on the same connection.
+Original mode (MSH-15/16 empty) answers once. With ``ack_after="processed"`` (the
+default) AA means "stored in the inbox and mapped into the store"; with
+``ack_after="commit"`` AA means "stored in the inbox" and goes out right after the
+group commit, mapping following in the background (failures go to dead letters).
+Enhanced mode answers the commit ACK (CA/CE/CR) as soon as the inbox commit is
+done and, when MSH-16 asks, the application ACK after processing, on the same
+connection.
 """
 
 from __future__ import annotations
@@ -24,16 +31,18 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import multiprocessing
 import signal
 from collections import Counter
+from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
 from ingest.hl7v2.ack import build_ack
 from ingest.hl7v2.errors import ErrorCode, HL7Error
-from ingest.hl7v2.inbox import Arrival, Inbox, Receipt, ack_code, refusal
+from ingest.hl7v2.inbox import ACK_AFTER, Arrival, Inbox, Receipt, ack_code, refusal
 from ingest.hl7v2.mllp import DEFAULT_MAX_FRAME_BYTES, Frame, MLLPDecoder, encode_frame
-from ingest.hl7v2.processor import Mapper, Work, default_mapper, parse_stored, process_batch
+from ingest.hl7v2.processor import Mapped, Mapper, Work, commit_mapped, default_mapper, map_batch
 from store.store import Store
 
 log = logging.getLogger(__name__)
@@ -43,7 +52,13 @@ DEFAULT_PORT = 2575
 
 @dataclass(frozen=True, slots=True)
 class Options:
-    """Tuning knobs of the listener (all bounded, so memory is bounded)."""
+    """Tuning knobs of the listener (all bounded, so memory is bounded).
+
+    ``ack_after``: ``"processed"`` (AA once mapped into the store) or ``"commit"``
+    (AA once durably in the inbox; mapping follows). ``map_workers``: processes
+    that parse and map (0 maps in a thread of this process, which is what a custom
+    mapper that cannot be pickled needs).
+    """
 
     max_frame_bytes: int = DEFAULT_MAX_FRAME_BYTES
     max_inflight_per_connection: int = 256
@@ -52,6 +67,14 @@ class Options:
     batch_max: int = 1024
     read_size_bytes: int = 256 * 1024
     shutdown_timeout_s: float = 30.0
+    ack_after: str = "processed"
+    map_workers: int = 1
+
+    def __post_init__(self) -> None:
+        if self.ack_after not in ACK_AFTER:
+            raise ValueError(f"ack_after must be one of {', '.join(ACK_AFTER)}, got {self.ack_after!r}")
+        if self.map_workers < 0:
+            raise ValueError("map_workers must be 0 or more")
 
 
 @dataclass(eq=False, slots=True)
@@ -77,12 +100,21 @@ class MLLPServer:
     def __init__(self, store: Store, options: Options, mapper: Mapper) -> None:
         self.store = store
         self.options = options
-        self.inbox = Inbox(store)
+        self.inbox = Inbox(store, ack_after=options.ack_after)
         self.stats: Counter[str] = Counter()
         self._mapper = mapper
         self._intake: asyncio.Queue[_Pending | None] = asyncio.Queue(options.intake_queue_size)
         self._work: asyncio.Queue[Work | None] = asyncio.Queue(options.work_queue_size)
+        self._mapping: asyncio.Queue[tuple[list[Work], asyncio.Future[Mapped]] | None] = asyncio.Queue(
+            max(1, options.map_workers) + 1
+        )
+        self._pool: ProcessPoolExecutor | None = None
+        # Committed rows not on the work queue (recovered, or more than it holds) are read back from the
+        # inbox: ids from _spill_from up to _committed_upto.
+        self._spill_from: int | None = self.inbox.first_received()
+        self._committed_upto = self.inbox.last_id
         self._waiting: dict[int, asyncio.Future[str]] = {}
+        self._unprocessed: set[int] = set()
         self._connections: set[_Connection] = set()
         self._closing = False
         self._server: asyncio.Server | None = None
@@ -90,26 +122,17 @@ class MLLPServer:
         self.port = 0
 
     async def _start(self, host: str, port: int) -> None:
-        recovered = await asyncio.to_thread(self._recover)
+        if self.options.map_workers:
+            ctx = multiprocessing.get_context("spawn")  # this process holds DuckDB threads: never fork it
+            self._pool = ProcessPoolExecutor(self.options.map_workers, mp_context=ctx)
+            await asyncio.get_running_loop().run_in_executor(self._pool, map_batch, [], self._mapper)
         self._stages = [
             asyncio.create_task(self._commit_loop(), name="mllp-commit"),
-            asyncio.create_task(self._process_loop(recovered), name="mllp-process"),
+            asyncio.create_task(self._feed_loop(), name="mllp-map"),
+            asyncio.create_task(self._write_loop(), name="mllp-write"),
         ]
         self._server = await asyncio.start_server(self._handle, host, port, limit=self.options.read_size_bytes)
         self.port = self._server.sockets[0].getsockname()[1]
-
-    def _recover(self) -> list[Work]:
-        """Rows committed but not processed before the last stop are processed first, in order."""
-        works = []
-        for inbox_id, raw in self.inbox.rows(("received",)):
-            try:
-                works.append(Work(inbox_id, parse_stored(raw)))
-            except HL7Error as err:
-                ack = build_ack(raw, errors=[err], mode="original")
-                self.inbox.record_outcomes(
-                    [{"inbox_id": inbox_id, "status": "rejected", "ack": ack, "error": {"diagnostics": str(err)}}]
-                )
-        return works
 
     # -- connections ---------------------------------------------------------
     async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
@@ -174,11 +197,17 @@ class MLLPServer:
                 await self._send(conn, final)
 
     async def _final_ack(self, receipt: Receipt, arrival: Arrival) -> str:
-        fut = self._waiting.get(receipt.inbox_id)
-        if fut is not None:
-            return await asyncio.shield(fut)
-        stored = await asyncio.to_thread(self.inbox.final_ack, receipt.inbox_id)
-        return stored or _deferred_ack(receipt.message or arrival.payload)
+        """The application ACK of a row still being processed (a resend of it, or a new message)."""
+        rid = receipt.inbox_id
+        if rid in self._unprocessed:
+            return _deferred_ack(receipt.message or arrival.payload)
+        fut = self._waiting.get(rid)
+        if fut is None:  # a resend of a row committed earlier: wait for processing, unless it is done
+            fut = self._waiting[rid] = asyncio.get_running_loop().create_future()
+            stored = await asyncio.to_thread(self.inbox.final_ack, rid)
+            if stored is not None:
+                self._resolve(rid, stored)
+        return await asyncio.shield(fut)
 
     async def _send(self, conn: _Connection, ack: str) -> None:
         self.stats[f"ack_{ack_code(ack)}"] += 1
@@ -220,35 +249,62 @@ class MLLPServer:
                     p.receipt.set_result(refusal(p.arrival, f"receiver could not store the message: {exc}"))
                 continue
             self.stats["committed_batches"] += 1
-            new: list[Work] = []
             for p, receipt in zip(batch, receipts, strict=True):
                 self.stats[f"receipt_{receipt.kind}"] += 1
                 if receipt.kind == "new" and receipt.message is not None:
-                    self._waiting[receipt.inbox_id] = loop.create_future()
-                    new.append(Work(receipt.inbox_id, receipt.message))
+                    if receipt.final_ack is None:
+                        self._waiting[receipt.inbox_id] = loop.create_future()
+                    self._queue(Work(receipt.inbox_id, receipt.message.raw))
                 p.receipt.set_result(receipt)
-            for work in new:
-                await self._work.put(work)
 
-    async def _process_loop(self, recovered: list[Work]) -> None:
+    def _queue(self, work: Work) -> None:
+        """Hand a committed row to processing: on the work queue while it has room, else via the inbox."""
+        self._committed_upto = work.inbox_id
+        if self._spill_from is None and not self._work.full():
+            self._work.put_nowait(work)
+        elif self._spill_from is None:
+            self._spill_from = work.inbox_id
+            self.stats["spilled"] += 1
+
+    async def _next_works(self) -> tuple[list[Work], bool]:
+        """The next batch in inbox order: the work queue first, then rows only the inbox holds."""
+        if self._spill_from is None or not self._work.empty():
+            return await self._batch(self._work)
+        first, last, limit = self._spill_from, self._committed_upto, self.options.batch_max
+        rows = await asyncio.to_thread(self.inbox.received, first, last, limit)
+        self._spill_from = rows[-1][0] + 1 if len(rows) == limit else last + 1
+        if self._spill_from > self._committed_upto:
+            self._spill_from = None
+        return [Work(rid, raw) for rid, raw in rows], False
+
+    async def _feed_loop(self) -> None:
+        """Take batches in inbox order and start their mapping (in the pool); the writer awaits them in order."""
         loop = asyncio.get_running_loop()
-        for work in recovered:
-            self._waiting[work.inbox_id] = loop.create_future()
-        backlog = list(recovered)
         done = False
-        while not done:
-            if backlog:
-                batch, backlog = backlog[: self.options.batch_max], backlog[self.options.batch_max :]
+        while not done or self._spill_from is not None:
+            if done:  # shutting down: the queue is drained, finish what only the inbox holds
+                works, _ = await self._next_works()
             else:
-                batch, done = await self._batch(self._work)
-            if not batch:
+                works, done = await self._next_works()
+            if not works:
                 continue
+            if self._pool is not None:
+                mapped = loop.run_in_executor(self._pool, map_batch, works, self._mapper)
+            else:
+                mapped = asyncio.ensure_future(asyncio.to_thread(map_batch, works, self._mapper))
+            await self._mapping.put((works, mapped))
+        await self._mapping.put(None)
+
+    async def _write_loop(self) -> None:
+        while (item := await self._mapping.get()) is not None:
+            works, mapped = item
             try:
-                outcomes = await asyncio.to_thread(process_batch, self.store, self.inbox, batch, self._mapper)
+                outcomes = await asyncio.to_thread(commit_mapped, self.store, self.inbox, works, await mapped, self._mapper)
             except Exception:  # rows stay 'received' and are processed again at the next start
                 log.exception("processing batch failed")
-                for work in batch:
-                    self._resolve(work.inbox_id, _deferred_ack(work.message))
+                for work in works:
+                    self._unprocessed.add(work.inbox_id)
+                    self._resolve(work.inbox_id, _deferred_ack(work.raw))
                 continue
             self.stats["processed_batches"] += 1
             for out in outcomes:
@@ -284,12 +340,14 @@ class MLLPServer:
                 await self._intake.put(None)
                 await self._stages[0]
                 await self._work.put(None)
-                await self._stages[1]
+                await asyncio.gather(*self._stages[1:])
         except TimeoutError:
             log.warning("MLLP shutdown timed out; unprocessed rows stay 'received' for the next start")
             for task in [*self._stages, *(t for c in self._connections for t in c.tasks)]:
                 task.cancel()
             await asyncio.gather(*self._stages, return_exceptions=True)
+        if self._pool is not None:
+            await asyncio.to_thread(self._pool.shutdown, cancel_futures=True)
         if self._server is not None:
             await self._server.wait_closed()
 

@@ -1,11 +1,19 @@
 """From inbox rows to FHIR resources in the store: map, write, record, dead-letter, replay.
 
-A batch of committed messages is mapped one by one (a mapper exception only
-dead-letters its own message, so a poison message never blocks the ones behind
-it), then all resources of the batch go to ``Store.write`` in one transaction.
-If the store refuses that batch, messages are written one by one to find the
-culprit. Batches are taken in inbox order by a single worker, so messages about
-one patient are applied in the order they were received.
+Two halves, so the CPU-bound one can run in another process:
+
+- :func:`map_batch` is pure: it parses each raw message, maps it (a mapper
+  exception only dead-letters its own message, so a poison message never blocks
+  the ones behind it), builds its ACK and prepares all resources of the batch for
+  the store (:func:`store.prepare.prepare`: ids, hashes, bodies, search-index rows).
+  Its result pickles, so the listener runs it in a worker process.
+- :func:`commit_mapped` runs in the writer: one ``Store.write_prepared`` for the
+  whole batch, dead letters, and the outcome rows in one inbox statement. If the
+  store refuses the batch, messages are written one by one to find the culprit.
+
+Batches are written in inbox order by a single writer (mapping of the next batch
+may run meanwhile: mapping reads nothing from the store), so messages about one
+patient are applied in the order they were received.
 
 Re-processing is always safe: the mapper gives deterministic ids and the store
 makes no new version for identical content. That is what crash recovery
@@ -24,6 +32,7 @@ from ingest.hl7v2.errors import ErrorCode, HL7Error
 from ingest.hl7v2.inbox import Inbox, error_issue
 from ingest.hl7v2.structure import group_message, structure_of
 from mapping.v2 import map_grouped
+from store.prepare import PreparedBatch, prepare
 from store.store import Store, StoreError
 
 
@@ -52,22 +61,25 @@ def default_mapper() -> Mapper:
 
 @dataclass(slots=True)
 class Work:
-    """One committed inbox row waiting to be processed."""
+    """One committed inbox row waiting to be processed (the raw text travels; workers parse it)."""
 
     inbox_id: int
-    message: Message
+    raw: str
 
 
 @dataclass(slots=True)
 class Outcome:
-    """Result of processing one row; ``ack`` is the application-level ACK (AA/AE)."""
+    """Result of processing one row; ``ack`` is the application-level ACK (AA/AE, or AR if unreadable).
+
+    ``error`` is the reason as a JSON-able issue (see :func:`ingest.hl7v2.inbox.error_issue`).
+    """
 
     inbox_id: int
     status: str
     ack: str
     resource_ids: list[str] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
-    error: HL7Error | None = None
+    error: dict[str, Any] | None = None
 
     def as_row(self) -> dict[str, Any]:
         return {
@@ -76,24 +88,29 @@ class Outcome:
             "ack": self.ack,
             "resource_ids": self.resource_ids or None,
             "notes": self.notes or None,
-            "error": error_issue(self.error) if self.error else None,
+            "error": self.error,
         }
 
 
 @dataclass(slots=True)
-class _Mapped:
-    work: Work
-    resources: list[dict[str, Any]]
-    notes: list[str]
+class Mapped:
+    """What :func:`map_batch` hands the writer: one outcome per work, and the batch's prepared resources.
+
+    Outcomes with status ``processed`` still lack their resource ids: ``spans[i]`` is the
+    range of positions of work ``i``'s resources in ``prepared``, filled in by the writer.
+    """
+
+    outcomes: list[Outcome]
+    prepared: PreparedBatch
+    spans: list[tuple[int, int]]
 
 
 def _note_text(note: Any) -> str:
     return note if isinstance(note, str) else str(note)
 
 
-def _failure(work: Work, err: HL7Error) -> Outcome:
-    ack = build_ack(work.message, errors=[err], mode="original")
-    return Outcome(work.inbox_id, "dead", ack, error=err)
+def _failure(inbox_id: int, message: Message | str, err: HL7Error, status: str = "dead") -> Outcome:
+    return Outcome(inbox_id, status, build_ack(message, errors=[err], mode="original"), error=error_issue(err))
 
 
 def _mapping_error(exc: Exception) -> HL7Error:
@@ -116,66 +133,96 @@ def _store_error(exc: StoreError) -> HL7Error:
     )
 
 
-def process_batch(store: Store, inbox: Inbox, works: list[Work], mapper: Mapper) -> list[Outcome]:
-    """Map, write and record a batch of inbox rows (blocking: call from a worker thread)."""
-    outcomes: dict[int, Outcome] = {}
-    mapped: list[_Mapped] = []
+def _map_one(work: Work, mapper: Mapper) -> tuple[Outcome, list[dict[str, Any]]]:
+    """Parse and map one row: its outcome (final unless ``processed``) and its resources."""
+    try:
+        msg = parse_stored(work.raw)
+    except HL7Error as err:  # stored before a parser change made it unreadable: answer as a reject
+        return _failure(work.inbox_id, work.raw, err, "rejected"), []
+    try:
+        result = mapper(msg)
+    except Exception as exc:  # a mapper bug must dead-letter this message only
+        return _failure(work.inbox_id, msg, _mapping_error(exc)), []
+    notes = [_note_text(n) for n in result.notes or []]
+    if not result.mapped:
+        return _not_mapped(work.inbox_id, msg, notes), []
+    return Outcome(work.inbox_id, "processed", build_ack(msg, mode="original"), notes=notes), list(result.resources)
+
+
+def map_batch(works: list[Work], mapper: Mapper | None = None) -> Mapped:
+    """Parse, map, acknowledge and prepare a batch (pure: reads nothing from the store; runs in any process).
+
+    A message with a resource the store would refuse is failed whole (its other
+    resources are not written either), like a refused ``Store.write``.
+    """
+    mapper = mapper or default_mapper()
+    outcomes: list[Outcome] = []
+    resources: list[list[dict[str, Any]]] = []
     for work in works:
-        try:
-            result = mapper(work.message)
-        except Exception as exc:  # a mapper bug must dead-letter this message only
-            outcomes[work.inbox_id] = _failure(work, _mapping_error(exc))
-            continue
-        notes = [_note_text(n) for n in result.notes or []]
-        if not result.mapped:
-            outcomes[work.inbox_id] = _not_mapped(work, notes)
-            continue
-        mapped.append(_Mapped(work, list(result.resources), notes))
-    for item, written in _write(store, mapped):
-        if isinstance(written, StoreError):
-            outcomes[item.work.inbox_id] = _failure(item.work, _store_error(written))
-        else:
-            ack = build_ack(item.work.message, mode="original")
-            outcomes[item.work.inbox_id] = Outcome(item.work.inbox_id, "processed", ack, written, item.notes)
-    ordered = [outcomes[w.inbox_id] for w in works]
-    for work, out in zip(works, ordered, strict=True):
+        out, res = _map_one(work, mapper)
+        outcomes.append(out)
+        resources.append(res)
+    while True:
+        flat = [r for res in resources for r in res]
+        owner = [i for i, res in enumerate(resources) for _ in res]
+        prepared, refused = prepare(flat)
+        if not refused:
+            break
+        for pos, exc in refused:  # rare: drop the messages concerned and prepare the rest again
+            i = owner[pos]
+            if resources[i]:
+                outcomes[i] = _failure(works[i].inbox_id, works[i].raw, _store_error(exc))
+                resources[i] = []
+    spans, pos = [], 0
+    for res in resources:
+        spans.append((pos, pos + len(res)))
+        pos += len(res)
+    return Mapped(outcomes, prepared, spans)
+
+
+def commit_mapped(store: Store, inbox: Inbox, works: list[Work], mapped: Mapped, mapper: Mapper | None = None) -> list[Outcome]:
+    """Write a mapped batch, its dead letters and its outcome rows (blocking: call from a worker thread)."""
+    outcomes = mapped.outcomes
+    todo = [i for i, out in enumerate(outcomes) if out.status == "processed"]
+    try:
+        results = store.write_prepared(mapped.prepared) if todo else []
+    except StoreError:  # find the culprit: message by message, from a fresh mapping
+        _write_one_by_one(store, works, outcomes, todo, mapper or default_mapper())
+    else:
+        ids = [f"{r.resource_type}/{r.id}" for r in results]
+        for i in todo:
+            start, stop = mapped.spans[i]
+            outcomes[i].resource_ids = ids[start:stop]
+    for work, out in zip(works, outcomes, strict=True):
         if out.status == "dead" and out.error is not None:
-            store.dead_letter(_dl_source(work.inbox_id), None, "hl7v2", work.message.raw, [error_issue(out.error)])
-    inbox.record_outcomes([o.as_row() for o in ordered])
-    return ordered
+            store.dead_letter(_dl_source(work.inbox_id), None, "hl7v2", work.raw, [out.error])
+    inbox.record_outcomes([o.as_row() for o in outcomes])
+    return outcomes
 
 
-def _not_mapped(work: Work, notes: list[str]) -> Outcome:
-    msg = work.message
+def _write_one_by_one(store: Store, works: list[Work], outcomes: list[Outcome], todo: list[int], mapper: Mapper) -> None:
+    for i in todo:
+        msg = parse_stored(works[i].raw)
+        try:
+            written = store.write(mapper(msg).resources)
+        except StoreError as exc:
+            outcomes[i] = _failure(works[i].inbox_id, msg, _store_error(exc))
+            continue
+        outcomes[i].resource_ids = [f"{r.resource_type}/{r.id}" for r in written]
+
+
+def process_batch(store: Store, inbox: Inbox, works: list[Work], mapper: Mapper | None = None) -> list[Outcome]:
+    """Map, write and record a batch of inbox rows in this process (blocking: call from a worker thread)."""
+    return commit_mapped(store, inbox, works, map_batch(works, mapper), mapper)
+
+
+def _not_mapped(inbox_id: int, msg: Message, notes: list[str]) -> Outcome:
     text = f"stored, not mapped: no FHIR mapping for {msg.message_type} {msg.trigger_event}"
     info = HL7Error(
         text, code=ErrorCode.UNSUPPORTED_MESSAGE_TYPE, segment_id="MSH", segment_seq=1, field=9, severity="I"
     )
     ack = build_ack(msg, errors=[info], mode="original", text=text)
-    return Outcome(work.inbox_id, "not-mapped", ack, notes=[text, *notes])
-
-
-def _write(store: Store, mapped: list[_Mapped]) -> list[tuple[_Mapped, list[str] | StoreError]]:
-    """Write all in one transaction; on refusal, message by message to isolate the bad one."""
-    if not mapped:
-        return []
-    try:
-        results = store.write([r for m in mapped for r in m.resources])
-    except StoreError:
-        out: list[tuple[_Mapped, list[str] | StoreError]] = []
-        for m in mapped:
-            try:
-                out.append((m, [f"{r.resource_type}/{r.id}" for r in store.write(m.resources)]))
-            except StoreError as exc:
-                out.append((m, exc))
-        return out
-    out = []
-    pos = 0
-    for m in mapped:
-        part = results[pos : pos + len(m.resources)]
-        pos += len(m.resources)
-        out.append((m, [f"{r.resource_type}/{r.id}" for r in part]))
-    return out
+    return Outcome(inbox_id, "not-mapped", ack, notes=[text, *notes])
 
 
 def _dl_source(inbox_id: int) -> str:
@@ -211,19 +258,15 @@ def replay_dead_letters(store: Store, mapper: Mapper | None = None, *, batch_siz
     letters: dict[str, list[str]] = {}
     for dl in store.dead_letters():
         letters.setdefault(dl["source"], []).append(dl["dl_id"])
-    works: list[Work] = []
-    for inbox_id, raw in inbox.rows(("dead", "rejected")):
-        summary.attempted += 1
-        try:
-            works.append(Work(inbox_id, parse_stored(raw)))
-        except HL7Error as err:
-            summary.unreadable += 1
-            summary.errors.append(f"inbox {inbox_id}: {err}")
+    works = [Work(inbox_id, raw) for inbox_id, raw in inbox.rows(("dead", "rejected"))]
+    summary.attempted = len(works)
     for start in range(0, len(works), batch_size):
         for out in process_batch(store, inbox, works[start : start + batch_size], mapper):
-            if out.status == "dead":
-                summary.still_dead += 1
-                summary.errors.append(f"inbox {out.inbox_id}: {out.error}")
+            if out.status in ("dead", "rejected"):
+                summary.still_dead += out.status == "dead"
+                summary.unreadable += out.status == "rejected"
+                reason = out.error["diagnostics"] if out.error else out.status
+                summary.errors.append(f"inbox {out.inbox_id}: {reason}")
                 continue
             summary.processed += out.status == "processed"
             summary.not_mapped += out.status == "not-mapped"

@@ -50,6 +50,7 @@ def poison_marked(msg: Message) -> Any:
 
 
 async def _run(store: Store, batches: list[tuple[list[bytes], int]], **opts: Any) -> list[list[bytes]]:
+    opts.setdefault("map_workers", 0)  # map in a thread: the fault-injecting mapper is not importable by a worker
     server = await start_mllp_server(store, "127.0.0.1", 0, **opts)
     try:
         out = []
@@ -159,7 +160,9 @@ def test_oversize_frame_is_rejected_and_next_message_is_accepted(store: Store) -
 
 def test_many_connections_pipelined_each_gets_its_acks_in_order(store: Store) -> None:
     async def go() -> list[list[bytes]]:
-        server = await start_mllp_server(store, "127.0.0.1", 0, max_inflight_per_connection=4, intake_queue_size=8)
+        server = await start_mllp_server(
+            store, "127.0.0.1", 0, max_inflight_per_connection=4, intake_queue_size=8, work_queue_size=16
+        )
         try:
             jobs = [
                 exchange("127.0.0.1", server.port, [adt(f"K{c}-{i}", f"{c}{i:03d}") for i in range(25)], window=10)
