@@ -21,6 +21,7 @@ from typing import Any
 
 import orjson
 
+from mapping.v2 import values
 from mapping.v2.engine import (
     Context,
     SegmentLike,
@@ -31,7 +32,7 @@ from mapping.v2.engine import (
     ref_value,
     writer_for,
 )
-from mapping.v2.tables import config, segment_maps
+from mapping.v2.tables import config, datatype_maps, segment_maps
 
 
 class FieldMemo(dict):
@@ -160,6 +161,13 @@ def run_field(fp: FieldPlan, raw: str, key: Any, holds: tuple[bool, ...] | None,
     comes with already converted although OBX-6's rules read OBX-5.
     """
     d = seg.delimiters
+    if not memo.keep and raw and memo.misses % _TRY_AGAIN != _TRY_AGAIN - 1 and _PLAIN(raw) \
+            and ctx.delimiters[1:5] == _STANDARD and not (fp.field <= 2 and seg.id in _ENVELOPE_SEGMENTS):
+        direct = direct_function(fp, holds)
+        if direct is not None:  # a value that is its own text: converted and written without the interpreter
+            memo.misses += 1
+            direct(raw.strip(), node, rep_base, ctx.default_tz)
+            return
     placed: list[tuple[int, Any, int]] = []
     created: list[tuple[str, str, Any]] = []
     ctx.created = created
@@ -214,6 +222,55 @@ def _remember(memo: FieldMemo, key: Any, created: list[tuple[str, str, Any]],
     memo[key] = writes if made is None else (made, writes)
 
 
+_STANDARD = "^~\\&"
+"""Component, repetition, escape and subcomponent characters for which :data:`_PLAIN` holds."""
+
+_DIRECT = {
+    "string": "text", "markdown": "text", "code": "text", "id": "text", "oid": "text", "uuid": "text",
+    "url": "text", "canonical": "text",
+    "date": "dtm(text, 'date', tz)", "dateTime": "dtm(text, 'dateTime', tz)", "instant": "dtm(text, 'instant', tz)",
+    "decimal": "number(text)", "boolean": "boolean(text)",
+    "integer": "whole(number(text))", "positiveInt": "whole(number(text))", "unsignedInt": "whole(number(text))",
+}
+"""FHIR primitive type → what :func:`engine.builtin` makes of a value that is its own text
+(no component, repetition, escape or null in it), as an expression of the stripped ``text``."""
+
+_DIRECTS: dict[tuple[int, tuple[bool, ...] | None], Callable[..., None] | None] = {}
+
+
+def direct_function(fp: FieldPlan, holds: tuple[bool, ...] | None) -> Callable[..., None] | None:
+    """Generated ``direct(text, node, rep_base, tz)`` doing what the rules whose conditions
+    held do with a plain field value, when every one of them is a primitive conversion
+    (NM → decimal, DTM → dateTime, ST → string) without vocabulary, datatype map or
+    resource; ``None`` otherwise (the interpreter runs)."""
+    key = (fp.number, holds)
+    if key in _DIRECTS:
+        return _DIRECTS[key]
+    scope: dict[str, Any] = {"number": values.number, "dtm": values.dtm, "boolean": values.boolean,
+                             "whole": _whole}
+    lines = ["def direct(text, node, rep_base, tz):"]
+    fn = None
+    for j, rule in enumerate(fp.rules):
+        if holds is not None and not holds[j]:
+            continue
+        expression = _DIRECT.get(rule["type"])
+        if (expression is None or rule["c"] or rule["ref"] or rule["assign"] is not None or rule["vocab"]
+                or (rule["map"] and datatype_maps().get(rule["map"]))):
+            break
+        scope[f"W{j}"] = rule.get("w") or writer_for(rule, "")
+        lines += [f"    v = {expression}", f"    if v is not None: W{j}(node, v, rep_base)"]
+    else:
+        lines.append("    return None")
+        exec("\n".join(lines), scope)  # the source is built above from the compiled tables only
+        fn = scope["direct"]
+    _DIRECTS[key] = fn
+    return fn
+
+
+def _whole(n: int | float | None) -> int | None:
+    return int(n) if n is not None else None
+
+
 def _fragment(frozen: Any) -> Any:
     """A value frozen by :func:`engine.freeze` as it goes into a memo entry's JSON."""
     return orjson.Fragment(frozen) if frozen.__class__ is bytes else frozen
@@ -260,8 +317,8 @@ def value_lines(refs: dict[tuple[str, int, int, int], int], seg_id: str, scope: 
     """
     aliases = config()["value_aliases"]
     scope["PLAIN"] = _PLAIN
-    lines = ["    fields = seg.fields", "    n = len(fields)", "    d = seg.delimiters",
-             "    std = d.component == '^' and d.repetition == '~' and d.escape == '\\\\' and d.subcomponent == '&'"]
+    lines = ["    fields = seg.fields", "    n = len(fields)"]
+    fetched: set[int] = set()
     for ref, i in refs.items():
         own = ref[0] == seg_id
         if re.search(rf"\bv{i}\b", expressions):
@@ -269,17 +326,23 @@ def value_lines(refs: dict[tuple[str, int, int, int], int], seg_id: str, scope: 
             slow = f"ref_value(seg, others, R{i})"
             if own:
                 f, c, s = ref[1], ref[2] or 1, ref[3] or 1
-                whole = "''" if c > 1 or s > 1 else f"f{i}"
+                if f not in fetched:  # each field once, and whether it is its own first component
+                    fetched.add(f)
+                    lines += [f"    f{f} = fields[{f}] if n > {f} else ''",
+                              f"    p{f} = not f{f} or f{f}.isalnum() or (PLAIN(f{f}) is not None and "
+                              "seg.delimiters.component + seg.delimiters.repetition + seg.delimiters.escape"
+                              " + seg.delimiters.subcomponent == STANDARD)"]
+                whole = "''" if c > 1 or s > 1 else f"f{f}"
                 alias = aliases.get(f"{ref[0]}-{f}")
                 if alias:
                     scope[f"A{i}"] = alias
                     whole = f"A{i}.get({whole}, {whole})"
-                lines += [f"    f{i} = fields[{f}] if n > {f} else ''",
-                          f"    v{i} = {whole} if not f{i} or f{i}.isalnum() or (std and PLAIN(f{i})) else {slow}"]
+                lines.append(f"    v{i} = {whole} if p{f} else {slow}")
             else:
                 lines.append(f"    v{i} = {slow}")
         if re.search(rf"\bc{i}\b", expressions):
             lines.append(f"    c{i} = len(seg.reps({ref[1]}))" if own else f"    c{i} = 0")
+    scope["STANDARD"] = _STANDARD
     return lines
 
 

@@ -61,22 +61,37 @@ def dtm(value: str, fhir_type: str, default_tz: str | None) -> str | None:
     The offset is kept as sent; a time without offset gets ``default_tz`` (the
     sending system's offset from MSH-7) because FHIR requires a zone on any time.
     """
-    m = _DTM.match(value.strip())
-    if not m:
-        return None
-    g = m.groupdict()
-    date = g["y"] + (f"-{g['mo']}" if g["mo"] else "") + (f"-{g['d']}" if g["mo"] and g["d"] else "")
-    if fhir_type == "date" or not g["h"] or not (g["mo"] and g["d"]):
+    text = value.strip()
+    body, tz = text, None
+    if len(text) > 9 and text[-5] in "+-":
+        body, tz = text[:-5], text[-4:]
+        if not tz.isdecimal():
+            body, tz = text, None
+    if body.isdecimal() and len(body) in _DIGIT_LENGTHS:
+        # the usual shapes (no fraction): the regular expression's groups are fixed slices
+        y, mo, d, h, mi, s = body[:4], body[4:6], body[6:8], body[8:10], body[10:12], body[12:14]
+        frac = ""
+        if tz is not None:
+            tz = text[-5:]
+    else:
+        m = _DTM.match(text)
+        if not m:
+            return None
+        y, mo, d, h, mi, s, fraction, tz = m.groups(default="")
+        frac = f".{fraction}" if fraction else ""
+        tz = tz or None
+    date = y + (f"-{mo}" if mo else "") + (f"-{d}" if mo and d else "")
+    if fhir_type == "date" or not h or not (mo and d):
         return None if fhir_type == "instant" else date
-    seconds = g["s"] or "00"
-    frac = f".{g['frac']}" if g["frac"] else ""
-    tz = g["tz"]
     zone = f"{tz[:3]}:{tz[3:]}" if tz else default_tz
     if zone is None:
         return date
     if zone in ("+00:00", "-00:00"):
         zone = "Z" if not tz else zone
-    return f"{date}T{g['h']}:{g['mi'] or '00'}:{seconds}{frac}{zone}"
+    return f"{date}T{h}:{mi or '00'}:{s or '00'}{frac}{zone}"
+
+
+_DIGIT_LENGTHS = frozenset({4, 6, 8, 10, 12, 14})
 
 
 def tz_of(value: str) -> str | None:
@@ -91,6 +106,11 @@ def tz_of(value: str) -> str | None:
 def number(value: str) -> int | float | None:
     """NM text → int or float, keeping integers integral (``41`` stays ``41``)."""
     text = value.strip()
+    if text.isdecimal():
+        return int(text)
+    whole, dot, fraction = text.partition(".")
+    if dot and (whole.isdecimal() or not whole) and (fraction.isdecimal() or (not fraction and whole)):
+        return float(text)
     if not _NUMBER.match(text):
         return None
     if "." not in text:
