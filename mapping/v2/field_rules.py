@@ -49,13 +49,30 @@ class FieldMemo(dict):
     collector passes. ``hits`` and ``misses`` decide; the plan is tried again now and then.
     """
 
-    __slots__ = ("hits", "misses", "keep")
+    __slots__ = ("hits", "misses", "keep", "aliases", "keep_aliases")
 
     def __init__(self) -> None:
         super().__init__()
         self.hits = 0
         self.misses = 0
         self.keep = True
+        self.aliases = 0
+        self.keep_aliases = True
+
+    def alias(self, key: Any, entry: bytes | tuple[bytes, bytes]) -> None:
+        """Remember an entry found by which conditions held under the field's inputs too, unless
+        such inputs hardly come again (OBX-6 keyed with a new OBX-5 value every time)."""
+        self.aliases += 1
+        if not self.keep_aliases:
+            if self.aliases % _TRY_AGAIN == 0:
+                self.keep_aliases, self.hits, self.aliases = True, 0, 0
+            return
+        if self.aliases >= 512 and self.hits * 4 < self.aliases:
+            self.keep_aliases = False
+            return
+        if len(self) >= PLAN_MEMO_LIMIT:
+            self.clear()
+        self[key] = entry
 
 
 class MemoTable(dict):
@@ -157,8 +174,7 @@ def run_field(fp: FieldPlan, raw: str, key: Any, holds: tuple[bool, ...] | None,
     remember under ``key`` what they wrote and which resources they created.
 
     ``holds`` says which of the rules have their condition met (``None``: no rule has one);
-    the key holds it next to the field text, so a new OBX-5 value finds the OBX-6 units it
-    comes with already converted although OBX-6's rules read OBX-5.
+    ``key`` is then the field text with it.
     """
     d = seg.delimiters
     if not memo.keep and raw and memo.misses % _TRY_AGAIN != _TRY_AGAIN - 1 and _PLAIN(raw) \
@@ -208,7 +224,7 @@ def _remember(memo: FieldMemo, key: Any, created: list[tuple[str, str, Any]],
         if memo.misses % _TRY_AGAIN:
             return
         memo.keep, memo.hits, memo.misses = True, 0, 0
-    elif memo.misses >= 512 and memo.hits * 4 < memo.misses:  # texts that hardly ever come again
+    elif memo.misses >= 512 and (memo.hits + memo.aliases) * 4 < memo.misses:  # texts that hardly ever come again
         memo.keep = False
         memo.clear()
         return
@@ -373,3 +389,12 @@ def replay_created(hit: tuple[bytes, bytes], node: dict[str, Any], ctx: Context,
         ctx.add_resource(rtype, rid, body)
     for w, value, i in orjson.loads(writes):
         WRITERS[w](node, value, rep_base + i)
+
+
+def replay(hit: bytes | tuple[bytes, bytes], node: dict[str, Any], ctx: Context, rep_base: int) -> None:
+    """Do again what a field's rules did before (what the generated functions inline)."""
+    if hit.__class__ is bytes:
+        for w, value, i in orjson.loads(hit):
+            WRITERS[w](node, value, rep_base + i)
+    else:
+        replay_created(hit, node, ctx, rep_base)  # type: ignore[arg-type]

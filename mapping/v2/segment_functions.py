@@ -26,6 +26,7 @@ from mapping.v2.field_rules import (
     cond_refs,
     condition_expression,
     outcomes_function,
+    replay,
     replay_created,
     run_field,
     segment_plan,
@@ -57,8 +58,8 @@ def segment_function(mapname: str, seg_id: str) -> SegmentFunction | None:
     plan = segment_plan(mapname)
     if plan is None:
         return None
-    scope: dict[str, Any] = {"NULL": NULL, "run_field": run_field, "loads": orjson.loads,
-                             "WRITERS": WRITERS, "replay_created": replay_created}
+    scope: dict[str, Any] = {"NULL": NULL, "run_field": run_field, "loads": orjson.loads, "ref_value": ref_value,
+                             "WRITERS": WRITERS, "replay_created": replay_created, "replay": replay}
     lines = ["def apply(seg, node, ctx, others, rep_base):",
              "    fields = seg.fields",
              "    n = len(fields)",
@@ -68,20 +69,39 @@ def segment_function(mapname: str, seg_id: str) -> SegmentFunction | None:
         f = fp.field
         lines += [f"    raw = fields[{f}] if n > {f} else ''",
                   "    if raw == NULL: raw = ''"]
+        inline_replay = ["elif hit.__class__ is bytes:",  # replay(), inlined
+                  "    memo.hits += 1",
+                  "    for w, value, j in loads(hit): WRITERS[w](node, value, rep_base + j)",
+                  "else:",
+                  "    memo.hits += 1",
+                  "    replay_created(hit, node, ctx, rep_base)"]
         if fp.deps:
+            # the field text and the other fields its conditions read; only when that is new,
+            # which conditions hold (OBX-6 with a new OBX-5 finds the units converted before)
             scope[f"OUT{i}"] = outcomes_function(fp, seg_id)
-            key = [f"holds = OUT{i}(seg, others)", "key = (raw, holds)"]
+            inputs = []
+            for ref in fp.deps:
+                if ref[0] != seg_id:
+                    scope[f"REF{i}_{len(inputs)}"] = ref
+                    inputs.append(f"ref_value(seg, others, REF{i}_{len(inputs)})")
+                elif ref[1] != f and f"fields[{ref[1]}] if n > {ref[1]} else ''" not in inputs:
+                    inputs.append(f"fields[{ref[1]}] if n > {ref[1]} else ''")
+            body = [f"memo = memos[{fp.number}]",
+                    f"key = ({', '.join(['raw', *inputs])})" if inputs else "key = raw",
+                    "hit = memo.get(key)",
+                    "if hit is None:",
+                    f"    holds = OUT{i}(seg, others)",
+                    "    by_outcome = (raw, holds)",
+                    "    hit = memo.get(by_outcome)",
+                    f"    if hit is None: run_field(FP{i}, raw, by_outcome, holds, memo, seg, node, ctx, others, "
+                    "rep_base)",
+                    "    else: memo.alias(key, hit); replay(hit, node, ctx, rep_base)",
+                    *inline_replay]
         else:
-            key = ["holds = None", "key = raw"]
-        body = [f"memo = memos[{fp.number}]", *key,
-                "hit = memo.get(key)",
-                f"if hit is None: run_field(FP{i}, raw, key, holds, memo, seg, node, ctx, others, rep_base)",
-                "elif hit.__class__ is bytes:",
-                "    memo.hits += 1",
-                "    for w, value, j in loads(hit): WRITERS[w](node, value, rep_base + j)",
-                "else:",
-                "    memo.hits += 1",
-                "    replay_created(hit, node, ctx, rep_base)"]
+            body = [f"memo = memos[{fp.number}]",
+                    "hit = memo.get(raw)",
+                    f"if hit is None: run_field(FP{i}, raw, raw, None, memo, seg, node, ctx, others, rep_base)",
+                    *inline_replay]
         if fp.when_empty:
             lines += [f"    {line}" for line in body]
         else:
