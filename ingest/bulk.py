@@ -98,15 +98,18 @@ def line_chunks(path: Path, lines_per_chunk: int = CHUNK_LINES) -> Iterator[tupl
 
 
 def prepared_chunks(
-    path: Path, *, validate: bool, workers: int, lines_per_chunk: int = CHUNK_LINES
+    path: Path, *, validate: bool, workers: int, lines_per_chunk: int = CHUNK_LINES, ahead: int = 0
 ) -> Iterator[tuple[int, ChunkResult]]:
-    """Chunk results in file order, at most ``2 * workers`` chunks in flight (bounded memory)."""
+    """Chunk results in file order, at most ``2 * workers + ahead`` chunks in flight (bounded memory).
+
+    ``ahead`` lets the workers keep preparing while the consumer is busy with a long commit.
+    """
     ctx = multiprocessing.get_context("spawn")  # the writer holds DuckDB threads: never fork it
     with ProcessPoolExecutor(max_workers=workers, mp_context=ctx) as pool:
         window: deque[tuple[int, Future[ChunkResult]]] = deque()
         for first, data in line_chunks(path, lines_per_chunk):
             window.append((first, pool.submit(prepare_chunk, str(path), first, data, validate)))
-            if len(window) >= 2 * workers:
+            if len(window) >= 2 * workers + ahead:
                 first_done, fut = window.popleft()
                 yield first_done, fut.result()
         while window:

@@ -23,6 +23,7 @@ from ingest.hl7v2 import HL7Error, read_batch
 from ingest.hl7v2.processor import map_v2
 from ingest.r4_check import r4_validator
 from ingest.records import Problem, Record
+from store.prepare import PreparedBatch
 from store.search import SearchError, SearchRequest, search
 from store.store import Store, StoreError
 
@@ -96,6 +97,8 @@ def _records(path: Path, resolve: Callable[[str], str | None]) -> Iterator[Recor
 
 
 BULK_MIN_BYTES = 8_000_000
+# One DuckDB transaction per this many resources of a bulk import: large appends skip the write-ahead log.
+BULK_COMMIT_RESOURCES = 50_000
 
 
 class Ingestor:
@@ -212,25 +215,45 @@ class Ingestor:
             and path.stat().st_size >= self.bulk_min_bytes
         )
 
-    def ingest_ndjson_parallel(self, path: Path, lines_per_chunk: int = bulk.CHUNK_LINES) -> IngestSummary:
-        """Import one (gzip) NDJSON file through worker processes: one store commit per chunk of lines.
+    def ingest_ndjson_parallel(
+        self, path: Path, lines_per_chunk: int = bulk.CHUNK_LINES, commit_resources: int = BULK_COMMIT_RESOURCES
+    ) -> IngestSummary:
+        """Import one (gzip) NDJSON file through worker processes, ``commit_resources`` per store commit.
 
-        Refused lines are dead-lettered as on the in-process path; Bundles take that path.
+        Refused lines are dead-lettered as on the in-process path; Bundles take that path, after
+        everything before them is committed (their conditional references search the store).
+        The workers prepare the next chunks while the writer commits.
         """
         summary = IngestSummary()
         source = str(path)
+        pending: list[PreparedBatch] = []
+        pending_count = 0
+
+        def commit() -> None:
+            nonlocal pending_count
+            if pending:
+                for results in self.store.write_prepared_many(pending):
+                    self._tally(results, summary)
+            pending.clear()
+            pending_count = 0
+
         chunks = bulk.prepared_chunks(path, validate=self.validator is not None, workers=max(1, self.workers),
-                                      lines_per_chunk=lines_per_chunk)
+                                      lines_per_chunk=lines_per_chunk, ahead=commit_resources // lines_per_chunk)
         for _, chunk in chunks:
             for refused in chunk.refused:
                 self._refuse(bulk.refused_record(source, refused), summary)
             if len(chunk.prepared):
-                self._tally(self.store.write_prepared(chunk.prepared), summary)
+                pending.append(chunk.prepared)
+                pending_count += len(chunk.prepared)
             if chunk.deferred:
+                commit()
                 summary.add(self.ingest_records(
                     resources_from_json(orjson.loads(raw), source, line, raw, "ndjson", self.resolve_conditional)
                     for line, raw in chunk.deferred
                 ))
+            if pending_count >= commit_resources:
+                commit()
+        commit()
         return summary
 
     def replay_dead_letters(self) -> IngestSummary:

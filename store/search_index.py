@@ -11,7 +11,6 @@ resources it describes.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from datetime import datetime
 from functools import cache
 from typing import Any
 
@@ -195,7 +194,7 @@ def index_tables(resources: Sequence[dict[str, Any]], pids: Sequence[str | None]
 
 
 def _fallback_tables(con: duckdb.DuckDBPyConnection, staged: str, rtypes: set[str]) -> dict[str, pa.Table]:
-    """Index rows of the parameters compiled to SQL, read from the staged JSON."""
+    """Index rows of the parameters compiled to SQL, read from the staged JSON of the current rows."""
     column_sets = _column_sets()
     keys: list[tuple[str, str, str | None]] = []
     for rtype in sorted(rtypes):
@@ -205,7 +204,7 @@ def _fallback_tables(con: duckdb.DuckDBPyConnection, staged: str, rtypes: set[st
         select = ", ".join(sql for _, _, sql in slow)
         for rid, pid, analyte, *lists in con.execute(
             f"SELECT id, patient_id, json_extract_string(json, '$.code.coding[0].code'), {select} "
-            f"FROM {staged} WHERE resource_type = {sql_string(rtype)} AND NOT deleted"
+            f"FROM {staged} WHERE resource_type = {sql_string(rtype)} AND is_current AND NOT deleted"
         ).fetchall():
             for (code, table, _), elements in zip(slow, lists, strict=True):
                 if elements:
@@ -230,26 +229,35 @@ def _insert(con: duckdb.DuckDBPyConnection, table: str, rows_table: pa.Table) ->
 def index_batch(
     con: duckdb.DuckDBPyConnection,
     staged: str,
-    tables: dict[str, pa.Table],
+    tables: Sequence[dict[str, pa.Table]] | None,
     replaced: list[tuple[str, str]],
-    stamp: tuple[datetime, datetime] | None,
 ) -> None:
-    """Index a staged batch whose Python-extracted rows are ``tables``; first drop the entries of the
-    resources it replaces. The SQL-compiled parameters are read from the staged JSON, and every staged
-    resource gets the ``_lastUpdated`` range ``stamp`` of its commit (None for deletions)."""
+    """Index the current rows (``is_current``) of a staged transaction whose Python-extracted rows are
+    ``tables`` (one dict per source batch); first drop the entries of the resources it replaces.
+    The SQL-compiled parameters are read from the staged JSON, and every current resource gets the
+    ``_lastUpdated`` range of its commit timestamp. ``tables`` None: deletions, nothing to index."""
     if replaced:
         predicate = keys_predicate(replaced, staged)
         for table in INDEX_TABLES:
             con.execute(f"DELETE FROM {table} WHERE {predicate}")
-    if stamp is None:
+    if tables is None:
         return
-    rtypes = {r[0] for r in con.execute(f"SELECT DISTINCT resource_type FROM {staged}").fetchall()}
-    for table, rows_table in (*tables.items(), *_fallback_tables(con, staged, rtypes).items()):
-        _insert(con, table, rows_table)
+    rtypes = {r[0] for r in con.execute(f"SELECT DISTINCT resource_type FROM {staged} WHERE is_current").fetchall()}
+    parts: dict[str, list[pa.Table]] = {}
+    for batch_tables in (*tables, _fallback_tables(con, staged, rtypes)):
+        for table, rows_table in batch_tables.items():
+            if len(rows_table):
+                parts.setdefault(table, []).append(rows_table)
+    for table in INDEX_TABLES:
+        if table in parts:
+            _insert(con, table, pa.concat_tables(parts[table]))
     stamped = sorted(t for t in rtypes if STAMPED in params_for(t))
     if stamped:
+        # The range date_range() gives the commit's FHIR instant: one microsecond, one second on a
+        # whole second.
         con.execute(
-            f"INSERT INTO idx_date (rt, id, param, lo, hi, pid) SELECT resource_type, id, '{STAMPED}', ?, ?, "
-            f"patient_id FROM {staged} WHERE resource_type IN ({', '.join(sql_string(t) for t in stamped)})",
-            list(stamp),
+            f"INSERT INTO idx_date (rt, id, param, lo, hi, pid) SELECT resource_type, id, '{STAMPED}', "
+            "last_updated, last_updated + CASE WHEN epoch_us(last_updated) % 1000000 = 0 THEN INTERVAL 1 SECOND "
+            f"ELSE INTERVAL 1 MICROSECOND END, patient_id FROM {staged} WHERE is_current AND resource_type IN "
+            f"({', '.join(sql_string(t) for t in stamped)})"
         )

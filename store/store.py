@@ -12,9 +12,9 @@ never a second source of truth.
 from __future__ import annotations
 
 import threading
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -26,7 +26,6 @@ import pyarrow as pa
 
 from store import search_index
 from store.ids import stable_id
-from store.index_rows import date_range
 from store.prepare import PreparedBatch, StoreError, first_patient, identify, stamp_meta
 from store.schema import ensure_schema
 
@@ -70,8 +69,83 @@ _ARROW_SCHEMA = pa.schema(
         ("patient_id", pa.string()),
         ("content_hash", pa.string()),
         ("json", pa.string()),
+        ("is_current", pa.bool_()),
     ]
 )
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+
+
+@dataclass(slots=True)
+class _Rows:
+    """The new versions of one transaction, column-wise, and which of them become current.
+
+    A resource changed by several batches of one transaction has a row per version; ``latest``
+    names the row of its newest one, the only one that goes to ``resources_current`` and the index.
+    """
+
+    deleted: bool = False
+    keys: list[tuple[str, str]] = field(default_factory=list)
+    versions: list[int] = field(default_factory=list)
+    hashes: list[str] = field(default_factory=list)
+    pids: list[str | None] = field(default_factory=list)
+    blobs: list[bytes | None] = field(default_factory=list)
+    stamps: list[datetime] = field(default_factory=list)
+    latest: dict[tuple[str, str], int] = field(default_factory=dict)
+    # Per source batch: its index rows (``pos`` = position in that batch) and, when the batch was
+    # prepared whole (not only its changed resources), (first row, staged positions, batch length).
+    index: list[dict[str, pa.Table]] = field(default_factory=list)
+    index_rows: list[tuple[int, list[int], int]] = field(default_factory=list)
+
+    def __len__(self) -> int:
+        return len(self.keys)
+
+    def add(
+        self, key: tuple[str, str], version: int, chash: str, pid: str | None, blob: bytes | None, ts: datetime
+    ) -> None:
+        self.latest[key] = len(self.keys)
+        self.keys.append(key)
+        self.versions.append(version)
+        self.hashes.append(chash)
+        self.pids.append(pid)
+        self.blobs.append(blob)
+        self.stamps.append(ts)
+
+    def arrow(self) -> pa.Table:
+        """The rows as the staged table the transaction inserts from."""
+        n = len(self.keys)
+        micros = {ts: (ts - _EPOCH) // timedelta(microseconds=1) for ts in set(self.stamps)}
+        latest = self.latest
+        current = [True] * n if len(latest) == n else [latest[key] == i for i, key in enumerate(self.keys)]
+        return pa.table(
+            [
+                [t for t, _ in self.keys],
+                [i for _, i in self.keys],
+                self.versions,
+                [micros[ts] for ts in self.stamps],
+                [self.deleted] * n,
+                self.pids,
+                self.hashes,
+                self.blobs,
+                current,
+            ],
+            schema=_ARROW_SCHEMA,
+        )
+
+    def current_index(self) -> list[dict[str, pa.Table]]:
+        """Index rows of the current rows only: a batch's rows of resources it did not store (unchanged,
+        or changed again by a later batch) are dropped."""
+        if not self.index_rows:
+            return self.index
+        latest, keys = self.latest, self.keys
+        out = []
+        for tables, (first, positions, size) in zip(self.index, self.index_rows, strict=True):
+            kept = [pos for k, pos in enumerate(positions, start=first) if latest[keys[k]] == k]
+            if len(kept) < size:
+                keep = np.zeros(size, dtype=bool)
+                keep[kept] = True
+                tables = {t: rows.filter(keep[rows["pos"].to_numpy()]) for t, rows in tables.items()}
+            out.append(tables)
+        return out
 
 
 class Store:
@@ -248,18 +322,17 @@ class Store:
             batch = list(resources)
             keys = [identify(res) for res in batch]
             ts = self._next_timestamp()
-            staged, results = self._stage(keys, ts)
+            staged, results = self._stage(keys, ts, {})
             if staged:
                 stamp = fhir_instant(ts)
                 chosen = [batch[pos] for pos, _ in staged.values()]
                 for res, (_, version) in zip(chosen, staged.values(), strict=True):
                     stamp_meta(res, str(version), stamp)
-                pids = [first_patient(res) for res in chosen]
-                self._commit(
-                    list(staged), [v for _, v in staged.values()], [keys[pos][2] for pos, _ in staged.values()],
-                    pids, [orjson.dumps(res) for res in chosen], ts,
-                    index=search_index.index_tables(chosen, pids),
-                )
+                rows = _Rows()
+                for (key, (pos, version)), res in zip(staged.items(), chosen, strict=True):
+                    rows.add(key, version, keys[pos][2], first_patient(res), orjson.dumps(res), ts)
+                rows.index.append(search_index.index_tables(chosen, rows.pids))
+                self._commit(rows)
             self._notify(results)
             return results
 
@@ -268,37 +341,54 @@ class Store:
 
         Same outcome as :meth:`write` on the same resources: versions, meta, bodies and index rows.
         """
+        return self.write_prepared_many([batch])[0]
+
+    def write_prepared_many(self, batches: Sequence[PreparedBatch]) -> list[list[WriteResult]]:
+        """Write prepared batches in one DuckDB transaction; one result list per batch.
+
+        Versions, bodies, index rows and results are those of :meth:`write_prepared` called on each
+        batch in turn (each batch has its own ``lastUpdated``; a resource changed by two batches gets
+        two versions), but DuckDB sees one large append: a bulk import pays for one commit, and
+        appends of a row group or more are compressed straight into the file instead of going
+        through the write-ahead log first.
+        """
         with self._write_lock:
-            ts = self._next_timestamp()
-            staged, results = self._stage(list(zip(batch.types, batch.ids, batch.hashes, strict=True)), ts)
-            if staged:
+            rows = _Rows()
+            overlay: dict[tuple[str, str], Current] = {}
+            out: list[list[WriteResult]] = []
+            for batch in batches:
+                ts = self._next_timestamp()
+                staged, results = self._stage(list(zip(batch.types, batch.ids, batch.hashes, strict=True)), ts,
+                                              overlay)
+                out.append(results)
                 stamp = fhir_instant(ts)
-                positions = [pos for pos, _ in staged.values()]
-                index = batch.index
-                if len(positions) < len(batch):
-                    keep = np.zeros(len(batch), dtype=bool)
-                    keep[positions] = True
-                    index = {t: rows.filter(keep[rows["pos"].to_numpy()]) for t, rows in index.items()}
-                self._commit(
-                    list(staged), [v for _, v in staged.values()], [batch.hashes[p] for p in positions],
-                    [batch.pids[p] for p in positions],
-                    [batch.body(p, str(v), stamp) for p, v in staged.values()], ts, index=index,
-                )
-            self._notify(results)
-            return results
+                first = len(rows)
+                for key, (pos, version) in staged.items():
+                    chash = batch.hashes[pos]
+                    rows.add(key, version, chash, batch.pids[pos], batch.body(pos, str(version), stamp), ts)
+                    overlay[key] = Current(version, chash, ts, False, None)
+                rows.index.append(batch.index)
+                rows.index_rows.append((first, [pos for pos, _ in staged.values()], len(batch)))
+            if rows:
+                self._commit(rows)
+            for results in out:
+                self._notify(results)
+            return out
 
     def _stage(
-        self, keys: list[tuple[str, str, str]], ts: datetime
+        self, keys: list[tuple[str, str, str]], ts: datetime, overlay: dict[tuple[str, str], Current]
     ) -> tuple[dict[tuple[str, str], tuple[int, int]], list[WriteResult]]:
-        """Compare a batch with the current versions: (type, id) -> (position of the content to store,
-        its version) for what changed, and one result per input. Within a batch the last content wins."""
+        """Compare a batch with the current versions (``overlay``: those written earlier in the same
+        transaction): (type, id) -> (position of the content to store, its version) for what changed,
+        and one result per input. Within a batch the last content wins."""
         results: list[WriteResult] = []
         staged: dict[tuple[str, str], tuple[int, int]] = {}
         hashes: dict[tuple[str, str], str] = {}
+        current = self._current
         for pos, (rtype, rid, chash) in enumerate(keys):
             key = (rtype, rid)
             prev = staged.get(key)
-            base = self._current.get(key)
+            base = overlay.get(key) or current.get(key)
             if prev:
                 base_version, base_hash = prev[1], hashes[key]
             else:
@@ -323,37 +413,17 @@ class Store:
             if cur.deleted:
                 return WriteResult(resource_type, rid, cur.version_id, cur.last_updated, "unchanged")
             ts = self._next_timestamp()
-            self._commit([(resource_type, rid)], [cur.version_id + 1], [""], [None], [None], ts, index=None)
+            rows = _Rows(deleted=True)
+            rows.add((resource_type, rid), cur.version_id + 1, "", None, None, ts)
+            self._commit(rows)
             result = WriteResult(resource_type, rid, cur.version_id + 1, ts, "deleted")
             self._notify([result])
             return result
 
-    def _commit(
-        self,
-        keys: list[tuple[str, str]],
-        versions: list[int],
-        hashes: list[str],
-        pids: list[str | None],
-        blobs: list[bytes | None],
-        ts: datetime,
-        *,
-        index: dict[str, pa.Table] | None,
-    ) -> None:
-        """One transaction: new versions, current rows, index rows (``index`` None: deletions)."""
-        n = len(keys)
-        batch = pa.table(
-            {
-                "resource_type": [t for t, _ in keys],
-                "id": [i for _, i in keys],
-                "version_id": versions,
-                "last_updated": pa.array([ts] * n, _ARROW_SCHEMA.field("last_updated").type),
-                "deleted": [index is None] * n,
-                "patient_id": pids,
-                "content_hash": hashes,
-                "json": pa.array(blobs, pa.string()),
-            },
-            schema=_ARROW_SCHEMA,
-        )
+    def _commit(self, rows: _Rows) -> None:
+        """One transaction: new versions, current rows, index rows (none for deletions)."""
+        batch = rows.arrow()
+        replaced = [key for key in rows.latest if key in self._current]
         with self._transaction() as con:
             con.register("_staged", batch)
             try:
@@ -361,7 +431,6 @@ class Store:
                     "INSERT INTO resource_versions SELECT resource_type, id, version_id, last_updated, deleted, "
                     "patient_id, content_hash, json::JSON FROM _staged"
                 )
-                replaced = [key for key in keys if key in self._current]
                 if replaced:
                     con.execute(
                         "DELETE FROM resources_current WHERE "
@@ -369,15 +438,14 @@ class Store:
                     )
                 con.execute(
                     "INSERT INTO resources_current SELECT resource_type, id, version_id, last_updated, deleted, "
-                    "patient_id, content_hash, json::JSON FROM _staged"
+                    "patient_id, content_hash, json::JSON FROM _staged WHERE is_current"
                 )
-                stamp = None if index is None else date_range(fhir_instant(ts))
-                search_index.index_batch(con, "_staged", index or {}, replaced, stamp)
+                search_index.index_batch(con, "_staged", None if rows.deleted else rows.current_index(), replaced)
             finally:
                 con.unregister("_staged")
-        deleted = index is None
-        for key, version, chash, blob in zip(keys, versions, hashes, blobs, strict=True):
-            self._current[key] = Current(version, chash, ts, deleted, blob)
+        deleted = rows.deleted
+        for key, i in rows.latest.items():
+            self._current[key] = Current(rows.versions[i], rows.hashes[i], rows.stamps[i], deleted, rows.blobs[i])
 
     def _notify(self, results: list[WriteResult]) -> None:
         changed = [r for r in results if r.outcome in ("created", "updated", "deleted")]

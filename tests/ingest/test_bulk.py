@@ -13,6 +13,7 @@ from ingest.pipeline import Ingestor, IngestSummary
 from store.search_index import INDEX_TABLES
 from store.store import Store
 
+SYNTHEA_NDJSON = Path(__file__).resolve().parents[2] / "fixtures" / "synthea" / "ndjson"
 BAD_LINES = [
     b'{"resourceType":"Patient","id":',  # not JSON
     b'{"id":"no-type"}',  # no resourceType
@@ -22,19 +23,19 @@ BAD_LINES = [
 ]
 
 
-@pytest.fixture
-def bulk_file(tmp_path: Path, synthea_dir: Path) -> Path:
+@pytest.fixture(scope="module")
+def bulk_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The Synthea NDJSON in one file, with refused lines, a replayed line and a changed version."""
     lines = [
         line
-        for path in sorted((synthea_dir / "ndjson").glob("*.ndjson"))
+        for path in sorted(SYNTHEA_NDJSON.glob("*.ndjson"))
         for line in path.read_bytes().splitlines()
         if line.strip()
     ]
     changed = orjson.loads(lines[0])
     changed["language"] = "en"
     body = [*lines[:50], *BAD_LINES, b"", lines[3], *lines[50:], orjson.dumps(changed)]
-    path = tmp_path / "all.ndjson"
+    path = tmp_path_factory.mktemp("bulk") / "all.ndjson"
     path.write_bytes(b"\n".join(body) + b"\n")
     return path
 
@@ -72,11 +73,22 @@ def _summary(s: IngestSummary) -> tuple[Any, ...]:
     return s.accepted, s.unchanged, s.rejected, dict(s.by_type), sorted(s.errors)
 
 
-def test_parallel_bulk_path_stores_what_the_plain_path_stores(bulk_file: Path) -> None:
-    plain, parallel = Store(":memory:"), Store(":memory:")
-    plain_summary = Ingestor(plain, workers=0).ingest_paths([bulk_file])
+@pytest.fixture(scope="module")
+def plain(bulk_file: Path) -> tuple[Store, IngestSummary]:
+    """The file imported by the in-process path: the reference."""
+    store = Store(":memory:")
+    return store, Ingestor(store, workers=0).ingest_paths([bulk_file])
+
+
+@pytest.mark.parametrize("commit_resources", [50_000, 3_000])  # one transaction for the file; several
+def test_parallel_bulk_path_stores_what_the_plain_path_stores(
+    bulk_file: Path, plain: tuple[Store, IngestSummary], commit_resources: int
+) -> None:
+    plain, plain_summary = plain
+    parallel = Store(":memory:")
     ingestor = Ingestor(parallel, workers=2)
-    parallel_summary = ingestor.ingest_ndjson_parallel(bulk_file, lines_per_chunk=700)
+    parallel_summary = ingestor.ingest_ndjson_parallel(bulk_file, lines_per_chunk=700,
+                                                       commit_resources=commit_resources)
     assert _summary(parallel_summary) == _summary(plain_summary)
     assert plain_summary.rejected == 4 and plain_summary.unchanged == 1, plain_summary.errors
     expected = _content(plain)
@@ -91,7 +103,7 @@ def test_parallel_bulk_path_stores_what_the_plain_path_stores(bulk_file: Path) -
     marks = parallel.read("Patient", "marks")
     assert marks["name"][0]["text"] == "\x00fhirtwin:versionId" and marks["meta"]["versionId"] == "1"
     # Replaying the file creates nothing but the two versions of the one resource the file holds twice.
-    again = ingestor.ingest_ndjson_parallel(bulk_file, lines_per_chunk=700)
+    again = ingestor.ingest_ndjson_parallel(bulk_file, lines_per_chunk=700, commit_resources=commit_resources)
     assert again.accepted == 2 and again.unchanged == plain_summary.accepted + plain_summary.unchanged - 2
     assert len(_content(parallel)["versions"]) == len(expected["versions"]) + 2
 

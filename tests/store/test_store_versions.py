@@ -113,3 +113,45 @@ def test_reopen_file_keeps_current_versions(tmp_path: Path) -> None:
         assert s.read("Patient", "p1")["meta"]["versionId"] == "2"
         (r,) = s.write([patient(family="Roe")])
         assert r.outcome == "unchanged"
+
+
+def _stored(store: Store) -> list[tuple]:
+    """Versions and index rows, without commit timestamps (they differ between stores)."""
+    con = store.cursor()
+    versions = con.execute(
+        "SELECT resource_type, id, version_id, deleted, json->>'$.name[0].family', "
+        "json->>'$.meta.versionId' FROM resource_versions ORDER BY ALL"
+    ).fetchall()
+    current = con.execute("SELECT resource_type, id, version_id FROM resources_current ORDER BY ALL").fetchall()
+    tokens = con.execute("SELECT rt, id, param, code FROM idx_token ORDER BY ALL").fetchall()
+    strings = con.execute("SELECT rt, id, param, value FROM idx_string ORDER BY ALL").fetchall()
+    stamps = con.execute(
+        "SELECT d.id FROM idx_date d JOIN resources_current r ON d.rt = r.resource_type AND d.id = r.id "
+        "AND d.lo = r.last_updated WHERE d.param = '_lastUpdated' ORDER BY ALL"
+    ).fetchall()
+    return [versions, current, tokens, strings, stamps]
+
+
+def test_prepared_batches_in_one_transaction_store_what_batch_by_batch_writes_store() -> None:
+    from store.prepare import prepare
+
+    rounds = [
+        [patient("a", "Doe"), patient("b", "Roe")],
+        [patient("a", "Doe"), patient("b", "Poe"), patient("c", "Loe")],  # a unchanged, b changed, c new
+        [patient("b", "Moe"), patient("b", "Noe"), patient("a", "Zoe")],  # within a batch the last wins
+    ]
+    one_by_one, together = Store(":memory:"), Store(":memory:")
+    one_by_one.write([patient("a", "Old")])
+    together.write([patient("a", "Old")])
+    expected = [one_by_one.write_prepared(prepare(batch)[0]) for batch in rounds]
+    got = together.write_prepared_many([prepare(batch)[0] for batch in rounds])
+    outcome = [[(r.id, r.version_id, r.outcome) for r in results] for results in expected]
+    assert [[(r.id, r.version_id, r.outcome) for r in results] for results in got] == outcome
+    assert outcome[1] == [("a", 2, "unchanged"), ("b", 2, "updated"), ("c", 1, "created")]
+    assert _stored(together) == _stored(one_by_one)
+    assert [v[2] for v in _stored(together)[0] if v[1] == "b"] == [1, 2, 3]
+    assert together.read("Patient", "b")["name"][0]["family"] == "Noe"
+    assert together.read("Patient", "a")["meta"]["versionId"] == "3"
+    # Every batch keeps its own lastUpdated, in order, as separate writes would.
+    _, history = together.history("Patient", "b")
+    assert [row[2] for row in history] == [3, 2, 1] and history[0][3] > history[1][3] > history[2][3]
