@@ -221,3 +221,33 @@ def test_chain_off_the_patient_anchor_runs_in_sql(synthea_store: Store, synthea_
     assert expected
     assert ids(synthea_store, "Observation", [("code", "4548-4"), ("encounter.status", "finished")]) == expected
     assert ids(synthea_store, "Observation", [("code", "4548-4"), ("encounter.status", "planned")]) == set()
+
+
+@pytest.mark.parametrize("params", [
+    [("code", "4548-4")],
+    [("code", "4548-4,2339-0"), ("date", "ge2014"), ("_sort", "-_lastUpdated,_id")],
+    [("patient", PID), ("status", "final")],
+    [("subject:Patient.gender", "female"), ("code", "8302-2"), ("_sort", "_id")],
+    [("_has:Observation:patient:code", "4548-4")],
+])
+def test_index_only_answers_equal_the_sql_page(synthea_store: Store, params: list[tuple[str, str]],
+                                               monkeypatch: pytest.MonkeyPatch) -> None:
+    import store.search as search_module
+
+    rtype = "Patient" if params[0][0].startswith("_has") else "Observation"
+    pages = []
+    for limit in (search_module.MAX_INDEX_ONLY, -1):  # -1: every search takes the SQL page
+        monkeypatch.setattr(search_module, "MAX_INDEX_ONLY", limit)
+        monkeypatch.setattr(search_module, "MAX_CACHED_PATIENTS", -1)
+        res = [search(synthea_store, SearchRequest(rtype, params, count=7, offset=off)) for off in (0, 7)]
+        pages.append([(r.total, r.keys) for r in res])
+    assert pages[0] == pages[1] and pages[0][0][0] > 0
+
+
+def test_index_only_skips_deleted_resources(synthea_resources: list[dict]) -> None:
+    obs = [o for o in of_type(synthea_resources, "Observation") if "4548-4" in codes(o)][:5]
+    with Store(":memory:") as store:
+        store.write([dict(o) for o in obs])
+        store.delete("Observation", obs[0]["id"])
+        res = search(store, SearchRequest("Observation", [("code", "4548-4")]))
+        assert res.total == 4 and ("Observation", obs[0]["id"]) not in res.keys
