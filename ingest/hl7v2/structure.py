@@ -18,7 +18,7 @@ from __future__ import annotations
 import json
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from functools import cache
+from functools import cache, lru_cache
 from pathlib import Path
 from typing import Any
 
@@ -128,6 +128,7 @@ def _definitions(family: str = "2.5.1") -> dict[str, Node]:
     return {name: _build([name, 1, 1, children]) for name, children in raw.items()}
 
 
+@lru_cache(maxsize=64)
 def _family(version: str) -> str:
     """v2.7 and later carry PRT/ARV and friends: group them with the 2.8 definitions."""
     parts = version.split(".")
@@ -162,7 +163,7 @@ class _Matcher:
         self.segs = segments
         self.i = 0
         self.strict = strict
-        self.known: set[str] = set()
+        self.known: frozenset[str] = frozenset()
 
     def peek(self) -> str | None:
         return self.segs[self.i].id if self.i < len(self.segs) else None
@@ -215,6 +216,12 @@ def _all_ids(node: Node) -> set[str]:
     return out
 
 
+@cache
+def _known_ids(family: str, name: str) -> frozenset[str]:
+    """Every segment id a structure names (segments outside it are "unexpected")."""
+    return frozenset(_all_ids(_definitions(family)[name]))
+
+
 def group_message(msg: Message, *, strict: bool = False, structure: str | None = None) -> Group:
     """Group ``msg`` by its structure; the root group is named after the structure.
 
@@ -225,12 +232,13 @@ def group_message(msg: Message, *, strict: bool = False, structure: str | None =
     """
     name = structure or structure_of(msg)
     root = Group(name)
-    node = _definitions(_family(msg.version)).get(name)
+    family = _family(msg.version)
+    node = _definitions(family).get(name)
     if node is None:
         root.items.extend(msg.segments)
         return root
     m = _Matcher(msg.segments, strict)
-    m.known = _all_ids(node)
+    m.known = _known_ids(family, name)
     while m.i < len(m.segs):
         before = m.i
         m.match_group(node, root)
