@@ -85,11 +85,13 @@ def delete_response(written: Written, fmt: OutputFormat) -> Response:
     return render(operation_outcome([issue]), fmt, 200, headers, shape_body=False)
 
 
-def search_response(service: FhirService, request: Request, rtype: str, pairs: list[tuple[str, str]],
+def search_response(service: FhirService, request: Request, rtype: str | None, pairs: list[tuple[str, str]],
                     fmt: OutputFormat) -> Response:
-    """Run a search and page it as a searchset Bundle."""
+    """Run a type search (or, with no ``rtype``, a search across types) and page it as a searchset Bundle."""
     count, offset, params = paging(pairs)
-    result = service.search(rtype, params, count, offset, strict=strict_handling(request))
+    strict = strict_handling(request)
+    result = (service.search(rtype, params, count, offset, strict=strict) if rtype is not None
+              else service.search_system(params, count, offset, strict=strict))
     store = service.store
     entries = [(t, i, raw) for t, i in result.keys if (raw := store.read_bytes(t, i)) is not None]
     included = [(t, i, raw) for t, i in result.included if (raw := store.read_bytes(t, i)) is not None]
@@ -106,9 +108,20 @@ def search_response(service: FhirService, request: Request, rtype: str, pairs: l
          "search": {"mode": "outcome"}}
     ] if notes else []
     base = base_url(request)
-    body = searchset(base=base, url=f"{base}/{rtype}", params=kept, total=result.total, count=count,
+    body = searchset(base=base, url=f"{base}/{rtype}" if rtype else base, params=kept, total=result.total, count=count,
                      offset=offset, entries=entries, included=included, extra=warnings)
     return render(body, fmt, shape_body=False)
+
+
+async def search_pairs(request: Request) -> list[tuple[str, str]]:
+    """Search parameters of a GET (query) or POST ``_search`` (query plus form body)."""
+    pairs = query_pairs(request)
+    if request.method != "POST":
+        return pairs
+    raw = await request.body()
+    if raw.strip() and media_type(request.headers.get("content-type")) != FORM_TYPE:
+        raise FHIRError(415, f"POST _search takes {FORM_TYPE}", code="not-supported")
+    return pairs + (parse_form(raw) if raw.strip() else [])
 
 
 def history_response(service: FhirService, request: Request, url: str, rtype: str | None,
@@ -185,6 +198,14 @@ def create_app(store: Any) -> FastAPI:
         app.add_api_route(path, bundle, methods=["POST"], openapi_extra=_RESOURCE_BODY,
                           summary="batch or transaction")
 
+    async def system_search(request: Request) -> Response:
+        fmt = negotiate(request)
+        return await in_pool(search_response, service, request, None, await search_pairs(request), fmt)
+
+    for path in ("/fhir", "/fhir/"):
+        app.add_api_route(path, system_search, methods=["GET"], summary="search across resource types")
+    app.add_api_route("/fhir/_search", system_search, methods=["POST"], summary="search across resource types")
+
     @app.get("/fhir/_history")
     async def system_history(request: Request) -> Response:
         return await in_pool(history_response, service, request, f"{base_url(request)}/_history", None, None)
@@ -198,11 +219,7 @@ def create_app(store: Any) -> FastAPI:
     @app.post("/fhir/{rtype}/_search")
     async def search_post(rtype: str, request: Request) -> Response:
         fmt = negotiate(request)
-        raw = await request.body()
-        if raw.strip() and media_type(request.headers.get("content-type")) != FORM_TYPE:
-            raise FHIRError(415, f"POST _search takes {FORM_TYPE}", code="not-supported")
-        pairs = query_pairs(request) + (parse_form(raw) if raw.strip() else [])
-        return await in_pool(search_response, service, request, rtype, pairs, fmt)
+        return await in_pool(search_response, service, request, rtype, await search_pairs(request), fmt)
 
     register_operations(app, service, in_pool)
     register_simulate(app, store, in_pool)

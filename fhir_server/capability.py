@@ -72,5 +72,8 @@ def capability_statement(base: str) -> dict[str, Any]:
             "mode": "server",
             "resource": list(_resources()),
             "interaction": [{"code": code} for code in table["system_interactions"]],
+            "searchParam": [{"name": n, "type": t, "documentation": d} for n, t, d in table["system_search_params"]],
+            "operation": [op for name in table["system_operations"] for op in _operations("*")
+                          if op["name"] == name],
         }],
     }

@@ -150,6 +150,26 @@ def _changed_meta(meta: dict[str, Any], change: dict[str, Any], add: bool) -> di
     return out
 
 
+def meta_in_use(service: FhirService, rtype: str | None) -> dict[str, Any]:
+    """Type- or system-level ``$meta``: the profiles, tags and security labels current resources use."""
+    if rtype is not None:
+        check_type(rtype)
+    where, args = ("AND rt = ?", [rtype]) if rtype else ("", [])
+    cur = service.store.cursor()
+    meta: dict[str, Any] = {}
+    profiles = cur.execute(f"SELECT DISTINCT value FROM idx_uri WHERE param = '_profile' {where} ORDER BY 1",
+                           args).fetchall()
+    if profiles:
+        meta["profile"] = [p for p, in profiles]
+    for key in ("tag", "security"):
+        codings = cur.execute(
+            f"SELECT DISTINCT system, code FROM idx_token WHERE param = ? AND code IS NOT NULL {where} "
+            "ORDER BY system NULLS FIRST, code", [f"_{key}", *args]).fetchall()
+        if codings:
+            meta[key] = [{k: v for k, v in (("system", s), ("code", c)) if v is not None} for s, c in codings]
+    return _meta_parameters(meta)
+
+
 def meta_change(service: FhirService, rtype: str, rid: str, body: Any, add: bool) -> dict[str, Any]:
     """``$meta-add`` / ``$meta-delete``: a new version whose meta differs only as asked."""
     if not isinstance(body, dict) or body.get("resourceType") != "Parameters":
@@ -267,6 +287,14 @@ def register_operations(app: FastAPI, service: FhirService, in_pool: InPool) -> 
     async def patient_everything(rid: str, request: Request) -> Response:
         fmt = negotiate(request)
         return render(await in_pool(everything, service, request, rid), fmt, shape_body=False)
+
+    @app.api_route("/fhir/$meta", methods=["GET", "POST"])
+    async def system_meta(request: Request) -> Response:
+        return render(await in_pool(meta_in_use, service, None), negotiate(request), shape_body=False)
+
+    @app.api_route("/fhir/{rtype}/$meta", methods=["GET", "POST"])
+    async def type_meta(rtype: str, request: Request) -> Response:
+        return render(await in_pool(meta_in_use, service, rtype), negotiate(request), shape_body=False)
 
     @app.api_route("/fhir/{rtype}/{rid}/$meta", methods=["GET", "POST"])
     async def meta(rtype: str, rid: str, request: Request) -> Response:

@@ -23,7 +23,7 @@ from mapping.resource_types import R4_RESOURCE_TYPES
 from mapping.validation import validate_resource
 from mapping.viewdef import ViewDefinitionError, validate_view
 from store.ids import FHIR_ID
-from store.search import SearchError, SearchRequest, SearchResult, search
+from store.search import SearchError, SearchRequest, SearchResult, search, search_system
 from store.store import Current, Store, StoreError, WriteResult
 
 VIEW_DEFINITION = "ViewDefinition"
@@ -123,6 +123,15 @@ class FhirService:
         check_type(rtype)
         try:
             return search(self.store, SearchRequest(rtype, search_params(params), count, offset, strict))
+        except SearchError as exc:
+            raise FHIRError(exc.status, str(exc), code="invalid" if exc.status == 400 else "not-supported",
+                            expression=exc.param) from None
+
+    def search_system(self, params: list[tuple[str, str]], count: int, offset: int,
+                      *, strict: bool = False) -> SearchResult:
+        """Search across types (``GET [base]?_type=…``)."""
+        try:
+            return search_system(self.store, search_params(params), count, offset, strict)
         except SearchError as exc:
             raise FHIRError(exc.status, str(exc), code="invalid" if exc.status == 400 else "not-supported",
                             expression=exc.param) from None

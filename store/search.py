@@ -824,3 +824,86 @@ def _nonneg_int(value: str, name: str) -> int:
     if out < 0:
         raise SearchError(f"{name} must not be negative", param=name)
     return out
+
+
+# ---- system-level search ---------------------------------------------------------------------------
+_EVERY_TYPE = {"_id", "_lastUpdated", "_text", "_content"}
+
+
+def stored_types(store: Store) -> list[str]:
+    """Resource types with at least one current resource (what a search without ``_type`` covers)."""
+    return sorted({t for t, in store.cursor().execute(
+        "SELECT DISTINCT resource_type FROM resources_current WHERE NOT deleted").fetchall()})
+
+
+def search_system(store: Store, params: list[tuple[str, str]], count: int = 50, offset: int = 0,
+                  strict: bool = False) -> SearchResult:
+    """``GET [base]?…``: one search over several types (``_type``, else every stored type).
+
+    A filter must mean the same on every type searched (the common parameters, or one every listed
+    type defines); otherwise it is refused (strict) or ignored and reported, never applied to some
+    types only. Each type's search gives its first ``offset + count`` matches; the page is their
+    merge by the sort (``_lastUpdated``/``_id``; default lastUpdated, type, id), and includes are
+    computed for that page.
+    """
+    types: list[str] = []
+    for name, value in params:
+        if name == "_type":
+            for t in split_or(value):
+                if t not in R4_RESOURCE_TYPES:
+                    raise SearchError(f"unknown resource type {t!r} in _type", param="_type")
+                types.append(t)
+    types = sorted(set(types)) if types else stored_types(store)
+    kept: list[tuple[str, str]] = []
+    ignored: list[str] = []
+    includes: list[tuple[str, str]] = []
+    sort, total_mode, summary_count = "", "accurate", False
+    for name, value in params:
+        code = name.partition(":")[0].partition(".")[0]
+        if name == "_type":
+            continue
+        if name == "_sort":
+            if any(k.lstrip("-") not in ("_id", "_lastUpdated") for k in value.split(",") if k):
+                raise SearchError("a search across types sorts by _lastUpdated or _id only", param="_sort")
+            sort = value
+        elif name.startswith(("_include", "_revinclude")):
+            includes.append((name, value))
+        elif name in CONTROL_PARAMS:
+            total_mode = value if name == "_total" else total_mode
+            summary_count = summary_count or (name, value) == ("_summary", "count")
+        elif name.startswith("_has:") or code in _EVERY_TYPE or all(code in params_for(t) for t in types):
+            kept.append((name, value))
+        elif strict:
+            raise SearchError(f"search parameter {code!r} is not defined for every type searched", param=name)
+        else:
+            ignored.append(name)
+    ordering = [("_sort", sort)] if sort else []
+    per_type = [(t, search(store, SearchRequest(t, [*kept, *ordering, ("_total", total_mode)], count=offset + count,
+                                                strict=strict)))
+                for t in types]
+    totals = [r.total for _, r in per_type]
+    total = None if any(t is None for t in totals) else sum(totals)
+    if summary_count:
+        return SearchResult(total=total, keys=[], ignored=ignored, summary_count=True)
+    merged = []
+    for t, r in per_type:
+        for key in r.keys:
+            cur = store.current(*key)
+            if cur is not None:
+                merged.append((cur.last_updated, t, key[1]))
+    merged.sort()
+    for key in reversed([k for k in sort.split(",") if k]):
+        column = 0 if key.lstrip("-") == "_lastUpdated" else 2
+        merged.sort(key=lambda m, c=column: m[c], reverse=key.startswith("-"))
+    keys = [(t, i) for _, t, i in merged[offset: offset + count]]
+    included: set[tuple[str, str]] = set()
+    capped = False
+    for name, value in includes:
+        found, cut = _includes(store, keys, [value], reverse=name.startswith("_revinclude"))
+        included |= found
+        capped = capped or cut
+    warnings = [w for _, r in per_type for w in r.warnings]
+    if capped:
+        warnings.append(f"_include/_revinclude stopped at {MAX_INCLUDES} resources")
+    return SearchResult(total=total, keys=keys, included=sorted(included - set(keys)),
+                        ignored=[*ignored, *sorted({i for _, r in per_type for i in r.ignored})], warnings=warnings)

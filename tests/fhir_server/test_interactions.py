@@ -165,7 +165,7 @@ def test_capability_statement_lists_what_is_implemented(http: httpx.Client, pati
     cap = http.get("metadata").json()
     assert cap["fhirVersion"] == "4.0.1"
     rest = cap["rest"][0]
-    assert {i["code"] for i in rest["interaction"]} == {"transaction", "batch", "history-system"}
+    assert {i["code"] for i in rest["interaction"]} == {"transaction", "batch", "history-system", "search-system"}
     obs = next(r for r in rest["resource"] if r["type"] == "Observation")
     assert {"read", "vread", "update", "patch", "delete", "create", "search-type"} <= {
         i["code"] for i in obs["interaction"]}
