@@ -1,7 +1,13 @@
 """MLLP end to end with durable ACK: 8 concurrent senders on loopback against a listener process.
 
-fhirtwin: ``run_mllp_forever`` in its own process on a fresh DuckDB file; every AA
-means the message is committed in the inbox and mapped into the store.
+fhirtwin, under both original-mode ACK policies, each in its own process on a fresh
+DuckDB file (``run_mllp``: the listener as ``fhirtwin mllp`` runs it, one map worker):
+
+- ``processed``: AA once the message is committed in the inbox *and* mapped into the store;
+- ``commit``: AA once it is committed in the inbox; mapping follows in the background.
+  For this policy the table also says when the background mapping had caught up
+  (``mapped/s`` = messages / time from the first send until the last one was mapped).
+
 Peer, same run: python-hl7's asyncio MLLP server (``hl7.mllp.start_hl7_server``)
 answering AA at once, storing nothing (the cost of MLLP + ER7 parsing alone).
 
@@ -15,11 +21,13 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import os
 import signal
 import subprocess
 import sys
 import tempfile
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
@@ -28,10 +36,6 @@ sys.path.insert(0, str(REPO))
 from ingest.hl7v2.mllp import MLLPDecoder, encode_frame  # noqa: E402
 
 TEMPLATE = (REPO / "fixtures" / "mllp" / "adt_a01_template.hl7").read_text()
-FHIRTWIN = (
-    "import sys\nfrom ingest.hl7v2.listener import run_mllp_forever\nfrom store.store import Store\n"
-    "with Store(sys.argv[1]) as store:\n    run_mllp_forever(store, '127.0.0.1', 0)\n"
-)
 PEER = (
     "import asyncio, hl7\nfrom hl7.mllp import start_hl7_server\n"
     "async def handle(reader, writer):\n"
@@ -80,16 +84,36 @@ async def sender(port: int, payloads: list[bytes], window: int, latencies_s: lis
     return ok
 
 
-async def load(port: int, senders: int, messages: int, window: int, run: str) -> tuple[float, list[float], int]:
+async def load(port: int, senders: int, messages: int, window: int, run: str) -> tuple[float, float, list[float], int]:
+    """Returns (wall-clock start, elapsed s until the last ACK, sorted ACK latencies, AA count)."""
     latencies_s: list[float] = []
     payloads = [[adt(s, i, run) for i in range(messages)] for s in range(senders)]
-    start = time.perf_counter()
+    wall, start = time.time(), time.perf_counter()
     oks = await asyncio.gather(*(sender(port, p, window, latencies_s) for p in payloads))
-    return time.perf_counter() - start, sorted(latencies_s), sum(oks)
+    return wall, time.perf_counter() - start, sorted(latencies_s), sum(oks)
 
 
-def start(code: str, *args: str) -> tuple[subprocess.Popen[str], int]:
-    proc = subprocess.Popen([sys.executable, "-c", code, *args], cwd=REPO, stdout=subprocess.PIPE, text=True)
+# -- the fhirtwin side: a listener process that also answers "when is N mapped?" on stdin -----------
+async def serve_fhirtwin(db: str, ack_after: str) -> None:
+    from ingest.hl7v2.listener import start_mllp_server
+    from store.store import Store
+
+    with Store(db) as store:
+        server = await start_mllp_server(store, "127.0.0.1", 0, ack_after=ack_after)
+        print(f"MLLP listening on 127.0.0.1:{server.port}", flush=True)
+        loop = asyncio.get_running_loop()
+        while line := await loop.run_in_executor(None, sys.stdin.readline):
+            target = int(line)
+            while sum(n for k, n in server.stats.items() if k.startswith("status_")) < target:
+                await asyncio.sleep(0.005)
+            print(f"{time.time()} {dict(server.stats)}", flush=True)
+        await server.shutdown()
+
+
+def start(args: list[str]) -> tuple[subprocess.Popen[str], int]:
+    proc = subprocess.Popen(
+        [sys.executable, *args], cwd=REPO, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True
+    )
     assert proc.stdout is not None
     line = proc.stdout.readline()
     if not line.startswith("MLLP listening on"):
@@ -98,34 +122,83 @@ def start(code: str, *args: str) -> tuple[subprocess.Popen[str], int]:
     return proc, int(line.rsplit(":", 1)[1])
 
 
+def mapped_at(proc: subprocess.Popen[str], total: int) -> float:
+    """Wall-clock time at which the listener had processed ``total`` messages since it started."""
+    assert proc.stdin is not None and proc.stdout is not None
+    proc.stdin.write(f"{total}\n")
+    proc.stdin.flush()
+    return float(proc.stdout.readline().split(" ", 1)[0])
+
+
+def stop(proc: subprocess.Popen[str]) -> None:
+    if proc.stdin is not None:
+        proc.stdin.close()
+    proc.send_signal(signal.SIGTERM)
+    try:
+        proc.wait(timeout=300)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+
+
+@dataclass
+class Row:
+    server: str
+    window: int
+    messages: int
+    aa: int
+    msg_s: float
+    p50_ms: float
+    p99_ms: float
+    mapped_s: float | None
+
+
+def measure(name: str, cmd: list[str], windows: list[int], senders: int, messages: int, fhirtwin: bool) -> list[Row]:
+    rows = []
+    proc, port = start(cmd)
+    try:
+        done = 0
+        for window in windows:
+            wall, elapsed_s, lat, ok = asyncio.run(load(port, senders, messages, window, f"w{window}"))
+            total = senders * messages
+            mapped = None
+            if fhirtwin:
+                done += total
+                mapped = total / (mapped_at(proc, done) - wall)
+            rows.append(Row(name, window, total, ok, total / elapsed_s, lat[len(lat) // 2] * 1e3,
+                            lat[int(len(lat) * 0.99)] * 1e3, mapped))
+    finally:
+        stop(proc)
+    return rows
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--messages", type=int, default=1500, help="messages per sender per run")
     ap.add_argument("--senders", type=int, default=8)
     ap.add_argument("--windows", default="1,32", help="comma-separated in-flight windows per connection")
+    ap.add_argument("--policies", default="processed,commit", help="fhirtwin ACK policies to measure")
+    ap.add_argument("--serve", nargs=2, metavar=("DB", "ACK_AFTER"), help=argparse.SUPPRESS)
     args = ap.parse_args()
-    rows = []
+    if args.serve:
+        asyncio.run(serve_fhirtwin(*args.serve))
+        return
+    windows = [int(w) for w in args.windows.split(",")]
+    load_before = os.getloadavg()
+    rows: list[Row] = []
     with tempfile.TemporaryDirectory() as tmp:
-        for name, code, extra in (
-            ("fhirtwin (durable inbox + mapped)", FHIRTWIN, [str(Path(tmp) / "bench.duckdb")]),
-            ("python-hl7 server (ACK only)", PEER, []),
-        ):
-            proc, port = start(code, *extra)
-            try:
-                for window in (int(w) for w in args.windows.split(",")):
-                    elapsed_s, lat, ok = asyncio.run(load(port, args.senders, args.messages, window, f"w{window}"))
-                    total = args.senders * args.messages
-                    rows.append((name, window, total, ok, total / elapsed_s,
-                                 lat[len(lat) // 2] * 1e3, lat[int(len(lat) * 0.99)] * 1e3))
-            finally:
-                proc.send_signal(signal.SIGTERM)
-                try:
-                    proc.wait(timeout=120)
-                except subprocess.TimeoutExpired:
-                    proc.kill()
-    print(f"{'server':36} {'window':>6} {'messages':>8} {'AA':>6} {'msg/s':>8} {'p50 ms':>8} {'p99 ms':>8}")
-    for name, window, total, ok, rate, p50, p99 in rows:
-        print(f"{name:36} {window:>6} {total:>8} {ok:>6} {rate:>8.0f} {p50:>8.1f} {p99:>8.1f}")
+        for policy in args.policies.split(","):
+            cmd = [str(Path(__file__).resolve()), "--serve", str(Path(tmp) / f"{policy}.duckdb"), policy]
+            rows += measure(f"fhirtwin, AA after {policy}", cmd, windows, args.senders, args.messages, True)
+        rows += measure("python-hl7 server (ACK only)", ["-c", PEER], windows, args.senders, args.messages, False)
+    load_after = os.getloadavg()
+    print(f"load average before {load_before[0]:.2f} {load_before[1]:.2f} {load_before[2]:.2f}, "
+          f"after {load_after[0]:.2f} {load_after[1]:.2f} {load_after[2]:.2f}; {os.cpu_count()} cores")
+    print(f"{'server':30} {'window':>6} {'messages':>8} {'AA':>6} {'msg/s':>7} {'p50 ms':>7} {'p99 ms':>7} "
+          f"{'mapped/s':>8}")
+    for r in rows:
+        mapped = "" if r.mapped_s is None else f"{r.mapped_s:.0f}"
+        print(f"{r.server:30} {r.window:>6} {r.messages:>8} {r.aa:>6} {r.msg_s:>7.0f} {r.p50_ms:>7.1f} "
+              f"{r.p99_ms:>7.1f} {mapped:>8}")
 
 
 if __name__ == "__main__":

@@ -203,6 +203,11 @@ class Inbox:
         self._lock = threading.Lock()
         row = self._con.execute("SELECT coalesce(max(inbox_id), 0) FROM hl7_inbox").fetchone()
         self._last_id = int(row[0]) if row else 0
+        self._keys = self._load_keys()
+
+    def _load_keys(self) -> KeyFilter:
+        keys = [k for (k,) in self._con.execute("SELECT msg_key FROM hl7_inbox").fetchall()]
+        return KeyFilter(keys, capacity=2 * len(keys))
 
     @contextmanager
     def _transaction(self) -> Iterator[Any]:
@@ -226,9 +231,10 @@ class Inbox:
         """Decide and durably record a group of frames in one transaction (blocking: call from a thread)."""
         now = datetime.now(UTC)
         staged = [_read(a) for a in arrivals]
-        keys = {message_key(s.header) for s in staged}
         with self._transaction() as con:
-            known = self._known(con, keys)
+            if self._keys.full:
+                self._keys = self._load_keys()
+            known = self._known(con, {k for s in staged if (k := message_key(s.header)) in self._keys})
             rows: list[dict[str, Any]] = []
             resent: dict[int, int] = {}
             receipts: list[Receipt] = []
@@ -250,6 +256,7 @@ class Inbox:
                 status = "received" if s.kind == "new" else s.kind
                 row = _row(rid, now, arrival, s, status, receipt)
                 rows.append(row)
+                self._keys.add(key)
                 known.setdefault(key, []).append(row)
                 receipts.append(receipt)
             if rows:
@@ -354,6 +361,42 @@ class Inbox:
         """Rows per status."""
         rows = self.store.cursor().execute("SELECT status, count(*) FROM hl7_inbox GROUP BY status").fetchall()
         return {status: int(n) for status, n in sorted(rows)}
+
+
+class KeyFilter:
+    """A Bloom filter over every message key in the inbox.
+
+    Nearly every arrival is new, and the filter proves that without a query; only keys
+    it may have seen (resends, and ~0.3% false positives) are looked up. A query for
+    all keys would scan the table: DuckDB's index serves point lookups, not IN lists.
+    Three bit positions per key from one 128-bit hash, 16 bits per key of capacity;
+    ``full`` asks for a rebuild (twice as large) once the capacity is used.
+    """
+
+    def __init__(self, keys: Iterable[str], capacity: int) -> None:
+        bits = max(1 << 23, 1 << (16 * capacity).bit_length())
+        self._mask = bits - 1
+        self._bits = bytearray(bits // 8)
+        self._capacity = bits // 16
+        self._count = 0
+        for key in keys:
+            self.add(key)
+
+    @property
+    def full(self) -> bool:
+        return self._count >= self._capacity
+
+    def _positions(self, key: str) -> tuple[int, int, int]:
+        h = int.from_bytes(hashlib.blake2b(key.encode(), digest_size=16).digest(), "little")
+        return h & self._mask, (h >> 42) & self._mask, (h >> 84) & self._mask
+
+    def add(self, key: str) -> None:
+        for pos in self._positions(key):
+            self._bits[pos >> 3] |= 1 << (pos & 7)
+        self._count += 1
+
+    def __contains__(self, key: object) -> bool:
+        return isinstance(key, str) and all(self._bits[p >> 3] >> (p & 7) & 1 for p in self._positions(key))
 
 
 @dataclass(slots=True)

@@ -1,24 +1,42 @@
 """An external HL7v2 sender (python-hl7's ``mllp_send``) feeding a running ``fhirtwin serve``;
-the ACKs are checked and the mapped resources are then found through the FHIR REST API."""
+the ACKs are checked and the mapped resources are then found through the FHIR REST API.
+
+Under both original-mode ACK policies: ``processed`` (the default) and ``commit``, chosen
+through FHIRTWIN_MLLP_ACK_AFTER, where mapping follows the AA and the reads wait for it."""
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import httpx
+import pytest
 from support import FHIRTWIN, FIXTURES, free_port, wait_for_serve
 
 MLLP_SEND = Path(sys.executable).with_name("mllp_send")
 FEED = FIXTURES / "mllp" / "feed.hl7"
 
 
-def test_mllp_send_to_fhirtwin_serve_then_read_over_rest(tmp_path: Path) -> None:
+def search(base: str, rtype: str, params: dict[str, object], *, wait_for: int = 0) -> dict:
+    """A search; with ``wait_for``, repeated until background mapping has produced that many matches
+    (the deadline only guards against a hang; no timing is checked)."""
+    deadline = time.monotonic() + 60
+    while True:
+        found = httpx.get(f"{base}/{rtype}", params=params).json()
+        if found["total"] >= wait_for or time.monotonic() > deadline:
+            return found
+        time.sleep(0.1)
+
+
+@pytest.mark.parametrize("ack_after", ["processed", "commit"])
+def test_mllp_send_to_fhirtwin_serve_then_read_over_rest(tmp_path: Path, ack_after: str) -> None:
     port, mllp_port = free_port(), free_port()
     proc = subprocess.Popen(
         [*FHIRTWIN, "serve", "--db", str(tmp_path / "feed.duckdb"), "--port", str(port), "--mllp-port", str(mllp_port)],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env={**os.environ, "FHIRTWIN_MLLP_ACK_AFTER": ack_after},
     )
     try:
         wait_for_serve(proc, port, mllp_port)
@@ -29,7 +47,12 @@ def test_mllp_send_to_fhirtwin_serve_then_read_over_rest(tmp_path: Path) -> None
         acks = [a.strip(b"\x0b\r\n") for a in out.split(b"\x1c") if a.strip(b"\x0b\r\n")]
         msa = [next(s for s in a.split(b"\r") if s.startswith(b"MSA")).split(b"|")[1].decode() for a in acks]
         assert msa == ["AA", "AA", "AA", "CA", "AR", "AA", "AA", "AE"]
+        # Unmapped type: processed says so in MSA-3 (and ERR severity I); commit answered before mapping.
+        assert (b"not mapped" in acks[5]) == (ack_after == "processed")
         base = f"http://127.0.0.1:{port}/fhir"
+        # Every mapped message names its source message in a Provenance (under commit: once mapping has run).
+        background = ack_after == "commit"
+        assert search(base, "Provenance", {"_count": 50}, wait_for=4 if background else 0)["total"] >= 4
         # The ORU's glucose result (OBX 1554-5, mg/dl normalized to UCUM) and its patient.
         obs = httpx.get(f"{base}/Observation", params={"code": "1554-5"}).json()
         assert obs["total"] >= 1
@@ -40,8 +63,6 @@ def test_mllp_send_to_fhirtwin_serve_then_read_over_rest(tmp_path: Path) -> None
         subject = obs["entry"][0]["resource"]["subject"]["reference"]
         assert subject in {f"Patient/{e['resource']['id']}" for e in patients["entry"]}
         assert httpx.get(f"{base}/Observation", params={"subject": subject, "code": "1554-5"}).json()["total"] >= 1
-        prov = httpx.get(f"{base}/Provenance", params={"_count": 50}).json()
-        assert prov["total"] >= 4  # every mapped message names its source message
     finally:
         proc.terminate()
         proc.wait(timeout=30)

@@ -7,11 +7,14 @@ it bound; that is how these tests get a free port without racing for one.
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import signal
 import subprocess
 import sys
 from pathlib import Path
+
+import pytest
 
 from ingest.hl7v2.inbox import Inbox
 from ingest.hl7v2.mllp import encode_frame
@@ -26,13 +29,13 @@ SERVER = (
     "from ingest.hl7v2.listener import run_mllp_forever\n"
     "from store.store import Store\n"
     "with Store(sys.argv[1]) as store:\n"
-    "    run_mllp_forever(store, '127.0.0.1', 0)\n"
+    "    run_mllp_forever(store, '127.0.0.1', 0, ack_after=sys.argv[2])\n"
 )
 
 
-def start_server(db: Path) -> tuple[subprocess.Popen[str], int]:
+def start_server(db: Path, ack_after: str = "processed") -> tuple[subprocess.Popen[str], int]:
     proc = subprocess.Popen(
-        [sys.executable, "-c", SERVER, str(db)], cwd=REPO, stdout=subprocess.PIPE, text=True,
+        [sys.executable, "-c", SERVER, str(db), ack_after], cwd=REPO, stdout=subprocess.PIPE, text=True,
     )
     assert proc.stdout is not None
     line = proc.stdout.readline()
@@ -125,22 +128,26 @@ async def send_until_killed(port: int, payloads: list[bytes], proc: subprocess.P
     return acked
 
 
-def test_sigkill_mid_stream_loses_nothing_acked_and_resends_make_no_duplicates(tmp_path: Path) -> None:
+@pytest.mark.parametrize("ack_after", ["processed", "commit"])
+def test_sigkill_mid_stream_loses_nothing_acked_and_resends_make_no_duplicates(tmp_path: Path, ack_after: str) -> None:
     db = tmp_path / "kill.duckdb"
     payloads = [adt(i) for i in range(240)]
-    proc, port = start_server(db)
+    proc, port = start_server(db, ack_after)
     acked = asyncio.run(asyncio.wait_for(send_until_killed(port, payloads, proc, kill_after=60), 120))
     proc.wait(timeout=30)
     assert proc.returncode == -signal.SIGKILL
     assert 60 <= len(acked) < len(payloads)
 
-    with Store(db) as store:  # what the crash left: every AA'd message is in the inbox and mapped
+    with Store(db) as store:  # what the crash left: every AA'd message is in the inbox (and mapped, if processed)
         rows = dict(store.cursor().execute("SELECT control_id, status FROM hl7_inbox").fetchall())
-        assert all(rows.get(f"K{i:05d}") == "processed" for i in acked)
-        for i in acked:
-            assert store.read("Patient", _patient_id(store, i)) is not None
+        if ack_after == "processed":
+            assert all(rows.get(f"K{i:05d}") == "processed" for i in acked)
+            for i in acked:
+                assert store.read("Patient", _patient_id(store, i)) is not None
+        else:
+            assert all(rows.get(f"K{i:05d}") in ("received", "processed") for i in acked)
 
-    proc, port = start_server(db)  # restart; the sender resends everything it has not seen AA'd, and more
+    proc, port = start_server(db, ack_after)  # restart; the sender resends all it has not seen AA'd, and more
     try:
         from ingest.hl7v2.mllp import exchange
 
@@ -148,8 +155,10 @@ def test_sigkill_mid_stream_loses_nothing_acked_and_resends_make_no_duplicates(t
     finally:
         stop_server(proc)
     assert [msa(a)[1:3] for a in acks] == [["AA", f"K{i:05d}"] for i in range(len(payloads))]
-    with Store(db) as store:
+    with Store(db) as store:  # the graceful stop drained processing: all of it is mapped, once
         assert Inbox(store).counts() == {"processed": len(payloads)}
+        for i in acked:
+            assert store.read("Patient", _patient_id(store, i)) is not None
         per_patient = store.cursor().execute(
             "SELECT count(*), max(version_id) FROM resources_current WHERE resource_type = 'Patient'"
         ).fetchone()
@@ -164,4 +173,4 @@ def _patient_id(store: Store, i: int) -> str:
     ids = store.cursor().execute(
         "SELECT resource_ids FROM hl7_inbox WHERE control_id = ?", [f"K{i:05d}"]
     ).fetchone()[0]
-    return next(r.split("/")[1] for r in __import__("json").loads(ids) if r.startswith("Patient/"))
+    return next(r.split("/")[1] for r in json.loads(ids) if r.startswith("Patient/"))
