@@ -44,9 +44,11 @@ class FieldMemo(dict):
     the writes). Bytes: nothing for the cyclic garbage collector to count or scan, and one
     ``orjson.loads`` gives fresh copies of every value.
 
-    A field whose texts hardly repeat (OBX-5 results, OBX-14 times, control ids) stops being
-    remembered: storing entries nobody reads again costs a JSON dump, memory and garbage
-    collector passes. ``hits`` and ``misses`` decide; the plan is tried again now and then.
+    A field whose texts hardly repeat (OBX-5 results, OBX-14 times) stops remembering its
+    plain values (``keep``): they are converted by a generated primitive conversion instead
+    (:func:`direct_function`), which costs less than a JSON dump, memory and garbage
+    collector passes for entries nobody reads again. ``hits`` and ``misses`` decide; the
+    field is tried again now and then.
     """
 
     __slots__ = ("hits", "misses", "keep", "aliases", "keep_aliases")
@@ -89,7 +91,7 @@ the memos of all field plans."""
 
 PLAN_MEMO_LIMIT = 20_000
 """Entries one field plan remembers before its memo starts over."""
-_TRY_AGAIN = 4_096
+_TRY_AGAIN = 16_384
 """Misses after which a field that stopped being remembered is given another chance."""
 
 
@@ -100,6 +102,18 @@ def memo_table(delimiters: str, tz: str | None) -> MemoTable:
         table = MEMO_TABLES[key] = MemoTable()
     return table
 
+
+ENTRY, VALUE, NEW_ENTRY, LINK, WRITES, VALUE_IN_LIST = range(6)
+LOG_KINDS = {
+    ENTRY: "(ENTRY, memo entry, repetition base): the writes of a field memo entry",
+    VALUE: "(VALUE, writer number, repetition, scalar): one value at a path without lists",
+    NEW_ENTRY: "(NEW_ENTRY, writes JSON, repetition base): what the interpreter wrote",
+    LINK: "(LINK, writer, target instance): a reference to another resource of the message",
+    WRITES: "(WRITES, [(writer number, frozen value, repetition)], repetition base)",
+    VALUE_IN_LIST: "(VALUE_IN_LIST, writer number, repetition, scalar): one value inside a list",
+}
+"""What a resource's write log holds. ENTRY and VALUE items (and links) make the resource's
+shape a function of the log with the values left out, so its finished JSON can be reused."""
 
 WRITERS: list[Writer] = []
 """Every writer a memo entry names, by number (memo entries are JSON)."""
@@ -168,10 +182,11 @@ _ENVELOPE_SEGMENTS = frozenset({"MSH", "FHS", "BHS"})
 
 
 def run_field(fp: FieldPlan, raw: str, key: Any, holds: tuple[bool, ...] | None, memo: FieldMemo,
-              seg: SegmentLike, node: dict[str, Any], ctx: Context,
+              seg: SegmentLike, log: list[Any], ctx: Context,
               others: Callable[[str], SegmentLike | None], rep_base: int) -> None:
-    """Run the rules of one valued field (or of an empty one with ``when_empty`` rules) and
-    remember under ``key`` what they wrote and which resources they created.
+    """Run the rules of one valued field (or of an empty one with ``when_empty`` rules), add
+    what they write to the resource's write log (see :data:`LOG_KINDS`) and remember under
+    ``key`` what they wrote and which resources they created.
 
     ``holds`` says which of the rules have their condition met (``None``: no rule has one);
     ``key`` is then the field text with it.
@@ -182,7 +197,7 @@ def run_field(fp: FieldPlan, raw: str, key: Any, holds: tuple[bool, ...] | None,
         direct = direct_function(fp, holds)
         if direct is not None:  # a value that is its own text: converted and written without the interpreter
             memo.misses += 1
-            direct(raw.strip(), node, rep_base, ctx.default_tz)
+            direct(raw.strip(), log, rep_base, ctx.default_tz)
             return
     placed: list[tuple[int, Any, int]] = []
     created: list[tuple[str, str, Any]] = []
@@ -212,27 +227,24 @@ def run_field(fp: FieldPlan, raw: str, key: Any, holds: tuple[bool, ...] | None,
             if value is not None:
                 w = writer_for(rule, value)
                 placed.append((writer_number(w), freeze(value), i))
-                w(node, value, rep_base + i)
     ctx.created = None
-    _remember(memo, key, created, placed)
-
-
-def _remember(memo: FieldMemo, key: Any, created: list[tuple[str, str, Any]],
-              placed: list[tuple[int, Any, int]]) -> None:
-    memo.misses += 1
-    if not memo.keep:
-        if memo.misses % _TRY_AGAIN:
-            return
-        memo.keep, memo.hits, memo.misses = True, 0, 0
-    elif memo.misses >= 512 and (memo.hits + memo.aliases) * 4 < memo.misses:  # texts that hardly ever come again
-        memo.keep = False
-        memo.clear()
-        return
     try:
         writes = orjson.dumps([[w, _fragment(value), i] for w, value, i in placed])
         made = orjson.dumps([[rtype, rid, _fragment(body)] for rtype, rid, body in created]) if created else None
-    except TypeError:  # an integer beyond 64 bits: not remembered, converted again next time
+    except TypeError:  # an integer beyond 64 bits: written as it is, converted again next time
+        log.append((WRITES, placed, rep_base))
         return
+    log.append((NEW_ENTRY, writes, rep_base))
+    _remember(memo, key, writes, made)
+
+
+def _remember(memo: FieldMemo, key: Any, writes: bytes, made: bytes | None) -> None:
+    memo.misses += 1
+    if memo.keep:
+        if memo.misses >= 256 and memo.hits + memo.aliases < memo.misses:  # most texts are new
+            memo.keep = False
+    elif memo.misses % _TRY_AGAIN == 0:
+        memo.keep, memo.hits, memo.misses = True, 0, 0
     if len(memo) >= PLAN_MEMO_LIMIT:
         memo.clear()
     memo[key] = writes if made is None else (made, writes)
@@ -255,7 +267,7 @@ _DIRECTS: dict[tuple[int, tuple[bool, ...] | None], Callable[..., None] | None] 
 
 
 def direct_function(fp: FieldPlan, holds: tuple[bool, ...] | None) -> Callable[..., None] | None:
-    """Generated ``direct(text, node, rep_base, tz)`` doing what the rules whose conditions
+    """Generated ``direct(text, log, rep_base, tz)`` doing what the rules whose conditions
     held do with a plain field value, when every one of them is a primitive conversion
     (NM → decimal, DTM → dateTime, ST → string) without vocabulary, datatype map or
     resource; ``None`` otherwise (the interpreter runs)."""
@@ -264,7 +276,7 @@ def direct_function(fp: FieldPlan, holds: tuple[bool, ...] | None) -> Callable[.
         return _DIRECTS[key]
     scope: dict[str, Any] = {"number": values.number, "dtm": values.dtm, "boolean": values.boolean,
                              "whole": _whole}
-    lines = ["def direct(text, node, rep_base, tz):"]
+    lines = ["def direct(text, log, rep_base, tz):"]
     fn = None
     for j, rule in enumerate(fp.rules):
         if holds is not None and not holds[j]:
@@ -273,8 +285,9 @@ def direct_function(fp: FieldPlan, holds: tuple[bool, ...] | None) -> Callable[.
         if (expression is None or rule["c"] or rule["ref"] or rule["assign"] is not None or rule["vocab"]
                 or (rule["map"] and datatype_maps().get(rule["map"]))):
             break
-        scope[f"W{j}"] = rule.get("w") or writer_for(rule, "")
-        lines += [f"    v = {expression}", f"    if v is not None: W{j}(node, v, rep_base)"]
+        number = writer_number(rule.get("w") or writer_for(rule, ""))
+        kind = VALUE_IN_LIST if any(step[2] for step in rule["steps"]) else VALUE
+        lines += [f"    v = {expression}", f"    if v is not None: log.append(({kind}, {number}, rep_base, v))"]
     else:
         lines.append("    return None")
         exec("\n".join(lines), scope)  # the source is built above from the compiled tables only
@@ -381,20 +394,18 @@ def outcomes_function(fp: FieldPlan, seg_id: str) -> Callable[[SegmentLike, Call
     return fn
 
 
-def replay_created(hit: tuple[bytes, bytes], node: dict[str, Any], ctx: Context, rep_base: int) -> None:
+def replay_created(hit: tuple[bytes, bytes], log: list[Any], ctx: Context, rep_base: int) -> None:
     """Do again what a field's rules did before for the same text when they created
-    resources: create the same resources, write the same values (fresh copies)."""
+    resources: create the same resources, log the same writes."""
     made, writes = hit
     for rtype, rid, body in orjson.loads(made):
         ctx.add_resource(rtype, rid, body)
-    for w, value, i in orjson.loads(writes):
-        WRITERS[w](node, value, rep_base + i)
+    log.append((ENTRY, writes, rep_base))
 
 
-def replay(hit: bytes | tuple[bytes, bytes], node: dict[str, Any], ctx: Context, rep_base: int) -> None:
+def replay(hit: bytes | tuple[bytes, bytes], log: list[Any], ctx: Context, rep_base: int) -> None:
     """Do again what a field's rules did before (what the generated functions inline)."""
     if hit.__class__ is bytes:
-        for w, value, i in orjson.loads(hit):
-            WRITERS[w](node, value, rep_base + i)
+        log.append((ENTRY, hit, rep_base))
     else:
-        replay_created(hit, node, ctx, rep_base)  # type: ignore[arg-type]
+        replay_created(hit, log, ctx, rep_base)  # type: ignore[arg-type]

@@ -14,13 +14,14 @@ a Provenance naming the source message.
 
 from __future__ import annotations
 
-import copy
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from functools import cache
 from typing import Any, Protocol
 
-from mapping.v2 import values
+import orjson
+
+from mapping.v2 import shapes, values
 from mapping.v2.engine import (
     SHEET_STRIDE,
     Context,
@@ -31,13 +32,11 @@ from mapping.v2.engine import (
     finalize,
     identifier_key,
     merge,
-    missing_required,
     name_key,
-    prune,
     stable_id,
     writer,
 )
-from mapping.v2.field_rules import memo_table
+from mapping.v2.field_rules import ENTRY, LINK, memo_table, writer_number
 from mapping.v2.segment_functions import apply_segment, row_condition
 from mapping.v2.tables import config, message_maps
 
@@ -81,9 +80,18 @@ class MappingResult:
 class _Instance:
     key: str
     type: str
-    node: dict[str, Any]
     creator: SegmentLike
     chain: tuple[Any, ...]
+    log: list[Any] = field(default_factory=list)
+    """What the segment maps and links write (``field_rules.LOG_KINDS``), in order."""
+    node: Node | None = None
+    """The resource tree, built from the log only when the resource is finished the long way."""
+    fallbacks: tuple[Any, ...] = ()
+    """``(element, target instance)`` or ``None``: the patient and encounter references the
+    resource gets when nothing else wrote them."""
+    shape: shapes.Shape | None = None
+    values: list[Any] = field(default_factory=list)
+    targets: list[Any] = field(default_factory=list)
     id: str | None = None
     alias: _Instance | None = None
     merges: int = 0
@@ -121,6 +129,8 @@ class _Link:
     write: Writer
     listed: bool
     elements: dict[int, Writer] = field(default_factory=dict)
+    literal_entry: bytes = b""
+    """A literal value's write as a field memo entry."""
 
     def element(self, slot: int) -> Writer:
         """Writer for the list element ``slot`` of a list of references."""
@@ -136,7 +146,10 @@ def _links(row: dict[str, Any]) -> list[_Link]:
         links = row["links"] = []
         for a, steps, b, literal in row["refs"]:
             path = tuple(tuple(step) for step in steps)
-            links.append(_Link(a, b, literal, path, writer(path), bool(steps[-1][2])))
+            link = _Link(a, b, literal, path, writer(path), bool(steps[-1][2]))
+            if literal:
+                link.literal_entry = orjson.dumps([[writer_number(link.write), literal, 0]])
+            links.append(link)
     return links
 
 
@@ -243,7 +256,7 @@ class _Mapper:
                     continue
                 inst, rep_base = self._instance(row, seg, chain)
                 base = inst.base_of(row["map"]) + rep_base
-                apply_segment(row["map"], seg, inst.node, ctx, others, base)
+                apply_segment(row["map"], seg, inst.log, ctx, others, base)
                 if row["refs"]:
                     self.refs.append((inst, row))
 
@@ -267,7 +280,7 @@ class _Mapper:
             if found is not None and found.creator.id != seg.id and (outer is self.root or id(outer) in found.chain_ids):
                 found.merges += 1
                 return found, found.merges * 1000
-        inst = _Instance(row["key"], row["type"], Node(), seg, chain)
+        inst = _Instance(row["key"], row["type"], seg, chain)
         self.by_scope[k] = inst
         self.by_key.setdefault(inst.key, []).append(inst)
         self.instances.append(inst)
@@ -312,32 +325,47 @@ class _Mapper:
                 if source is None:
                     continue
                 if link.literal:
-                    link.write(source.node, link.literal, 0)
+                    source.log.append((ENTRY, link.literal_entry, 0))
                     continue
                 target = self._find(link.target, inst)
                 if target is None or target is source:
                     continue
                 if link.listed:  # a list of references: one element per target
-                    link.element(n + position[id(target)])(source.node, Ref(target), 0)
+                    source.log.append((LINK, link.element(n + position[id(target)]), target))
                 else:
-                    link.write(source.node, Ref(target), 0)
+                    source.log.append((LINK, link.write, target))
 
     def patient(self, near: _Instance) -> _Instance | None:
         return self._find("Patient[1]", near)
 
     def fallback_links(self) -> None:
+        """The patient and encounter each resource refers to unless its maps named one."""
         cfg = config()
         for inst in self.instances:
             pref = cfg["patient_reference"].get(inst.type)
-            if pref and pref not in inst.node:
-                patient = self.patient(inst)
-                if patient is not None and patient is not inst:
-                    inst.node[pref] = Ref(patient)
+            patient = self.patient(inst) if pref else None
             eref = cfg["encounter_reference"].get(inst.type)
-            if eref and eref not in inst.node:
-                enc = self._find("Encounter[1]", inst)
-                if enc is not None:
-                    inst.node[eref] = Ref(enc)
+            enc = self._find("Encounter[1]", inst) if eref else None
+            inst.fallbacks = ((pref, patient) if patient is not None and patient is not inst else None,
+                              (eref, enc) if enc is not None else None)
+
+    def _shape(self, inst: _Instance) -> None:
+        """Find (or make) the resource's shape; without one, build its tree."""
+        found = shapes.key_of(inst.type, inst.log, inst.fallbacks)
+        if found is not None:
+            key, inst.values, inst.targets = found
+            inst.shape = shapes.shape_of(key, inst.type, inst.log, inst.fallbacks, len(inst.values),
+                                         inst.targets, self.emit)
+        if inst.shape is None:
+            inst.node = shapes.materialize(inst.log, inst.fallbacks, False)
+
+    def _keys(self, inst: _Instance) -> tuple[str, str]:
+        """The identifier and name keys id recipes read."""
+        shape = inst.shape
+        if shape is not None:
+            return shapes.id_key(shape.identifier, inst.values), shapes.id_key(shape.name, inst.values)
+        parts = shapes.keyed_parts(inst.node or {})
+        return identifier_key(parts), name_key(parts)
 
     def order_number(self, inst: _Instance) -> str:
         """Filler (else placer) order number of the innermost group around ``inst`` that has one."""
@@ -353,30 +381,42 @@ class _Mapper:
         recipes = config()["ids"]
         ordered = sorted(self.instances, key=lambda i: i.type != "Patient")
         for inst in ordered:
-            body: dict[str, Any] | None = None
+            self._shape(inst)
+            keys: tuple[str, str] | None = None
             for alt in recipes.get(inst.type, recipes["_default"]):
-                if body is None and ("identifier" in alt or "name" in alt):
-                    body = _keyed_parts(inst.node)
-                parts = [self._token(tok, inst, body) for tok in alt]
+                if keys is None and ("identifier" in alt or "name" in alt):
+                    keys = self._keys(inst)
+                parts = [self._token(tok, inst, keys) for tok in alt]
                 if all(parts):
                     inst.id = stable_id(inst.type, *parts)
                     break
             if inst.id is None:
                 inst.id = stable_id(inst.type, inst.creator.raw)
         seen: dict[tuple[str, str], _Instance] = {}
+        merged = False
         for inst in self.instances:
             other = seen.get((inst.type, inst.id or ""))
             if other is None:
                 seen[(inst.type, inst.id or "")] = inst
-            else:
-                merge(other.node, inst.node)
-                inst.alias = other
+                continue
+            for each in (other, inst):  # resources with one id are merged as trees
+                each.shape = None
+                if each.node is None:
+                    each.node = shapes.materialize(each.log, each.fallbacks, False)
+            merge(other.node, inst.node)  # type: ignore[arg-type]
+            inst.alias = other
+            merged = True
+        if merged:  # two references of one resource may now be equal: finish it the long way
+            for inst in self.instances:
+                if inst.shape is not None and len({id(t.root()) for t in inst.targets}) < len(inst.targets):
+                    inst.shape = None
+                    inst.node = shapes.materialize(inst.log, inst.fallbacks, False)
 
-    def _token(self, tok: str, inst: _Instance, body: dict[str, Any] | None) -> str:
+    def _token(self, tok: str, inst: _Instance, keys: tuple[str, str] | None) -> str:
         if tok == "identifier":
-            return identifier_key(body or {})
+            return keys[0] if keys else ""
         if tok == "name":
-            return name_key(body or {})
+            return keys[1] if keys else ""
         if tok == "order":
             return self.order_number(inst)
         if tok == "patient":
@@ -398,22 +438,23 @@ class _Mapper:
         return {"reference": f"{inst.type}/{inst.id}"}
 
     def resources(self) -> list[dict[str, Any]]:
-        cfg = config()
         out: list[dict[str, Any]] = []
         for inst in self.instances:
             if inst.alias is not None:
                 continue
-            body = finalize(inst.node, self.resolve) or {}
-            _element_defaults(body, inst.type, cfg["element_defaults"])
-            prune(body, inst.type)
-            for k, v in cfg["defaults"].get(inst.type, {}).items():
-                if k not in body:  # a copy: resources must not share mutable default objects
-                    body[k] = copy.deepcopy(v)
-            missing = missing_required(body, inst.type)
-            if missing:
-                self.ctx.notes.append(f"{inst.type} from {inst.creator.id}[{inst.creator.seq}] dropped: no {missing}")
-                continue
-            out.append({"resourceType": inst.type, "id": inst.id, **body})
+            shape = inst.shape
+            if shape is not None:
+                missing: list[str] | tuple[str, ...] = shape.missing
+                if not missing:
+                    out.append(shapes.fill(shape, inst.id or "", inst.values, inst.targets))
+                    continue
+            else:
+                body = finalize(inst.node, self.resolve) or {}
+                missing = shapes.finish(body, inst.type)
+                if not missing:
+                    out.append({"resourceType": inst.type, "id": inst.id, **body})
+                    continue
+            self.ctx.notes.append(f"{inst.type} from {inst.creator.id}[{inst.creator.seq}] dropped: no {list(missing)}")
         out.extend(self.ctx.resources.values())
         return out
 
@@ -423,18 +464,6 @@ def _seg_token(tok: str) -> tuple[int, int]:
     """``seg:3.1`` → field 3, component 1."""
     spec = tok[4:].split(".")
     return int(spec[0]), int(spec[1]) if len(spec) > 1 else 1
-
-
-def _element_defaults(body: dict[str, Any], rtype: str, defaults: dict[str, dict[str, Any]]) -> None:
-    for path, values_ in defaults.items():
-        head, _, element = path.partition(".")
-        if head != rtype or element not in body:
-            continue
-        items = body[element] if isinstance(body[element], list) else [body[element]]
-        for item in items:
-            for k, v in values_.items():
-                if k not in item:
-                    item[k] = copy.deepcopy(v)
 
 
 @cache
@@ -460,23 +489,6 @@ def _segments_in(group: Any) -> Iterator[SegmentLike]:
     for item in group.items:
         if not hasattr(item, "items"):
             yield item
-
-
-def _keyed_parts(node: dict[str, Any]) -> dict[str, Any]:
-    """The finished ``identifier`` and ``name`` of a resource under construction: all an
-    id recipe reads, without finishing the rest of the tree (references resolve to nothing)."""
-    out = {}
-    for k in ("identifier", "name"):
-        v = node.get(k)
-        if v is not None:
-            fv = finalize(v, _no_reference)
-            if fv not in (None, {}, [], ""):
-                out[k] = fv
-    return out
-
-
-def _no_reference(_ref: Ref) -> None:
-    return None
 
 
 def _provenance(msg: MessageLike, targets: list[dict[str, Any]], default_tz: str | None) -> dict[str, Any]:

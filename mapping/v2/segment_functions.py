@@ -18,11 +18,9 @@ from collections.abc import Callable
 from functools import cache
 from typing import Any
 
-import orjson
-
 from mapping.v2.engine import NULL, Context, SegmentLike, ref_value
 from mapping.v2.field_rules import (
-    WRITERS,
+    ENTRY,
     cond_refs,
     condition_expression,
     outcomes_function,
@@ -34,13 +32,14 @@ from mapping.v2.field_rules import (
 )
 
 SegmentFunction = Callable[
-    [SegmentLike, dict[str, Any], Context, Callable[[str], SegmentLike | None], int], None
+    [SegmentLike, list[Any], Context, Callable[[str], SegmentLike | None], int], None
 ]
 
 
-def apply_segment(mapname: str, seg: SegmentLike, node: dict[str, Any], ctx: Context,
+def apply_segment(mapname: str, seg: SegmentLike, log: list[Any], ctx: Context,
                   others: Callable[[str], SegmentLike | None], rep_base: int = 0) -> None:
-    """Apply a segment map (``OBX[Observation]``) to a resource under construction.
+    """Apply a segment map (``OBX[Observation]``) to a resource under construction: add its
+    writes to the resource's write log (``field_rules.LOG_KINDS``).
 
     ``rep_base`` separates the list elements of several segments feeding one resource
     (each AIP of an SIU adds its own Appointment.participant).
@@ -49,7 +48,7 @@ def apply_segment(mapname: str, seg: SegmentLike, node: dict[str, Any], ctx: Con
     if fn is None:
         ctx.notes.append(f"no segment map {mapname}")
         return
-    fn(seg, node, ctx, others, rep_base)
+    fn(seg, log, ctx, others, rep_base)
 
 
 @cache
@@ -58,9 +57,9 @@ def segment_function(mapname: str, seg_id: str) -> SegmentFunction | None:
     plan = segment_plan(mapname)
     if plan is None:
         return None
-    scope: dict[str, Any] = {"NULL": NULL, "run_field": run_field, "loads": orjson.loads, "ref_value": ref_value,
-                             "WRITERS": WRITERS, "replay_created": replay_created, "replay": replay}
-    lines = ["def apply(seg, node, ctx, others, rep_base):",
+    scope: dict[str, Any] = {"NULL": NULL, "run_field": run_field, "ref_value": ref_value, "ENTRY": ENTRY,
+                             "replay_created": replay_created, "replay": replay}
+    lines = ["def apply(seg, log, ctx, others, rep_base):",
              "    fields = seg.fields",
              "    n = len(fields)",
              "    memos = ctx.memos"]
@@ -71,10 +70,10 @@ def segment_function(mapname: str, seg_id: str) -> SegmentFunction | None:
                   "    if raw == NULL: raw = ''"]
         inline_replay = ["elif hit.__class__ is bytes:",  # replay(), inlined
                   "    memo.hits += 1",
-                  "    for w, value, j in loads(hit): WRITERS[w](node, value, rep_base + j)",
+                  "    log.append((ENTRY, hit, rep_base))",
                   "else:",
                   "    memo.hits += 1",
-                  "    replay_created(hit, node, ctx, rep_base)"]
+                  "    replay_created(hit, log, ctx, rep_base)"]
         if fp.deps:
             # the field text and the other fields its conditions read; only when that is new,
             # which conditions hold (OBX-6 with a new OBX-5 finds the units converted before)
@@ -93,14 +92,14 @@ def segment_function(mapname: str, seg_id: str) -> SegmentFunction | None:
                     f"    holds = OUT{i}(seg, others)",
                     "    by_outcome = (raw, holds)",
                     "    hit = memo.get(by_outcome)",
-                    f"    if hit is None: run_field(FP{i}, raw, by_outcome, holds, memo, seg, node, ctx, others, "
+                    f"    if hit is None: run_field(FP{i}, raw, by_outcome, holds, memo, seg, log, ctx, others, "
                     "rep_base)",
-                    "    else: memo.alias(key, hit); replay(hit, node, ctx, rep_base)",
+                    "    else: memo.alias(key, hit); replay(hit, log, ctx, rep_base)",
                     *inline_replay]
         else:
             body = [f"memo = memos[{fp.number}]",
                     "hit = memo.get(raw)",
-                    f"if hit is None: run_field(FP{i}, raw, raw, None, memo, seg, node, ctx, others, rep_base)",
+                    f"if hit is None: run_field(FP{i}, raw, raw, None, memo, seg, log, ctx, others, rep_base)",
                     *inline_replay]
         if fp.when_empty:
             lines += [f"    {line}" for line in body]

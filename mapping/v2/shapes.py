@@ -1,0 +1,256 @@
+"""Finished resources reused by shape: the same writes, the values left out, give the same JSON.
+
+A resource under construction is a write log (``field_rules.LOG_KINDS``): memo entries of
+its fields, single values at paths without lists (a new OBX-5 result, a new OBX-14 time) and
+references to other resources of the message. Finishing it (first rule wins, list slots
+joined, empty elements dropped, references resolved, defaults, pruning, required elements)
+looks at which elements are there, never at what a single value outside a list says. So the
+finished JSON is a function of the log with those values and the reference targets replaced
+by placeholders: it is built once per shape, as JSON bytes with the placeholders in it, and
+every later resource of that shape is the template with its own values, references and id
+put in (bytes replacements and one ``orjson.loads``), without a resource tree.
+
+Placeholders are strings between U+FFFF noncharacters. A template or id key in which that
+character appears other than in placeholders (text a sender put there) is not kept: that
+resource is finished the long way.
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import orjson
+
+from mapping.v2.engine import (
+    Node,
+    Ref,
+    finalize,
+    identifier_key,
+    missing_required,
+    name_key,
+    prune,
+    thaw,
+)
+from mapping.v2.field_rules import ENTRY, LINK, NEW_ENTRY, VALUE, VALUE_IN_LIST, WRITERS, WRITES
+from mapping.v2.tables import config
+
+MARK = "\uffff"
+_MARK_BYTES = MARK.encode()
+ID_PLACEHOLDER = f"{MARK}id{MARK}"
+SHAPE_LIMIT = 20_000
+"""Templates kept before the table starts over."""
+
+
+def value_placeholder(i: int) -> str:
+    return f"{MARK}{i}v{MARK}"
+
+
+def reference_placeholder(k: int) -> str:
+    return f"{MARK}{k}r{MARK}"
+
+
+_VALUE, _REFERENCE, _ID = range(3)
+
+
+@dataclass(frozen=True, slots=True)
+class Shape:
+    """A finished resource with placeholders, and what its id recipe reads."""
+
+    template: bytes | None
+    """``{"resourceType", "id", …}`` as JSON, ``None`` when the resource lacks a required element."""
+    present: tuple[tuple[bytes, int, int], ...]
+    """(placeholder as a JSON string, what it stands for, its number) found in the template."""
+    identifier: str
+    name: str
+    missing: tuple[str, ...]
+
+
+SHAPES: dict[tuple[Any, ...], Shape] = {}
+
+
+def key_of(rtype: str, log: list[Any], fallbacks: tuple[Any, ...]
+           ) -> tuple[tuple[Any, ...], list[Any], list[Any]] | None:
+    """The shape key of a write log, with the values and the distinct reference targets
+    it leaves out; ``None`` when the log holds what only the long way finishes (values the
+    interpreter just wrote, values inside lists)."""
+    items: list[Any] = [rtype]
+    values: list[Any] = []
+    targets: list[Any] = []
+    for item in log:
+        kind = item[0]
+        if kind == ENTRY:
+            items.append(item)
+        elif kind == VALUE:
+            v = item[3]
+            if v.__class__ is str and MARK in v:
+                return None
+            values.append(v)
+            items.append((VALUE, item[1], item[2]))
+        elif kind == LINK:
+            target = item[2]
+            k = _index(targets, target)
+            items.append((LINK, item[1], k, target.type))
+        else:
+            return None
+    for fallback in fallbacks:
+        if fallback is None:
+            items.append(None)
+        else:
+            name, target = fallback
+            items.append((name, _index(targets, target), target.type))
+    return tuple(items), values, targets
+
+
+def _index(targets: list[Any], target: Any) -> int:
+    for k, t in enumerate(targets):
+        if t is target:
+            return k
+    targets.append(target)
+    return len(targets) - 1
+
+
+def materialize(log: list[Any], fallbacks: tuple[Any, ...], placeholders: bool) -> Node:
+    """The resource tree a write log builds; with ``placeholders``, single values stand in
+    as :func:`value_placeholder` strings."""
+    node = Node()
+    i = 0
+    for item in log:
+        kind = item[0]
+        if kind in (ENTRY, NEW_ENTRY):
+            base = item[2]
+            for w, value, j in orjson.loads(item[1]):
+                WRITERS[w](node, value, base + j)
+        elif kind in (VALUE, VALUE_IN_LIST):
+            WRITERS[item[1]](node, value_placeholder(i) if placeholders else item[3], item[2])
+            i += 1
+        elif kind == LINK:
+            item[1](node, Ref(item[2]), 0)
+        elif kind == WRITES:
+            base = item[2]
+            for w, value, j in item[1]:
+                WRITERS[w](node, thaw(value), base + j)
+    for fallback in fallbacks:
+        if fallback is not None and fallback[0] not in node:
+            node[fallback[0]] = Ref(fallback[1])
+    return node
+
+
+def keyed_parts(node: dict[str, Any]) -> dict[str, Any]:
+    """The finished ``identifier`` and ``name`` of a resource under construction: all an
+    id recipe reads, without finishing the rest of the tree (references resolve to nothing)."""
+    out = {}
+    for k in ("identifier", "name"):
+        v = node.get(k)
+        if v is not None:
+            fv = finalize(v, _no_reference)
+            if fv not in (None, {}, [], ""):
+                out[k] = fv
+    return out
+
+
+def _no_reference(_ref: Ref) -> None:
+    return None
+
+
+def finish(body: dict[str, Any], rtype: str) -> list[str]:
+    """Defaults, pruning and the required-element check on a finalized body; what it lacks."""
+    cfg = config()
+    _element_defaults(body, rtype, cfg["element_defaults"])
+    prune(body, rtype)
+    for k, v in cfg["defaults"].get(rtype, {}).items():
+        if k not in body:  # a copy: resources must not share mutable default objects
+            body[k] = copy.deepcopy(v)
+    return missing_required(body, rtype)
+
+
+def _element_defaults(body: dict[str, Any], rtype: str, defaults: dict[str, dict[str, Any]]) -> None:
+    for path, values_ in defaults.items():
+        head, _, element = path.partition(".")
+        if head != rtype or element not in body:
+            continue
+        items = body[element] if isinstance(body[element], list) else [body[element]]
+        for item in items:
+            for k, v in values_.items():
+                if k not in item:
+                    item[k] = copy.deepcopy(v)
+
+
+def shape_of(key: tuple[Any, ...], rtype: str, log: list[Any], fallbacks: tuple[Any, ...], n_values: int,
+             targets: list[Any], emit: frozenset[str]) -> Shape | None:
+    """The shape for ``key``, built from this log when it is new; ``None`` when this
+    resource cannot be templated (see the module docstring)."""
+    shape = SHAPES.get(key)
+    if shape is not None:
+        return shape
+    node = materialize(log, fallbacks, True)
+    parts = keyed_parts(node)
+    ident, name = identifier_key(parts), name_key(parts)
+    resolve = _placeholder_resolver(targets, emit)
+    body = finalize(node, resolve) or {}
+    missing = finish(body, rtype)
+    placeholders = [(value_placeholder(i), _VALUE, i) for i in range(n_values)]
+    placeholders += [(reference_placeholder(k), _REFERENCE, k) for k in range(len(targets))]
+    if not _only_placeholders(ident, placeholders) or not _only_placeholders(name, placeholders):
+        return None
+    if missing:
+        shape = Shape(None, (), ident, name, tuple(missing))
+    else:
+        template = orjson.dumps({"resourceType": rtype, "id": ID_PLACEHOLDER, **body})
+        placeholders.append((ID_PLACEHOLDER, _ID, 0))
+        present = tuple((b'"' + p.encode() + b'"', what, n) for p, what, n in placeholders
+                        if p.encode() in template)
+        if template.count(_MARK_BYTES) != 2 * sum(template.count(p) for p, _, _ in present):
+            return None
+        shape = Shape(template, present, ident, name, ())
+    if len(SHAPES) >= SHAPE_LIMIT:
+        SHAPES.clear()
+    SHAPES[key] = shape
+    return shape
+
+
+def _only_placeholders(text: str, placeholders: list[tuple[str, int, int]]) -> bool:
+    if MARK not in text:
+        return True
+    for p, _, _ in placeholders:
+        text = text.replace(p, "")
+    return MARK not in text
+
+
+def _placeholder_resolver(targets: list[Any], emit: frozenset[str]) -> Callable[[Ref], dict[str, Any] | None]:
+    def resolve(ref: Ref) -> dict[str, Any] | None:
+        target = ref.target
+        if target.type not in emit:
+            return None
+        return {"reference": reference_placeholder(_index(targets, target))}
+    return resolve
+
+
+def id_key(text: str, values: list[Any]) -> str:
+    """An id recipe's identifier or name key with this resource's values put in."""
+    if MARK in text:
+        for i, v in enumerate(values):
+            text = text.replace(value_placeholder(i), str(v))
+    return text
+
+
+_dumps = orjson.dumps
+_loads = orjson.loads
+
+
+def fill(shape: Shape, rid: str, values: list[Any], targets: list[Any]) -> dict[str, Any]:
+    """The finished resource: the shape's template with this resource's values, reference
+    targets and id."""
+    t = shape.template
+    assert t is not None
+    for placeholder, what, n in shape.present:
+        if what == _VALUE:
+            t = t.replace(placeholder, _dumps(values[n]))
+        elif what == _REFERENCE:
+            target = targets[n]
+            t = t.replace(placeholder, _dumps(f"{target.type}/{target.id}"))
+        else:
+            t = t.replace(placeholder, _dumps(rid))
+    return _loads(t)
