@@ -18,7 +18,6 @@ from __future__ import annotations
 import threading
 import weakref
 from collections import OrderedDict
-from contextvars import ContextVar
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -46,8 +45,6 @@ _COLUMNS = {
 _MODIFIERS = {"token": {"", "not"}, "string": {"", "exact", "contains"}, "uri": {"", "below", "above"},
               "date": {""}, "number": {""}, "quantity": {""}, "reference": {"", "identifier", "Patient"}}
 LARGE_BATCH = 200
-# Set while a search must not touch DuckDB (it runs on the event loop): loads raise Unsupported.
-NO_LOADS: ContextVar[bool] = ContextVar("patient_cache_no_loads", default=False)
 
 
 class Unsupported(Exception):
@@ -74,8 +71,6 @@ class PatientRows:
     def param_rows(self, rtype: str, param: str) -> dict[str, list[tuple[Any, ...]]]:
         table = _TABLE_OF.get(params_for(rtype)[param].type) if param in params_for(rtype) else None
         if table is not None and table not in self.loaded:
-            if NO_LOADS.get():
-                raise Unsupported(f"{table} not loaded for this patient")
             self._load_table(table)
         return self.rows.get((rtype, param), {})
 
@@ -145,8 +140,6 @@ class PatientIndexCache:
                 self._entries.move_to_end(pid)
                 return entry
             stamp = (self._epoch, self._generation.get(pid, 0))
-        if NO_LOADS.get():
-            raise Unsupported(f"patient {pid} is not cached")
         entry = self._load(pid)
         with self._lock:
             if stamp == (self._epoch, self._generation.get(pid, 0)):  # no write raced with the load

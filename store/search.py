@@ -628,24 +628,6 @@ def _includes(
 
 def search(store: Store, req: SearchRequest) -> SearchResult:
     """Run a type-level search and return one page of keys, the total and the included keys."""
-    result = _search(store, req, memory_only=False)
-    assert result is not None
-    return result
-
-
-def search_in_memory(store: Store, req: SearchRequest) -> SearchResult | None:
-    """The search answered from cached patients alone, or None when it needs DuckDB (or is invalid:
-    :func:`search` then answers or reports it). Cheap enough to run on an event loop."""
-    token = patient_cache.NO_LOADS.set(True)
-    try:
-        return _search(store, req, memory_only=True)
-    except SearchError:
-        return None
-    finally:
-        patient_cache.NO_LOADS.reset(token)
-
-
-def _search(store: Store, req: SearchRequest, memory_only: bool) -> SearchResult | None:
     rtype = req.resource_type
     conds: list[str] = []
     filters: list[tuple[str, str]] = []
@@ -680,8 +662,6 @@ def _search(store: Store, req: SearchRequest, memory_only: bool) -> SearchResult
     if rtype not in R4_RESOURCE_TYPES:
         raise SearchError(f"unknown resource type {rtype!r}", status=404)
     if any("." in name for name, _ in filters):
-        if memory_only:
-            return None
         resolved = _resolve_patient_chains(store, rtype, filters)
         if resolved is None:
             counted = total_mode != "none" or summary_count
@@ -691,9 +671,7 @@ def _search(store: Store, req: SearchRequest, memory_only: bool) -> SearchResult
     b = _Builder(store, req.strict, (rtype, pids) if pids is not None else None)
     # The in-memory path parses every value it uses and declines (None) what it cannot answer
     # exactly, including unknown parameters and bad values, which the SQL builder then reports.
-    fast = _patient_search(store, rtype, pids, filters, sort, includes, bool(revincludes) or iterate)
-    if fast is None and memory_only:
-        return None
+    fast = _patient_search(store, rtype, pids, filters, sort, includes, revincludes or iterate)
     if fast is not None:
         matched, ordered_ids, entries = fast
         total = len(ordered_ids) if total_mode != "none" or summary_count else None
@@ -807,20 +785,19 @@ MAX_CACHED_PATIENTS = 100
 
 def _patient_search(
     store: Store, rtype: str, pids: frozenset[str] | None, filters: list[tuple[str, str]],
-    sort: str, includes: list[str], sql_only: bool,
+    sort: str, includes: list[str], needs_sql: bool,
 ) -> tuple[list, list[str], list] | None:
     """Answer a search anchored on a few patients (``pids``: its direct patient anchor) from the in-memory
     patient cache, or None (use SQL)."""
-    if sql_only:
+    if needs_sql:
         return None
     if pids is None or len(pids) > MAX_CACHED_PATIENTS:
         return None
     cache = patient_cache.cache_for(store)
-    may_load = len(pids) <= MAX_FAST_PATIENTS and not patient_cache.NO_LOADS.get()
-    if not may_load and not all(cache.holds(pid) for pid in pids):
+    if len(pids) > MAX_FAST_PATIENTS and not all(cache.holds(pid) for pid in pids):
         return None
+    entries = [cache.get(pid) for pid in sorted(pids)]
     try:
-        entries = [cache.get(pid) for pid in sorted(pids)]
         matched = patient_cache.evaluate(entries, rtype, filters, sort)
         ordered = patient_cache.order(matched, sort)
         patient_cache.forward_includes(entries, rtype, [], includes)  # raises if unsupported

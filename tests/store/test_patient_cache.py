@@ -109,19 +109,3 @@ def test_chains_into_patient_resolve_to_the_patients_they_find(store: Store, syn
     assert nobody.total == 0 and nobody.keys == []
     counted = search(store, SearchRequest("Observation", [("patient.name", "zz-no-such-family"), ("_summary", "count")]))
     assert counted.total == 0 and counted.summary_count
-
-
-def test_in_memory_search_never_touches_duckdb(store: Store) -> None:
-    from store.patient_cache import cache_for
-    from store.search import search_in_memory
-
-    params = [("patient", OTHER), ("code", "8302-2"), ("_sort", "-date")]
-    cache_for(store)._entries.pop(OTHER, None)
-    assert search_in_memory(store, SearchRequest("Observation", params)) is None  # patient not cached
-    full = search(store, SearchRequest("Observation", params))  # loads the patient
-    quick = search_in_memory(store, SearchRequest("Observation", params))
-    assert quick is not None and (quick.total, quick.keys) == (full.total, full.keys) and full.total > 0
-    # a table this patient has not loaded yet, a chain, a bad value: each needs the full search
-    assert search_in_memory(store, SearchRequest("Observation", [("patient", OTHER), ("value-string", "x")])) is None
-    assert search_in_memory(store, SearchRequest("Observation", [("patient.name", "x")])) is None
-    assert search_in_memory(store, SearchRequest("Observation", [("patient", OTHER), ("date", "nonsense")])) is None
