@@ -1,7 +1,7 @@
 """The durable HL7 v2 inbox: every frame received is a row before anything is acknowledged.
 
-The inbox lives in the store's DuckDB file (table ``hl7_inbox``), written through
-``Store.write_transaction()`` so it shares the single writer. :func:`accept`
+The inbox lives in the store's DuckDB file (table ``hl7_inbox``, in the one
+writer process; see below for its connections). :func:`accept`
 takes a *group* of frames (whatever arrived on all connections while the
 previous commit ran), decides for each one whether it is new, a resend, a
 control-id conflict or unreadable, and inserts them in one transaction: one
@@ -20,10 +20,11 @@ store write failed: see ``error`` and the store's dead letters), ``rejected``
 (unreadable, never processed), ``oversize`` (larger than the frame limit: only its
 head is kept, so it is never replayed) and ``conflict``.
 
-The inbox writes on its own DuckDB connection, serialized by its own lock, not
-under the store's resource-writer lock: the tables are disjoint, DuckDB's MVCC
-runs both transactions side by side, and so a long ``Store.write`` of mapped
-resources never delays the receipt (and ACK) of the next frames.
+The inbox writes on its own DuckDB connections (one for receipts, one for
+outcomes), not under the store's resource-writer lock: the tables are disjoint,
+DuckDB's MVCC runs the transactions side by side, and so neither a long
+``Store.write`` of mapped resources nor the recording of their outcomes delays
+the receipt (and ACK) of the next frames.
 
 ACK policy for original mode (``ack_after``): ``processed`` sends AA once the
 message is mapped into the store; ``commit`` sends AA as soon as its inbox row is
@@ -33,14 +34,16 @@ processing later records status, error and resource ids, never another ACK.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import threading
-from collections.abc import Iterable, Iterator
-from contextlib import contextmanager
-from dataclasses import dataclass
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, TypeVar
 
+import duckdb
 import orjson
 import pyarrow as pa
 
@@ -63,6 +66,8 @@ ALTER TABLE hl7_inbox ADD COLUMN IF NOT EXISTS ack_on_commit BOOLEAN DEFAULT fal
 """
 
 ACK_AFTER = ("processed", "commit")
+_CONFLICT_ATTEMPTS = 5
+_T = TypeVar("_T")
 
 ACCEPTED = ("received", "processed", "not-mapped", "dead")
 FINAL = ("processed", "not-mapped", "dead", "rejected", "oversize", "conflict")
@@ -201,6 +206,8 @@ class Inbox:
         ensure_inbox(store)
         self._con = store.cursor()
         self._lock = threading.Lock()
+        self._outcome_con = store.cursor()
+        self._outcome_lock = threading.Lock()
         row = self._con.execute("SELECT coalesce(max(inbox_id), 0) FROM hl7_inbox").fetchone()
         self._last_id = int(row[0]) if row else 0
         self._keys = self._load_keys()
@@ -209,17 +216,31 @@ class Inbox:
         keys = [k for (k,) in self._con.execute("SELECT msg_key FROM hl7_inbox").fetchall()]
         return KeyFilter(keys, capacity=2 * len(keys))
 
-    @contextmanager
-    def _transaction(self) -> Iterator[Any]:
-        with self._lock:
-            con = self._con
-            con.execute("BEGIN TRANSACTION")
-            try:
-                yield con
-            except BaseException:
-                con.execute("ROLLBACK")
-                raise
-            con.execute("COMMIT")
+    def _write(self, con: Any, lock: threading.Lock, body: Callable[[Any], _T]) -> _T:
+        """Run ``body(con)`` in one transaction, again if DuckDB reports a write-write conflict.
+
+        Receipts and outcomes commit on two connections so neither waits for the other; they
+        touch the same row only when a resend is counted while its outcome is recorded, and
+        then one of them runs again.
+        """
+        for attempt in range(_CONFLICT_ATTEMPTS):
+            with lock:
+                con.execute("BEGIN TRANSACTION")
+                try:
+                    out = body(con)
+                    con.execute("COMMIT")
+                    return out
+                except duckdb.TransactionException:
+                    with contextlib.suppress(duckdb.Error):
+                        con.execute("ROLLBACK")
+                    if attempt + 1 == _CONFLICT_ATTEMPTS:
+                        raise
+                except BaseException:
+                    with contextlib.suppress(duckdb.Error):
+                        con.execute("ROLLBACK")
+                    raise
+            time.sleep(0.002 * 2**attempt)  # the other transaction is short: let it finish
+        raise AssertionError("unreachable")
 
     @property
     def last_id(self) -> int:
@@ -231,14 +252,18 @@ class Inbox:
         """Decide and durably record a group of frames in one transaction (blocking: call from a thread)."""
         now = datetime.now(UTC)
         staged = [_read(a) for a in arrivals]
-        with self._transaction() as con:
+        first_id = self._last_id
+
+        def record(con: Any) -> list[Receipt]:
+            self._last_id = first_id  # a retried attempt gives out the same ids
             if self._keys.full:
                 self._keys = self._load_keys()
             known = self._known(con, {k for s in staged if (k := message_key(s.header)) in self._keys})
             rows: list[dict[str, Any]] = []
             resent: dict[int, int] = {}
             receipts: list[Receipt] = []
-            for arrival, s in zip(arrivals, staged, strict=True):
+            for arrival, read in zip(arrivals, staged, strict=True):
+                s = replace(read)  # decisions below must not outlive a retried attempt
                 key = message_key(s.header)
                 prior = known.get(key, [])
                 same = next((p for p in prior if p["content_hash"] == s.chash), None)
@@ -266,7 +291,9 @@ class Inbox:
                     "UPDATE hl7_inbox SET resends = resends + ? WHERE inbox_id = ?",
                     [[n, rid] for rid, n in resent.items()],
                 )
-        return receipts
+            return receipts
+
+        return self._write(self._con, self._lock, record)
 
     def _known(self, con: Any, keys: Iterable[str]) -> dict[str, list[dict[str, Any]]]:
         keys = list(keys)
@@ -301,7 +328,8 @@ class Inbox:
                 "notes": [_json(o.get("notes")) for o in outcomes],
             }
         )
-        with self._transaction() as con:
+
+        def record(con: Any) -> None:
             con.register("_outcomes", table)
             try:
                 con.execute(
@@ -313,6 +341,8 @@ class Inbox:
                 )
             finally:
                 con.unregister("_outcomes")
+
+        self._write(self._outcome_con, self._outcome_lock, record)
 
     def final_ack(self, inbox_id: int) -> str | None:
         """The stored application-level ACK of a row, once it is final (or sent at commit)."""

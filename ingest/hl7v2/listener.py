@@ -32,6 +32,7 @@ import asyncio
 import contextlib
 import logging
 import multiprocessing
+import os
 import signal
 from collections import Counter
 from concurrent.futures import ProcessPoolExecutor
@@ -42,12 +43,23 @@ from ingest.hl7v2.ack import build_ack
 from ingest.hl7v2.errors import ErrorCode, HL7Error
 from ingest.hl7v2.inbox import ACK_AFTER, Arrival, Inbox, Receipt, ack_code, refusal
 from ingest.hl7v2.mllp import DEFAULT_MAX_FRAME_BYTES, Frame, MLLPDecoder, encode_frame
-from ingest.hl7v2.processor import Mapped, Mapper, Work, commit_mapped, default_mapper, map_batch
+from ingest.hl7v2.processor import (
+    Mapped,
+    Mapper,
+    Outcome,
+    Work,
+    default_mapper,
+    map_batch,
+    record_batch,
+    write_mapped,
+)
 from store.store import Store
 
 log = logging.getLogger(__name__)
 
 DEFAULT_PORT = 2575
+# Under ack_after="commit" mapping is background work: its processes yield the CPU to receipt and ACKs.
+BACKGROUND_MAP_NICENESS = 10
 
 
 @dataclass(frozen=True, slots=True)
@@ -105,9 +117,10 @@ class MLLPServer:
         self._mapper = mapper
         self._intake: asyncio.Queue[_Pending | None] = asyncio.Queue(options.intake_queue_size)
         self._work: asyncio.Queue[Work | None] = asyncio.Queue(options.work_queue_size)
-        self._mapping: asyncio.Queue[tuple[list[Work], asyncio.Future[Mapped]] | None] = asyncio.Queue(
-            max(1, options.map_workers) + 1
-        )
+        self._mapping: asyncio.Queue[tuple[list[Work], asyncio.Future[Mapped]] | None] = asyncio.Queue()
+        # Batches in flight: one being written and one being mapped per worker. The next batch waits
+        # in the work queue meanwhile, so it grows while the store is busy (fewer, larger writes).
+        self._slots = asyncio.Semaphore(max(1, options.map_workers) + 1)
         self._pool: ProcessPoolExecutor | None = None
         # Committed rows not on the work queue (recovered, or more than it holds) are read back from the
         # inbox: ids from _spill_from up to _committed_upto.
@@ -124,7 +137,10 @@ class MLLPServer:
     async def _start(self, host: str, port: int) -> None:
         if self.options.map_workers:
             ctx = multiprocessing.get_context("spawn")  # this process holds DuckDB threads: never fork it
-            self._pool = ProcessPoolExecutor(self.options.map_workers, mp_context=ctx)
+            niceness = BACKGROUND_MAP_NICENESS if self.options.ack_after == "commit" else 0
+            self._pool = ProcessPoolExecutor(
+                self.options.map_workers, mp_context=ctx, initializer=os.nice, initargs=(niceness,)
+            )
             await asyncio.get_running_loop().run_in_executor(self._pool, map_batch, [], self._mapper)
         self._stages = [
             asyncio.create_task(self._commit_loop(), name="mllp-commit"),
@@ -282,11 +298,13 @@ class MLLPServer:
         loop = asyncio.get_running_loop()
         done = False
         while not done or self._spill_from is not None:
+            await self._slots.acquire()
             if done:  # shutting down: the queue is drained, finish what only the inbox holds
                 works, _ = await self._next_works()
             else:
                 works, done = await self._next_works()
             if not works:
+                self._slots.release()
                 continue
             if self._pool is not None:
                 mapped = loop.run_in_executor(self._pool, map_batch, works, self._mapper)
@@ -299,17 +317,32 @@ class MLLPServer:
         while (item := await self._mapping.get()) is not None:
             works, mapped = item
             try:
-                outcomes = await asyncio.to_thread(commit_mapped, self.store, self.inbox, works, await mapped, self._mapper)
-            except Exception:  # rows stay 'received' and are processed again at the next start
-                log.exception("processing batch failed")
-                for work in works:
-                    self._unprocessed.add(work.inbox_id)
-                    self._resolve(work.inbox_id, _deferred_ack(work.raw))
-                continue
-            self.stats["processed_batches"] += 1
-            for out in outcomes:
-                self.stats[f"status_{out.status}"] += 1
-                self._resolve(out.inbox_id, out.ack)
+                await self._write(works, mapped)
+            finally:
+                self._slots.release()
+
+    async def _write(self, works: list[Work], mapped: asyncio.Future[Mapped]) -> None:
+        try:
+            outcomes = await asyncio.to_thread(write_mapped, self.store, works, await mapped, self._mapper)
+        except Exception:  # rows stay 'received' and are processed again at the next start
+            log.exception("processing batch failed")
+            for work in works:
+                self._unprocessed.add(work.inbox_id)
+                self._resolve(work.inbox_id, _deferred_ack(work.raw))
+            return
+        self.stats["processed_batches"] += 1
+        for out in outcomes:
+            self.stats[f"status_{out.status}"] += 1
+        self._answer(outcomes)  # the store holds what AA promises; the rows below are bookkeeping
+        try:
+            await asyncio.to_thread(record_batch, self.store, self.inbox, works, outcomes)
+        except Exception:  # the rows stay 'received': processed again (idempotently) at the next start
+            log.exception("recording outcomes failed")
+        self._answer(outcomes)  # resends that arrived while the rows were being recorded
+
+    def _answer(self, outcomes: list[Outcome]) -> None:
+        for out in outcomes:
+            self._resolve(out.inbox_id, out.ack)
 
     def _resolve(self, inbox_id: int, ack: str) -> None:
         fut = self._waiting.pop(inbox_id, None)

@@ -180,8 +180,22 @@ def map_batch(works: list[Work], mapper: Mapper | None = None) -> Mapped:
     return Mapped(outcomes, prepared, spans)
 
 
-def commit_mapped(store: Store, inbox: Inbox, works: list[Work], mapped: Mapped, mapper: Mapper | None = None) -> list[Outcome]:
+def commit_mapped(
+    store: Store, inbox: Inbox, works: list[Work], mapped: Mapped, mapper: Mapper | None = None
+) -> list[Outcome]:
     """Write a mapped batch, its dead letters and its outcome rows (blocking: call from a worker thread)."""
+    outcomes = write_mapped(store, works, mapped, mapper)
+    record_batch(store, inbox, works, outcomes)
+    return outcomes
+
+
+def write_mapped(store: Store, works: list[Work], mapped: Mapped, mapper: Mapper | None = None) -> list[Outcome]:
+    """The store write of a mapped batch; afterwards every outcome is final (blocking).
+
+    Once this returns the ACKs may go out: what AA promises is in the store, and if the
+    outcome rows are not recorded (a crash), the rows stay ``received`` and are processed
+    again, idempotently.
+    """
     outcomes = mapped.outcomes
     todo = [i for i, out in enumerate(outcomes) if out.status == "processed"]
     try:
@@ -193,14 +207,20 @@ def commit_mapped(store: Store, inbox: Inbox, works: list[Work], mapped: Mapped,
         for i in todo:
             start, stop = mapped.spans[i]
             outcomes[i].resource_ids = ids[start:stop]
+    return outcomes
+
+
+def record_batch(store: Store, inbox: Inbox, works: list[Work], outcomes: list[Outcome]) -> None:
+    """Dead letters of the failed messages, and every outcome row in one statement (blocking)."""
     for work, out in zip(works, outcomes, strict=True):
         if out.status == "dead" and out.error is not None:
             store.dead_letter(_dl_source(work.inbox_id), None, "hl7v2", work.raw, [out.error])
     inbox.record_outcomes([o.as_row() for o in outcomes])
-    return outcomes
 
 
-def _write_one_by_one(store: Store, works: list[Work], outcomes: list[Outcome], todo: list[int], mapper: Mapper) -> None:
+def _write_one_by_one(
+    store: Store, works: list[Work], outcomes: list[Outcome], todo: list[int], mapper: Mapper
+) -> None:
     for i in todo:
         msg = parse_stored(works[i].raw)
         try:
