@@ -229,15 +229,49 @@ def group_message(msg: Message, *, strict: bool = False, structure: str | None =
     required segment or an out-of-place segment raises :class:`HL7StructureError`
     (ACK AE, HL7 code 100); otherwise out-of-place segments are attached to the
     innermost open group and listed in ``unexpected``.
+
+    The grouping depends only on the structure, the version family and the sequence of
+    segment ids, so it is worked out once per such sequence and rebuilt from a recipe
+    for every later message of that shape.
     """
     name = structure or structure_of(msg)
-    root = Group(name)
     family = _family(msg.version)
+    segments = msg.segments
+    key = (family, name, strict, tuple(s.id for s in segments))
+    recipe = _RECIPES.get(key)
+    if recipe is None:
+        root = _match(segments, name, family, strict)
+        if len(_RECIPES) >= _RECIPE_LIMIT:
+            _RECIPES.clear()
+        _RECIPES[key] = _recipe(root, {id(s): i for i, s in enumerate(segments)})
+        return root
+    return _rebuild(recipe, segments)
+
+
+_Recipe = tuple[str, bool, tuple[Any, ...], tuple[int, ...]]
+_RECIPES: dict[tuple[Any, ...], _Recipe] = {}
+_RECIPE_LIMIT = 10_000
+
+
+def _recipe(group: Group, index: dict[int, int]) -> _Recipe:
+    """A grouping as segment positions: (name, repeats, items, unexpected)."""
+    items = tuple(_recipe(item, index) if isinstance(item, Group) else index[id(item)] for item in group.items)
+    return group.name, group.repeats, items, tuple(index[id(seg)] for seg in group.unexpected)
+
+
+def _rebuild(recipe: _Recipe, segments: list[Segment]) -> Group:
+    name, repeats, items, unexpected = recipe
+    return Group(name, [segments[item] if item.__class__ is int else _rebuild(item, segments) for item in items],
+                 [segments[i] for i in unexpected], repeats)
+
+
+def _match(segments: list[Segment], name: str, family: str, strict: bool) -> Group:
+    root = Group(name)
     node = _definitions(family).get(name)
     if node is None:
-        root.items.extend(msg.segments)
+        root.items.extend(segments)
         return root
-    m = _Matcher(msg.segments, strict)
+    m = _Matcher(segments, strict)
     m.known = _known_ids(family, name)
     while m.i < len(m.segs):
         before = m.i

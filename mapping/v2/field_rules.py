@@ -370,7 +370,15 @@ def value_lines(refs: dict[tuple[str, int, int, int], int], seg_id: str, scope: 
             else:
                 lines.append(f"    v{i} = {slow}")
         if re.search(rf"\bc{i}\b", expressions):
-            lines.append(f"    c{i} = len(seg.reps({ref[1]}))" if own else f"    c{i} = 0")
+            f = ref[1]
+            if not own:
+                lines.append(f"    c{i} = 0")
+            elif f <= 2 and seg_id in _ENVELOPE_SEGMENTS:
+                lines.append(f"    c{i} = len(seg.reps({f}))")
+            else:  # Segment.reps() counted without splitting
+                scope["NULL"] = '""'
+                lines += [f"    g{i} = fields[{f}] if n > {f} else ''",
+                          f"    c{i} = 0 if not g{i} or g{i} == NULL else g{i}.count(seg.delimiters.repetition) + 1"]
     scope["STANDARD"] = _STANDARD
     return lines
 

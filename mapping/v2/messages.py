@@ -37,7 +37,7 @@ from mapping.v2.engine import (
     writer,
 )
 from mapping.v2.field_rules import ENTRY, LINK, memo_table, writer_number
-from mapping.v2.segment_functions import apply_segment, row_condition
+from mapping.v2.segment_functions import RowsFunction, apply_segment, row_condition, rows_condition
 from mapping.v2.tables import config, message_maps
 
 PROVENANCE_SOURCE_SYSTEM = "urn:fhirtwin:v2:message-control-id"
@@ -76,7 +76,7 @@ class MappingResult:
         return [r for r in self.resources if r["resourceType"] == resource_type]
 
 
-@dataclass(eq=False)
+@dataclass(eq=False, slots=True)
 class _Instance:
     key: str
     type: str
@@ -92,14 +92,13 @@ class _Instance:
     shape: shapes.Shape | None = None
     values: list[Any] = field(default_factory=list)
     targets: list[Any] = field(default_factory=list)
+    patient: _Instance | None = None
+    """The Patient the ``patient`` id token reads (not the resource itself)."""
     id: str | None = None
     alias: _Instance | None = None
     merges: int = 0
     bases: dict[str, int] = field(default_factory=dict)
     chain_ids: frozenset[int] = frozenset()  # groups are compared by identity, never by value
-
-    def __post_init__(self) -> None:
-        self.chain_ids = frozenset(map(id, self.chain))
 
     def base_of(self, mapname: str) -> int:
         """List offset of a segment map's elements. The IG numbers list slots per sheet:
@@ -223,6 +222,48 @@ def _emitted() -> frozenset[str]:
     return frozenset(config()["emit"])
 
 
+def _flatten(group: GroupLike, chain: tuple[Any, ...], segs: list[SegmentLike], chains: list[tuple[Any, ...]],
+             sig: list[Any]) -> None:
+    """Segments in message order with their enclosing groups, and the grouping's signature
+    (group names, whether they repeat, segment ids, group ends)."""
+    for item in group.items:
+        if hasattr(item, "items"):
+            sig.append(item.name)
+            sig.append(item.repeats)
+            _flatten(item, (*chain, item), segs, chains, sig)
+            sig.append(None)
+        else:
+            segs.append(item)
+            chains.append(chain)
+            sig.append(item.id)
+
+
+@dataclass(eq=False)
+class _Plan:
+    """What the message tables decided for one message shape, by position: the resources
+    (key, type, creating segment), the segment maps applied (segment, map, resource, list
+    offset), the links (source, ``LINK`` with a writer or ``ENTRY`` with a literal's write,
+    target), each resource's fallback references and its patient (-1: none)."""
+
+    instances: list[tuple[str, str, int]]
+    steps: list[tuple[int, str, int, int]]
+    links: list[tuple[int, int, Any, int]]
+    fallbacks: list[tuple[Any, Any]]
+    patients: list[int]
+
+
+@dataclass(eq=False)
+class _ShapePlans:
+    """The rows whose conditions a grouping's plan depends on, and the plan per outcome."""
+
+    conditions: list[tuple[int, RowsFunction]]
+    plans: dict[tuple[tuple[bool, ...], ...], _Plan]
+
+
+_PLANS: dict[tuple[Any, ...], _ShapePlans] = {}
+_PLAN_LIMIT = 10_000
+
+
 class _Mapper:
     def __init__(self, msg: MessageLike, root: GroupLike, structure: str, default_tz: str | None) -> None:
         self.msg = msg
@@ -245,20 +286,99 @@ class _Mapper:
         self.ctx = Context(tz, self.emit, dk, memos=memo_table(dk, tz))
 
     def run(self, rows: _Rows) -> None:
+        """Apply the segment maps, links and fallback references.
+
+        Which rows apply, which resource each fills, what refers to what: that depends only
+        on the grouping (group names, instances, segment ids) and on the rows' conditions,
+        so it is decided once per such shape (:class:`_Plan`) and followed by every later
+        message of that shape.
+        """
+        segs: list[SegmentLike] = []
+        chains: list[tuple[Any, ...]] = []
+        sig: list[Any] = [self.structure]
+        _flatten(self.root, (), segs, chains, sig)
+        key = tuple(sig)
+        shaped = _PLANS.get(key)
+        if shaped is None:
+            if len(_PLANS) >= _PLAN_LIMIT:
+                _PLANS.clear()
+            shaped = _PLANS[key] = _ShapePlans(self._conditions(rows, segs), {})
         others = self.first_seg.get
-        ctx = self.ctx
+        outcomes = tuple([holds(segs[i], others) for i, holds in shaped.conditions])
+        plan = shaped.plans.get(outcomes)
+        if plan is None:
+            plan = shaped.plans[outcomes] = self._decide(rows, segs)
+        self._follow(plan, segs, chains)
+
+    def _conditions(self, rows: _Rows, segs: list[SegmentLike]) -> list[tuple[int, RowsFunction]]:
+        """The rows with a condition, by segment position: what else a plan depends on."""
+        position = {id(seg): i for i, seg in enumerate(segs)}
+        out = []
+        for seg, _chain, path in _walk(self.root, (), ()):
+            conditional = tuple(row for row in rows.find_cached(path, seg.id) if row["cond"] is not None)
+            if conditional:
+                out.append((position[id(seg)], rows_condition(conditional, seg.id)))
+        return out
+
+    def _decide(self, rows: _Rows, segs: list[SegmentLike]) -> _Plan:
+        """Work out the plan for this message's shape (the mapper's state is reset after)."""
+        others = self.first_seg.get
+        position = {id(seg): i for i, seg in enumerate(segs)}
+        steps: list[tuple[int, str, int, int]] = []
         for seg, chain, path in _walk(self.root, (), ()):
-            found = rows.find_cached(path, seg.id)
-            if not found:
-                continue
-            for row in found:
+            for row in rows.find_cached(path, seg.id):
                 if row["cond"] is not None and not row_condition(row, seg.id)(seg, others):
                     continue
                 inst, rep_base = self._instance(row, seg, chain)
-                base = inst.base_of(row["map"]) + rep_base
-                apply_segment(row["map"], seg, inst.log, ctx, others, base)
+                steps.append((position[id(seg)], row["map"], self.instances.index(inst),
+                              inst.base_of(row["map"]) + rep_base))
                 if row["refs"]:
                     self.refs.append((inst, row))
+        number = {id(inst): i for i, inst in enumerate(self.instances)}
+        links: list[tuple[int, int, Any, int]] = []
+        n = len(self.instances)
+        for inst, row in self.refs:
+            for link in _links(row):
+                source = self._find(link.source, inst)
+                if source is None:
+                    continue
+                if link.literal:
+                    links.append((number[id(source)], ENTRY, link.literal_entry, -1))
+                    continue
+                target = self._find(link.target, inst)
+                if target is None or target is source:
+                    continue
+                w = link.element(n + number[id(target)]) if link.listed else link.write  # listed: one element per target
+                links.append((number[id(source)], LINK, w, number[id(target)]))
+        cfg = config()
+        fallbacks: list[tuple[Any, Any]] = []
+        patients: list[int] = []
+        for inst in self.instances:
+            pref = cfg["patient_reference"].get(inst.type)
+            patient = self.patient(inst)
+            p = number[id(patient)] if patient is not None and patient is not inst else -1
+            eref = cfg["encounter_reference"].get(inst.type)
+            enc = self._find("Encounter[1]", inst) if eref else None
+            fallbacks.append(((pref, p) if pref and p >= 0 else None,
+                              (eref, number[id(enc)]) if enc is not None else None))
+            patients.append(p)
+        plan = _Plan([(inst.key, inst.type, position[id(inst.creator)]) for inst in self.instances],
+                     steps, links, fallbacks, patients)
+        self.instances, self.refs, self.by_scope, self.by_key, self.found = [], [], {}, {}, {}
+        return plan
+
+    def _follow(self, plan: _Plan, segs: list[SegmentLike], chains: list[tuple[Any, ...]]) -> None:
+        others = self.first_seg.get
+        ctx = self.ctx
+        insts = self.instances = [_Instance(key, rtype, segs[i], chains[i]) for key, rtype, i in plan.instances]
+        for i, mapname, k, base in plan.steps:
+            apply_segment(mapname, segs[i], insts[k].log, ctx, others, base)
+        for source, kind, what, target in plan.links:
+            insts[source].log.append((kind, what, insts[target]) if kind == LINK else (kind, what, 0))
+        for inst, (pf, ef), p in zip(insts, plan.fallbacks, plan.patients, strict=True):
+            inst.fallbacks = ((pf[0], insts[pf[1]]) if pf else None, (ef[0], insts[ef[1]]) if ef else None)
+            if p >= 0:
+                inst.patient = insts[p]
 
     def _instance(self, row: dict[str, Any], seg: SegmentLike, chain: tuple[Any, ...]) -> tuple[_Instance, int]:
         """The instance this row fills, and the list offset for its repeated elements.
@@ -280,7 +400,7 @@ class _Mapper:
             if found is not None and found.creator.id != seg.id and (outer is self.root or id(outer) in found.chain_ids):
                 found.merges += 1
                 return found, found.merges * 1000
-        inst = _Instance(row["key"], row["type"], seg, chain)
+        inst = _Instance(row["key"], row["type"], seg, chain, chain_ids=frozenset(map(id, chain)))
         self.by_scope[k] = inst
         self.by_key.setdefault(inst.key, []).append(inst)
         self.instances.append(inst)
@@ -316,38 +436,8 @@ class _Mapper:
                     return inst
         return None
 
-    def link(self) -> None:
-        position = {id(inst): i for i, inst in enumerate(self.instances)}
-        n = len(self.instances)
-        for inst, row in self.refs:
-            for link in _links(row):
-                source = self._find(link.source, inst)
-                if source is None:
-                    continue
-                if link.literal:
-                    source.log.append((ENTRY, link.literal_entry, 0))
-                    continue
-                target = self._find(link.target, inst)
-                if target is None or target is source:
-                    continue
-                if link.listed:  # a list of references: one element per target
-                    source.log.append((LINK, link.element(n + position[id(target)]), target))
-                else:
-                    source.log.append((LINK, link.write, target))
-
     def patient(self, near: _Instance) -> _Instance | None:
         return self._find("Patient[1]", near)
-
-    def fallback_links(self) -> None:
-        """The patient and encounter each resource refers to unless its maps named one."""
-        cfg = config()
-        for inst in self.instances:
-            pref = cfg["patient_reference"].get(inst.type)
-            patient = self.patient(inst) if pref else None
-            eref = cfg["encounter_reference"].get(inst.type)
-            enc = self._find("Encounter[1]", inst) if eref else None
-            inst.fallbacks = ((pref, patient) if patient is not None and patient is not inst else None,
-                              (eref, enc) if enc is not None else None)
 
     def _shape(self, inst: _Instance) -> None:
         """Find (or make) the resource's shape; without one, build its tree."""
@@ -420,8 +510,7 @@ class _Mapper:
         if tok == "order":
             return self.order_number(inst)
         if tok == "patient":
-            p = self.patient(inst)
-            return (p.id or "") if p is not None and p is not inst else ""
+            return (inst.patient.id or "") if inst.patient is not None else ""
         if tok == "raw":
             return inst.creator.raw
         if tok.startswith("seg:"):
@@ -549,8 +638,6 @@ def map_grouped(
         return MappingResult(structure, False, notes=[f"{event or structure} is not mapped"])
     m = _Mapper(msg, root, structure, default_tz)
     m.run(rows)
-    m.link()
-    m.fallback_links()
     m.assign_ids()
     resources = m.resources()
     patient = next((r for r in resources if r["resourceType"] == "Patient"), None)

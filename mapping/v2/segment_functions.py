@@ -126,3 +126,22 @@ def row_condition(row: dict[str, Any], seg_id: str) -> ConditionFunction:
         exec("\n".join(lines), scope)  # the source is built above from the compiled tables only
         fn = fns[seg_id] = scope["holds"]
     return fn
+
+
+RowsFunction = Callable[[SegmentLike, Callable[[str], SegmentLike | None]], tuple[bool, ...]]
+_ROWS_CONDITIONS: dict[tuple[tuple[int, ...], str], RowsFunction] = {}
+
+
+def rows_condition(rows: tuple[dict[str, Any], ...], seg_id: str) -> RowsFunction:
+    """The conditions of several message-table rows for one segment, as one generated
+    function (the values they read fetched once) telling which of them hold."""
+    key = (tuple(id(row) for row in rows), seg_id)
+    fn = _ROWS_CONDITIONS.get(key)
+    if fn is None:
+        refs = {ref: i for i, ref in enumerate(sorted({ref for row in rows for ref in cond_refs(row["cond"])}))}
+        scope: dict[str, Any] = {"ref_value": ref_value, "ROWS": rows}  # keeps the rows (and their ids) alive
+        tests = ", ".join(condition_expression(row["cond"], refs, scope) for row in rows)
+        lines = ["def holds(seg, others):", *value_lines(refs, seg_id, scope, tests), f"    return ({tests},)"]
+        exec("\n".join(lines), scope)  # the source is built above from the compiled tables only
+        fn = _ROWS_CONDITIONS[key] = scope["holds"]
+    return fn
