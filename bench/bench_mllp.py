@@ -1,7 +1,7 @@
 """MLLP end to end with durable ACK: 8 concurrent senders on loopback against a listener process.
 
 fhirtwin, under both original-mode ACK policies, each in its own process on a fresh
-DuckDB file (``run_mllp``: the listener as ``fhirtwin mllp`` runs it, one map worker):
+DuckDB file (the listener as ``fhirtwin mllp`` runs it: one mapping process by default):
 
 - ``processed``: AA once the message is committed in the inbox *and* mapped into the store;
 - ``commit``: AA once it is committed in the inbox; mapping follows in the background.
@@ -94,12 +94,12 @@ async def load(port: int, senders: int, messages: int, window: int, run: str) ->
 
 
 # -- the fhirtwin side: a listener process that also answers "when is N mapped?" on stdin -----------
-async def serve_fhirtwin(db: str, ack_after: str) -> None:
+async def serve_fhirtwin(db: str, ack_after: str, map_workers: str) -> None:
     from ingest.hl7v2.listener import start_mllp_server
     from store.store import Store
 
     with Store(db) as store:
-        server = await start_mllp_server(store, "127.0.0.1", 0, ack_after=ack_after)
+        server = await start_mllp_server(store, "127.0.0.1", 0, ack_after=ack_after, map_workers=int(map_workers))
         print(f"MLLP listening on 127.0.0.1:{server.port}", flush=True)
         loop = asyncio.get_running_loop()
         while line := await loop.run_in_executor(None, sys.stdin.readline):
@@ -177,7 +177,8 @@ def main() -> None:
     ap.add_argument("--senders", type=int, default=8)
     ap.add_argument("--windows", default="1,32", help="comma-separated in-flight windows per connection")
     ap.add_argument("--policies", default="processed,commit", help="fhirtwin ACK policies to measure")
-    ap.add_argument("--serve", nargs=2, metavar=("DB", "ACK_AFTER"), help=argparse.SUPPRESS)
+    ap.add_argument("--map-workers", type=int, default=1, help="fhirtwin mapping processes (the listener's default: 1)")
+    ap.add_argument("--serve", nargs=3, metavar=("DB", "ACK_AFTER", "MAP_WORKERS"), help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.serve:
         asyncio.run(serve_fhirtwin(*args.serve))
@@ -187,7 +188,8 @@ def main() -> None:
     rows: list[Row] = []
     with tempfile.TemporaryDirectory() as tmp:
         for policy in args.policies.split(","):
-            cmd = [str(Path(__file__).resolve()), "--serve", str(Path(tmp) / f"{policy}.duckdb"), policy]
+            db = str(Path(tmp) / f"{policy}.duckdb")
+            cmd = [str(Path(__file__).resolve()), "--serve", db, policy, str(args.map_workers)]
             rows += measure(f"fhirtwin, AA after {policy}", cmd, windows, args.senders, args.messages, True)
         rows += measure("python-hl7 server (ACK only)", ["-c", PEER], windows, args.senders, args.messages, False)
     load_after = os.getloadavg()
