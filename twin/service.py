@@ -345,13 +345,18 @@ class TwinRefresher:
         for r in results:
             if r.resource_type in ("Device", "CarePlan", "Provenance"):
                 continue
-            raw = self.store.read_bytes(r.resource_type, r.id)
+            raw = self.store.read_bytes(r.resource_type, r.id) if r.outcome != "deleted" else self._before(r)
             # A cheap byte test first: most resources of a bulk batch name no tracked patient.
             if raw is None or _TWIN_TAG in raw or not any(p.encode() in raw for p in tracked):
                 continue
             patients.update(p for p in patients_of(orjson.loads(raw)) if p in tracked)
         if patients and TwinRegistry.mark_stale(self.store, patients):
             self._wake.set()
+
+    def _before(self, deleted: WriteResult) -> bytes | None:
+        """The version a deletion ended (a tombstone has no content to say whose data it was)."""
+        found = self.store.vread(deleted.resource_type, deleted.id, deleted.version_id - 1)
+        return orjson.dumps(found[1]) if found is not None and found[1] is not None else None
 
     def refresh_once(self) -> int:
         """Refit every stale twin now; returns how many were refitted."""

@@ -142,6 +142,11 @@ def test_publish_then_new_data_marks_stale_and_refit_replaces(store: Store) -> N
     assert store.current("CarePlan", plan_id).version_id == 2
     assert refresher.refresh_once() == 0  # publishing did not make the twin stale again
 
+    store.delete("Observation", f"{VANCO_PATIENT}-level-extra")  # a deletion changes the data too
+    (row,) = [r for r in TwinRegistry.rows(store) if r["patient_id"] == VANCO_PATIENT]
+    assert row["stale"]
+    assert refresher.refresh_once() == 1
+
 
 def test_missing_data_is_explained(store: Store) -> None:
     with pytest.raises(MissingData, match="creatinine|weight"):
