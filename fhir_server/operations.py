@@ -28,6 +28,7 @@ from fhir_server.service import VIEW_DEFINITION, FhirService, check_id, check_ty
 from fhir_server.versioning import parse_instant
 from mapping.validation import operation_outcome
 from mapping.viewdef import ViewDefinitionError, compile_view, run_compiled
+from store.search import compartment_params
 
 InPool = Callable[..., Awaitable[Any]]
 _VIEW_FORMATS = {"json": "application/json", "ndjson": "application/x-ndjson", "csv": "text/csv"}
@@ -88,35 +89,46 @@ def validate(service: FhirService, rtype: str, rid: str | None, body: Any) -> di
 
 # -- $everything ------------------------------------------------------------------------
 def everything(service: FhirService, request: Request, rid: str) -> bytes:
-    """One page of the Patient compartment: the patient first, then by type, time and id."""
+    """One page of the Patient compartment: the patient first, then by type, time and id.
+
+    The store's ``patient_id`` column names one patient per resource (the most direct); resources
+    that are in this patient's compartment through another reference (an Observation whose
+    performer is this patient, a RelatedPerson) are found in the reference index.
+    """
     service.current("Patient", rid)
     count, offset, params = paging(query_pairs(request))
-    where, args = ["(patient_id = ? OR (resource_type = 'Patient' AND id = ?))"], [rid, rid]
-    kept: list[tuple[str, str]] = []
+    since, types, kept = None, None, []
     for name, value in params:
         if name == "_since":
-            where.append("last_updated >= ?")
-            args.append(parse_instant(value, "_since"))
+            since = parse_instant(value, "_since")
             kept.append((name, value))
         elif name == "_type":
-            types = [t for t in value.split(",") if t]
+            types = {t for t in value.split(",") if t}
             for t in types:
                 check_type(t)
-            where.append("resource_type IN (" + ",".join("?" * len(types)) + ")")
-            args.extend(types)
             kept.append((name, value))
-    clause = " AND ".join(where)
     cur = service.store.cursor()
-    total = cur.execute(f"SELECT count(*) FROM resources WHERE {clause}", args).fetchone()[0]
-    rows = cur.execute(
-        f"SELECT resource_type, id FROM resources WHERE {clause} "
-        "ORDER BY resource_type <> 'Patient', resource_type, last_updated, id LIMIT ? OFFSET ?",
-        [*args, count, offset],
-    ).fetchall()
-    entries = [(t, i, raw) for t, i in rows if (raw := service.store.read_bytes(t, i)) is not None]
+    keys = set(cur.execute("SELECT resource_type, id FROM resources WHERE patient_id = ?", [rid]).fetchall())
+    keys.add(("Patient", rid))
+    for rt, rid_, param in cur.execute(
+        "SELECT DISTINCT rt, id, param FROM idx_reference WHERE ref_type = 'Patient' AND ref_id = ?", [rid]
+    ).fetchall():
+        if param in compartment_params(rt):
+            keys.add((rt, rid_))
+    rows = []
+    for rt, i in keys:
+        current = service.store.current(rt, i)
+        if current is None or current.deleted or (types is not None and rt not in types):
+            continue
+        if since is not None and current.last_updated < since:
+            continue
+        rows.append((rt != "Patient", rt, current.last_updated, i))
+    rows.sort()
+    page = rows[offset: offset + count]
+    entries = [(t, i, raw) for _, t, _, i in page if (raw := service.store.read_bytes(t, i)) is not None]
     base = base_url(request)
-    return searchset(base=base, url=f"{base}/Patient/{rid}/$everything", params=kept, total=total, count=count,
-                     offset=offset, entries=entries)
+    return searchset(base=base, url=f"{base}/Patient/{rid}/$everything", params=kept, total=len(rows),
+                     count=count, offset=offset, entries=entries)
 
 
 # -- $meta ------------------------------------------------------------------------------

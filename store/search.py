@@ -118,6 +118,21 @@ def _compartment_anchor(rtype: str, code: str) -> SearchParam | None:
     return p if top == first else None
 
 
+@cache
+def compartment_params(rtype: str) -> frozenset[str]:
+    """Reference parameters through which a resource of this type is in a Patient's compartment."""
+    elements = set(compartment_elements().get(rtype, ()))
+    out = set()
+    for code, p in params_for(rtype).items():
+        if p.type != "reference" or "Patient" not in p.targets or not p.expression:
+            continue
+        tops = {part.strip().split(".")[1].split("(")[0].split(" ")[0]
+                for part in p.expression.split("|") if part.strip().startswith(f"{rtype}.")}
+        if tops & elements:
+            out.add(code)
+    return frozenset(out)
+
+
 def _patient_hint(rtype: str, params: list[tuple[str, str]]) -> frozenset[str] | None:
     """The patients a search is anchored on (``patient=``, ``subject=Patient/…``) when that set is
     known exactly; None when the search is not patient-anchored."""

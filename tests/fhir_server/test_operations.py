@@ -81,3 +81,20 @@ def test_view_definition_run(http: httpx.Client, patient: Any, observation: Any)
                                                                                                  "ViewDefinition"}}]}
     assert http.post("ViewDefinition/$run", json=broken).status_code == 400
     assert http.put("ViewDefinition/bad", json={"resourceType": "ViewDefinition", "id": "bad"}).status_code == 422
+
+
+def test_everything_finds_resources_through_any_compartment_reference(http: httpx.Client, patient: Any,
+                                                                      observation: Any) -> None:
+    pid = http.post("Patient", json=patient("Performer")).json()["id"]
+    other = http.post("Patient", json=patient("Subject")).json()["id"]
+    obs = observation(other)
+    obs["performer"] = [{"reference": f"Patient/{pid}"}]  # in both patients' compartments
+    oid = http.post("Observation", json=obs).json()["id"]
+    since_later = http.get(f"Patient/{pid}/$everything", params={"_since": "2999-01-01T00:00:00Z"}).json()
+    assert since_later["total"] == 0
+    for who in (pid, other):
+        bundle = http.get(f"Patient/{who}/$everything").json()
+        assert ("Observation", oid) in {(e["resource"]["resourceType"], e["resource"]["id"]) for e in bundle["entry"]}
+        assert bundle["entry"][0]["resource"]["id"] == who
+    http.delete(f"Observation/{oid}")
+    assert http.get(f"Patient/{pid}/$everything").json()["total"] == 1
