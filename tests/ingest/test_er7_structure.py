@@ -108,3 +108,26 @@ def test_strict_mode_rejects_misplaced_segments() -> None:
     assert info.value.segment_id == "OBX"
     lenient = group_message(msg)
     assert [s.id for s in lenient.all_unexpected()] == ["OBX"]
+
+
+@pytest.mark.parametrize("name", ["oru_r01_value_types_2patients.hl7", "RDS-O13-01.hl7", "v2tofhir_ORU_R01.hl7",
+                                  "pyhl7_ADT_A01_v23_nulls_multi_IN1.hl7"])
+def test_a_second_message_of_one_shape_is_grouped_alike_with_its_own_segments(name: str) -> None:
+    """The grouping of a segment-id sequence is worked out once and rebuilt for later messages."""
+    first = parse_message((FIXTURES / name).read_bytes())
+    second = parse_message((FIXTURES / name).read_bytes())
+    a, b = group_message(first), group_message(second)
+    assert b.outline() == a.outline()
+    assert all(x is y for x, y in zip(b.walk(), second.segments, strict=True))  # its own segments, in order
+    assert [s.raw for s in b.all_unexpected()] == [s.raw for s in a.all_unexpected()]
+    assert all(any(s is t for t in second.segments) for s in b.all_unexpected())
+    assert groups_of(b) == groups_of(a)
+
+
+def groups_of(group: Group) -> list[tuple[str, bool, int]]:
+    """Every group with whether it repeats and how many items it holds, depth first."""
+    out = []
+    for item in group.items:
+        if isinstance(item, Group):
+            out += [(item.name, item.repeats, len(item.items)), *groups_of(item)]
+    return out
