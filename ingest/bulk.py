@@ -102,8 +102,13 @@ def prepared_chunks(
 ) -> Iterator[tuple[int, ChunkResult]]:
     """Chunk results in file order, at most ``2 * workers + ahead`` chunks in flight (bounded memory).
 
-    ``ahead`` lets the workers keep preparing while the consumer is busy with a long commit.
+    ``ahead`` lets the workers keep preparing while the consumer is busy with a long commit. With no
+    workers the chunks are prepared in this process, one at a time.
     """
+    if workers <= 0:
+        for first, data in line_chunks(path, lines_per_chunk):
+            yield first, prepare_chunk(str(path), first, data, validate)
+        return
     ctx = multiprocessing.get_context("spawn")  # the writer holds DuckDB threads: never fork it
     with ProcessPoolExecutor(max_workers=workers, mp_context=ctx) as pool:
         window: deque[tuple[int, Future[ChunkResult]]] = deque()

@@ -97,16 +97,18 @@ def _records(path: Path, resolve: Callable[[str], str | None]) -> Iterator[Recor
 
 
 BULK_MIN_BYTES = 8_000_000
-# One DuckDB transaction per this many resources of a bulk import: large appends skip the write-ahead log.
-BULK_COMMIT_RESOURCES = 50_000
+# Resources per DuckDB transaction of a bulk import: DuckDB's row group size. Such appends skip the
+# write-ahead log and fill whole row groups, compressed once instead of rewritten at the next commit.
+BULK_COMMIT_RESOURCES = 122_880
 
 
 class Ingestor:
     """Moves records into a store in batches, checking each resource on the way.
 
-    NDJSON files of at least ``bulk_min_bytes`` are imported by ``workers`` processes
-    (:mod:`ingest.bulk`) when the validator is the built-in R4 one (or none) and no per-record
-    callback is asked for; the result in the store is the same as on the in-process path.
+    NDJSON files of at least ``bulk_min_bytes`` are imported in bulk (:mod:`ingest.bulk`: chunks
+    prepared by ``workers`` processes, or in this one with ``workers=0``, committed in large
+    transactions) when the validator is the built-in R4 one (or none) and no per-record callback
+    is asked for; the result in the store is the same as record by record.
     """
 
     def __init__(
@@ -207,10 +209,9 @@ class Ingestor:
         return summary
 
     def bulk_eligible(self, path: Path) -> bool:
-        """Whether a file goes through the worker processes (large NDJSON, built-in validation)."""
+        """Whether a file takes the bulk path (large NDJSON, built-in validation)."""
         return (
-            self.workers > 0
-            and self.validator in (r4_validator, None)
+            self.validator in (r4_validator, None)
             and detect_format(path) == "ndjson"
             and path.stat().st_size >= self.bulk_min_bytes
         )
@@ -218,7 +219,8 @@ class Ingestor:
     def ingest_ndjson_parallel(
         self, path: Path, lines_per_chunk: int = bulk.CHUNK_LINES, commit_resources: int = BULK_COMMIT_RESOURCES
     ) -> IngestSummary:
-        """Import one (gzip) NDJSON file through worker processes, ``commit_resources`` per store commit.
+        """Import one (gzip) NDJSON file in bulk: chunks prepared by the worker processes (in this one
+        with ``workers=0``), ``commit_resources`` per store commit.
 
         Refused lines are dead-lettered as on the in-process path; Bundles take that path, after
         everything before them is committed (their conditional references search the store).
@@ -237,8 +239,8 @@ class Ingestor:
             pending.clear()
             pending_count = 0
 
-        chunks = bulk.prepared_chunks(path, validate=self.validator is not None, workers=max(1, self.workers),
-                                      lines_per_chunk=lines_per_chunk, ahead=commit_resources // lines_per_chunk)
+        chunks = bulk.prepared_chunks(path, validate=self.validator is not None, workers=self.workers,
+                                      lines_per_chunk=lines_per_chunk, ahead=2 * self.workers)
         for _, chunk in chunks:
             for refused in chunk.refused:
                 self._refuse(bulk.refused_record(source, refused), summary)

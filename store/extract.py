@@ -76,10 +76,16 @@ class _CodeGen:
 
     @staticmethod
     def _step(src: str, key: str) -> str:
-        """List of the values under ``key`` of every dict in list ``src`` (arrays flattened)."""
+        """List of the values under ``key`` of every dict in list ``src`` (arrays flattened).
+
+        A comprehension is a function call; most steps start at the resource itself or at an empty
+        list, so those get a plain expression (a copy of the resource's own array: callers own it).
+        """
+        if src == "root":
+            return f"(z[:] if type(z := r.get({key!r})) is list else [] if z is None else [z])"
         return (
-            f"[y for x in {src} if type(x) is dict and (z := x.get({key!r})) is not None "
-            f"for y in (z if type(z) is list else (z,))]"
+            f"([y for x in {src} if type(x) is dict and (z := x.get({key!r})) is not None "
+            f"for y in (z if type(z) is list else (z,))] if {src} else [])"
         )
 
     def materialize(self, slot: _Slot) -> str:

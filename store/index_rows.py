@@ -2,9 +2,10 @@
 
 Each search parameter type turns elements (CodeableConcepts, Periods, Quantities,
 References, plain strings…) into rows of its index table. The splitters append
-straight into the table's column lists (``pos``, ``param``, then one list per
-value column), one call per parameter of a resource: no tuple per row and no
-transposition before the columns become Arrow arrays.
+straight into the table's value column lists, one call per parameter of a resource,
+and record the call as one run (resource position, parameter, number of rows): no
+tuple per row, no per-row key values, no transposition before the columns become
+Arrow arrays (the runs are expanded there, vectorized).
 """
 
 from __future__ import annotations
@@ -13,7 +14,6 @@ import re
 import unicodedata
 from datetime import UTC, datetime, timedelta
 from functools import lru_cache
-from itertools import repeat
 from typing import Any
 
 from mapping.ucum import canonical
@@ -27,7 +27,9 @@ _NAME_PARTS = ("text", "family", "city", "district", "state", "postalCode", "cou
 _NAME_LISTS = ("given", "prefix", "suffix", "line")
 
 Columns = list[list[Any]]
-"""One index table's rows being built: ``pos`` (resource position), ``param``, then its value columns."""
+"""One index table's rows being built: the runs' resource positions, parameters and row counts, then the
+value columns (from ``VALUES`` on)."""
+VALUES = 3
 
 
 def norm(text: str) -> str:
@@ -38,16 +40,17 @@ def norm(text: str) -> str:
 
 
 def _keys(cols: Columns, before: int, i: int, code: str) -> None:
-    """Fill ``pos``/``param`` for the rows appended to the value columns since they held ``before``."""
-    added = len(cols[2]) - before
+    """Record the run of rows appended to the value columns since they held ``before``."""
+    added = len(cols[VALUES]) - before
     if added:
-        cols[0].extend(repeat(i, added))
-        cols[1].extend(repeat(code, added))
+        cols[0].append(i)
+        cols[1].append(code)
+        cols[2].append(added)
 
 
 def token_into(cols: Columns, elements: list[Any], i: int, code: str, analyte: str | None) -> None:
     """(system, code, text) rows: codings of a CodeableConcept, a Coding/Identifier/ContactPoint, a code."""
-    systems, codes, texts = cols[2], cols[3], cols[4]
+    systems, codes, texts = cols[3:6]
     before = len(systems)
     for e in elements:
         if isinstance(e, dict):
@@ -83,7 +86,7 @@ def token_into(cols: Columns, elements: list[Any], i: int, code: str, analyte: s
 
 def string_into(cols: Columns, elements: list[Any], i: int, code: str, analyte: str | None) -> None:
     """(normalized, raw) rows: a string, or every text part of a HumanName/Address."""
-    values, raws = cols[2], cols[3]
+    values, raws = cols[3:5]
     before = len(values)
     for e in elements:
         if isinstance(e, str):
@@ -103,7 +106,7 @@ def string_into(cols: Columns, elements: list[Any], i: int, code: str, analyte: 
 
 def reference_into(cols: Columns, elements: list[Any], i: int, code: str, analyte: str | None) -> None:
     """(type, id, url, identifier system, identifier value) of References or canonical/uri values."""
-    ref_types, ref_ids, urls, isystems, ivalues = cols[2:7]
+    ref_types, ref_ids, urls, isystems, ivalues = cols[3:8]
     before = len(ref_types)
     for e in elements:
         if isinstance(e, dict):
@@ -166,7 +169,7 @@ def _range_us(text: str) -> tuple[int, int] | None:
 
 def date_into(cols: Columns, elements: list[Any], i: int, code: str, analyte: str | None) -> None:
     """[lo, hi) rows (epoch microseconds) of dates/dateTimes/instants, Periods or Timings."""
-    los, his = cols[2], cols[3]
+    los, his = cols[3:5]
     before = len(los)
     for e in elements:
         if isinstance(e, str):
@@ -191,7 +194,7 @@ def date_into(cols: Columns, elements: list[Any], i: int, code: str, analyte: st
 
 def number_into(cols: Columns, elements: list[Any], i: int, code: str, analyte: str | None) -> None:
     """The numbers of numeric elements."""
-    values = cols[2]
+    values = cols[VALUES]
     before = len(values)
     values += [float(e) for e in elements if isinstance(e, int | float) and not isinstance(e, bool)]
     _keys(cols, before, i, code)
@@ -211,7 +214,7 @@ def _affine(code: str, analyte: str | None) -> tuple[float, float, str] | None:
 
 def quantity_into(cols: Columns, elements: list[Any], i: int, code: str, analyte: str | None) -> None:
     """(value, system, code, unit, canonical value, canonical unit, analyte) of Quantities."""
-    values, systems, codes, units, canon_values, canon_units, analytes = cols[2:9]
+    values, systems, codes, units, canon_values, canon_units, analytes = cols[3:10]
     before = len(values)
     for e in elements:
         if not isinstance(e, dict):
@@ -233,7 +236,7 @@ def quantity_into(cols: Columns, elements: list[Any], i: int, code: str, analyte
 
 def uri_into(cols: Columns, elements: list[Any], i: int, code: str, analyte: str | None) -> None:
     """uri/url/canonical values."""
-    values = cols[2]
+    values = cols[VALUES]
     before = len(values)
     values += [e for e in elements if isinstance(e, str)]
     _keys(cols, before, i, code)

@@ -65,16 +65,18 @@ def first_patient(res: dict[str, Any]) -> str | None:
 class PreparedBatch:
     """Resources prepared for the writer, column-wise (one entry per resource, in input order).
 
-    ``bodies[i]`` is the serialized resource with marks standing for its ``versionId`` and
-    ``lastUpdated`` values, so the writer splices them in without re-serializing; ``index`` holds the search-index rows with
-    a ``pos`` column naming the resource they belong to.
+    ``bodies[i]`` is the serialized resource cut where marks stood for its ``versionId`` and
+    ``lastUpdated`` values, so the writer joins the parts around them without re-serializing (or the
+    whole marked body, re-serialized by the writer, in the rare case that a mark's text also occurs
+    in the resource); ``index`` holds the search-index rows with a ``pos`` column naming the
+    resource they belong to.
     """
 
     types: list[str] = field(default_factory=list)
     ids: list[str] = field(default_factory=list)
     hashes: list[str] = field(default_factory=list)
     pids: list[str | None] = field(default_factory=list)
-    bodies: list[tuple[bytes] | bytes] = field(default_factory=list)
+    bodies: list[tuple[bytes, bytes, bytes] | bytes] = field(default_factory=list)
     index: dict[str, pa.Table] = field(default_factory=dict)
 
     def __len__(self) -> int:
@@ -87,9 +89,17 @@ class PreparedBatch:
             res = orjson.loads(parts)
             stamp_meta(res, version_id, last_updated)
             return orjson.dumps(res)
-        return parts[0].replace(_VERSION_BYTES, orjson.dumps(version_id), 1).replace(
-            _UPDATED_BYTES, orjson.dumps(last_updated), 1
-        )
+        head, middle, tail = parts
+        return b"".join((head, orjson.dumps(version_id), middle, orjson.dumps(last_updated), tail))
+
+
+def _split_at_marks(marked: bytes) -> tuple[bytes, bytes, bytes] | bytes:
+    """The serialized body around its two marks, or the whole body when a mark's text occurs elsewhere."""
+    head, found, rest = marked.partition(_VERSION_BYTES)
+    middle, found_too, tail = rest.partition(_UPDATED_BYTES)
+    if not (found and found_too) or _UPDATED_BYTES in head or _VERSION_BYTES in rest or _UPDATED_BYTES in tail:
+        return marked
+    return head, middle, tail
 
 
 def prepare(resources: list[dict[str, Any]]) -> tuple[PreparedBatch, list[tuple[int, StoreError]]]:
@@ -111,10 +121,7 @@ def prepare(resources: list[dict[str, Any]]) -> tuple[PreparedBatch, list[tuple[
         batch.ids.append(rid)
         batch.hashes.append(chash)
         batch.pids.append(first_patient(res))
-        plain = orjson.dumps(res)
         stamp_meta(res, _VERSION_MARK, _UPDATED_MARK)
-        marked = orjson.dumps(res)
-        unique = marked.count(_VERSION_BYTES) == 1 and marked.count(_UPDATED_BYTES) == 1
-        batch.bodies.append((marked,) if unique else plain)
+        batch.bodies.append(_split_at_marks(orjson.dumps(res)))
     batch.index = search_index.index_tables(kept, batch.pids)
     return batch, refused

@@ -15,6 +15,7 @@ from functools import cache
 from typing import Any
 
 import duckdb
+import numpy as np
 import orjson
 import pyarrow as pa
 
@@ -152,23 +153,25 @@ def _analyte(resource: dict[str, Any]) -> str | None:
 
 
 def _column_sets() -> tuple[rows.Columns, ...]:
-    """Empty columns (``pos``, ``param``, value columns) of every index table, in ``INDEX_TABLES`` order."""
-    return tuple([[] for _ in range(2 + len(cols))] for cols, _ in _TABLES.values())
+    """Empty columns (runs, then value columns) of every index table, in ``INDEX_TABLES`` order."""
+    return tuple([[] for _ in range(rows.VALUES + len(cols))] for cols, _ in _TABLES.values())
 
 
 def _arrow_tables(
     column_sets: tuple[rows.Columns, ...], rt: pa.Array, ids: pa.Array, pids: pa.Array
 ) -> dict[str, pa.Table]:
-    """Index rows as Arrow tables: the key columns taken from per-resource arrays by position, one
-    column per split value, and ``pos`` (the resource's position in its batch, so a writer can drop
-    the rows of resources it does not store)."""
+    """Index rows as Arrow tables: the runs expanded into ``pos`` (the resource's position in its
+    batch, so a writer can drop the rows of resources it does not store) and ``param``, the key
+    columns taken from per-resource arrays by position, one column per split value."""
     out: dict[str, pa.Table] = {}
-    for table, (pos_list, params, *values) in zip(INDEX_TABLES, column_sets, strict=True):
-        if not pos_list:
+    for table, (run_pos, run_params, run_rows, *values) in zip(INDEX_TABLES, column_sets, strict=True):
+        if not run_pos:
             continue
         cols = _TABLES[table][0]
-        pos = pa.array(pos_list, pa.int32())
-        arrays = [rt.take(pos), ids.take(pos), pa.array(params, _S)]
+        counts = np.array(run_rows, np.int64)
+        pos = pa.array(np.repeat(np.array(run_pos, np.int32), counts))
+        params = pa.array(run_params, _S).take(pa.array(np.repeat(np.arange(len(run_pos), dtype=np.int32), counts)))
+        arrays = [rt.take(pos), ids.take(pos), params]
         arrays += [pa.array(col, type=t) for col, (_, t) in zip(values, cols, strict=True)]
         out[table] = pa.Table.from_arrays(
             [*arrays, pids.take(pos), pos], names=["rt", "id", "param", *(n for n, _ in cols), "pid", "pos"]

@@ -1,4 +1,4 @@
-"""Parallel bulk NDJSON import leaves exactly what the in-process path leaves in the store."""
+"""Bulk NDJSON import (worker processes or in process) leaves exactly what record-by-record import leaves."""
 
 from __future__ import annotations
 
@@ -75,18 +75,22 @@ def _summary(s: IngestSummary) -> tuple[Any, ...]:
 
 @pytest.fixture(scope="module")
 def plain(bulk_file: Path) -> tuple[Store, IngestSummary]:
-    """The file imported by the in-process path: the reference."""
+    """The file imported record by record: the reference."""
     store = Store(":memory:")
-    return store, Ingestor(store, workers=0).ingest_paths([bulk_file])
+    ingestor = Ingestor(store, workers=0, bulk_min_bytes=bulk_file.stat().st_size + 1)
+    assert not ingestor.bulk_eligible(bulk_file)
+    return store, ingestor.ingest_paths([bulk_file])
 
 
-@pytest.mark.parametrize("commit_resources", [50_000, 3_000])  # one transaction for the file; several
-def test_parallel_bulk_path_stores_what_the_plain_path_stores(
-    bulk_file: Path, plain: tuple[Store, IngestSummary], commit_resources: int
+# Worker processes and one transaction for the whole file; chunks prepared in process and several.
+@pytest.mark.parametrize(("workers", "commit_resources"), [(2, 50_000), (0, 3_000)])
+def test_bulk_path_stores_what_the_plain_path_stores(
+    bulk_file: Path, plain: tuple[Store, IngestSummary], workers: int, commit_resources: int
 ) -> None:
     plain, plain_summary = plain
     parallel = Store(":memory:")
-    ingestor = Ingestor(parallel, workers=2)
+    ingestor = Ingestor(parallel, workers=workers)
+    assert ingestor.bulk_eligible(bulk_file)
     parallel_summary = ingestor.ingest_ndjson_parallel(bulk_file, lines_per_chunk=700,
                                                        commit_resources=commit_resources)
     assert _summary(parallel_summary) == _summary(plain_summary)
