@@ -187,3 +187,16 @@ def test_count_above_the_page_limit_is_said_not_silently_cut(http: httpx.Client)
     bundle = http.get("Patient", params={"_count": "5000"}).json()
     outcomes = [e["resource"] for e in bundle.get("entry", []) if e.get("search", {}).get("mode") == "outcome"]
     assert outcomes and "page limit" in outcomes[0]["issue"][0]["diagnostics"]
+
+
+def test_app_keeps_the_hot_map_out_of_full_collections(patient: Any) -> None:
+    import gc
+
+    from fhir_server.app import create_app
+    from store.store import Store
+
+    with Store() as store:
+        store.write([{**patient(f"Frozen{i}"), "id": f"frozen-{i}"} for i in range(50)])
+        gc.unfreeze()
+        create_app(store)
+        assert gc.get_freeze_count() >= 50
