@@ -9,6 +9,7 @@ keys ``_include``/``_revinclude`` add; bodies come from the store's hot map.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from functools import cache
@@ -21,6 +22,7 @@ from mapping.resource_types import R4_RESOURCE_TYPES
 from mapping.ucum import analyte_keys, canonical, molar_mass_g_per_mol
 from store import patient_cache
 from store.compartment import compartment_elements
+from store.composite import composite_predicate
 from store.index_rows import norm
 from store.search_params import SearchParam, params_for
 from store.search_values import (
@@ -336,6 +338,9 @@ class _Builder:
         self.strict = strict
         self.q = _Sql()
         self.ignored: list[str] = []
+        self.exact: list[Callable[[dict[str, Any]], bool]] = []  # checks on the resource the SQL cannot make
+        self.warnings: list[str] = []
+        self.depth = 0  # nesting of filter() calls: chains and _has run inner filters on other resources
         self.hint = hint  # (resource type, patient ids): see _patient_hint
 
     def pid_filter(self, rtype: str, column: str = "pid") -> str:
@@ -361,6 +366,7 @@ class _Builder:
 
     def filter(self, rtype: str, name: str, value: str) -> str | None:
         """SQL condition on ``id`` for one search parameter occurrence, or None when ignored."""
+        self.depth += 1
         try:
             return self._filter(rtype, name, value)
         except SearchError as exc:
@@ -370,6 +376,8 @@ class _Builder:
             return None
         except ValueError as exc:
             raise SearchError(f"{name}: {exc}", param=name) from None
+        finally:
+            self.depth -= 1
 
     def _filter(self, rtype: str, name: str, value: str) -> str:
         q = self.q
@@ -532,17 +540,21 @@ class _Builder:
         return f"id IN ({refs})"
 
     def _composite(self, rtype: str, p: SearchParam, value: str) -> str:
-        """Composite search: every component must match (on the same resource; see docs/search.md)."""
-        ors = []
+        """Composite search: the index narrows to resources where each component matches some element;
+        :mod:`store.composite` then requires one element to match them all (``self.exact``)."""
+        ors, checks = [], []
         for alt in split_or(value):
             values = alt.split("$")
             if len(values) != len(p.components):
                 raise SearchError(f"{p.code} expects {len(p.components)} values joined by $", param=p.code)
-            conds = []
-            for (comp_code, _, _), comp_value in zip(p.components, values, strict=True):
-                code = _composite_component_param(rtype, p.code, comp_code)
-                conds.append(self._filter(rtype, code, comp_value))
+            codes = [_composite_component_param(rtype, p.code, comp_code) for comp_code, _, _ in p.components]
+            conds = [self._filter(rtype, code, comp_value) for code, comp_value in zip(codes, values, strict=True)]
             ors.append(" AND ".join(f"({c})" for c in conds))
+            checks.append(composite_predicate(rtype, p, codes, values))
+        if self.depth == 1 and all(checks):
+            self.exact.append(lambda resource: any(check(resource) for check in checks))
+        else:
+            self.warnings.append(f"{p.code}: components matched on any element, not necessarily the same one")
         return "(" + " OR ".join(ors) + ")"
 
 
@@ -707,6 +719,15 @@ def search(store: Store, req: SearchRequest) -> SearchResult:
     others = [c for c in conds if not (c.startswith("id IN (") and c[len("id IN ("):-1] in positive)]
     where = " AND ".join([f"resource_type = {sql_string(rtype)}{b.pid_filter(rtype, 'patient_id')}",
                           *(f"({c})" for c in others)])
+    if b.exact:
+        exact = _exact_ids(store, rtype, where, positive, b.exact)
+        if exact is None:
+            b.warnings.append(f"composite parameters over more than {MAX_INDEX_ONLY} candidates: components "
+                              "matched on any element, not necessarily the same one")
+        else:
+            positive = []
+            where = (f"resource_type = {sql_string(rtype)} AND "
+                     + (f"id IN ({', '.join(sql_string(i) for i in exact)})" if exact else "false"))
     counted = total_mode != "none" or summary_count
     by_hot_map = all(k.lstrip("-") in ("_id", "_lastUpdated") for k in sort.split(",") if k)
     ordered = _index_only(store, rtype, positive, sort) if positive and not others and by_hot_map else None
@@ -720,7 +741,7 @@ def search(store: Store, req: SearchRequest) -> SearchResult:
         if summary_count:
             return SearchResult(total=total, keys=[], ignored=b.ignored, summary_count=True)
     included: set[tuple[str, str]] = set()
-    warnings: list[str] = []
+    warnings: list[str] = list(b.warnings)
     frontier = keys
     for _ in range(3 if iterate else 1):
         inc, capped_i = _includes(store, frontier, includes, reverse=False,
@@ -792,6 +813,24 @@ def _index_only(store: Store, rtype: str, positive: list[str], sort: str) -> lis
         column = 0 if key.lstrip("-") == "_lastUpdated" else 1
         found.sort(key=lambda f, c=column: f[c], reverse=key.startswith("-"))
     return [rid for _, rid in found]
+
+
+def _exact_ids(store: Store, rtype: str, where: str, positive: list[str],
+               checks: list[Callable[[dict[str, Any]], bool]]) -> list[str] | None:
+    """The candidates the SQL conditions find that also pass the checks on the resource itself
+    (composites), or None when there are more than MAX_INDEX_ONLY candidates to check."""
+    sql = f"SELECT id FROM resources WHERE {where}"
+    if positive:
+        sql += " AND id IN (SELECT * FROM (" + " INTERSECT ".join(f"({sub})" for sub in positive) + "))"
+    rows = store.cursor().execute(f"{sql} LIMIT {MAX_INDEX_ONLY + 1}").fetchall()
+    if len(rows) > MAX_INDEX_ONLY:
+        return None
+    out = []
+    for (rid,) in rows:
+        raw = store.read_bytes(rtype, rid)
+        if raw is not None and all(check(orjson.loads(raw)) for check in checks):
+            out.append(rid)
+    return out
 
 
 MAX_FAST_PATIENTS = 5  # patients a search may load into the cache; more are fine when already there

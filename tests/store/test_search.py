@@ -251,3 +251,35 @@ def test_index_only_skips_deleted_resources(synthea_resources: list[dict]) -> No
         store.delete("Observation", obs[0]["id"])
         res = search(store, SearchRequest("Observation", [("code", "4548-4")]))
         assert res.total == 4 and ("Observation", obs[0]["id"]) not in res.keys
+
+
+def _component_values(o: dict) -> list[tuple[str, float]]:
+    return [(c["code"]["coding"][0]["code"], c["valueQuantity"]["value"])
+            for c in o.get("component", []) if "valueQuantity" in c]
+
+
+@pytest.mark.parametrize("param", ["component-code-value-quantity", "combo-code-value-quantity"])
+def test_composite_components_hold_on_the_same_element(synthea_store: Store, synthea_resources: list[dict],
+                                                       param: str) -> None:
+    bp = [o for o in of_type(synthea_resources, "Observation") if "55284-4" in codes(o)]
+    assert bp
+    high_diastolic = {o["id"] for o in bp if any(c == "8462-4" and v > 100 for c, v in _component_values(o))}
+    high_systolic = {o["id"] for o in bp if any(c == "8480-6" and v > 100 for c, v in _component_values(o))}
+    any_above = {o["id"] for o in bp if any(v > 100 for _, v in _component_values(o))}
+    assert high_systolic and any_above - high_diastolic  # the over-match a per-component index would make
+    assert ids(synthea_store, "Observation", [(param, "8462-4$gt100")]) == high_diastolic
+    assert ids(synthea_store, "Observation", [(param, "http://loinc.org|8480-6$gt100")]) == high_systolic
+    either = ids(synthea_store, "Observation", [(param, "8462-4$gt100,8480-6$gt100")])
+    assert either == high_diastolic | high_systolic
+    # the panel's own code with a component's value is not one element
+    assert ids(synthea_store, "Observation", [(param, "55284-4$gt100")]) == set()
+    page = search(synthea_store, SearchRequest("Observation", [(param, "8480-6$gt100"), ("_sort", "-date")], count=3))
+    assert page.total == len(high_systolic) and len(page.keys) == 3
+
+
+def test_composite_inside_has_stays_per_component(synthea_store: Store, synthea_resources: list[dict]) -> None:
+    res = search(synthea_store, SearchRequest(
+        "Patient", [("_has:Observation:patient:component-code-value-quantity", "8480-6$gt100")]))
+    expected = {o["subject"]["reference"].split("/")[1] for o in of_type(synthea_resources, "Observation")
+                if any(c == "8480-6" and v > 100 for c, v in _component_values(o))}
+    assert {i for _, i in res.keys} >= expected
