@@ -106,14 +106,27 @@ def memo_table(delimiters: str, tz: str | None) -> MemoTable:
 ENTRY, VALUE, NEW_ENTRY, LINK, WRITES, VALUE_IN_LIST = range(6)
 LOG_KINDS = {
     ENTRY: "(ENTRY, memo entry, repetition base): the writes of a field memo entry",
-    VALUE: "(VALUE, writer number, repetition, scalar): one value at a path without lists",
+    VALUE: "(VALUE, writer number, repetition): one value (in ``values``) at a path without lists",
     NEW_ENTRY: "(NEW_ENTRY, writes JSON, repetition base): what the interpreter wrote",
-    LINK: "(LINK, writer, target instance): a reference to another resource of the message",
     WRITES: "(WRITES, [(writer number, frozen value, repetition)], repetition base)",
-    VALUE_IN_LIST: "(VALUE_IN_LIST, writer number, repetition, scalar): one value inside a list",
+    VALUE_IN_LIST: "(VALUE_IN_LIST, writer number, repetition): one value (in ``values``) inside a list",
 }
-"""What a resource's write log holds. ENTRY and VALUE items (and links) make the resource's
-shape a function of the log with the values left out, so its finished JSON can be reused."""
+"""What a resource's write log holds. The links to other resources follow it (``LINK`` with
+a writer and a target, or ``ENTRY`` with a literal's write)."""
+
+
+class WriteLog(list):
+    """What the segment maps write into one resource, in order (:data:`LOG_KINDS`), with the
+    single values apart. ``plain``: only memo entries and values outside lists, so the log
+    without its values is the resource's shape (``shapes``)."""
+
+    __slots__ = ("values", "plain")
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.values: list[Any] = []
+        self.plain = True
+
 
 WRITERS: list[Writer] = []
 """Every writer a memo entry names, by number (memo entries are JSON)."""
@@ -182,7 +195,7 @@ _ENVELOPE_SEGMENTS = frozenset({"MSH", "FHS", "BHS"})
 
 
 def run_field(fp: FieldPlan, raw: str, key: Any, holds: tuple[bool, ...] | None, memo: FieldMemo,
-              seg: SegmentLike, log: list[Any], ctx: Context,
+              seg: SegmentLike, log: WriteLog, ctx: Context,
               others: Callable[[str], SegmentLike | None], rep_base: int) -> None:
     """Run the rules of one valued field (or of an empty one with ``when_empty`` rules), add
     what they write to the resource's write log (see :data:`LOG_KINDS`) and remember under
@@ -233,8 +246,10 @@ def run_field(fp: FieldPlan, raw: str, key: Any, holds: tuple[bool, ...] | None,
         made = orjson.dumps([[rtype, rid, _fragment(body)] for rtype, rid, body in created]) if created else None
     except TypeError:  # an integer beyond 64 bits: written as it is, converted again next time
         log.append((WRITES, placed, rep_base))
+        log.plain = False
         return
     log.append((NEW_ENTRY, writes, rep_base))
+    log.plain = False
     _remember(memo, key, writes, made)
 
 
@@ -286,8 +301,11 @@ def direct_function(fp: FieldPlan, holds: tuple[bool, ...] | None) -> Callable[.
                 or (rule["map"] and datatype_maps().get(rule["map"]))):
             break
         number = writer_number(rule.get("w") or writer_for(rule, ""))
-        kind = VALUE_IN_LIST if any(step[2] for step in rule["steps"]) else VALUE
-        lines += [f"    v = {expression}", f"    if v is not None: log.append(({kind}, {number}, rep_base, v))"]
+        lines += [f"    v = {expression}", "    if v is not None:",
+                  f"        log.append(({VALUE}, {number}, rep_base))", "        log.values.append(v)"]
+        if any(step[2] for step in rule["steps"]):  # inside a list: equal values may be joined
+            lines[-2] = f"        log.append(({VALUE_IN_LIST}, {number}, rep_base))"
+            lines.append("        log.plain = False")
     else:
         lines.append("    return None")
         exec("\n".join(lines), scope)  # the source is built above from the compiled tables only
@@ -402,7 +420,7 @@ def outcomes_function(fp: FieldPlan, seg_id: str) -> Callable[[SegmentLike, Call
     return fn
 
 
-def replay_created(hit: tuple[bytes, bytes], log: list[Any], ctx: Context, rep_base: int) -> None:
+def replay_created(hit: tuple[bytes, bytes], log: WriteLog, ctx: Context, rep_base: int) -> None:
     """Do again what a field's rules did before for the same text when they created
     resources: create the same resources, log the same writes."""
     made, writes = hit
@@ -411,7 +429,7 @@ def replay_created(hit: tuple[bytes, bytes], log: list[Any], ctx: Context, rep_b
     log.append((ENTRY, writes, rep_base))
 
 
-def replay(hit: bytes | tuple[bytes, bytes], log: list[Any], ctx: Context, rep_base: int) -> None:
+def replay(hit: bytes | tuple[bytes, bytes], log: WriteLog, ctx: Context, rep_base: int) -> None:
     """Do again what a field's rules did before (what the generated functions inline)."""
     if hit.__class__ is bytes:
         log.append((ENTRY, hit, rep_base))

@@ -36,7 +36,7 @@ from mapping.v2.engine import (
     stable_id,
     writer,
 )
-from mapping.v2.field_rules import ENTRY, LINK, memo_table, writer_number
+from mapping.v2.field_rules import ENTRY, LINK, WriteLog, memo_table, writer_number
 from mapping.v2.segment_functions import RowsFunction, apply_segment, row_condition, rows_condition
 from mapping.v2.tables import config, message_maps
 
@@ -82,16 +82,21 @@ class _Instance:
     type: str
     creator: SegmentLike
     chain: tuple[Any, ...]
-    log: list[Any] = field(default_factory=list)
-    """What the segment maps and links write (``field_rules.LOG_KINDS``), in order."""
+    log: WriteLog = field(default_factory=WriteLog)
+    """What the segment maps write (``field_rules.LOG_KINDS``), in order."""
+    links: list[Any] = field(default_factory=list)
+    """``(LINK, writer, target)`` or ``(ENTRY, a literal's write, None)``, written after the log."""
+    links_key: tuple[Any, ...] = ()
+    """The links and fallback references as the plan numbers their targets (part of the shape key)."""
     node: Node | None = None
     """The resource tree, built from the log only when the resource is finished the long way."""
     fallbacks: tuple[Any, ...] = ()
     """``(element, target instance)`` or ``None``: the patient and encounter references the
     resource gets when nothing else wrote them."""
     shape: shapes.Shape | None = None
-    values: list[Any] = field(default_factory=list)
+    shaped: bool = False
     targets: list[Any] = field(default_factory=list)
+    """The distinct resources it refers to, in the order the shape numbers them."""
     patient: _Instance | None = None
     """The Patient the ``patient`` id token reads (not the resource itself)."""
     id: str | None = None
@@ -238,18 +243,41 @@ def _flatten(group: GroupLike, chain: tuple[Any, ...], segs: list[SegmentLike], 
             sig.append(item.id)
 
 
+def _rooted(links_key: tuple[Any, ...], roots: list[Any]) -> tuple[tuple[Any, ...], list[Any]]:
+    """A shape key's links and the targets with merged resources as one target."""
+    targets: list[Any] = []
+    renumber = []
+    for r in roots:
+        k = next((k for k, t in enumerate(targets) if t is r), None)
+        if k is None:
+            targets.append(r)
+            k = len(targets) - 1
+        renumber.append(k)
+    items = []
+    for item in links_key:
+        if item is not None and item[0] == LINK:
+            item = (item[0], item[1], renumber[item[2]], item[3])
+        elif item is not None and len(item) == 3:  # a fallback reference
+            item = (item[0], renumber[item[1]], item[2])
+        items.append(item)
+    return tuple(items), targets
+
+
 @dataclass(eq=False)
 class _Plan:
     """What the message tables decided for one message shape, by position: the resources
     (key, type, creating segment), the segment maps applied (segment, map, resource, list
-    offset), the links (source, ``LINK`` with a writer or ``ENTRY`` with a literal's write,
-    target), each resource's fallback references and its patient (-1: none)."""
+    offset); per resource its links (``LINK`` with a writer, or ``ENTRY`` with a literal's
+    write; target), fallback references, patient (-1: none), the resources it refers to
+    and those links as part of its shape key."""
 
     instances: list[tuple[str, str, int]]
     steps: list[tuple[int, str, int, int]]
-    links: list[tuple[int, int, Any, int]]
+    links: list[list[tuple[int, Any, int]]]
     fallbacks: list[tuple[Any, Any]]
     patients: list[int]
+    targets: list[list[int]]
+    keys: list[tuple[Any, ...]]
 
 
 @dataclass(eq=False)
@@ -335,35 +363,55 @@ class _Mapper:
                 if row["refs"]:
                     self.refs.append((inst, row))
         number = {id(inst): i for i, inst in enumerate(self.instances)}
-        links: list[tuple[int, int, Any, int]] = []
         n = len(self.instances)
+        links: list[list[tuple[int, Any, int]]] = [[] for _ in self.instances]
         for inst, row in self.refs:
             for link in _links(row):
                 source = self._find(link.source, inst)
                 if source is None:
                     continue
                 if link.literal:
-                    links.append((number[id(source)], ENTRY, link.literal_entry, -1))
+                    links[number[id(source)]].append((ENTRY, link.literal_entry, -1))
                     continue
                 target = self._find(link.target, inst)
                 if target is None or target is source:
                     continue
                 w = link.element(n + number[id(target)]) if link.listed else link.write  # listed: one element per target
-                links.append((number[id(source)], LINK, w, number[id(target)]))
+                links[number[id(source)]].append((LINK, w, number[id(target)]))
         cfg = config()
         fallbacks: list[tuple[Any, Any]] = []
         patients: list[int] = []
-        for inst in self.instances:
+        targets: list[list[int]] = []
+        keys: list[tuple[Any, ...]] = []
+        for i, inst in enumerate(self.instances):
             pref = cfg["patient_reference"].get(inst.type)
             patient = self.patient(inst)
             p = number[id(patient)] if patient is not None and patient is not inst else -1
             eref = cfg["encounter_reference"].get(inst.type)
             enc = self._find("Encounter[1]", inst) if eref else None
-            fallbacks.append(((pref, p) if pref and p >= 0 else None,
-                              (eref, number[id(enc)]) if enc is not None else None))
+            fallback = ((pref, p) if pref and p >= 0 else None, (eref, number[id(enc)]) if enc is not None else None)
+            fallbacks.append(fallback)
             patients.append(p)
+            distinct: list[int] = []
+            key: list[Any] = []
+            for kind, what, t in links[i]:
+                if kind == LINK:
+                    if t not in distinct:
+                        distinct.append(t)
+                    key.append((kind, what, distinct.index(t), self.instances[t].type))
+                else:
+                    key.append((kind, what))
+            for f in fallback:
+                if f is None:
+                    key.append(None)
+                else:
+                    if f[1] not in distinct:
+                        distinct.append(f[1])
+                    key.append((f[0], distinct.index(f[1]), self.instances[f[1]].type))
+            targets.append(distinct)
+            keys.append(tuple(key))
         plan = _Plan([(inst.key, inst.type, position[id(inst.creator)]) for inst in self.instances],
-                     steps, links, fallbacks, patients)
+                     steps, links, fallbacks, patients, targets, keys)
         self.instances, self.refs, self.by_scope, self.by_key, self.found = [], [], {}, {}, {}
         return plan
 
@@ -373,12 +421,15 @@ class _Mapper:
         insts = self.instances = [_Instance(key, rtype, segs[i], chains[i]) for key, rtype, i in plan.instances]
         for i, mapname, k, base in plan.steps:
             apply_segment(mapname, segs[i], insts[k].log, ctx, others, base)
-        for source, kind, what, target in plan.links:
-            insts[source].log.append((kind, what, insts[target]) if kind == LINK else (kind, what, 0))
-        for inst, (pf, ef), p in zip(insts, plan.fallbacks, plan.patients, strict=True):
+        for inst, links, (pf, ef), p, targets, key in zip(insts, plan.links, plan.fallbacks, plan.patients,
+                                                          plan.targets, plan.keys, strict=True):
+            if links:
+                inst.links = [(kind, what, insts[t] if t >= 0 else None) for kind, what, t in links]
             inst.fallbacks = ((pf[0], insts[pf[1]]) if pf else None, (ef[0], insts[ef[1]]) if ef else None)
             if p >= 0:
                 inst.patient = insts[p]
+            inst.targets = [insts[t] for t in targets]
+            inst.links_key = key
 
     def _instance(self, row: dict[str, Any], seg: SegmentLike, chain: tuple[Any, ...]) -> tuple[_Instance, int]:
         """The instance this row fills, and the list offset for its repeated elements.
@@ -440,20 +491,26 @@ class _Mapper:
         return self._find("Patient[1]", near)
 
     def _shape(self, inst: _Instance) -> None:
-        """Find (or make) the resource's shape; without one, build its tree."""
-        found = shapes.key_of(inst.type, inst.log, inst.fallbacks)
-        if found is not None:
-            key, inst.values, inst.targets = found
-            inst.shape = shapes.shape_of(key, inst.type, inst.log, inst.fallbacks, len(inst.values),
-                                         inst.targets, self.emit)
+        """Find (or make) the resource's shape; without one, build its tree. References are
+        numbered by the resource they end at (two merged resources are one target)."""
+        inst.shaped = True
+        links_key = inst.links_key
+        roots = [t.root() for t in inst.targets]
+        if any(r is not t for r, t in zip(roots, inst.targets, strict=True)):
+            links_key, inst.targets = _rooted(links_key, roots)
+        key = shapes.key_of(inst.type, inst.log, links_key)
+        if key is not None:
+            inst.shape = shapes.shape_of(key, inst.type, inst.log, inst.links, inst.fallbacks, inst.targets, self.emit)
         if inst.shape is None:
-            inst.node = shapes.materialize(inst.log, inst.fallbacks, False)
+            inst.node = shapes.materialize(inst.log, inst.links, inst.fallbacks, False)
 
     def _keys(self, inst: _Instance) -> tuple[str, str]:
         """The identifier and name keys id recipes read."""
+        if not inst.shaped:
+            self._shape(inst)
         shape = inst.shape
         if shape is not None:
-            return shapes.id_key(shape.identifier, inst.values), shapes.id_key(shape.name, inst.values)
+            return shapes.id_key(shape.identifier, inst.log.values), shapes.id_key(shape.name, inst.log.values)
         parts = shapes.keyed_parts(inst.node or {})
         return identifier_key(parts), name_key(parts)
 
@@ -471,7 +528,6 @@ class _Mapper:
         recipes = config()["ids"]
         ordered = sorted(self.instances, key=lambda i: i.type != "Patient")
         for inst in ordered:
-            self._shape(inst)
             keys: tuple[str, str] | None = None
             for alt in recipes.get(inst.type, recipes["_default"]):
                 if keys is None and ("identifier" in alt or "name" in alt):
@@ -490,17 +546,17 @@ class _Mapper:
                 seen[(inst.type, inst.id or "")] = inst
                 continue
             for each in (other, inst):  # resources with one id are merged as trees
-                each.shape = None
+                each.shape, each.shaped = None, True
                 if each.node is None:
-                    each.node = shapes.materialize(each.log, each.fallbacks, False)
+                    each.node = shapes.materialize(each.log, each.links, each.fallbacks, False)
             merge(other.node, inst.node)  # type: ignore[arg-type]
             inst.alias = other
             merged = True
-        if merged:  # two references of one resource may now be equal: finish it the long way
-            for inst in self.instances:
-                if inst.shape is not None and len({id(t.root()) for t in inst.targets}) < len(inst.targets):
-                    inst.shape = None
-                    inst.node = shapes.materialize(inst.log, inst.fallbacks, False)
+        for inst in self.instances:
+            if merged and inst.shape is not None and any(t.alias is not None for t in inst.targets):
+                inst.shape, inst.shaped = None, False  # shaped again with references to merged resources
+            if not inst.shaped:
+                self._shape(inst)
 
     def _token(self, tok: str, inst: _Instance, keys: tuple[str, str] | None) -> str:
         if tok == "identifier":
@@ -534,8 +590,8 @@ class _Mapper:
             shape = inst.shape
             if shape is not None:
                 missing: list[str] | tuple[str, ...] = shape.missing
-                if not missing:
-                    out.append(shapes.fill(shape, inst.id or "", inst.values, inst.targets))
+                if shape.parts is not None:
+                    out.append(shapes.fill(shape, inst.id or "", inst.log.values, inst.targets))
                     continue
             else:
                 body = finalize(inst.node, self.resolve) or {}

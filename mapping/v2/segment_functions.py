@@ -21,6 +21,7 @@ from typing import Any
 from mapping.v2.engine import NULL, Context, SegmentLike, ref_value
 from mapping.v2.field_rules import (
     ENTRY,
+    WriteLog,
     cond_refs,
     condition_expression,
     outcomes_function,
@@ -32,11 +33,11 @@ from mapping.v2.field_rules import (
 )
 
 SegmentFunction = Callable[
-    [SegmentLike, list[Any], Context, Callable[[str], SegmentLike | None], int], None
+    [SegmentLike, WriteLog, Context, Callable[[str], SegmentLike | None], int], None
 ]
 
 
-def apply_segment(mapname: str, seg: SegmentLike, log: list[Any], ctx: Context,
+def apply_segment(mapname: str, seg: SegmentLike, log: WriteLog, ctx: Context,
                   others: Callable[[str], SegmentLike | None], rep_base: int = 0) -> None:
     """Apply a segment map (``OBX[Observation]``) to a resource under construction: add its
     writes to the resource's write log (``field_rules.LOG_KINDS``).

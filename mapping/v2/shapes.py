@@ -18,6 +18,7 @@ resource is finished the long way.
 from __future__ import annotations
 
 import copy
+import re
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -34,7 +35,7 @@ from mapping.v2.engine import (
     prune,
     thaw,
 )
-from mapping.v2.field_rules import ENTRY, LINK, NEW_ENTRY, VALUE, VALUE_IN_LIST, WRITERS, WRITES
+from mapping.v2.field_rules import ENTRY, LINK, NEW_ENTRY, VALUE, VALUE_IN_LIST, WRITERS, WRITES, WriteLog
 from mapping.v2.tables import config
 
 MARK = "\uffff"
@@ -53,16 +54,17 @@ def reference_placeholder(k: int) -> str:
 
 
 _VALUE, _REFERENCE, _ID = range(3)
+_PLACEHOLDER = re.compile(b'("\xef\xbf\xbf(?:[0-9]+[vr]|id)\xef\xbf\xbf")')
+"""A placeholder as a JSON string in a template (split keeps it: it is a group)."""
 
 
 @dataclass(frozen=True, slots=True)
 class Shape:
     """A finished resource with placeholders, and what its id recipe reads."""
 
-    template: bytes | None
-    """``{"resourceType", "id", …}`` as JSON, ``None`` when the resource lacks a required element."""
-    present: tuple[tuple[bytes, int, int], ...]
-    """(placeholder as a JSON string, what it stands for, its number) found in the template."""
+    parts: tuple[Any, ...] | None
+    """``{"resourceType", "id", …}`` as JSON cut at the placeholders: bytes between
+    ``(what, number)`` pairs; ``None`` when the resource lacks a required element."""
     identifier: str
     name: str
     missing: tuple[str, ...]
@@ -71,51 +73,23 @@ class Shape:
 SHAPES: dict[tuple[Any, ...], Shape] = {}
 
 
-def key_of(rtype: str, log: list[Any], fallbacks: tuple[Any, ...]
-           ) -> tuple[tuple[Any, ...], list[Any], list[Any]] | None:
-    """The shape key of a write log, with the values and the distinct reference targets
-    it leaves out; ``None`` when the log holds what only the long way finishes (values the
-    interpreter just wrote, values inside lists)."""
-    items: list[Any] = [rtype]
-    values: list[Any] = []
-    targets: list[Any] = []
-    for item in log:
-        kind = item[0]
-        if kind == ENTRY:
-            items.append(item)
-        elif kind == VALUE:
-            v = item[3]
-            if v.__class__ is str and MARK in v:
-                return None
-            values.append(v)
-            items.append((VALUE, item[1], item[2]))
-        elif kind == LINK:
-            target = item[2]
-            k = _index(targets, target)
-            items.append((LINK, item[1], k, target.type))
-        else:
+def key_of(rtype: str, log: WriteLog, links_key: tuple[Any, ...]) -> tuple[Any, ...] | None:
+    """The shape key of a resource: its type, its links (as the message plan numbers them)
+    and its write log without the values; ``None`` when the log holds what only the long
+    way finishes (values the interpreter just wrote, values inside lists)."""
+    if not log.plain:
+        return None
+    for v in log.values:
+        if v.__class__ is str and MARK in v:
             return None
-    for fallback in fallbacks:
-        if fallback is None:
-            items.append(None)
-        else:
-            name, target = fallback
-            items.append((name, _index(targets, target), target.type))
-    return tuple(items), values, targets
+    return rtype, links_key, tuple(log)
 
 
-def _index(targets: list[Any], target: Any) -> int:
-    for k, t in enumerate(targets):
-        if t is target:
-            return k
-    targets.append(target)
-    return len(targets) - 1
-
-
-def materialize(log: list[Any], fallbacks: tuple[Any, ...], placeholders: bool) -> Node:
-    """The resource tree a write log builds; with ``placeholders``, single values stand in
-    as :func:`value_placeholder` strings."""
+def materialize(log: WriteLog, links: list[Any], fallbacks: tuple[Any, ...], placeholders: bool) -> Node:
+    """The resource tree a write log and the links after it build; with ``placeholders``,
+    single values stand in as :func:`value_placeholder` strings."""
     node = Node()
+    values = log.values
     i = 0
     for item in log:
         kind = item[0]
@@ -124,14 +98,18 @@ def materialize(log: list[Any], fallbacks: tuple[Any, ...], placeholders: bool) 
             for w, value, j in orjson.loads(item[1]):
                 WRITERS[w](node, value, base + j)
         elif kind in (VALUE, VALUE_IN_LIST):
-            WRITERS[item[1]](node, value_placeholder(i) if placeholders else item[3], item[2])
+            WRITERS[item[1]](node, value_placeholder(i) if placeholders else values[i], item[2])
             i += 1
-        elif kind == LINK:
-            item[1](node, Ref(item[2]), 0)
         elif kind == WRITES:
             base = item[2]
             for w, value, j in item[1]:
                 WRITERS[w](node, thaw(value), base + j)
+    for kind, what, target in links:
+        if kind == LINK:
+            what(node, Ref(target), 0)
+        else:
+            for w, value, j in orjson.loads(what):
+                WRITERS[w](node, value, j)
     for fallback in fallbacks:
         if fallback is not None and fallback[0] not in node:
             node[fallback[0]] = Ref(fallback[1])
@@ -178,33 +156,36 @@ def _element_defaults(body: dict[str, Any], rtype: str, defaults: dict[str, dict
                     item[k] = copy.deepcopy(v)
 
 
-def shape_of(key: tuple[Any, ...], rtype: str, log: list[Any], fallbacks: tuple[Any, ...], n_values: int,
+def shape_of(key: tuple[Any, ...], rtype: str, log: WriteLog, links: list[Any], fallbacks: tuple[Any, ...],
              targets: list[Any], emit: frozenset[str]) -> Shape | None:
     """The shape for ``key``, built from this log when it is new; ``None`` when this
     resource cannot be templated (see the module docstring)."""
     shape = SHAPES.get(key)
     if shape is not None:
         return shape
-    node = materialize(log, fallbacks, True)
+    node = materialize(log, links, fallbacks, True)
     parts = keyed_parts(node)
     ident, name = identifier_key(parts), name_key(parts)
     resolve = _placeholder_resolver(targets, emit)
     body = finalize(node, resolve) or {}
     missing = finish(body, rtype)
-    placeholders = [(value_placeholder(i), _VALUE, i) for i in range(n_values)]
+    placeholders = [(value_placeholder(i), _VALUE, i) for i in range(len(log.values))]
     placeholders += [(reference_placeholder(k), _REFERENCE, k) for k in range(len(targets))]
     if not _only_placeholders(ident, placeholders) or not _only_placeholders(name, placeholders):
         return None
     if missing:
-        shape = Shape(None, (), ident, name, tuple(missing))
+        shape = Shape(None, ident, name, tuple(missing))
     else:
         template = orjson.dumps({"resourceType": rtype, "id": ID_PLACEHOLDER, **body})
         placeholders.append((ID_PLACEHOLDER, _ID, 0))
-        present = tuple((b'"' + p.encode() + b'"', what, n) for p, what, n in placeholders
-                        if p.encode() in template)
-        if template.count(_MARK_BYTES) != 2 * sum(template.count(p) for p, _, _ in present):
+        where = {b'"' + p.encode() + b'"': (what, n) for p, what, n in placeholders}
+        pieces = _PLACEHOLDER.split(template)
+        parts: list[Any] = []
+        for k, piece in enumerate(pieces):
+            parts.append(piece if k % 2 == 0 else where.get(piece))
+        if _MARK_BYTES in b"".join(pieces[::2]) or None in parts:  # the character came from the message
             return None
-        shape = Shape(template, present, ident, name, ())
+        shape = Shape(tuple(parts), ident, name, ())
     if len(SHAPES) >= SHAPE_LIMIT:
         SHAPES.clear()
     SHAPES[key] = shape
@@ -219,9 +200,13 @@ def _only_placeholders(text: str, placeholders: list[tuple[str, int, int]]) -> b
     return MARK not in text
 
 
+def _index(targets: list[Any], target: Any) -> int:
+    return next(k for k, t in enumerate(targets) if t is target)
+
+
 def _placeholder_resolver(targets: list[Any], emit: frozenset[str]) -> Callable[[Ref], dict[str, Any] | None]:
     def resolve(ref: Ref) -> dict[str, Any] | None:
-        target = ref.target
+        target = ref.target.root()
         if target.type not in emit:
             return None
         return {"reference": reference_placeholder(_index(targets, target))}
@@ -243,14 +228,19 @@ _loads = orjson.loads
 def fill(shape: Shape, rid: str, values: list[Any], targets: list[Any]) -> dict[str, Any]:
     """The finished resource: the shape's template with this resource's values, reference
     targets and id."""
-    t = shape.template
-    assert t is not None
-    for placeholder, what, n in shape.present:
-        if what == _VALUE:
-            t = t.replace(placeholder, _dumps(values[n]))
-        elif what == _REFERENCE:
-            target = targets[n]
-            t = t.replace(placeholder, _dumps(f"{target.type}/{target.id}"))
+    parts = shape.parts
+    assert parts is not None
+    out = []
+    for part in parts:
+        if part.__class__ is bytes:
+            out.append(part)
         else:
-            t = t.replace(placeholder, _dumps(rid))
-    return _loads(t)
+            what, n = part
+            if what == _VALUE:
+                out.append(_dumps(values[n]))
+            elif what == _REFERENCE:
+                target = targets[n]
+                out.append(_dumps(f"{target.type}/{target.id}"))
+            else:
+                out.append(_dumps(rid))
+    return _loads(b"".join(out))
