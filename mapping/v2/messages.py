@@ -305,6 +305,7 @@ class _Mapper:
         self.orders: dict[int, str] = {}
         self.by_key: dict[str, list[_Instance]] = {}
         self.found: dict[tuple[str, int], _Instance | None] = {}
+        self.merged = False
         for s in reversed(msg.segments):
             self.first_seg[s.id] = s
         msh7 = msg.msh.get(7)
@@ -495,9 +496,8 @@ class _Mapper:
         numbered by the resource they end at (two merged resources are one target)."""
         inst.shaped = True
         links_key = inst.links_key
-        roots = [t.root() for t in inst.targets]
-        if any(r is not t for r, t in zip(roots, inst.targets, strict=True)):
-            links_key, inst.targets = _rooted(links_key, roots)
+        if self.merged and any(t.alias is not None for t in inst.targets):
+            links_key, inst.targets = _rooted(links_key, [t.root() for t in inst.targets])
         key = shapes.key_of(inst.type, inst.log, links_key)
         if key is not None:
             inst.shape = shapes.shape_of(key, inst.type, inst.log, inst.links, inst.fallbacks, inst.targets, self.emit)
@@ -525,15 +525,28 @@ class _Mapper:
         return ""
 
     def assign_ids(self) -> None:
-        recipes = config()["ids"]
         ordered = sorted(self.instances, key=lambda i: i.type != "Patient")
         for inst in ordered:
             keys: tuple[str, str] | None = None
-            for alt in recipes.get(inst.type, recipes["_default"]):
-                if keys is None and ("identifier" in alt or "name" in alt):
-                    keys = self._keys(inst)
-                parts = [self._token(tok, inst, keys) for tok in alt]
-                if all(parts):
+            for alt in _recipes(inst.type):
+                parts = []
+                for kind, arg in alt:
+                    if kind == _SEG:
+                        part = arg[0] + inst.creator.get(arg[1], 1, arg[2])
+                    elif kind == _ORDER:
+                        part = self.order_number(inst)
+                    elif kind == _PATIENT:
+                        part = (inst.patient.id or "") if inst.patient is not None else ""
+                    elif kind == _RAW:
+                        part = inst.creator.raw
+                    else:
+                        if keys is None:
+                            keys = self._keys(inst)
+                        part = keys[arg]
+                    if not part:
+                        break
+                    parts.append(part)
+                else:
                     inst.id = stable_id(inst.type, *parts)
                     break
             if inst.id is None:
@@ -551,28 +564,12 @@ class _Mapper:
                     each.node = shapes.materialize(each.log, each.links, each.fallbacks, False)
             merge(other.node, inst.node)  # type: ignore[arg-type]
             inst.alias = other
-            merged = True
+            self.merged = merged = True
         for inst in self.instances:
             if merged and inst.shape is not None and any(t.alias is not None for t in inst.targets):
                 inst.shape, inst.shaped = None, False  # shaped again with references to merged resources
             if not inst.shaped:
                 self._shape(inst)
-
-    def _token(self, tok: str, inst: _Instance, keys: tuple[str, str] | None) -> str:
-        if tok == "identifier":
-            return keys[0] if keys else ""
-        if tok == "name":
-            return keys[1] if keys else ""
-        if tok == "order":
-            return self.order_number(inst)
-        if tok == "patient":
-            return (inst.patient.id or "") if inst.patient is not None else ""
-        if tok == "raw":
-            return inst.creator.raw
-        if tok.startswith("seg:"):
-            f, c = _seg_token(tok)
-            return f"{tok}={inst.creator.get(f, 1, c)}"
-        raise ValueError(f"unknown id token {tok}")
 
     def resolve(self, ref: Ref) -> dict[str, Any] | None:
         if isinstance(ref.target, str):
@@ -604,11 +601,29 @@ class _Mapper:
         return out
 
 
+_SEG, _ORDER, _PATIENT, _RAW, _KEY = range(5)
+
+
 @cache
-def _seg_token(tok: str) -> tuple[int, int]:
-    """``seg:3.1`` → field 3, component 1."""
-    spec = tok[4:].split(".")
-    return int(spec[0]), int(spec[1]) if len(spec) > 1 else 1
+def _recipes(rtype: str) -> tuple[tuple[tuple[int, Any], ...], ...]:
+    """A resource type's id recipes (``config.json`` → ``ids``) as (token kind, argument):
+    ``seg:3.1`` → (_SEG, ("seg:3.1=", 3, 1)), ``identifier``/``name`` → (_KEY, 0/1)."""
+    recipes = config()["ids"]
+    out = []
+    for alt in recipes.get(rtype, recipes["_default"]):
+        tokens: list[tuple[int, Any]] = []
+        for tok in alt:
+            if tok.startswith("seg:"):
+                spec = tok[4:].split(".")
+                tokens.append((_SEG, (f"{tok}=", int(spec[0]), int(spec[1]) if len(spec) > 1 else 1)))
+            elif tok in ("identifier", "name"):
+                tokens.append((_KEY, 0 if tok == "identifier" else 1))
+            elif tok in ("order", "patient", "raw"):
+                tokens.append(({"order": _ORDER, "patient": _PATIENT, "raw": _RAW}[tok], None))
+            else:
+                raise ValueError(f"unknown id token {tok}")
+        out.append(tuple(tokens))
+    return tuple(out)
 
 
 @cache
