@@ -66,7 +66,7 @@ class FieldMemo(dict):
         such inputs hardly come again (OBX-6 keyed with a new OBX-5 value every time)."""
         self.aliases += 1
         if not self.keep_aliases:
-            if self.aliases % _TRY_AGAIN == 0:
+            if self.aliases % TRY_AGAIN == 0:
                 self.keep_aliases, self.hits, self.aliases = True, 0, 0
             return
         if self.aliases >= 512 and self.hits * 4 < self.aliases:
@@ -91,7 +91,7 @@ the memos of all field plans."""
 
 PLAN_MEMO_LIMIT = 20_000
 """Entries one field plan remembers before its memo starts over."""
-_TRY_AGAIN = 16_384
+TRY_AGAIN = 16_384
 """Misses after which a field that stopped being remembered is given another chance."""
 
 
@@ -191,7 +191,7 @@ def _pure_rule(rule: dict[str, Any]) -> bool:
     return not rule["ref"] and (not rule["map"] or pure_map(rule["map"]))
 
 
-_ENVELOPE_SEGMENTS = frozenset({"MSH", "FHS", "BHS"})
+ENVELOPE_SEGMENTS = frozenset({"MSH", "FHS", "BHS"})
 
 
 def run_field(fp: FieldPlan, raw: str, key: Any, holds: tuple[bool, ...] | None, memo: FieldMemo,
@@ -205,8 +205,8 @@ def run_field(fp: FieldPlan, raw: str, key: Any, holds: tuple[bool, ...] | None,
     ``key`` is then the field text with it.
     """
     d = seg.delimiters
-    if not memo.keep and raw and memo.misses % _TRY_AGAIN != _TRY_AGAIN - 1 and _PLAIN(raw) \
-            and ctx.delimiters[1:5] == _STANDARD and not (fp.field <= 2 and seg.id in _ENVELOPE_SEGMENTS):
+    if not memo.keep and raw and memo.misses % TRY_AGAIN != TRY_AGAIN - 1 and PLAIN(raw) \
+            and ctx.delimiters[1:5] == STANDARD and not (fp.field <= 2 and seg.id in ENVELOPE_SEGMENTS):
         direct = direct_function(fp, holds)
         if direct is not None:  # a value that is its own text: converted and written without the interpreter
             memo.misses += 1
@@ -217,7 +217,7 @@ def run_field(fp: FieldPlan, raw: str, key: Any, holds: tuple[bool, ...] | None,
     ctx.created = created
     if not raw:
         reps = [""]
-    elif seg.id in _ENVELOPE_SEGMENTS and fp.field <= 2:
+    elif seg.id in ENVELOPE_SEGMENTS and fp.field <= 2:
         reps = [raw]
     else:
         reps = raw.split(d.repetition)
@@ -258,15 +258,15 @@ def _remember(memo: FieldMemo, key: Any, writes: bytes, made: bytes | None) -> N
     if memo.keep:
         if memo.misses >= 256 and memo.hits + memo.aliases < memo.misses:  # most texts are new
             memo.keep = False
-    elif memo.misses % _TRY_AGAIN == 0:
+    elif memo.misses % TRY_AGAIN == 0:
         memo.keep, memo.hits, memo.misses = True, 0, 0
     if len(memo) >= PLAN_MEMO_LIMIT:
         memo.clear()
     memo[key] = writes if made is None else (made, writes)
 
 
-_STANDARD = "^~\\&"
-"""Component, repetition, escape and subcomponent characters for which :data:`_PLAIN` holds."""
+STANDARD = "^~\\&"
+"""Component, repetition, escape and subcomponent characters for which :data:`PLAIN` holds."""
 
 _DIRECT = {
     "string": "text", "markdown": "text", "code": "text", "id": "text", "oid": "text", "uuid": "text",
@@ -349,7 +349,7 @@ def condition_expression(cond: Any, refs: dict[tuple[str, int, int, int], int], 
     raise ValueError(f"unknown condition operator {op}")
 
 
-_PLAIN = re.compile(r'[^\^~\\&"]+').fullmatch
+PLAIN = re.compile(r'[^\^~\\&"]+').fullmatch
 """A value that, with the usual delimiters, has no component, repetition, escape or null in it."""
 
 
@@ -363,7 +363,7 @@ def value_lines(refs: dict[tuple[str, int, int, int], int], seg_id: str, scope: 
     another segment's field is 0.
     """
     aliases = config()["value_aliases"]
-    scope["PLAIN"] = _PLAIN
+    scope["PLAIN"] = PLAIN
     lines = ["    fields = seg.fields", "    n = len(fields)"]
     fetched: set[int] = set()
     for ref, i in refs.items():
@@ -391,13 +391,13 @@ def value_lines(refs: dict[tuple[str, int, int, int], int], seg_id: str, scope: 
             f = ref[1]
             if not own:
                 lines.append(f"    c{i} = 0")
-            elif f <= 2 and seg_id in _ENVELOPE_SEGMENTS:
+            elif f <= 2 and seg_id in ENVELOPE_SEGMENTS:
                 lines.append(f"    c{i} = len(seg.reps({f}))")
             else:  # Segment.reps() counted without splitting
                 scope["NULL"] = '""'
                 lines += [f"    g{i} = fields[{f}] if n > {f} else ''",
                           f"    c{i} = 0 if not g{i} or g{i} == NULL else g{i}.count(seg.delimiters.repetition) + 1"]
-    scope["STANDARD"] = _STANDARD
+    scope["STANDARD"] = STANDARD
     return lines
 
 

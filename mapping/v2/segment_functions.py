@@ -21,9 +21,14 @@ from typing import Any
 from mapping.v2.engine import NULL, Context, SegmentLike, ref_value
 from mapping.v2.field_rules import (
     ENTRY,
+    ENVELOPE_SEGMENTS,
+    PLAIN,
+    STANDARD,
+    TRY_AGAIN,
     WriteLog,
     cond_refs,
     condition_expression,
+    direct_function,
     outcomes_function,
     replay,
     replay_created,
@@ -59,11 +64,14 @@ def segment_function(mapname: str, seg_id: str) -> SegmentFunction | None:
     if plan is None:
         return None
     scope: dict[str, Any] = {"NULL": NULL, "run_field": run_field, "ref_value": ref_value, "ENTRY": ENTRY,
-                             "replay_created": replay_created, "replay": replay}
+                             "replay_created": replay_created, "replay": replay, "PLAIN": PLAIN,
+                             "STANDARD": STANDARD, "TRY_AGAIN": TRY_AGAIN, "direct_function": direct_function}
     lines = ["def apply(seg, log, ctx, others, rep_base):",
              "    fields = seg.fields",
              "    n = len(fields)",
-             "    memos = ctx.memos"]
+             "    memos = ctx.memos",
+             "    tz = ctx.default_tz",
+             "    standard = ctx.delimiters[1:5] == STANDARD"]
     for i, fp in enumerate(plan):
         scope[f"FP{i}"] = fp
         f = fp.field
@@ -102,6 +110,19 @@ def segment_function(mapname: str, seg_id: str) -> SegmentFunction | None:
                     "hit = memo.get(raw)",
                     f"if hit is None: run_field(FP{i}, raw, raw, None, memo, seg, log, ctx, others, rep_base)",
                     *inline_replay]
+        if not (f <= 2 and seg_id in ENVELOPE_SEGMENTS):
+            # a field whose texts stopped repeating: a plain value goes straight to its conversion
+            body = [f"memo = memos[{fp.number}]",
+                    "if memo.keep or not standard or PLAIN(raw) is None: direct = None",
+                    "else:",
+                    f"    holds = OUT{i}(seg, others)" if fp.deps else "    holds = None",
+                    f"    direct = direct_function(FP{i}, holds)",
+                    "    if direct is not None and memo.misses % TRY_AGAIN == TRY_AGAIN - 1: direct = None",
+                    "if direct is not None:",
+                    "    memo.misses += 1",
+                    "    direct(raw.strip(), log, rep_base, tz)",
+                    "else:",
+                    *[f"    {line}" for line in body[1:]]]
         if fp.when_empty:
             lines += [f"    {line}" for line in body]
         else:
