@@ -130,10 +130,12 @@ def mapped_at(proc: subprocess.Popen[str], total: int) -> float:
     return float(proc.stdout.readline().split(" ", 1)[0])
 
 
-def stop(proc: subprocess.Popen[str]) -> None:
+def stop(proc: subprocess.Popen[str], graceful: bool) -> None:
+    """fhirtwin shuts down when its stdin closes (draining, stopping its mapping process); the peer on SIGTERM."""
     if proc.stdin is not None:
         proc.stdin.close()
-    proc.send_signal(signal.SIGTERM)
+    if not graceful:
+        proc.send_signal(signal.SIGTERM)
     try:
         proc.wait(timeout=300)
     except subprocess.TimeoutExpired:
@@ -167,7 +169,7 @@ def measure(name: str, cmd: list[str], windows: list[int], senders: int, message
             rows.append(Row(name, window, total, ok, total / elapsed_s, lat[len(lat) // 2] * 1e3,
                             lat[int(len(lat) * 0.99)] * 1e3, mapped))
     finally:
-        stop(proc)
+        stop(proc, graceful=fhirtwin)
     return rows
 
 

@@ -34,6 +34,8 @@ import logging
 import multiprocessing
 import os
 import signal
+import threading
+import time
 from collections import Counter
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
@@ -139,7 +141,7 @@ class MLLPServer:
             ctx = multiprocessing.get_context("spawn")  # this process holds DuckDB threads: never fork it
             niceness = BACKGROUND_MAP_NICENESS if self.options.ack_after == "commit" else 0
             self._pool = ProcessPoolExecutor(
-                self.options.map_workers, mp_context=ctx, initializer=os.nice, initargs=(niceness,)
+                self.options.map_workers, mp_context=ctx, initializer=_init_map_worker, initargs=(niceness,)
             )
             await asyncio.get_running_loop().run_in_executor(self._pool, map_batch, [], self._mapper)
         self._stages = [
@@ -383,6 +385,22 @@ class MLLPServer:
             await asyncio.to_thread(self._pool.shutdown, cancel_futures=True)
         if self._server is not None:
             await self._server.wait_closed()
+
+
+def _init_map_worker(niceness: int) -> None:
+    """Set a mapping process's priority, and make it end with the listener.
+
+    A pool worker waits on a pipe it holds both ends of, so a listener killed
+    without a shutdown (SIGKILL, a crash) would leave it waiting forever.
+    """
+    os.nice(niceness)
+    threading.Thread(target=_exit_with_parent, args=(os.getppid(),), daemon=True).start()
+
+
+def _exit_with_parent(parent_pid: int) -> None:
+    while os.getppid() == parent_pid:
+        time.sleep(1.0)
+    os._exit(0)
 
 
 def _deferred_ack(message: Any) -> str:

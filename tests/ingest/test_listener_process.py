@@ -12,6 +12,7 @@ import os
 import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -41,6 +42,20 @@ def start_server(db: Path, ack_after: str = "processed") -> tuple[subprocess.Pop
     line = proc.stdout.readline()
     assert line.startswith("MLLP listening on"), line
     return proc, int(line.rsplit(":", 1)[1])
+
+
+def children(pid: int) -> list[int]:
+    """Live child processes (Linux /proc): the listener's mapping process."""
+    found = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
+    return [int(c) for c in found if alive(int(c))]
+
+
+def alive(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except FileNotFoundError:
+        return False
+    return state != "Z"
 
 
 def stop_server(proc: subprocess.Popen[str]) -> None:
@@ -133,10 +148,14 @@ def test_sigkill_mid_stream_loses_nothing_acked_and_resends_make_no_duplicates(t
     db = tmp_path / "kill.duckdb"
     payloads = [adt(i) for i in range(240)]
     proc, port = start_server(db, ack_after)
+    workers = children(proc.pid)
+    assert workers  # mapping runs in its own process
     acked = asyncio.run(asyncio.wait_for(send_until_killed(port, payloads, proc, kill_after=60), 120))
     proc.wait(timeout=30)
     assert proc.returncode == -signal.SIGKILL
     assert 60 <= len(acked) < len(payloads)
+    while any(alive(w) for w in workers):  # the orphaned mapping process ends by itself (else: test timeout)
+        time.sleep(0.1)
 
     with Store(db) as store:  # what the crash left: every AA'd message is in the inbox (and mapped, if processed)
         rows = dict(store.cursor().execute("SELECT control_id, status FROM hl7_inbox").fetchall())
