@@ -72,8 +72,18 @@ class FieldMemo(dict):
         if self.aliases >= 512 and self.hits * 4 < self.aliases:
             self.keep_aliases = False
             return
+        self.store(key, entry)
+
+    def store(self, key: Any, entry: bytes | tuple[bytes, bytes]) -> None:
+        """Add an entry within the limits: of this field, and of all fields together."""
         if len(self) >= PLAN_MEMO_LIMIT:
             self.clear()
+        _stored[0] += 1
+        if _stored[0] > MEMO_BUDGET:
+            _stored[0] = 0
+            for table in MEMO_TABLES.values():
+                for memo in table.values():
+                    memo.clear()
         self[key] = entry
 
 
@@ -91,6 +101,9 @@ the memos of all field plans."""
 
 PLAN_MEMO_LIMIT = 20_000
 """Entries one field plan remembers before its memo starts over."""
+MEMO_BUDGET = 200_000
+"""Entries stored into all field memos before they all start over (bounds the memory)."""
+_stored = [0]
 TRY_AGAIN = 16_384
 """Misses after which a field that stopped being remembered is given another chance."""
 
@@ -260,9 +273,7 @@ def _remember(memo: FieldMemo, key: Any, writes: bytes, made: bytes | None) -> N
             memo.keep = False
     elif memo.misses % TRY_AGAIN == 0:
         memo.keep, memo.hits, memo.misses = True, 0, 0
-    if len(memo) >= PLAN_MEMO_LIMIT:
-        memo.clear()
-    memo[key] = writes if made is None else (made, writes)
+    memo.store(key, writes if made is None else (made, writes))
 
 
 STANDARD = "^~\\&"
