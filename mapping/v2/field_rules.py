@@ -47,8 +47,9 @@ class FieldMemo(dict):
     A field whose texts hardly repeat (OBX-5 results, OBX-14 times) stops remembering its
     plain values (``keep``): they are converted by a generated primitive conversion instead
     (:func:`direct_function`), which costs less than a JSON dump, memory and garbage
-    collector passes for entries nobody reads again. ``hits`` and ``misses`` decide; the
-    field is tried again now and then.
+    collector passes for entries nobody reads again, and keeps the resources it goes into
+    of one shape (``shapes``). ``hits`` and ``misses`` decide, once: a field whose plain
+    values are converted directly loses little when its texts start repeating.
     """
 
     __slots__ = ("hits", "misses", "keep", "aliases", "keep_aliases")
@@ -66,8 +67,6 @@ class FieldMemo(dict):
         such inputs hardly come again (OBX-6 keyed with a new OBX-5 value every time)."""
         self.aliases += 1
         if not self.keep_aliases:
-            if self.aliases % TRY_AGAIN == 0:
-                self.keep_aliases, self.hits, self.aliases = True, 0, 0
             return
         if self.aliases >= 512 and self.hits * 4 < self.aliases:
             self.keep_aliases = False
@@ -104,8 +103,6 @@ PLAN_MEMO_LIMIT = 20_000
 MEMO_BUDGET = 200_000
 """Entries stored into all field memos before they all start over (bounds the memory)."""
 _stored = [0]
-TRY_AGAIN = 16_384
-"""Misses after which a field that stopped being remembered is given another chance."""
 
 
 def memo_table(delimiters: str, tz: str | None) -> MemoTable:
@@ -218,11 +215,10 @@ def run_field(fp: FieldPlan, raw: str, key: Any, holds: tuple[bool, ...] | None,
     ``key`` is then the field text with it.
     """
     d = seg.delimiters
-    if not memo.keep and raw and memo.misses % TRY_AGAIN != TRY_AGAIN - 1 and PLAIN(raw) \
+    if not memo.keep and raw and PLAIN(raw) \
             and ctx.delimiters[1:5] == STANDARD and not (fp.field <= 2 and seg.id in ENVELOPE_SEGMENTS):
         direct = direct_function(fp, holds)
         if direct is not None:  # a value that is its own text: converted and written without the interpreter
-            memo.misses += 1
             direct(raw.strip(), log, rep_base, ctx.default_tz)
             return
     placed: list[tuple[int, Any, int]] = []
@@ -268,11 +264,8 @@ def run_field(fp: FieldPlan, raw: str, key: Any, holds: tuple[bool, ...] | None,
 
 def _remember(memo: FieldMemo, key: Any, writes: bytes, made: bytes | None) -> None:
     memo.misses += 1
-    if memo.keep:
-        if memo.misses >= 256 and memo.hits + memo.aliases < memo.misses:  # most texts are new
-            memo.keep = False
-    elif memo.misses % TRY_AGAIN == 0:
-        memo.keep, memo.hits, memo.misses = True, 0, 0
+    if memo.keep and memo.misses >= 256 and memo.hits + memo.aliases < memo.misses:  # most texts are new
+        memo.keep = False
     memo.store(key, writes if made is None else (made, writes))
 
 

@@ -24,7 +24,6 @@ from mapping.v2.field_rules import (
     ENVELOPE_SEGMENTS,
     PLAIN,
     STANDARD,
-    TRY_AGAIN,
     WriteLog,
     cond_refs,
     condition_expression,
@@ -65,7 +64,7 @@ def segment_function(mapname: str, seg_id: str) -> SegmentFunction | None:
         return None
     scope: dict[str, Any] = {"NULL": NULL, "run_field": run_field, "ref_value": ref_value, "ENTRY": ENTRY,
                              "replay_created": replay_created, "replay": replay, "PLAIN": PLAIN,
-                             "STANDARD": STANDARD, "TRY_AGAIN": TRY_AGAIN, "direct_function": direct_function}
+                             "STANDARD": STANDARD, "direct_function": direct_function}
     lines = ["def apply(seg, log, ctx, others, rep_base):",
              "    fields = seg.fields",
              "    n = len(fields)",
@@ -117,9 +116,7 @@ def segment_function(mapname: str, seg_id: str) -> SegmentFunction | None:
                     "else:",
                     f"    holds = OUT{i}(seg, others)" if fp.deps else "    holds = None",
                     f"    direct = direct_function(FP{i}, holds)",
-                    "    if direct is not None and memo.misses % TRY_AGAIN == TRY_AGAIN - 1: direct = None",
                     "if direct is not None:",
-                    "    memo.misses += 1",
                     "    direct(raw.strip(), log, rep_base, tz)",
                     "else:",
                     *[f"    {line}" for line in body[1:]]]
