@@ -19,6 +19,7 @@ import multiprocessing
 from collections import deque
 from collections.abc import Iterator
 from concurrent.futures import Future, ProcessPoolExecutor
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -97,29 +98,42 @@ def line_chunks(path: Path, lines_per_chunk: int = CHUNK_LINES) -> Iterator[tupl
             yield first, b"".join(lines)
 
 
-def prepared_chunks(
-    path: Path, *, validate: bool, workers: int, lines_per_chunk: int = CHUNK_LINES, ahead: int = 0
-) -> Iterator[tuple[int, ChunkResult]]:
-    """Chunk results in file order, at most ``2 * workers + ahead`` chunks in flight (bounded memory).
+@contextmanager
+def worker_pool(workers: int) -> Iterator[ProcessPoolExecutor | None]:
+    """Worker processes for the chunks of every file of an import (None: prepare in this process).
 
-    ``ahead`` lets the workers keep preparing while the consumer is busy with a long commit. With no
-    workers the chunks are prepared in this process, one at a time.
+    A worker costs about a second of CPU before its first chunk (imports, the validator's tables, the
+    generated indexers), so one pool serves all the files of an import, not one pool per file.
+    Processes start at the first chunk submitted.
     """
     if workers <= 0:
-        for first, data in line_chunks(path, lines_per_chunk):
-            yield first, prepare_chunk(str(path), first, data, validate)
+        yield None
         return
     ctx = multiprocessing.get_context("spawn")  # the writer holds DuckDB threads: never fork it
     with ProcessPoolExecutor(max_workers=workers, mp_context=ctx) as pool:
-        window: deque[tuple[int, Future[ChunkResult]]] = deque()
+        yield pool
+
+
+def prepared_chunks(
+    path: Path, *, validate: bool, pool: ProcessPoolExecutor | None, in_flight: int,
+    lines_per_chunk: int = CHUNK_LINES,
+) -> Iterator[tuple[int, ChunkResult]]:
+    """Chunk results in file order, prepared by ``pool`` with at most ``in_flight`` chunks submitted
+    ahead (bounded memory; enough to keep the workers busy while the consumer commits), or in this
+    process one at a time when ``pool`` is None."""
+    if pool is None:
         for first, data in line_chunks(path, lines_per_chunk):
-            window.append((first, pool.submit(prepare_chunk, str(path), first, data, validate)))
-            if len(window) >= 2 * workers + ahead:
-                first_done, fut = window.popleft()
-                yield first_done, fut.result()
-        while window:
+            yield first, prepare_chunk(str(path), first, data, validate)
+        return
+    window: deque[tuple[int, Future[ChunkResult]]] = deque()
+    for first, data in line_chunks(path, lines_per_chunk):
+        window.append((first, pool.submit(prepare_chunk, str(path), first, data, validate)))
+        if len(window) >= in_flight:
             first_done, fut = window.popleft()
             yield first_done, fut.result()
+    while window:
+        first_done, fut = window.popleft()
+        yield first_done, fut.result()
 
 
 def refused_record(source: str, refused: Refused) -> Record:

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import ProcessPoolExecutor
+from contextlib import ExitStack
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -199,13 +201,17 @@ class Ingestor:
     def ingest_paths(self, paths: Iterable[Path], on_record: Callable[[Record], None] | None = None) -> IngestSummary:
         """Ingest every file under ``paths``."""
         summary = IngestSummary()
-        for path in iter_files(list(paths)):
-            if on_record is None and self.bulk_eligible(path):
-                part = self.ingest_ndjson_parallel(path)
-            else:
-                part = self.ingest_records(_records(path, self.resolve_conditional), on_record)
-            part.files = 1
-            summary.add(part)
+        with ExitStack() as stack:
+            pool: ProcessPoolExecutor | None = None  # one for all the bulk files, from the first one on
+            for path in iter_files(list(paths)):
+                if on_record is None and self.bulk_eligible(path):
+                    if pool is None and self.workers > 0:
+                        pool = stack.enter_context(bulk.worker_pool(self.workers))
+                    part = self.ingest_ndjson_parallel(path, pool=pool)
+                else:
+                    part = self.ingest_records(_records(path, self.resolve_conditional), on_record)
+                part.files = 1
+                summary.add(part)
         return summary
 
     def bulk_eligible(self, path: Path) -> bool:
@@ -217,15 +223,23 @@ class Ingestor:
         )
 
     def ingest_ndjson_parallel(
-        self, path: Path, lines_per_chunk: int = bulk.CHUNK_LINES, commit_resources: int = BULK_COMMIT_RESOURCES
+        self,
+        path: Path,
+        lines_per_chunk: int = bulk.CHUNK_LINES,
+        commit_resources: int = BULK_COMMIT_RESOURCES,
+        pool: ProcessPoolExecutor | None = None,
     ) -> IngestSummary:
         """Import one (gzip) NDJSON file in bulk: chunks prepared by the worker processes (in this one
-        with ``workers=0``), ``commit_resources`` per store commit.
+        with ``workers=0``), ``commit_resources`` per store commit. ``pool``: the import's workers
+        (:func:`ingest.bulk.worker_pool`), started for this file alone when not given.
 
         Refused lines are dead-lettered as on the in-process path; Bundles take that path, after
         everything before them is committed (their conditional references search the store).
         The workers prepare the next chunks while the writer commits.
         """
+        if pool is None and self.workers > 0:
+            with bulk.worker_pool(self.workers) as own:
+                return self.ingest_ndjson_parallel(path, lines_per_chunk, commit_resources, own)
         summary = IngestSummary()
         source = str(path)
         pending: list[PreparedBatch] = []
@@ -239,8 +253,8 @@ class Ingestor:
             pending.clear()
             pending_count = 0
 
-        chunks = bulk.prepared_chunks(path, validate=self.validator is not None, workers=self.workers,
-                                      lines_per_chunk=lines_per_chunk, ahead=2 * self.workers)
+        chunks = bulk.prepared_chunks(path, validate=self.validator is not None, pool=pool,
+                                      in_flight=4 * self.workers, lines_per_chunk=lines_per_chunk)
         for _, chunk in chunks:
             for refused in chunk.refused:
                 self._refuse(bulk.refused_record(source, refused), summary)

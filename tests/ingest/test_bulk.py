@@ -8,6 +8,7 @@ from typing import Any
 import orjson
 import pytest
 
+from ingest import bulk
 from ingest.bulk import line_chunks, prepare_chunk
 from ingest.pipeline import Ingestor, IngestSummary
 from store.search_index import INDEX_TABLES
@@ -125,3 +126,22 @@ def test_chunks_keep_line_numbers_and_refusals(bulk_file: Path) -> None:
     unchecked = prepare_chunk(str(bulk_file), first, data, validate=False)
     assert [r.line for r in unchecked.refused] == [51, 52, 53]
     assert unchecked.refused[2].problems[0].diagnostics == "invalid id 'bad id!'"
+
+
+def test_folder_of_bulk_files_shares_one_pool_and_stores_what_the_plain_path_stores(
+    bulk_file: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    pools: list[int] = []
+    real_pool = bulk.worker_pool
+    monkeypatch.setattr(bulk, "worker_pool", lambda workers: pools.append(workers) or real_pool(workers))
+    lines = bulk_file.read_bytes().splitlines()[:1500]
+    folder = tmp_path / "export"
+    folder.mkdir()
+    (folder / "a.ndjson").write_bytes(b"\n".join(lines[:700]) + b"\n")
+    (folder / "b.ndjson").write_bytes(b"\n".join(lines[700:]) + b"\n")
+    plain, bulk_store = Store(":memory:"), Store(":memory:")
+    expected = Ingestor(plain, workers=0, bulk_min_bytes=1 << 40).ingest_paths([folder])
+    got = Ingestor(bulk_store, workers=2, bulk_min_bytes=0).ingest_paths([folder])
+    assert _summary(got) == _summary(expected) and got.files == expected.files == 2
+    assert got.rejected == 4 and pools == [2]
+    assert _content(bulk_store)["versions"] == _content(plain)["versions"]
