@@ -36,7 +36,16 @@ from mapping.v2.engine import (
     stable_id,
     writer,
 )
-from mapping.v2.field_rules import ENTRY, LINK, WriteLog, memo_table, writer_number
+from mapping.v2.field_rules import (
+    ENTRY,
+    ENVELOPE_SEGMENTS,
+    LINK,
+    PLAIN,
+    STANDARD,
+    WriteLog,
+    memo_table,
+    writer_number,
+)
 from mapping.v2.segment_functions import RowsFunction, apply_segment, row_condition, rows_condition
 from mapping.v2.tables import config, message_maps
 
@@ -99,6 +108,11 @@ class _Instance:
     """The distinct resources it refers to, in the order the shape numbers them."""
     patient: _Instance | None = None
     """The Patient the ``patient`` id token reads (not the resource itself)."""
+    order_depths: tuple[int, ...] | None = None
+    """The enclosing groups (innermost first, by depth) holding a segment that carries order
+    numbers: the only ones the ``order`` id token has to read (``None``: all of them)."""
+    reference: bytes | None = None
+    """``"Type/id"`` as JSON, once the id is known (what templates put in for a reference)."""
     id: str | None = None
     alias: _Instance | None = None
     merges: int = 0
@@ -278,6 +292,7 @@ class _Plan:
     patients: list[int]
     targets: list[list[int]]
     keys: list[tuple[Any, ...]]
+    order_depths: list[tuple[int, ...]]
 
 
 @dataclass(eq=False)
@@ -412,7 +427,8 @@ class _Mapper:
             targets.append(distinct)
             keys.append(tuple(key))
         plan = _Plan([(inst.key, inst.type, position[id(inst.creator)]) for inst in self.instances],
-                     steps, links, fallbacks, patients, targets, keys)
+                     steps, links, fallbacks, patients, targets, keys,
+                     [_carrier_depths(inst.chain) for inst in self.instances])
         self.instances, self.refs, self.by_scope, self.by_key, self.found = [], [], {}, {}, {}
         return plan
 
@@ -422,8 +438,10 @@ class _Mapper:
         insts = self.instances = [_Instance(key, rtype, segs[i], chains[i]) for key, rtype, i in plan.instances]
         for i, mapname, k, base in plan.steps:
             apply_segment(mapname, segs[i], insts[k].log, ctx, others, base)
-        for inst, links, (pf, ef), p, targets, key in zip(insts, plan.links, plan.fallbacks, plan.patients,
-                                                          plan.targets, plan.keys, strict=True):
+        for inst, links, (pf, ef), p, targets, key, depths in zip(insts, plan.links, plan.fallbacks, plan.patients,
+                                                                  plan.targets, plan.keys, plan.order_depths,
+                                                                  strict=True):
+            inst.order_depths = depths
             if links:
                 inst.links = [(kind, what, insts[t] if t >= 0 else None) for kind, what, t in links]
             inst.fallbacks = ((pf[0], insts[pf[1]]) if pf else None, (ef[0], insts[ef[1]]) if ef else None)
@@ -516,7 +534,9 @@ class _Mapper:
 
     def order_number(self, inst: _Instance) -> str:
         """Filler (else placer) order number of the innermost group around ``inst`` that has one."""
-        for g in reversed(inst.chain):
+        chain = inst.chain
+        groups = reversed(chain) if inst.order_depths is None else [chain[d] for d in inst.order_depths]
+        for g in groups:
             found = self.orders.get(id(g))
             if found is None:
                 found = self.orders[id(g)] = _order_number_in(g)
@@ -526,13 +546,14 @@ class _Mapper:
 
     def assign_ids(self) -> None:
         ordered = sorted(self.instances, key=lambda i: i.type != "Patient")
+        standard = self.ctx.delimiters[1:5] == STANDARD
         for inst in ordered:
             keys: tuple[str, str] | None = None
             for alt in _recipes(inst.type):
                 parts = []
                 for kind, arg in alt:
                     if kind == _SEG:
-                        part = arg[0] + inst.creator.get(arg[1], 1, arg[2])
+                        part = arg[0] + _first_value(inst.creator, arg[1], arg[2], standard)
                     elif kind == _ORDER:
                         part = self.order_number(inst)
                     elif kind == _PATIENT:
@@ -643,6 +664,23 @@ def _order_number_in(group: Any) -> str:
                 if v.strip("|"):
                     return f"{spec}:{v}"
     return ""
+
+
+def _first_value(seg: SegmentLike, f: int, c: int, standard: bool) -> str:
+    """``seg.get(f, 1, c)``; a field without delimiters, escapes or null is its own first
+    component and is taken as it is."""
+    fields = seg.fields
+    v = fields[f] if len(fields) > f else ""
+    if c == 1 and standard and (not v or PLAIN(v)) and not (f <= 2 and seg.id in ENVELOPE_SEGMENTS):
+        return v
+    return seg.get(f, 1, c)
+
+
+def _carrier_depths(chain: tuple[Any, ...]) -> tuple[int, ...]:
+    """The depths of the groups in ``chain`` that hold an order-number segment, innermost first."""
+    carriers, _ = _order_specs()
+    return tuple(d for d in reversed(range(len(chain)))
+                 if any(item.id in carriers for item in _segments_in(chain[d])))
 
 
 def _segments_in(group: Any) -> Iterator[SegmentLike]:

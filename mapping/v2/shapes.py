@@ -240,7 +240,10 @@ def fill(shape: Shape, rid: str, values: list[Any], targets: list[Any]) -> dict[
                 out.append(_dumps(values[n]))
             elif what == _REFERENCE:
                 target = targets[n]
-                out.append(_dumps(f"{target.type}/{target.id}"))
+                reference = target.reference
+                if reference is None:
+                    reference = target.reference = _dumps(f"{target.type}/{target.id}")
+                out.append(reference)
             else:
                 out.append(_dumps(rid))
     return _loads(b"".join(out))
