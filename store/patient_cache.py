@@ -15,8 +15,10 @@ search) it declines, and tests compare both on generated queries.
 
 from __future__ import annotations
 
+import sys
 import threading
 import weakref
+from bisect import bisect_left
 from collections import OrderedDict
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -45,6 +47,7 @@ _COLUMNS = {
 _MODIFIERS = {"token": {"", "not"}, "string": {"", "exact", "contains"}, "uri": {"", "below", "above"},
               "date": {""}, "number": {""}, "quantity": {""}, "reference": {"", "identifier", "Patient"}}
 LARGE_BATCH = 200
+MAX_TYPE_RESOURCES = 20_000
 
 
 class Unsupported(Exception):
@@ -53,74 +56,123 @@ class Unsupported(Exception):
 
 @dataclass
 class PatientRows:
-    """One patient's resources and, loaded table by table when a search first needs them, index rows."""
+    """One patient's resources and the index rows of the (type, parameter) pairs searches asked for;
+    with ``pid`` None, every resource of one small type (a type entry)."""
 
-    pid: str
+    pid: str | None
     store: Store
+    lock: threading.RLock  # shared by a cache's entries: loads fill several patients at once
     resources: dict[tuple[str, str], datetime] = field(default_factory=dict)
     by_type: dict[str, dict[str, datetime]] = field(default_factory=dict)
     rows: dict[tuple[str, str], dict[str, list[tuple[Any, ...]]]] = field(default_factory=dict)
-    loaded: set[str] = field(default_factory=set)
-    lock: threading.Lock = field(default_factory=threading.Lock)
-    _inverted: dict[tuple[str, str, int], dict[Any, set[str]]] = field(default_factory=dict)
+    loaded: set[tuple[str, str]] = field(default_factory=set)
+    _inverted: dict[tuple[str, str, Any], Any] = field(default_factory=dict)  # lookup maps, sorted values
 
     def add(self, rtype: str, rid: str, last_updated: datetime) -> None:
         self.resources[(rtype, rid)] = last_updated
         self.by_type.setdefault(rtype, {})[rid] = last_updated
 
     def param_rows(self, rtype: str, param: str) -> dict[str, list[tuple[Any, ...]]]:
-        table = _TABLE_OF.get(params_for(rtype)[param].type) if param in params_for(rtype) else None
-        if table is not None and table not in self.loaded:
-            self._load_table(table)
+        if (rtype, param) not in self.loaded:
+            load_params([self], rtype, [param])
         return self.rows.get((rtype, param), {})
 
-    def inverted(self, rtype: str, param: str, column: int) -> dict[Any, set[str]]:
-        """Ids by the value of one index column (token code, reference id): equality searches
-        then touch only the rows of their candidates instead of every row of the type."""
+    def inverted(self, rtype: str, param: str, column: int | tuple[int, ...]) -> dict[Any, set[str]]:
+        """Ids by the value of one index column (token code, reference id) or a tuple of columns
+        (reference type and id): equality searches then touch only their candidates' rows."""
         key = (rtype, param, column)
         found = self._inverted.get(key)
         if found is None:
             found = {}
             for rid, rows in self.param_rows(rtype, param).items():
                 for row in rows:
-                    found.setdefault(row[column], set()).add(rid)
+                    value = row[column] if isinstance(column, int) else tuple(row[c] for c in column)
+                    found.setdefault(value, set()).add(rid)
             self._inverted[key] = found
         return found
 
-    def _load_table(self, table: str) -> None:
-        """One pruned scan of an index table for this patient (the tables are clustered by patient)."""
-        with self.lock:
-            if table in self.loaded:
-                return
-            for rtype, rid, param, *values in self.store.cursor().execute(
-                f"SELECT rt, id, param, {_COLUMNS[table]} FROM {table} WHERE pid = ?", [self.pid]
+    def prefixed(self, rtype: str, param: str, prefix: str) -> list[str]:
+        """Ids with a string value (folded) starting with ``prefix``, by bisecting the sorted values."""
+        key = (rtype, param, "sorted")
+        ordered = self._inverted.get(key)
+        if ordered is None:
+            pairs = sorted((row[0], rid) for rid, rows in self.param_rows(rtype, param).items()
+                           for row in rows if row[0] is not None)
+            ordered = self._inverted[key] = ([v for v, _ in pairs], [rid for _, rid in pairs])
+        values, rids = ordered
+        out = []
+        for k in range(bisect_left(values, prefix), len(values)):
+            if not values[k].startswith(prefix):
+                break
+            out.append(rids[k])
+        return out
+
+
+def _interned(values: list[Any]) -> tuple[Any, ...]:
+    """Index values with their strings interned: systems, codes and types repeat across rows."""
+    return tuple(sys.intern(v) if type(v) is str else v for v in values)
+
+
+def load_params(entries: list[PatientRows], rtype: str, params: list[str]) -> None:
+    """Index rows of ``rtype``'s ``params`` for the patients that lack them: one scan per index table
+    for all of them (the tables are clustered by patient, so the scan reads their row groups only)."""
+    known = params_for(rtype)
+    by_table: dict[str, list[str]] = {}
+    for param in dict.fromkeys(params):
+        if param in known and (table := _TABLE_OF.get(known[param].type)) is not None:
+            by_table.setdefault(table, []).append(param)
+    if not entries or not by_table:
+        return
+    whole_type = entries[0].pid is None  # a type entry (every resource of a small type): no patient filter
+    with entries[0].lock:
+        for table, codes in by_table.items():
+            need = {e.pid: e for e in entries if any((rtype, c) not in e.loaded for c in codes)}
+            if not need:
+                continue
+            by_pid = "" if whole_type else f"pid IN ({', '.join('?' * len(need))}) AND "
+            for pid, rid, param, *values in entries[0].store.cursor().execute(
+                f"SELECT pid, id, param, {_COLUMNS[table]} FROM {table} WHERE {by_pid}rt = ? "
+                f"AND param IN ({', '.join('?' * len(codes))})", [*([] if whole_type else need), rtype, *codes],
             ).fetchall():
-                if (rtype, rid) in self.resources:
-                    self.rows.setdefault((rtype, param), {}).setdefault(rid, []).append(tuple(values))
-            self.loaded.add(table)
+                entry = need[None if whole_type else pid]
+                if (rtype, param) not in entry.loaded and (rtype, rid) in entry.resources:
+                    entry.rows.setdefault((rtype, param), {}).setdefault(rid, []).append(_interned(values))
+            for entry in need.values():
+                entry.loaded.update((rtype, c) for c in codes)
 
 
 class PatientIndexCache:
-    """LRU of PatientRows for one store, invalidated by the store's commits."""
+    """LRU of PatientRows for one store, invalidated by the store's commits.
 
-    def __init__(self, store: Store, max_patients: int = 500) -> None:
+    An entry costs its resource list plus the rows of the parameters searched (~0.1–0.2 MB for
+    the usual clinical searches), so the default holds every patient of a million-resource store.
+    """
+
+    def __init__(self, store: Store, max_patients: int = 4000) -> None:
         self.store = store
         self.max_patients = max_patients
         self._entries: OrderedDict[str, PatientRows] = OrderedDict()
         self._generation: dict[str, int] = {}
         self._epoch = 0
         self._lock = threading.Lock()
+        self._load_lock = threading.RLock()
+        self._types: dict[str, PatientRows] = {}
+        self._type_generation: dict[str, int] = {}
+        self._large_types: set[str] = set()
         store.on_commit(self._invalidate)
 
     def _invalidate(self, results: list[WriteResult]) -> None:
         with self._lock:
-            if not self._entries:
+            if not self._entries and not self._types:
                 return
             if len(results) > LARGE_BATCH:
                 self._entries.clear()
+                self._types.clear()
                 self._epoch += 1
                 return
             for r in results:
+                self._types.pop(r.resource_type, None)
+                self._type_generation[r.resource_type] = self._type_generation.get(r.resource_type, 0) + 1
                 raw = self.store.read_bytes(r.resource_type, r.id)
                 pids = patients_of(orjson.loads(raw)) if raw else [
                     p for p, e in self._entries.items() if (r.resource_type, r.id) in e.resources
@@ -129,31 +181,60 @@ class PatientIndexCache:
                     self._entries.pop(pid, None)
                     self._generation[pid] = self._generation.get(pid, 0) + 1
 
-    def holds(self, pid: str) -> bool:
-        """Whether the patient is cached now (a search over many patients only runs here when all are)."""
-        return pid in self._entries
-
-    def get(self, pid: str) -> PatientRows:
+    def type_entry(self, rtype: str) -> PatientRows | None:
+        """Every current resource of ``rtype`` as one entry, if there are at most MAX_TYPE_RESOURCES
+        (Patient, Practitioner, Location …: what chains and lookups search); None for large types."""
         with self._lock:
-            entry = self._entries.get(pid)
-            if entry is not None:
-                self._entries.move_to_end(pid)
+            entry = self._types.get(rtype)
+            if entry is not None or rtype in self._large_types:
                 return entry
-            stamp = (self._epoch, self._generation.get(pid, 0))
-        entry = self._load(pid)
+            stamp = (self._epoch, self._type_generation.get(rtype, 0))
+        rows = self.store.cursor().execute(
+            f"SELECT id, last_updated FROM resources WHERE resource_type = ? LIMIT {MAX_TYPE_RESOURCES + 1}", [rtype]
+        ).fetchall()
         with self._lock:
-            if stamp == (self._epoch, self._generation.get(pid, 0)):  # no write raced with the load
-                self._entries[pid] = entry
-                while len(self._entries) > self.max_patients:
-                    self._entries.popitem(last=False)
+            if len(rows) > MAX_TYPE_RESOURCES:
+                self._large_types.add(rtype)
+                return None
+            entry = PatientRows(None, self.store, self._load_lock)
+            for rid, ts in rows:
+                entry.add(rtype, rid, ts)
+            if stamp == (self._epoch, self._type_generation.get(rtype, 0)):
+                self._types[rtype] = entry
         return entry
 
-    def _load(self, pid: str) -> PatientRows:
-        out = PatientRows(pid, self.store)
-        for rtype, rid, ts in self.store.cursor().execute(
-            "SELECT resource_type, id, last_updated FROM resources WHERE patient_id = ?", [pid]
+    def get(self, pid: str) -> PatientRows:
+        return self.get_many([pid])[0]
+
+    def get_many(self, pids: list[str]) -> list[PatientRows]:
+        """The patients' entries, those not cached loaded together (one scan of the resources)."""
+        found: dict[str, PatientRows] = {}
+        with self._lock:
+            for pid in pids:
+                entry = self._entries.get(pid)
+                if entry is not None:
+                    self._entries.move_to_end(pid)
+                    found[pid] = entry
+            missing = [pid for pid in pids if pid not in found]
+            stamps = {pid: (self._epoch, self._generation.get(pid, 0)) for pid in missing}
+        if missing:
+            loaded = self._load(missing)
+            with self._lock:
+                for pid, entry in loaded.items():
+                    found[pid] = entry
+                    if stamps[pid] == (self._epoch, self._generation.get(pid, 0)):  # no write raced the load
+                        self._entries[pid] = entry
+                while len(self._entries) > self.max_patients:
+                    self._entries.popitem(last=False)
+        return [found[pid] for pid in pids]
+
+    def _load(self, pids: list[str]) -> dict[str, PatientRows]:
+        out = {pid: PatientRows(pid, self.store, self._load_lock) for pid in pids}
+        for pid, rtype, rid, ts in self.store.cursor().execute(
+            f"SELECT patient_id, resource_type, id, last_updated FROM resources "
+            f"WHERE patient_id IN ({', '.join('?' * len(pids))})", pids,
         ).fetchall():
-            out.add(rtype, rid, ts)
+            out[pid].add(sys.intern(rtype), rid, ts)
         return out
 
 
@@ -272,15 +353,17 @@ def _reference_matcher(value: str, modifier: str) -> Any:
     return lambda row: row[1] == wanted and row[0] == want_type
 
 
-def _lookup(ptype: str, modifier: str, value: str) -> tuple[int, Any, bool] | None:
-    """(column, value, exact) for equality searches: every index row matching ``value`` has that
-    column value, and when ``exact`` nothing else needs checking."""
+def _lookup(ptype: str, modifier: str, value: str) -> tuple[int | tuple[int, ...], Any, bool] | None:
+    """(column(s), value, exact) for equality searches: every index row matching ``value`` has that
+    value in those columns, and when ``exact`` nothing else needs checking."""
     if ptype == "token":
         _, code, has_bar = split_token(value)
         return None if code is None else (1, code, not has_bar)
     if ptype == "reference":
         column, wanted, want_type = _reference_target(value, modifier)
-        return column, wanted, want_type is None and (modifier != "identifier" or "|" not in value)
+        if want_type is not None:
+            return (0, 1), (want_type, wanted), True
+        return column, wanted, modifier != "identifier" or "|" not in value
     return None
 
 
@@ -318,46 +401,99 @@ def matcher(ptype: str, modifier: str, value: str) -> Any:
     raise Unsupported(ptype)
 
 
-def evaluate(
-    entries: list[PatientRows], rtype: str, filters: list[tuple[str, str]], sort: str
-) -> list[tuple[tuple, datetime, str]]:
-    """Matches as (sort key, lastUpdated, id), unordered; raises Unsupported for what SQL must answer."""
+@dataclass(frozen=True)
+class _Filter:
+    """One search parameter occurrence, parsed once for every patient it runs over."""
+
+    code: str
+    modifier: str
+    lookups: dict[Any, set[Any]] | None  # column(s) -> values every match has there (equality searches)
+    prefixes: list[str] | None  # plain string search: folded prefixes, answered by the sorted values
+    preds: list[Any] | None  # None when lookups or prefixes are the whole answer
+
+
+def _filters(rtype: str, filters: list[tuple[str, str]]) -> list[_Filter | list[str]]:
+    """Parsed filters, equality ones first (answered by the inverted maps, they leave few candidates
+    for the rest); ``_id`` filters as lists of ids. Raises Unsupported for what SQL must answer."""
     params = params_for(rtype)
-    if len(entries) == 1:
-        universe = entries[0].by_type.get(rtype, {})
-    else:
-        universe = {}
-        for e in entries:
-            universe.update(e.by_type.get(rtype, {}))
-    matched: set[str] | dict[str, datetime] = universe  # narrowed filter by filter, never mutated in place
-    # Equality filters answered by the inverted maps go first: the rest then scan few candidates.
-    lookup_first = {c for c, p in params.items() if p.type in ("token", "reference")} | {"_id"}
-    for name, value in sorted(filters, key=lambda f: f[0].partition(":")[0] not in lookup_first):
+    out: list[_Filter | list[str]] = []
+    for name, value in filters:
         code, _, modifier = name.partition(":")
         if code == "_id":
-            matched = {i for i in split_or(value) if i in matched}
+            out.append(split_or(value))
             continue
         p = params.get(code)
         if p is None or p.type not in _MODIFIERS or modifier not in _MODIFIERS[p.type] or "." in name:
             raise Unsupported(name)
         alts = split_or(value)
         lookups = [_lookup(p.type, modifier, alt) for alt in alts]
+        prefixes = [norm(a) for a in alts] if p.type == "string" and not modifier else None
+        exact = prefixes is not None or all(lookup and lookup[2] for lookup in lookups)
+        out.append(_Filter(code, modifier, _by_column(lookups) if all(lookups) else None, prefixes,
+                           None if exact else [matcher(p.type, modifier, a) for a in alts]))
+    return sorted(out, key=lambda f: isinstance(f, _Filter) and f.lookups is None and f.prefixes is None)
+
+
+def _by_column(lookups: list[Any]) -> dict[Any, set[Any]]:
+    out: dict[Any, set[Any]] = {}
+    for column, wanted, _ in lookups:
+        out.setdefault(column, set()).add(wanted)
+    return out
+
+
+def evaluate(
+    entries: list[PatientRows], rtype: str, filters: list[tuple[str, str]], sort: str
+) -> list[tuple[tuple, datetime, str]]:
+    """Matches as (sort key, lastUpdated, id), unordered; raises Unsupported for what SQL must answer."""
+    params = params_for(rtype)
+    parsed = _filters(rtype, filters)
+    specs = [(k.startswith("-"), k.lstrip("-")) for k in sort.split(",") if k]
+    for _, code in specs:
+        if code not in params and code not in ("_id", "_lastUpdated"):
+            raise Unsupported(f"sort by {code}")
+    load_params(entries, rtype, [f.code for f in parsed if isinstance(f, _Filter)]
+                + [code for _, code in specs if code in params])
+    out: list[tuple[tuple, datetime, str]] = []
+    for e in entries:  # a resource belongs to one patient's entry: each is searched on its own
+        out += _evaluate_entry(e, rtype, parsed, specs)
+    return out
+
+
+def _evaluate_entry(
+    e: PatientRows, rtype: str, parsed: list[_Filter | list[str]], specs: list[tuple[bool, str]]
+) -> list[tuple[tuple, datetime, str]]:
+    params = params_for(rtype)
+    universe = e.by_type.get(rtype, {})
+    matched: set[str] | dict[str, datetime] = universe  # narrowed filter by filter, never mutated in place
+    for f in parsed:
+        if isinstance(f, list):
+            matched = {i for i in f if i in matched}
+            continue
         candidates: Any = matched
-        if all(lookups):
-            found: set[str] = set()
-            for e in entries:
-                for column, wanted, _ in lookups:
-                    found |= e.inverted(rtype, code, column).get(wanted, set())
+        if f.prefixes is not None:
+            found = set()
+            for prefix in f.prefixes:
+                found.update(e.prefixed(rtype, f.code, prefix))
             candidates = found if matched is universe else found & matched
-        if all(lookup and lookup[2] for lookup in lookups):
+        elif f.lookups is not None:
+            found = set()
+            for column, wanted in f.lookups.items():
+                inverted = e.inverted(rtype, f.code, column)
+                if len(wanted) > len(inverted):  # a long OR list (a chain's patients): walk the map instead
+                    for value, ids in inverted.items():
+                        if value in wanted:
+                            found |= ids
+                else:
+                    for value in wanted:
+                        found |= inverted.get(value, set())
+            candidates = found if matched is universe else found & matched
+        if f.preds is None:
             hit = set(candidates)
         else:
-            preds = [matcher(p.type, modifier, alt) for alt in alts]
-            rows_by_id = _rows_of(entries, rtype, code)
-            hit = {rid for rid in candidates if any(pred(row) for row in rows_by_id.get(rid, ()) for pred in preds)}
-        matched = {rid for rid in matched if rid not in hit} if modifier == "not" else hit
-    specs = [(k.startswith("-"), k.lstrip("-")) for k in sort.split(",") if k]
-    sort_rows = {code: _rows_of(entries, rtype, code) for _, code in specs if code not in ("_id", "_lastUpdated")}
+            rows_by_id = e.param_rows(rtype, f.code)
+            hit = {rid for rid in candidates if any(pred(row) for row in rows_by_id.get(rid, ()) for pred in f.preds)}
+        matched = {rid for rid in matched if rid not in hit} if f.modifier == "not" else hit
+    sort_rows = {code: e.param_rows(rtype, code) for _, code in specs if code not in ("_id", "_lastUpdated")}
     out = []
     for rid in matched:
         key: list[Any] = []
@@ -366,21 +502,10 @@ def evaluate(
                 key.append(rid)
             elif code == "_lastUpdated":
                 key.append(universe[rid])
-            elif code in params:
-                key.append(_sort_value(params[code].type, sort_rows[code].get(rid, []), desc))
             else:
-                raise Unsupported(f"sort by {code}")
+                key.append(_sort_value(params[code].type, sort_rows[code].get(rid, []), desc))
         out.append((tuple(key), universe[rid], rid))
     return out
-
-
-def _rows_of(entries: list[PatientRows], rtype: str, code: str) -> dict[str, list[tuple]]:
-    if len(entries) == 1:
-        return entries[0].param_rows(rtype, code)
-    merged: dict[str, list[tuple]] = {}
-    for e in entries:
-        merged.update(e.param_rows(rtype, code))
-    return merged
 
 
 def order(matches: list[tuple[tuple, datetime, str]], sort: str) -> list[str]:
@@ -405,9 +530,12 @@ def forward_includes(entries: list[PatientRows], rtype: str, page: list[str], sp
             raise Unsupported("_include wildcard")
         if src != rtype:
             continue
-        rows = _rows_of(entries, rtype, param)
-        for rid in page:
-            found.update((r[0], r[1]) for r in rows.get(rid, ()) if r[0] and r[1] and (not target or r[0] == target))
+        load_params(entries, rtype, [param])
+        for e in entries:
+            rows = e.param_rows(rtype, param)
+            for rid in page:
+                found.update((r[0], r[1]) for r in rows.get(rid, ())
+                             if r[0] and r[1] and (not target or r[0] == target))
     return found
 
 

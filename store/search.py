@@ -833,28 +833,30 @@ def _exact_ids(store: Store, rtype: str, where: str, positive: list[str],
     return out
 
 
-MAX_FAST_PATIENTS = 5  # patients a search may load into the cache; more are fine when already there
-MAX_CACHED_PATIENTS = 100
+MAX_CACHED_PATIENTS = 100  # patients a search may span on the in-memory path (loaded together)
+IN_MEMORY = True  # False answers every search in DuckDB (tests run both paths)
 
 
 def _patient_search(
     store: Store, rtype: str, pids: frozenset[str] | None, filters: list[tuple[str, str]],
-    sort: str, includes: list[str], needs_sql: bool,
+    sort: str, includes: list[str], sql_only: bool,
 ) -> tuple[list, list[str], list] | None:
-    """Answer a search anchored on a few patients (``pids``: its direct patient anchor) from the in-memory
+    """Answer a search anchored on known patients (``pids``), or over a small type, from the in-memory
     patient cache, or None (use SQL)."""
-    if needs_sql:
+    if sql_only or not IN_MEMORY or (pids is not None and len(pids) > MAX_CACHED_PATIENTS):
         return None
-    if pids is None or len(pids) > MAX_CACHED_PATIENTS:
-        return None
-    cache = patient_cache.cache_for(store)
-    if len(pids) > MAX_FAST_PATIENTS and not all(cache.holds(pid) for pid in pids):
-        return None
-    entries = [cache.get(pid) for pid in sorted(pids)]
     try:
+        matched = patient_cache.evaluate([], rtype, filters, sort)  # parse first: unsupported costs no load
+        patient_cache.forward_includes([], rtype, [], includes)
+        cache = patient_cache.cache_for(store)
+        if pids is not None:
+            entries = cache.get_many(sorted(pids))
+        elif (whole := cache.type_entry(rtype)) is not None:
+            entries = [whole]
+        else:
+            return None
         matched = patient_cache.evaluate(entries, rtype, filters, sort)
         ordered = patient_cache.order(matched, sort)
-        patient_cache.forward_includes(entries, rtype, [], includes)  # raises if unsupported
     except (patient_cache.Unsupported, ValueError):
         return None
     return matched, ordered, entries

@@ -26,12 +26,11 @@ SORTS = ["", "date", "-date", "code", "-value-quantity", "_id", "-_lastUpdated",
 
 def both(store: Store, rtype: str, params: list[tuple[str, str]], count: int = 7, offset: int = 0) -> tuple:
     fast = search(store, SearchRequest(rtype, params, count=count, offset=offset))
-    limit = search_module.MAX_CACHED_PATIENTS
-    search_module.MAX_CACHED_PATIENTS = -1
+    search_module.IN_MEMORY = False
     try:
         slow = search(store, SearchRequest(rtype, params, count=count, offset=offset))
     finally:
-        search_module.MAX_CACHED_PATIENTS = limit
+        search_module.IN_MEMORY = True
     return (fast.total, fast.keys, fast.included), (slow.total, slow.keys, slow.included)
 
 
@@ -109,3 +108,34 @@ def test_chains_into_patient_resolve_to_the_patients_they_find(store: Store, syn
     assert nobody.total == 0 and nobody.keys == []
     counted = search(store, SearchRequest("Observation", [("patient.name", "zz-no-such-family"), ("_summary", "count")]))
     assert counted.total == 0 and counted.summary_count
+
+
+NAMES = ["a", "Ma", "mar", "Ó", "zz", "Ledner", "Kristin", "O'", "ra", "Bosco"]
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow,
+                                                                    HealthCheck.function_scoped_fixture])
+@given(
+    param=st.sampled_from(["name", "family", "given", "address-city", "name:exact", "name:contains", "phonetic"]),
+    value=st.sampled_from(NAMES) | st.lists(st.sampled_from(NAMES), min_size=2, max_size=3).map(",".join),
+    gender=st.none() | st.sampled_from(["female", "male"]),
+    sort=st.sampled_from(["", "_id", "-_lastUpdated", "birthdate", "-family"]),
+    offset=st.integers(0, 5),
+)
+def test_small_type_search_equals_sql(store: Store, param: str, value: str, gender: str | None, sort: str,
+                                      offset: int) -> None:
+    params = [(param, value)] + ([("gender", gender)] if gender else []) + ([("_sort", sort)] if sort else [])
+    fast, slow = both(store, "Patient", params, count=4, offset=offset)
+    assert fast == slow
+
+
+def test_type_entries_see_writes_at_once(store: Store, synthea_resources: list[dict]) -> None:
+    patient = copy.deepcopy(next(r for r in synthea_resources if r["resourceType"] == "Patient"))
+    patient["id"] = "type-cache-probe"
+    patient["name"] = [{"family": "Zyxwvut", "given": ["Probe"]}]
+    assert search(store, SearchRequest("Patient", [("family", "zyx")])).total == 0
+    store.write([patient])
+    found = search(store, SearchRequest("Patient", [("family", "zyx")]))
+    assert found.keys == [("Patient", "type-cache-probe")]
+    store.delete("Patient", "type-cache-probe")
+    assert search(store, SearchRequest("Patient", [("family", "zyx")])).total == 0

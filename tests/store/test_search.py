@@ -12,6 +12,15 @@ from store.store import Store
 PID = "0e61c3ad-d11e-4080-a6aa-cac89cae4e37"
 
 
+@pytest.fixture(autouse=True, params=["in-memory", "sql"])
+def search_path(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
+    """Every test runs on both paths: the in-memory caches (patients, small types) and DuckDB alone."""
+    import store.search as search_module
+
+    monkeypatch.setattr(search_module, "IN_MEMORY", request.param == "in-memory")
+    return request.param
+
+
 def ids(store: Store, rtype: str, params: list[tuple[str, str]], count: int = 10_000, **kw) -> set[str]:
     res = search(store, SearchRequest(rtype, params, count=count, **kw))
     return {i for _, i in res.keys}
@@ -238,7 +247,7 @@ def test_index_only_answers_equal_the_sql_page(synthea_store: Store, params: lis
     pages = []
     for limit in (search_module.MAX_INDEX_ONLY, -1):  # -1: every search takes the SQL page
         monkeypatch.setattr(search_module, "MAX_INDEX_ONLY", limit)
-        monkeypatch.setattr(search_module, "MAX_CACHED_PATIENTS", -1)
+        monkeypatch.setattr(search_module, "IN_MEMORY", False)
         res = [search(synthea_store, SearchRequest(rtype, params, count=7, offset=off)) for off in (0, 7)]
         pages.append([(r.total, r.keys) for r in res])
     assert pages[0] == pages[1] and pages[0][0][0] > 0
