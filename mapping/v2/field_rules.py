@@ -368,7 +368,8 @@ def value_lines(refs: dict[tuple[str, int, int, int], int], seg_id: str, scope: 
     """
     aliases = config()["value_aliases"]
     scope["PLAIN"] = PLAIN
-    lines = ["    fields = seg.fields", "    n = len(fields)"]
+    lines = ["    fields = seg.fields", "    n = len(fields)", "    d = seg.delimiters",
+             "    std = d.component == '^' and d.repetition == '~' and d.escape == '\\\\' and d.subcomponent == '&'"]
     fetched: set[int] = set()
     for ref, i in refs.items():
         own = ref[0] == seg_id
@@ -380,9 +381,7 @@ def value_lines(refs: dict[tuple[str, int, int, int], int], seg_id: str, scope: 
                 if f not in fetched:  # each field once, and whether it is its own first component
                     fetched.add(f)
                     lines += [f"    f{f} = fields[{f}] if n > {f} else ''",
-                              f"    p{f} = not f{f} or f{f}.isalnum() or (PLAIN(f{f}) is not None and "
-                              "seg.delimiters.component + seg.delimiters.repetition + seg.delimiters.escape"
-                              " + seg.delimiters.subcomponent == STANDARD)"]
+                              f"    p{f} = not f{f} or f{f}.isalnum() or (std and PLAIN(f{f}) is not None)"]
                 whole = "''" if c > 1 or s > 1 else f"f{f}"
                 alias = aliases.get(f"{ref[0]}-{f}")
                 if alias:
@@ -401,7 +400,6 @@ def value_lines(refs: dict[tuple[str, int, int, int], int], seg_id: str, scope: 
                 scope["NULL"] = '""'
                 lines += [f"    g{i} = fields[{f}] if n > {f} else ''",
                           f"    c{i} = 0 if not g{i} or g{i} == NULL else g{i}.count(seg.delimiters.repetition) + 1"]
-    scope["STANDARD"] = STANDARD
     return lines
 
 
