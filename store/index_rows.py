@@ -65,7 +65,7 @@ def token_into(cols: Columns, elements: list[Any], i: int, code: str, analyte: s
                 systems.append(None)
                 codes.append(None)
                 texts.append(norm(text))
-            value = e.get("code", e.get("value"))
+            value = e["code"] if "code" in e else e.get("value")
             if value is not None and not isinstance(value, dict | list):
                 label = e.get("display")
                 if label is None and isinstance(e.get("type"), dict):
@@ -104,6 +104,14 @@ def string_into(cols: Columns, elements: list[Any], i: int, code: str, analyte: 
     _keys(cols, before, i, code)
 
 
+@lru_cache(maxsize=65536)
+def _target(ref: str) -> tuple[str | None, str | None]:
+    """(type, id) a reference names; the same few references (a patient, an encounter) recur across
+    a patient's resources, so the regular expression runs once for each."""
+    m = _REF.search(ref)
+    return (m.group(1), m.group(2)) if m else (None, None)
+
+
 def reference_into(cols: Columns, elements: list[Any], i: int, code: str, analyte: str | None) -> None:
     """(type, id, url, identifier system, identifier value) of References or canonical/uri values."""
     ref_types, ref_ids, urls, isystems, ivalues = cols[3:8]
@@ -111,17 +119,20 @@ def reference_into(cols: Columns, elements: list[Any], i: int, code: str, analyt
     for e in elements:
         if isinstance(e, dict):
             ref = e.get("reference")
-            ident = e.get("identifier") if isinstance(e.get("identifier"), dict) else {}
-            isys, ival = ident.get("system"), ident.get("value")
+            ident = e.get("identifier")
+            isys, ival = (ident.get("system"), ident.get("value")) if isinstance(ident, dict) else (None, None)
         elif isinstance(e, str):
             ref, isys, ival = e, None, None
         else:
             continue
-        if not isinstance(ref, str) and ival is None:
+        if isinstance(ref, str):
+            ref_type, ref_id = _target(ref)
+        elif ival is None:
             continue
-        m = _REF.search(ref) if isinstance(ref, str) else None
-        ref_types.append(m.group(1) if m else None)
-        ref_ids.append(m.group(2) if m else None)
+        else:
+            ref_type = ref_id = None
+        ref_types.append(ref_type)
+        ref_ids.append(ref_id)
         urls.append(ref)
         isystems.append(isys)
         ivalues.append(ival)
