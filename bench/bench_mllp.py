@@ -1,7 +1,8 @@
 """MLLP end to end with durable ACK: 8 concurrent senders on loopback against a listener process.
 
 fhirtwin, under both original-mode ACK policies, each in its own process on a fresh
-DuckDB file (the listener as ``fhirtwin mllp`` runs it: one mapping process by default):
+DuckDB file (the listener as ``fhirtwin mllp`` runs it: mapping in one worker process
+under ``commit``, in a thread under ``processed``):
 
 - ``processed``: AA once the message is committed in the inbox *and* mapped into the store;
 - ``commit``: AA once it is committed in the inbox; mapping follows in the background.
@@ -99,7 +100,8 @@ async def serve_fhirtwin(db: str, ack_after: str, map_workers: str) -> None:
     from store.store import Store
 
     with Store(db) as store:
-        server = await start_mllp_server(store, "127.0.0.1", 0, ack_after=ack_after, map_workers=int(map_workers))
+        workers = None if map_workers == "default" else int(map_workers)
+        server = await start_mllp_server(store, "127.0.0.1", 0, ack_after=ack_after, map_workers=workers)
         print(f"MLLP listening on 127.0.0.1:{server.port}", flush=True)
         loop = asyncio.get_running_loop()
         while line := await loop.run_in_executor(None, sys.stdin.readline):
@@ -179,7 +181,9 @@ def main() -> None:
     ap.add_argument("--senders", type=int, default=8)
     ap.add_argument("--windows", default="1,32", help="comma-separated in-flight windows per connection")
     ap.add_argument("--policies", default="processed,commit", help="fhirtwin ACK policies to measure")
-    ap.add_argument("--map-workers", type=int, default=1, help="fhirtwin mapping processes (the listener's default: 1)")
+    ap.add_argument(
+        "--map-workers", default="default", help="fhirtwin mapping processes (default: the listener's, per policy)"
+    )
     ap.add_argument("--serve", nargs=3, metavar=("DB", "ACK_AFTER", "MAP_WORKERS"), help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.serve:

@@ -11,7 +11,8 @@ growing memory:
    connections and records it in the inbox in one DuckDB transaction, in a worker
    thread (group commit). Only then can an AA/CA exist for those frames.
 3. processing: a feeder takes committed messages in inbox order, in batches, and
-   has them mapped (parse, map, prepare for the store) in a worker process; the
+   has them mapped (parse, map, prepare for the store: in a worker process under
+   ``ack_after="commit"``, in a thread under ``"processed"``); the
    writer stores each mapped batch in order and records the outcomes. When more
    is committed than the work queue holds, the rest stays in the inbox only and
    the feeder reads it back from there (the inbox is the queue), so a backlog
@@ -70,8 +71,11 @@ class Options:
 
     ``ack_after``: ``"processed"`` (AA once mapped into the store) or ``"commit"``
     (AA once durably in the inbox; mapping follows). ``map_workers``: processes
-    that parse and map (0 maps in a thread of this process, which is what a custom
-    mapper that cannot be pickled needs).
+    that parse and map; 0 maps in a thread of this process (also what a custom
+    mapper that cannot be pickled needs). By default 1 under ``commit``, where
+    mapping in this process would hold the GIL that receipt and ACKs need, and 0
+    under ``processed``, where ACKs wait for mapping anyway and a second process
+    only adds the hand-over (measured: docs/benchmarks/mllp.md).
     """
 
     max_frame_bytes: int = DEFAULT_MAX_FRAME_BYTES
@@ -82,13 +86,20 @@ class Options:
     read_size_bytes: int = 256 * 1024
     shutdown_timeout_s: float = 30.0
     ack_after: str = "processed"
-    map_workers: int = 1
+    map_workers: int | None = None
 
     def __post_init__(self) -> None:
         if self.ack_after not in ACK_AFTER:
             raise ValueError(f"ack_after must be one of {', '.join(ACK_AFTER)}, got {self.ack_after!r}")
-        if self.map_workers < 0:
+        if self.map_workers is not None and self.map_workers < 0:
             raise ValueError("map_workers must be 0 or more")
+
+    @property
+    def mapping_processes(self) -> int:
+        """``map_workers``, or its default for the ACK policy."""
+        if self.map_workers is not None:
+            return self.map_workers
+        return 1 if self.ack_after == "commit" else 0
 
 
 @dataclass(eq=False, slots=True)
@@ -122,7 +133,7 @@ class MLLPServer:
         self._mapping: asyncio.Queue[tuple[list[Work], asyncio.Future[Mapped]] | None] = asyncio.Queue()
         # Batches in flight: one being written and one being mapped per worker. The next batch waits
         # in the work queue meanwhile, so it grows while the store is busy (fewer, larger writes).
-        self._slots = asyncio.Semaphore(max(1, options.map_workers) + 1)
+        self._slots = asyncio.Semaphore(max(1, options.mapping_processes) + 1)
         self._pool: ProcessPoolExecutor | None = None
         # Committed rows not on the work queue (recovered, or more than it holds) are read back from the
         # inbox: ids from _spill_from up to _committed_upto.
@@ -137,11 +148,11 @@ class MLLPServer:
         self.port = 0
 
     async def _start(self, host: str, port: int) -> None:
-        if self.options.map_workers:
+        if self.options.mapping_processes:
             ctx = multiprocessing.get_context("spawn")  # this process holds DuckDB threads: never fork it
             niceness = BACKGROUND_MAP_NICENESS if self.options.ack_after == "commit" else 0
             self._pool = ProcessPoolExecutor(
-                self.options.map_workers, mp_context=ctx, initializer=_init_map_worker, initargs=(niceness,)
+                self.options.mapping_processes, mp_context=ctx, initializer=_init_map_worker, initargs=(niceness,)
             )
             await asyncio.get_running_loop().run_in_executor(self._pool, map_batch, [], self._mapper)
         self._stages = [

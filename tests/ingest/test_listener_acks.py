@@ -160,8 +160,9 @@ def test_oversize_frame_is_rejected_and_next_message_is_accepted(store: Store) -
 
 def test_many_connections_pipelined_each_gets_its_acks_in_order(store: Store) -> None:
     async def go() -> list[list[bytes]]:
-        server = await start_mllp_server(
-            store, "127.0.0.1", 0, max_inflight_per_connection=4, intake_queue_size=8, work_queue_size=16
+        server = await start_mllp_server(  # mapping in a worker process; a backlog beyond the work queue
+            store, "127.0.0.1", 0, max_inflight_per_connection=4, intake_queue_size=8, work_queue_size=16,
+            map_workers=1,
         )
         try:
             jobs = [
