@@ -15,6 +15,7 @@ search) it declines, and tests compare both on generated queries.
 
 from __future__ import annotations
 
+import heapq
 import sys
 import threading
 import weakref
@@ -441,63 +442,100 @@ def _by_column(lookups: list[Any]) -> dict[Any, set[Any]]:
     return out
 
 
-def evaluate(
-    entries: list[PatientRows], rtype: str, filters: list[tuple[str, str]], sort: str
-) -> list[tuple[tuple, datetime, str]]:
-    """Matches as (sort key, lastUpdated, id), unordered; raises Unsupported for what SQL must answer."""
+@dataclass(frozen=True)
+class Query:
+    """A search parsed for the in-memory path: its filters and sort keys."""
+
+    rtype: str
+    parsed: list[_Filter | list[str]]
+    specs: list[tuple[bool, str]]  # (descending, parameter) per sort key
+
+    @property
+    def params(self) -> list[str]:
+        """The (type, parameter) rows evaluation reads."""
+        known = params_for(self.rtype)
+        return [f.code for f in self.parsed if isinstance(f, _Filter)] + [c for _, c in self.specs if c in known]
+
+
+def prepare(rtype: str, filters: list[tuple[str, str]], sort: str) -> Query:
+    """Parse a search once; raises Unsupported (or ValueError for bad values) for what SQL must answer."""
     params = params_for(rtype)
-    parsed = _filters(rtype, filters)
     specs = [(k.startswith("-"), k.lstrip("-")) for k in sort.split(",") if k]
     for _, code in specs:
         if code not in params and code not in ("_id", "_lastUpdated"):
             raise Unsupported(f"sort by {code}")
-    load_params(entries, rtype, [f.code for f in parsed if isinstance(f, _Filter)]
-                + [code for _, code in specs if code in params])
+    return Query(rtype, _filters(rtype, filters), specs)
+
+
+def evaluate(entries: list[PatientRows], query: Query) -> list[tuple[tuple, datetime, str]]:
+    """Matches as (sort key, lastUpdated, id), unordered."""
+    load_params(entries, query.rtype, query.params)
     out: list[tuple[tuple, datetime, str]] = []
     for e in entries:  # a resource belongs to one patient's entry: each is searched on its own
-        out += _evaluate_entry(e, rtype, parsed, specs)
+        out += _evaluate_entry(e, query)
     return out
 
 
-def _evaluate_entry(
-    e: PatientRows, rtype: str, parsed: list[_Filter | list[str]], specs: list[tuple[bool, str]]
-) -> list[tuple[tuple, datetime, str]]:
-    params = params_for(rtype)
-    universe = e.by_type.get(rtype, {})
-    matched: set[str] | dict[str, datetime] = universe  # narrowed filter by filter, never mutated in place
-    for f in parsed:
+def _found(e: PatientRows, rtype: str, f: _Filter) -> set[str]:
+    """Ids the inverted maps or sorted values give for an equality or prefix filter (do not mutate:
+    it may be the map's own set)."""
+    if f.prefixes is not None:
+        return {rid for prefix in f.prefixes for rid in e.prefixed(rtype, f.code, prefix)}
+    assert f.lookups is not None
+    if len(f.lookups) == 1:
+        ((column, wanted),) = f.lookups.items()
+        inverted = e.inverted(rtype, f.code, column)
+        if len(wanted) == 1:
+            return inverted.get(next(iter(wanted)), set())
+    found: set[str] = set()
+    for column, wanted in f.lookups.items():
+        inverted = e.inverted(rtype, f.code, column)
+        if len(wanted) > len(inverted):  # a long OR list (a chain's patients): walk the map instead
+            for value, ids in inverted.items():
+                if value in wanted:
+                    found |= ids
+        else:
+            for value in wanted:
+                found |= inverted.get(value, set())
+    return found
+
+
+def _evaluate_entry(e: PatientRows, query: Query) -> list[tuple[tuple, datetime, str]]:
+    rtype = query.rtype
+    universe = e.by_type.get(rtype)
+    if not universe:
+        return []
+    exact: list[Any] = []
+    rest: list[_Filter] = []
+    for f in query.parsed:
         if isinstance(f, list):
-            matched = {i for i in f if i in matched}
-            continue
-        candidates: Any = matched
-        if f.prefixes is not None:
-            found = set()
-            for prefix in f.prefixes:
-                found.update(e.prefixed(rtype, f.code, prefix))
-            candidates = found if matched is universe else found & matched
-        elif f.lookups is not None:
-            found = set()
-            for column, wanted in f.lookups.items():
-                inverted = e.inverted(rtype, f.code, column)
-                if len(wanted) > len(inverted):  # a long OR list (a chain's patients): walk the map instead
-                    for value, ids in inverted.items():
-                        if value in wanted:
-                            found |= ids
-                else:
-                    for value in wanted:
-                        found |= inverted.get(value, set())
-            candidates = found if matched is universe else found & matched
+            exact.append(f)
+        elif f.modifier != "not" and f.preds is None:
+            exact.append(_found(e, rtype, f))
+        else:
+            rest.append(f)
+    if exact:  # intersect the exact candidate sets, smallest first
+        exact.sort(key=len)
+        matched = {rid for rid in exact[0] if rid in universe}
+        for other in exact[1:]:
+            matched.intersection_update(other)
+    else:
+        matched = set(universe)
+    for f in rest:
+        found = _found(e, rtype, f) if f.lookups is not None or f.prefixes is not None else matched
         if f.preds is None:
-            hit = set(candidates)
+            hit = found & matched
         else:
             rows_by_id = e.param_rows(rtype, f.code)
-            hit = {rid for rid in candidates if any(pred(row) for row in rows_by_id.get(rid, ()) for pred in f.preds)}
-        matched = {rid for rid in matched if rid not in hit} if f.modifier == "not" else hit
-    sort_rows = {code: e.param_rows(rtype, code) for _, code in specs if code not in ("_id", "_lastUpdated")}
+            hit = {rid for rid in (found & matched if found is not matched else matched)
+                   if any(pred(row) for row in rows_by_id.get(rid, ()) for pred in f.preds)}
+        matched = matched - hit if f.modifier == "not" else hit
+    params = params_for(rtype)
+    sort_rows = {code: e.param_rows(rtype, code) for _, code in query.specs if code not in ("_id", "_lastUpdated")}
     out = []
     for rid in matched:
         key: list[Any] = []
-        for desc, code in specs:
+        for desc, code in query.specs:
             if code == "_id":
                 key.append(rid)
             elif code == "_lastUpdated":
@@ -508,16 +546,19 @@ def _evaluate_entry(
     return out
 
 
-def order(matches: list[tuple[tuple, datetime, str]], sort: str) -> list[str]:
-    """Ids in the SQL path's order: sort keys (NULLS LAST), then lastUpdated, then id."""
+def order(matches: list[tuple[tuple, datetime, str]], sort: str, limit: int | None = None) -> list[str]:
+    """Ids in the SQL path's order: sort keys (NULLS LAST), then lastUpdated, then id; the first
+    ``limit`` only when given."""
     desc = [k.startswith("-") for k in sort.split(",") if k]
+    if not desc and limit is not None:
+        return [m[2] for m in heapq.nsmallest(limit, matches, key=lambda m: (m[1], m[2]))]
     ordered = sorted(matches, key=lambda m: (m[1], m[2]))
     for i in reversed(range(len(desc))):
         present = [m for m in ordered if m[0][i] is not None]
         absent = [m for m in ordered if m[0][i] is None]
         present.sort(key=lambda m, i=i: m[0][i], reverse=desc[i])
         ordered = present + absent
-    return [m[2] for m in ordered]
+    return [m[2] for m in ordered][:limit]
 
 
 def forward_includes(entries: list[PatientRows], rtype: str, page: list[str], specs: list[str]) -> set:

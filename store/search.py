@@ -700,11 +700,11 @@ def search(store: Store, req: SearchRequest) -> SearchResult:
     # exactly, including unknown parameters and bad values, which the SQL builder then reports.
     fast = _patient_search(store, rtype, pids, filters, sort, includes, revincludes or iterate)
     if fast is not None:
-        matched, ordered_ids, entries = fast
-        total = len(ordered_ids) if total_mode != "none" or summary_count else None
+        matched, entries = fast
+        total = len(matched) if total_mode != "none" or summary_count else None
         if summary_count:
             return SearchResult(total=total, keys=[], ignored=b.ignored, summary_count=True)
-        page = ordered_ids[offset: offset + count]
+        page = patient_cache.order(matched, sort, offset + count)[offset:]
         included = patient_cache.forward_includes(entries, rtype, page, includes) - {(rtype, i) for i in page}
         return SearchResult(total=total, keys=[(rtype, i) for i in page], included=sorted(included),
                             ignored=b.ignored)
@@ -833,20 +833,20 @@ def _exact_ids(store: Store, rtype: str, where: str, positive: list[str],
     return out
 
 
-MAX_CACHED_PATIENTS = 100  # patients a search may span on the in-memory path (loaded together)
+MAX_CACHED_PATIENTS = MAX_HINT_PATIENTS  # patients a search may span on the in-memory path (loaded together)
 IN_MEMORY = True  # False answers every search in DuckDB (tests run both paths)
 
 
 def _patient_search(
     store: Store, rtype: str, pids: frozenset[str] | None, filters: list[tuple[str, str]],
     sort: str, includes: list[str], sql_only: bool,
-) -> tuple[list, list[str], list] | None:
+) -> tuple[list, list] | None:
     """Answer a search anchored on known patients (``pids``), or over a small type, from the in-memory
     patient cache, or None (use SQL)."""
     if sql_only or not IN_MEMORY or (pids is not None and len(pids) > MAX_CACHED_PATIENTS):
         return None
     try:
-        matched = patient_cache.evaluate([], rtype, filters, sort)  # parse first: unsupported costs no load
+        query = patient_cache.prepare(rtype, filters, sort)  # first: an unsupported search loads nothing
         patient_cache.forward_includes([], rtype, [], includes)
         cache = patient_cache.cache_for(store)
         if pids is not None:
@@ -855,11 +855,10 @@ def _patient_search(
             entries = [whole]
         else:
             return None
-        matched = patient_cache.evaluate(entries, rtype, filters, sort)
-        ordered = patient_cache.order(matched, sort)
+        matched = patient_cache.evaluate(entries, query)
     except (patient_cache.Unsupported, ValueError):
         return None
-    return matched, ordered, entries
+    return matched, entries
 
 
 def _balanced(sql: str) -> bool:
