@@ -3,8 +3,9 @@
 A segment map's rules are planned by v2 field (an empty field costs one lookup). What the
 rules of a field write, and the resources they create, depend only on the field's text,
 on the values their conditions read, on the message's delimiters and time zone: that is
-remembered (``FIELD_MEMO``) and replayed for the next segment with the same inputs. The
-conditions of a field's rules become one generated function of the values they read.
+remembered (:class:`FieldMemo`) and logged again for the next segment with the same
+inputs (:class:`WriteLog`). The conditions of a field's rules become one generated
+function of the values they read.
 
 A memo entry is one JSON bytes object (writers named by number) and its key holds only
 numbers and text, so the cyclic garbage collector has nothing in the memo to scan.

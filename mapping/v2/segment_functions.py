@@ -4,9 +4,11 @@ The table interpreter spent most of a message's time on generic steps repeated f
 segment: a loop over the map's fields, building memo keys through closures, looking up
 the condition inputs. The function generated for ``OBX[Observation]`` applied to an OBX
 has all of that as constants: it reads each mapped field by number, skips it when empty,
-builds the memo key from the raw fields the rules' conditions read, and replays the
-remembered writes (and resource creations). Only a field text seen for the first time
-goes through the rule interpreter (:func:`field_rules.run_field`).
+builds the memo key from the raw fields the rules' conditions read, and appends the
+remembered writes to the resource's write log (creating the remembered resources). A
+plain value of a field whose texts stopped repeating goes to its generated primitive
+conversion; only a field text seen for the first time otherwise goes through the rule
+interpreter (:func:`field_rules.run_field`).
 
 The tables stay the source: the code is built from :func:`field_rules.segment_plan` and its
 memo keys are the ones the interpreter uses, so both share one memo.
