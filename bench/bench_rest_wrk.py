@@ -111,6 +111,9 @@ def main() -> None:
                 rate, p50, p99, bad = wrk(base, paths_file, args.seconds, args.connections)
                 touch = f"{pct(first, 0.5):.1f} / {pct(first, 0.99):.1f}" if name.startswith("Observation?") else ""
                 print(f"| {name} | {rate:,.0f} | {p50:.1f} | {p99:.1f} | {bad} | {touch} |", flush=True)
+        rss = next(line for line in Path(f"/proc/{server.pid}/status").read_text().splitlines()
+                   if line.startswith("VmRSS"))
+        print(f"server memory after the run: {rss.split(':', 1)[1].strip()}")
     finally:
         server.terminate()
         server.wait(timeout=60)
