@@ -296,7 +296,7 @@ def direct_function(fp: FieldPlan, holds: tuple[bool, ...] | None) -> Callable[.
         return _DIRECTS[key]
     scope: dict[str, Any] = {"number": values.number, "dtm": values.dtm, "boolean": values.boolean,
                              "whole": _whole}
-    lines = ["def direct(text, log, rep_base, tz):"]
+    lines = ["def direct(text, log, rep_base, tz):", "    if not text: return None"]  # blank: nothing, as builtin()
     fn = None
     for j, rule in enumerate(fp.rules):
         if holds is not None and not holds[j]:

@@ -97,3 +97,22 @@ def test_text_that_looks_like_a_placeholder_is_kept_as_sent() -> None:
     strings = [o.get("valueString") for o in warm[0] if o["resourceType"] == "Observation"]
     assert all(value in strings for value in odd)
     assert warm == as_json(cold(text))
+
+
+def test_blank_values_of_fields_that_stopped_repeating_are_not_mapped() -> None:
+    texts = variants("derived_ORU_R01_LRI_CBC_first20obx.hl7", 40, seed=13)
+    forget_everything()
+    for text in texts:
+        map_message(text)
+    segs = texts[-1].split("\r")
+    for k, (vtype, value) in enumerate([("ST", "   "), ("NM", "  "), ("ST", " padded  ")]):
+        f = segs[4 + k].split("|")
+        f[2], f[5] = vtype, value
+        segs[4 + k] = "|".join(f)
+    text = "\r".join(segs)
+    map_message(text)
+    warm = as_json(map_message(text))
+    observations = [o for o in warm[0] if o["resourceType"] == "Observation"]
+    assert "valueString" not in observations[0] and "value" not in observations[1].get("valueQuantity", {})
+    assert observations[2]["valueString"] == "padded"
+    assert warm == as_json(cold(text))
