@@ -63,6 +63,20 @@ async def drive(urls: list[str], seconds: float, connections: int) -> tuple[int,
     return len(latencies), latencies, errors
 
 
+def start_server(db: Path, port: int) -> tuple[subprocess.Popen, str]:
+    """The API over ``db`` in its own process, once it answers (opening a large store takes a while)."""
+    server = subprocess.Popen([sys.executable, "-c", SERVER.format(repo=str(REPO), db=str(db), port=port)])
+    base = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 600
+    while time.monotonic() < deadline:
+        try:
+            if httpx.get(f"{base}/fhir/metadata", timeout=1).status_code == 200:
+                break
+        except httpx.HTTPError:
+            time.sleep(0.25)
+    return server, base
+
+
 def pct(values: list[float], q: float) -> float:
     ordered = sorted(values)
     return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
@@ -85,15 +99,8 @@ def main() -> None:
         "SELECT id FROM resources WHERE resource_type='Observation' USING SAMPLE 2000 ROWS").fetchall()]
     total = con.execute("SELECT count(*) FROM resources").fetchone()[0]
     con.close()
-    server = subprocess.Popen([sys.executable, "-c", SERVER.format(repo=str(REPO), db=str(args.db), port=args.port)])
-    base = f"http://127.0.0.1:{args.port}"
+    server, base = start_server(args.db, args.port)
     try:
-        for _ in range(600):
-            try:
-                if httpx.get(f"{base}/fhir/metadata", timeout=1).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                time.sleep(0.1)
         rng = random.Random(7)
         sample = rng.sample(patients, min(200, len(patients)))
         cases = {

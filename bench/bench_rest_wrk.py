@@ -28,7 +28,7 @@ import httpx
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from bench.bench_rest import SERVER, pct  # noqa: E402
+from bench.bench_rest import pct, start_server  # noqa: E402
 
 LUA = REPO / "bench" / "wrk_paths.lua"
 
@@ -87,15 +87,8 @@ def main() -> None:
     parser.add_argument("--port", type=int, default=8765)
     args = parser.parse_args()
     total, code, cases = case_paths(args.db)
-    server = subprocess.Popen([sys.executable, "-c", SERVER.format(repo=str(REPO), db=str(args.db), port=args.port)])
-    base = f"http://127.0.0.1:{args.port}"
+    server, base = start_server(args.db, args.port)
     try:
-        for _ in range(1200):
-            try:
-                if httpx.get(f"{base}/fhir/metadata", timeout=1).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                time.sleep(0.25)
         print(f"store: {total:,} resources; code {code}; wrk -t1 -c{args.connections}, {args.seconds:.0f} s per case")
         print("| case | req/s | p50 ms | p99 ms | non-2xx | first touch p50 / p99 ms |")
         print("|---|---:|---:|---:|---:|---|")

@@ -792,6 +792,12 @@ def _sql_page(
 MAX_INDEX_ONLY = 20_000
 
 
+def _capped_ids(store: Store, sql: str) -> list[str] | None:
+    """The first column of a query's rows, or None when there are more than MAX_INDEX_ONLY."""
+    rows = store.cursor().execute(f"{sql} LIMIT {MAX_INDEX_ONLY + 1}").fetchall()
+    return None if len(rows) > MAX_INDEX_ONLY else [r[0] for r in rows]
+
+
 def _index_only(store: Store, rtype: str, positive: list[str], sort: str) -> list[str] | None:
     """Every match in order, from the index tables alone, or None when there are too many.
 
@@ -799,12 +805,11 @@ def _index_only(store: Store, rtype: str, positive: list[str], sort: str) -> lis
     holds: skipping them saves a scan of the largest table (~100 ms at a million resources) when
     the search is a set of index conditions sorted by ``_lastUpdated``/``_id`` (the default).
     """
-    sql = " INTERSECT ".join(f"({sub})" for sub in positive)
-    rows = store.cursor().execute(f"SELECT DISTINCT * FROM ({sql}) LIMIT {MAX_INDEX_ONLY + 1}").fetchall()
-    if len(rows) > MAX_INDEX_ONLY:
+    ids = _capped_ids(store, "SELECT DISTINCT * FROM (" + " INTERSECT ".join(f"({sub})" for sub in positive) + ")")
+    if ids is None:
         return None
     found = []
-    for (rid,) in rows:
+    for rid in ids:
         cur = store.current(rtype, rid)
         if cur is not None and not cur.deleted:
             found.append((cur.last_updated, rid))
@@ -822,11 +827,11 @@ def _exact_ids(store: Store, rtype: str, where: str, positive: list[str],
     sql = f"SELECT id FROM resources WHERE {where}"
     if positive:
         sql += " AND id IN (SELECT * FROM (" + " INTERSECT ".join(f"({sub})" for sub in positive) + "))"
-    rows = store.cursor().execute(f"{sql} LIMIT {MAX_INDEX_ONLY + 1}").fetchall()
-    if len(rows) > MAX_INDEX_ONLY:
+    ids = _capped_ids(store, sql)
+    if ids is None:
         return None
     out = []
-    for (rid,) in rows:
+    for rid in ids:
         raw = store.read_bytes(rtype, rid)
         if raw is not None and all(check(orjson.loads(raw)) for check in checks):
             out.append(rid)
