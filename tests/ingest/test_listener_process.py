@@ -148,10 +148,14 @@ def test_sigkill_mid_stream_loses_nothing_acked_and_resends_make_no_duplicates(t
     db = tmp_path / "kill.duckdb"
     payloads = [adt(i) for i in range(240)]
     proc, port = start_server(db, ack_after)
-    workers = children(proc.pid)
+    try:
+        workers = children(proc.pid)
+        acked = asyncio.run(asyncio.wait_for(send_until_killed(port, payloads, proc, kill_after=60), 120))
+    finally:
+        if proc.poll() is None:  # the test failed before the kill: do not leave the listener running
+            proc.kill()
+        proc.wait(timeout=30)
     assert bool(workers) == (ack_after == "commit")  # under commit, mapping runs in its own process
-    acked = asyncio.run(asyncio.wait_for(send_until_killed(port, payloads, proc, kill_after=60), 120))
-    proc.wait(timeout=30)
     assert proc.returncode == -signal.SIGKILL
     assert 60 <= len(acked) < len(payloads)
     while any(alive(w) for w in workers):  # an orphaned mapping process ends by itself (else: test timeout)
