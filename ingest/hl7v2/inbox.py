@@ -242,6 +242,12 @@ class Inbox:
             time.sleep(0.002 * 2**attempt)  # the other transaction is short: let it finish
         raise AssertionError("unreachable")
 
+    def close(self) -> None:
+        """Close the inbox's connections (after any transaction in progress), so closing the store checkpoints."""
+        with self._lock, self._outcome_lock:
+            self._con.close()
+            self._outcome_con.close()
+
     @property
     def last_id(self) -> int:
         """The highest inbox id given out so far."""

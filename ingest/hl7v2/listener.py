@@ -394,6 +394,7 @@ class MLLPServer:
             await asyncio.gather(*self._stages, return_exceptions=True)
         if self._pool is not None:
             await asyncio.to_thread(self._pool.shutdown, cancel_futures=True)
+        await asyncio.to_thread(self.inbox.close)
         if self._server is not None:
             await self._server.wait_closed()
 
