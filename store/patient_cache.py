@@ -164,8 +164,8 @@ class PatientIndexCache:
 
     def _invalidate(self, results: list[WriteResult]) -> None:
         with self._lock:
-            if not self._entries and not self._types:
-                return
+            # No early return when nothing is cached: a load may be in flight, and only the
+            # generation it was stamped with tells it the rows it read are already stale.
             if len(results) > LARGE_BATCH:
                 self._entries.clear()
                 self._types.clear()
@@ -174,13 +174,17 @@ class PatientIndexCache:
             for r in results:
                 self._types.pop(r.resource_type, None)
                 self._type_generation[r.resource_type] = self._type_generation.get(r.resource_type, 0) + 1
-                raw = self.store.read_bytes(r.resource_type, r.id)
-                pids = patients_of(orjson.loads(raw)) if raw else [
-                    p for p, e in self._entries.items() if (r.resource_type, r.id) in e.resources
-                ]
-                for pid in pids:
+                for pid in self._patients_of(r):
                     self._entries.pop(pid, None)
                     self._generation[pid] = self._generation.get(pid, 0) + 1
+
+    def _patients_of(self, result: WriteResult) -> list[str]:
+        """Patients whose rows a write changed; for a deletion, those of the version it ended."""
+        raw = self.store.read_bytes(result.resource_type, result.id)
+        if raw is not None:
+            return patients_of(orjson.loads(raw))
+        before = self.store.vread(result.resource_type, result.id, result.version_id - 1)
+        return patients_of(before[1]) if before is not None and before[1] is not None else []
 
     def type_entry(self, rtype: str) -> PatientRows | None:
         """Every current resource of ``rtype`` as one entry, if there are at most MAX_TYPE_RESOURCES

@@ -139,3 +139,23 @@ def test_type_entries_see_writes_at_once(store: Store, synthea_resources: list[d
     assert found.keys == [("Patient", "type-cache-probe")]
     store.delete("Patient", "type-cache-probe")
     assert search(store, SearchRequest("Patient", [("family", "zyx")])).total == 0
+
+
+def test_writes_invalidate_loads_in_flight(store: Store, synthea_resources: list[dict]) -> None:
+    """A load that started before a write must not be cached, even when nothing was cached yet."""
+    from store.patient_cache import cache_for
+
+    cache = cache_for(store)
+    obs = copy.deepcopy(next(r for r in synthea_resources if r["resourceType"] == "Observation"
+                             and r["subject"]["reference"] == f"Patient/{OTHER}"))
+    obs.pop("meta", None)
+    obs["id"] = "in-flight-probe"
+    cache._entries.clear()
+    cache._types.clear()
+    stamps = (cache._type_generation.get("Observation", 0), cache._generation.get(OTHER, 0))
+    store.write([obs])
+    after_write = (cache._type_generation.get("Observation", 0), cache._generation.get(OTHER, 0))
+    assert after_write[0] > stamps[0] and after_write[1] > stamps[1]
+    cache._entries.clear()
+    store.delete("Observation", "in-flight-probe")  # the tombstone names no patient: the version before does
+    assert cache._generation.get(OTHER, 0) > after_write[1]
