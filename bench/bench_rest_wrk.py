@@ -39,7 +39,7 @@ def case_paths(db: Path, n: int = 300) -> tuple[int, str, dict[str, list[str]]]:
     total = con.execute("SELECT count(*) FROM resources").fetchone()[0]
     code = con.execute(
         "SELECT code FROM idx_token WHERE rt = 'Observation' AND param = 'code' AND system = 'http://loinc.org' "
-        "GROUP BY code ORDER BY count(DISTINCT pid) DESC LIMIT 1").fetchone()[0]
+        "GROUP BY code ORDER BY count(DISTINCT pid) DESC, code LIMIT 1").fetchone()[0]
     patients = [r[0] for r in con.execute(
         "SELECT DISTINCT pid FROM idx_token WHERE rt = 'Observation' AND param = 'code' AND code = ? "
         "ORDER BY hash(pid) LIMIT ?", [code, n]).fetchall()]
