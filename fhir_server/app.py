@@ -87,12 +87,22 @@ def delete_response(written: Written, fmt: OutputFormat) -> Response:
 
 
 def search_response(service: FhirService, request: Request, rtype: str | None, pairs: list[tuple[str, str]],
-                    fmt: OutputFormat) -> Response:
-    """Run a type search (or, with no ``rtype``, a search across types) and page it as a searchset Bundle."""
+                    fmt: OutputFormat, *, memory_only: bool = False) -> Response | None:
+    """Run a type search (or, with no ``rtype``, a search across types) and page it as a searchset Bundle.
+
+    With ``memory_only`` the search runs only if cached patients answer it (None otherwise): the
+    route then answers on the event loop, without a thread hop, like a read.
+    """
     count, offset, params = paging(pairs)
     strict = strict_handling(request)
-    result = (service.search(rtype, params, count, offset, strict=strict) if rtype is not None
-              else service.search_system(params, count, offset, strict=strict))
+    if memory_only:
+        result = service.search_in_memory(rtype, params, count, offset, strict=strict) if rtype else None
+        if result is None:
+            return None
+    elif rtype is None:
+        result = service.search_system(params, count, offset, strict=strict)
+    else:
+        result = service.search(rtype, params, count, offset, strict=strict)
     store = service.store
     entries = [(t, i, raw) for t, i in result.keys if (raw := store.read_bytes(t, i)) is not None]
     included = [(t, i, raw) for t, i in result.included if (raw := store.read_bytes(t, i)) is not None]
@@ -275,7 +285,9 @@ def create_app(store: Any) -> FastAPI:
     @app.get("/fhir/{rtype}")
     async def search_get(rtype: str, request: Request) -> Response:
         fmt = negotiate(request)
-        return await in_pool(search_response, service, request, rtype, query_pairs(request), fmt)
+        pairs = query_pairs(request)
+        quick = search_response(service, request, rtype, pairs, fmt, memory_only=True)
+        return quick if quick is not None else await in_pool(search_response, service, request, rtype, pairs, fmt)
 
     @app.post("/fhir/{rtype}", openapi_extra=_RESOURCE_BODY)
     async def create(rtype: str, request: Request) -> Response:

@@ -23,7 +23,7 @@ from mapping.resource_types import R4_RESOURCE_TYPES
 from mapping.validation import validate_resource
 from mapping.viewdef import ViewDefinitionError, validate_view
 from store.ids import FHIR_ID
-from store.search import SearchError, SearchRequest, SearchResult, search, search_system
+from store.search import SearchError, SearchRequest, SearchResult, search, search_in_memory, search_system
 from store.store import Current, Store, StoreError, WriteResult
 
 VIEW_DEFINITION = "ViewDefinition"
@@ -126,6 +126,13 @@ class FhirService:
         except SearchError as exc:
             raise FHIRError(exc.status, str(exc), code="invalid" if exc.status == 400 else "not-supported",
                             expression=exc.param) from None
+
+    def search_in_memory(self, rtype: str, params: list[tuple[str, str]], count: int, offset: int,
+                         *, strict: bool = False) -> SearchResult | None:
+        """The search if cached patients answer it without DuckDB (safe on the event loop), else None."""
+        if rtype not in SUPPORTED_TYPES:
+            return None
+        return search_in_memory(self.store, SearchRequest(rtype, search_params(params), count, offset, strict))
 
     def search_system(self, params: list[tuple[str, str]], count: int, offset: int,
                       *, strict: bool = False) -> SearchResult:

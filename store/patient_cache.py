@@ -21,6 +21,7 @@ import threading
 import weakref
 from bisect import bisect_left
 from collections import OrderedDict
+from contextvars import ContextVar
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -49,6 +50,8 @@ _MODIFIERS = {"token": {"", "not"}, "string": {"", "exact", "contains"}, "uri": 
               "date": {""}, "number": {""}, "quantity": {""}, "reference": {"", "identifier", "Patient"}}
 LARGE_BATCH = 200
 MAX_TYPE_RESOURCES = 20_000
+# Set while a search must not touch DuckDB (it runs on the event loop): loads raise Unsupported.
+NO_LOADS: ContextVar[bool] = ContextVar("patient_cache_no_loads", default=False)
 
 
 class Unsupported(Exception):
@@ -124,6 +127,10 @@ def load_params(entries: list[PatientRows], rtype: str, params: list[str]) -> No
             by_table.setdefault(table, []).append(param)
     if not entries or not by_table:
         return
+    if NO_LOADS.get():
+        if any((rtype, c) not in e.loaded for e in entries for codes in by_table.values() for c in codes):
+            raise Unsupported("index rows not loaded")
+        return
     whole_type = entries[0].pid is None  # a type entry (every resource of a small type): no patient filter
     with entries[0].lock:
         for table, codes in by_table.items():
@@ -193,6 +200,8 @@ class PatientIndexCache:
             entry = self._types.get(rtype)
             if entry is not None or rtype in self._large_types:
                 return entry
+            if NO_LOADS.get():
+                raise Unsupported(f"{rtype} not cached")
             stamp = (self._epoch, self._type_generation.get(rtype, 0))
         rows = self.store.cursor().execute(
             f"SELECT id, last_updated FROM resources WHERE resource_type = ? LIMIT {MAX_TYPE_RESOURCES + 1}", [rtype]
@@ -222,6 +231,8 @@ class PatientIndexCache:
                     found[pid] = entry
             missing = [pid for pid in pids if pid not in found]
             stamps = {pid: (self._epoch, self._generation.get(pid, 0)) for pid in missing}
+        if missing and NO_LOADS.get():
+            raise Unsupported("patients not cached")
         if missing:
             loaded = self._load(missing)
             with self._lock:

@@ -655,6 +655,24 @@ def _includes(
 
 def search(store: Store, req: SearchRequest) -> SearchResult:
     """Run a type-level search and return one page of keys, the total and the included keys."""
+    result = _search(store, req, memory_only=False)
+    assert result is not None
+    return result
+
+
+def search_in_memory(store: Store, req: SearchRequest) -> SearchResult | None:
+    """The search answered from what the caches already hold, or None when it needs DuckDB or is
+    invalid (:func:`search` then answers or reports it). Cheap enough to run on an event loop."""
+    token = patient_cache.NO_LOADS.set(True)
+    try:
+        return _search(store, req, memory_only=True)
+    except SearchError:
+        return None
+    finally:
+        patient_cache.NO_LOADS.reset(token)
+
+
+def _search(store: Store, req: SearchRequest, memory_only: bool) -> SearchResult | None:
     rtype = req.resource_type
     conds: list[str] = []
     filters: list[tuple[str, str]] = []
@@ -689,6 +707,8 @@ def search(store: Store, req: SearchRequest) -> SearchResult:
     if rtype not in R4_RESOURCE_TYPES:
         raise SearchError(f"unknown resource type {rtype!r}", status=404)
     if any("." in name for name, _ in filters):
+        if memory_only:
+            return None
         resolved = _resolve_patient_chains(store, rtype, filters)
         if resolved is None:
             counted = total_mode != "none" or summary_count
@@ -698,7 +718,9 @@ def search(store: Store, req: SearchRequest) -> SearchResult:
     b = _Builder(store, req.strict, (rtype, pids) if pids is not None else None)
     # The in-memory path parses every value it uses and declines (None) what it cannot answer
     # exactly, including unknown parameters and bad values, which the SQL builder then reports.
-    fast = _patient_search(store, rtype, pids, filters, sort, includes, revincludes or iterate)
+    fast = _patient_search(store, rtype, pids, filters, sort, includes, bool(revincludes) or iterate)
+    if fast is None and memory_only:
+        return None
     if fast is not None:
         matched, entries = fast
         total = len(matched) if total_mode != "none" or summary_count else None

@@ -159,3 +159,21 @@ def test_writes_invalidate_loads_in_flight(store: Store, synthea_resources: list
     cache._entries.clear()
     store.delete("Observation", "in-flight-probe")  # the tombstone names no patient: the version before does
     assert cache._generation.get(OTHER, 0) > after_write[1]
+
+
+def test_in_memory_search_never_touches_duckdb(store: Store) -> None:
+    from store.patient_cache import cache_for
+    from store.search import search_in_memory
+
+    params = [("patient", OTHER), ("code", "8302-2"), ("_sort", "-date")]
+    cache_for(store)._entries.pop(OTHER, None)
+    assert search_in_memory(store, SearchRequest("Observation", params)) is None  # patient not cached
+    full = search(store, SearchRequest("Observation", params))  # loads the patient
+    quick = search_in_memory(store, SearchRequest("Observation", params))
+    assert quick is not None and (quick.total, quick.keys) == (full.total, full.keys) and full.total > 0
+    # rows this patient has not loaded yet, a chain, a bad value: each needs the full search
+    assert search_in_memory(store, SearchRequest("Observation", [("patient", OTHER), ("value-string", "x")])) is None
+    assert search_in_memory(store, SearchRequest("Observation", [("patient.name", "x")])) is None
+    assert search_in_memory(store, SearchRequest("Observation", [("patient", OTHER), ("date", "nonsense")])) is None
+    cache_for(store)._types.pop("Patient", None)
+    assert search_in_memory(store, SearchRequest("Patient", [("family", "a")])) is None  # type not cached
