@@ -666,7 +666,7 @@ def search_in_memory(store: Store, req: SearchRequest) -> SearchResult | None:
     token = patient_cache.NO_LOADS.set(True)
     try:
         return _search(store, req, memory_only=True)
-    except SearchError:
+    except (SearchError, patient_cache.Unsupported):  # e.g. the rows an _include reads are not loaded
         return None
     finally:
         patient_cache.NO_LOADS.reset(token)

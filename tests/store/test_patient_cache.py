@@ -175,5 +175,9 @@ def test_in_memory_search_never_touches_duckdb(store: Store) -> None:
     assert search_in_memory(store, SearchRequest("Observation", [("patient", OTHER), ("value-string", "x")])) is None
     assert search_in_memory(store, SearchRequest("Observation", [("patient.name", "x")])) is None
     assert search_in_memory(store, SearchRequest("Observation", [("patient", OTHER), ("date", "nonsense")])) is None
+    included = [("patient", OTHER), ("code", "8302-2"), ("_include", "Observation:encounter")]
+    assert search_in_memory(store, SearchRequest("Observation", included)) is None  # encounter rows not loaded
+    assert search(store, SearchRequest("Observation", included)).included
+    assert search_in_memory(store, SearchRequest("Observation", included)).included
     cache_for(store)._types.pop("Patient", None)
     assert search_in_memory(store, SearchRequest("Patient", [("family", "a")])) is None  # type not cached
