@@ -502,17 +502,14 @@ def _found(e: PatientRows, rtype: str, f: _Filter) -> set[str]:
         inverted = e.inverted(rtype, f.code, column)
         if len(wanted) == 1:
             return inverted.get(next(iter(wanted)), set())
-    found: set[str] = set()
+    hits: list[set[str]] = []
     for column, wanted in f.lookups.items():
         inverted = e.inverted(rtype, f.code, column)
         if len(wanted) > len(inverted):  # a long OR list (a chain's patients): walk the map instead
-            for value, ids in inverted.items():
-                if value in wanted:
-                    found |= ids
+            hits += [ids for value, ids in inverted.items() if value in wanted]
         else:
-            for value in wanted:
-                found |= inverted.get(value, set())
-    return found
+            hits += [ids for value in wanted if (ids := inverted.get(value))]
+    return hits[0] if len(hits) == 1 else set().union(*hits)
 
 
 def _evaluate_entry(e: PatientRows, query: Query) -> list[tuple[tuple, datetime, str]]:

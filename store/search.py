@@ -160,7 +160,12 @@ def _patient_hint(rtype: str, params: list[tuple[str, str]]) -> frozenset[str] |
     return hint
 
 
-def _resolve_patient_chains(store: Store, rtype: str, params: list[tuple[str, str]]) -> list[tuple[str, str]] | None:
+class _NeedsSql(Exception):
+    """An in-memory search reached a step only DuckDB can take."""
+
+
+def _resolve_patient_chains(store: Store, rtype: str, params: list[tuple[str, str]],
+                            memory_only: bool = False) -> list[tuple[str, str]] | None:
     """``params`` with each chain into Patient on the compartment anchor (``subject:Patient.name=…``)
     replaced by the patients it finds (``subject:Patient=a,b``) when they are few, so the search is
     patient-anchored; None when such a chain finds no patient (nothing can match)."""
@@ -172,8 +177,10 @@ def _resolve_patient_chains(store: Store, rtype: str, params: list[tuple[str, st
         if p is None or modifier not in ("", "Patient") or (modifier != "Patient" and p.targets != ("Patient",)):
             out.append((name, value))
             continue
-        found = search(store, SearchRequest("Patient", [(chain, value), ("_total", "none")],
-                                            count=MAX_HINT_PATIENTS + 1))
+        found = _search(store, SearchRequest("Patient", [(chain, value), ("_total", "none")],
+                                             count=MAX_HINT_PATIENTS + 1), memory_only)
+        if found is None:
+            raise _NeedsSql(chain)
         if len(found.keys) > MAX_HINT_PATIENTS or found.ignored:
             out.append((name, value))
             continue
@@ -666,7 +673,7 @@ def search_in_memory(store: Store, req: SearchRequest) -> SearchResult | None:
     token = patient_cache.NO_LOADS.set(True)
     try:
         return _search(store, req, memory_only=True)
-    except (SearchError, patient_cache.Unsupported):  # e.g. the rows an _include reads are not loaded
+    except (SearchError, patient_cache.Unsupported, _NeedsSql):  # e.g. an _include's rows are not loaded
         return None
     finally:
         patient_cache.NO_LOADS.reset(token)
@@ -707,9 +714,7 @@ def _search(store: Store, req: SearchRequest, memory_only: bool) -> SearchResult
     if rtype not in R4_RESOURCE_TYPES:
         raise SearchError(f"unknown resource type {rtype!r}", status=404)
     if any("." in name for name, _ in filters):
-        if memory_only:
-            return None
-        resolved = _resolve_patient_chains(store, rtype, filters)
+        resolved = _resolve_patient_chains(store, rtype, filters, memory_only)
         if resolved is None:
             counted = total_mode != "none" or summary_count
             return SearchResult(total=0 if counted else None, keys=[], summary_count=summary_count)

@@ -173,7 +173,12 @@ def test_in_memory_search_never_touches_duckdb(store: Store) -> None:
     assert quick is not None and (quick.total, quick.keys) == (full.total, full.keys) and full.total > 0
     # rows this patient has not loaded yet, a chain, a bad value: each needs the full search
     assert search_in_memory(store, SearchRequest("Observation", [("patient", OTHER), ("value-string", "x")])) is None
-    assert search_in_memory(store, SearchRequest("Observation", [("patient.name", "x")])) is None
+    chained = SearchRequest("Observation", [("patient.name", "a"), ("code", "8302-2")])
+    cache_for(store)._types.pop("Patient", None)
+    assert search_in_memory(store, chained) is None  # the chain's Patient search is not cached
+    full_chain = search(store, chained)
+    quick_chain = search_in_memory(store, chained)
+    assert quick_chain is not None and (quick_chain.total, quick_chain.keys) == (full_chain.total, full_chain.keys)
     assert search_in_memory(store, SearchRequest("Observation", [("patient", OTHER), ("date", "nonsense")])) is None
     included = [("patient", OTHER), ("code", "8302-2"), ("_include", "Observation:encounter")]
     assert search_in_memory(store, SearchRequest("Observation", included)) is None  # encounter rows not loaded
