@@ -24,9 +24,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import orjson
-
-from ingest.fhir_files import open_file, resources_from_json
+from ingest.fhir_files import ndjson_lines, open_file, resources_from_json
 from ingest.r4_check import r4_validator
 from ingest.records import Problem, Record
 from store.prepare import PreparedBatch, prepare
@@ -57,14 +55,9 @@ def prepare_chunk(source: str, first_line: int, data: bytes, validate: bool) -> 
     accepted: list[dict[str, Any]] = []
     records: list[Record] = []
     out = ChunkResult(PreparedBatch())
-    for lineno, line in enumerate(data.split(b"\n"), start=first_line):
-        raw = line.strip()
-        if not raw:
-            continue
-        try:
-            obj = orjson.loads(raw)
-        except orjson.JSONDecodeError as exc:
-            out.refused.append(Refused(lineno, raw, [Problem(f"invalid JSON: {exc}", None, "structure")]))
+    for lineno, raw, obj, problem in ndjson_lines(data.split(b"\n"), first_line):
+        if problem is not None:
+            out.refused.append(Refused(lineno, raw, [problem]))
             continue
         if isinstance(obj, dict) and obj.get("resourceType") == "Bundle":
             out.deferred.append((lineno, raw))

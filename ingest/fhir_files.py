@@ -8,7 +8,7 @@ refusal can point at it.
 from __future__ import annotations
 
 import gzip
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import IO, Any
 
@@ -67,22 +67,28 @@ def resources_from_json(
     return rec
 
 
+def ndjson_lines(lines: Iterable[bytes], first_line: int = 1) -> Iterator[tuple[int, bytes, Any, Problem | None]]:
+    """(line number, stripped line, parsed value, problem) per non-blank NDJSON line; the value is
+    None and the problem says why when the line is not JSON."""
+    for lineno, line in enumerate(lines, start=first_line):
+        raw = line.strip()
+        if not raw:
+            continue
+        try:
+            yield lineno, raw, orjson.loads(raw), None
+        except orjson.JSONDecodeError as exc:
+            yield lineno, raw, None, Problem(f"invalid JSON: {exc}", None, "structure")
+
+
 def read_ndjson(path: Path, resolve: ConditionalResolver | None = None) -> Iterator[Record]:
     """One record per non-blank line of a Bulk Data NDJSON file."""
     source = str(path)
     with open_file(path) as fh:
-        for lineno, line in enumerate(fh, start=1):
-            stripped = line.strip()
-            if not stripped:
-                continue
-            try:
-                obj = orjson.loads(stripped)
-            except orjson.JSONDecodeError as exc:
-                rec = Record(source=source, line=lineno, raw=stripped, format="ndjson")
-                rec.problems.append(Problem(f"invalid JSON: {exc}", None, "structure"))
-                yield rec
-                continue
-            yield resources_from_json(obj, source, lineno, stripped, "ndjson", resolve)
+        for lineno, raw, obj, problem in ndjson_lines(fh):
+            if problem is not None:
+                yield Record(source=source, line=lineno, raw=raw, format="ndjson", problems=[problem])
+            else:
+                yield resources_from_json(obj, source, lineno, raw, "ndjson", resolve)
 
 
 def read_json(path: Path, resolve: ConditionalResolver | None = None) -> Iterator[Record]:
