@@ -28,12 +28,19 @@ from typing import Any
 
 import orjson
 
-from mapping.resource_types import R4_RESOURCE_TYPES
 from mapping.ucum import canonical
 from store.compartment import patients_of
 from store.index_rows import norm
 from store.search_params import params_for
-from store.search_values import parse_date, parse_number, parse_quantity, split_or, split_prefix, split_token
+from store.search_values import (
+    parse_date,
+    parse_number,
+    parse_quantity,
+    reference_target,
+    split_or,
+    split_prefix,
+    split_token,
+)
 from store.store import Store, WriteResult
 
 _TABLE_OF = {
@@ -217,9 +224,6 @@ class PatientIndexCache:
                 self._types[rtype] = entry
         return entry
 
-    def get(self, pid: str) -> PatientRows:
-        return self.get_many([pid])[0]
-
     def get_many(self, pids: list[str]) -> list[PatientRows]:
         """The patients' entries, those not cached loaded together (one scan of the resources)."""
         found: dict[str, PatientRows] = {}
@@ -349,14 +353,8 @@ def _reference_target(value: str, modifier: str) -> tuple[int, Any, str | None]:
     column 4 (identifier value), 2 (absolute URL) or 1 (resource id), as the SQL path reads them."""
     if modifier == "identifier":
         return 4, split_token(value)[1], None
-    want_type = modifier if modifier in R4_RESOURCE_TYPES else None
-    ref = value.rstrip("/")
-    parts = ref.split("/_history/")[0].split("/") if "/_history/" in ref else ref.split("/")
-    if len(parts) >= 2 and parts[-2] in R4_RESOURCE_TYPES:
-        return 1, parts[-1], parts[-2]
-    if ref.startswith(("http:", "https:", "urn:")):
-        return 2, ref, None
-    return 1, ref, want_type
+    target = reference_target(value, modifier)
+    return (2, target, None) if isinstance(target, str) else (1, *target)
 
 
 def _reference_matcher(value: str, modifier: str) -> Any:

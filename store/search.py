@@ -29,6 +29,7 @@ from store.search_values import (
     parse_date,
     parse_number,
     parse_quantity,
+    reference_target,
     split_or,
     split_prefix,
     split_token,
@@ -460,29 +461,15 @@ class _Builder:
                 return self._reference_cond(p, modifier, value)
         raise SearchError(f"unsupported parameter type {p.type}", param=p.code)
 
-    @staticmethod
-    def _reference_target(modifier: str | None, value: str) -> tuple[str, str | None] | None:
-        """(resource id, required type) of a plain reference search value; None for identifiers and URLs."""
-        if modifier == "identifier":
-            return None
-        target_type = modifier if modifier in R4_RESOURCE_TYPES else None
-        ref = value.rstrip("/")
-        parts = ref.split("/_history/")[0].split("/") if "/_history/" in ref else ref.split("/")
-        if len(parts) >= 2 and parts[-2] in R4_RESOURCE_TYPES:
-            return parts[-1], parts[-2]
-        if ref.startswith(("http:", "https:", "urn:")):
-            return None
-        return ref, target_type
-
     def _reference_cond(self, p: SearchParam, modifier: str | None, value: str) -> str:
         q = self.q
         if modifier == "identifier":
             system, code, has_bar = split_token(value)
             cond = f"ident_value = {q.arg(code)}"
             return cond + (f" AND ident_system = {q.arg(system)}" if has_bar and system else "")
-        target = self._reference_target(modifier, value)
-        if target is None:
-            return f"url = {q.arg(value.rstrip('/'))}"
+        target = reference_target(value, modifier)
+        if isinstance(target, str):
+            return f"url = {q.arg(target)}"
         rid, target_type = target
         cond = f"ref_id = {q.arg(rid)}"
         return cond + (f" AND ref_type = {q.arg(target_type)}" if target_type else "")
@@ -491,8 +478,10 @@ class _Builder:
         """``ref_id IN (…) AND ref_type = T`` for a list of plain references to one type (a chain into
         Patient resolves to such a list), or None: DuckDB evaluates one IN list much faster than an OR
         of a hundred pairs."""
-        targets = [self._reference_target(modifier, v) for v in alts]
-        if not all(targets) or len({t[1] for t in targets}) != 1:
+        if modifier == "identifier":
+            return None
+        targets = [reference_target(v, modifier) for v in alts]
+        if any(isinstance(t, str) for t in targets) or len({t[1] for t in targets}) != 1:
             return None
         target_type = targets[0][1]
         cond = f"ref_id IN ({', '.join(self.q.arg(t[0]) for t in targets)})"

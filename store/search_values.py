@@ -12,6 +12,8 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta, timezone
 from decimal import Decimal, InvalidOperation
 
+from mapping.resource_types import R4_RESOURCE_TYPES
+
 PREFIXES = ("eq", "ne", "gt", "lt", "ge", "le", "sa", "eb", "ap")
 _DATE = re.compile(
     r"^(?P<y>\d{4})(?:-(?P<m>\d{2})(?:-(?P<d>\d{2})(?:T(?P<H>\d{2}):(?P<M>\d{2})(?::(?P<S>\d{2})(?P<f>\.\d+)?)?"
@@ -132,3 +134,16 @@ def split_or(value: str) -> list[str]:
         i += 1
     parts.append("".join(cur))
     return parts
+
+
+def reference_target(value: str, modifier: str | None) -> tuple[str, str | None] | str:
+    """What a plain (not ``:identifier``) reference search value names: (resource id, required type
+    or None), or the absolute URL itself when it names no ``Type/id``."""
+    want_type = modifier if modifier in R4_RESOURCE_TYPES else None
+    ref = value.rstrip("/")
+    parts = ref.split("/_history/")[0].split("/") if "/_history/" in ref else ref.split("/")
+    if len(parts) >= 2 and parts[-2] in R4_RESOURCE_TYPES:
+        return parts[-1], parts[-2]
+    if ref.startswith(("http:", "https:", "urn:")):
+        return ref
+    return ref, want_type
