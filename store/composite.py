@@ -21,6 +21,7 @@ from typing import Any
 from store import index_rows as rows
 from store.extract import extractor
 from store.patient_cache import matcher
+from store.search_index import analyte_of
 from store.search_params import SearchParam, params_for
 
 _SPLITTERS = {
@@ -97,10 +98,7 @@ def composite_predicate(rtype: str, p: SearchParam, component_params: list[str],
         return out
 
     def holds(resource: dict[str, Any]) -> bool:
-        code = resource.get("code")
-        coding = code.get("coding") if isinstance(code, dict) else None
-        first = coding[0] if isinstance(coding, list) and coding and isinstance(coding[0], dict) else {}
-        analyte = first.get("code")
+        analyte = analyte_of(resource)  # the analyte the store indexed the resource's quantities with
         return any(
             all(any(pred(row) for row in _value_rows(cp, extract(frag), analyte)) for cp, extract, pred in components)
             for frag in fragments(resource)

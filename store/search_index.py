@@ -144,7 +144,7 @@ def _plan(resource_type: str) -> tuple[Indexer, tuple[tuple[str, str], ...], tup
     return indexer, fast, slow
 
 
-def _analyte(resource: dict[str, Any]) -> str | None:
+def analyte_of(resource: dict[str, Any]) -> str | None:
     """The resource's first code: molar/mass conversions depend on the analyte."""
     code = resource.get("code")
     coding = code.get("coding") if isinstance(code, dict) else None
@@ -190,7 +190,7 @@ def index_tables(resources: Sequence[dict[str, Any]], pids: Sequence[str | None]
         return {}
     column_sets = _column_sets()
     for i, res in enumerate(resources):
-        _plan(res["resourceType"])[0](res, i, column_sets, _analyte(res))
+        _plan(res["resourceType"])[0](res, i, column_sets, analyte_of(res))
     rt = pa.array([r["resourceType"] for r in resources], _S)
     ids = pa.array([r["id"] for r in resources], _S)
     return _arrow_tables(column_sets, rt, ids, pa.array(pids, _S))
