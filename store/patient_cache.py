@@ -24,6 +24,7 @@ from collections import OrderedDict
 from contextvars import ContextVar
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
+from functools import cached_property
 from typing import Any
 
 import orjson
@@ -43,11 +44,11 @@ from store.search_values import (
 )
 from store.store import Store, WriteResult
 
-_TABLE_OF = {
+INDEX_TABLE_OF = {
     "token": "idx_token", "string": "idx_string", "reference": "idx_reference", "date": "idx_date",
     "number": "idx_number", "quantity": "idx_quantity", "uri": "idx_uri",
 }
-_COLUMNS = {
+INDEX_COLUMNS = {
     "idx_token": "system, code, text", "idx_string": "value, raw",
     "idx_reference": "ref_type, ref_id, url, ident_system, ident_value", "idx_date": "lo, hi",
     "idx_number": "value", "idx_quantity": "value, system, code, unit, canon_value, canon_unit, analyte",
@@ -130,7 +131,7 @@ def load_params(entries: list[PatientRows], rtype: str, params: list[str]) -> No
     known = params_for(rtype)
     by_table: dict[str, list[str]] = {}
     for param in dict.fromkeys(params):
-        if param in known and (table := _TABLE_OF.get(known[param].type)) is not None:
+        if param in known and (table := INDEX_TABLE_OF.get(known[param].type)) is not None:
             by_table.setdefault(table, []).append(param)
     if not entries or not by_table:
         return
@@ -146,7 +147,7 @@ def load_params(entries: list[PatientRows], rtype: str, params: list[str]) -> No
                 continue
             by_pid = "" if whole_type else f"pid IN ({', '.join('?' * len(need))}) AND "
             for pid, rid, param, *values in entries[0].store.cursor().execute(
-                f"SELECT pid, id, param, {_COLUMNS[table]} FROM {table} WHERE {by_pid}rt = ? "
+                f"SELECT pid, id, param, {INDEX_COLUMNS[table]} FROM {table} WHERE {by_pid}rt = ? "
                 f"AND param IN ({', '.join('?' * len(codes))})", [*([] if whole_type else need), rtype, *codes],
             ).fetchall():
                 entry = need[None if whole_type else pid]
@@ -371,7 +372,9 @@ def _lookup(ptype: str, modifier: str, value: str) -> tuple[int | tuple[int, ...
     """(column(s), value, exact) for equality searches: every index row matching ``value`` has that
     value in those columns, and when ``exact`` nothing else needs checking."""
     if ptype == "token":
-        _, code, has_bar = split_token(value)
+        system, code, has_bar = split_token(value)
+        if code is not None and has_bar and system:
+            return (0, 1), (system, code), True
         return None if code is None else (1, code, not has_bar)
     if ptype == "reference":
         column, wanted, want_type = _reference_target(value, modifier)
@@ -416,7 +419,7 @@ def matcher(ptype: str, modifier: str, value: str) -> Any:
 
 
 @dataclass(frozen=True)
-class _Filter:
+class Filter:
     """One search parameter occurrence, parsed once for every patient it runs over."""
 
     code: str
@@ -425,12 +428,21 @@ class _Filter:
     prefixes: list[str] | None  # plain string search: folded prefixes, answered by the sorted values
     preds: list[Any] | None  # None when lookups or prefixes are the whole answer
 
+    @property
+    def single(self) -> tuple[Any, Any] | None:
+        """(column, value) when one equality value is the whole answer: the common fast case."""
+        if self.lookups is not None and len(self.lookups) == 1:
+            ((column, wanted),) = self.lookups.items()
+            if len(wanted) == 1:
+                return column, next(iter(wanted))
+        return None
 
-def _filters(rtype: str, filters: list[tuple[str, str]]) -> list[_Filter | list[str]]:
+
+def _filters(rtype: str, filters: list[tuple[str, str]]) -> list[Filter | list[str]]:
     """Parsed filters, equality ones first (answered by the inverted maps, they leave few candidates
     for the rest); ``_id`` filters as lists of ids. Raises Unsupported for what SQL must answer."""
     params = params_for(rtype)
-    out: list[_Filter | list[str]] = []
+    out: list[Filter | list[str]] = []
     for name, value in filters:
         code, _, modifier = name.partition(":")
         if code == "_id":
@@ -443,9 +455,9 @@ def _filters(rtype: str, filters: list[tuple[str, str]]) -> list[_Filter | list[
         lookups = [_lookup(p.type, modifier, alt) for alt in alts]
         prefixes = [norm(a) for a in alts] if p.type == "string" and not modifier else None
         exact = prefixes is not None or all(lookup and lookup[2] for lookup in lookups)
-        out.append(_Filter(code, modifier, _by_column(lookups) if all(lookups) else None, prefixes,
+        out.append(Filter(code, modifier, _by_column(lookups) if all(lookups) else None, prefixes,
                            None if exact else [matcher(p.type, modifier, a) for a in alts]))
-    return sorted(out, key=lambda f: isinstance(f, _Filter) and f.lookups is None and f.prefixes is None)
+    return sorted(out, key=lambda f: isinstance(f, Filter) and f.lookups is None and f.prefixes is None)
 
 
 def _by_column(lookups: list[Any]) -> dict[Any, set[Any]]:
@@ -460,14 +472,26 @@ class Query:
     """A search parsed for the in-memory path: its filters and sort keys."""
 
     rtype: str
-    parsed: list[_Filter | list[str]]
+    parsed: list[Filter | list[str]]
     specs: list[tuple[bool, str]]  # (descending, parameter) per sort key
+
+    @cached_property
+    def exact(self) -> list[tuple[Filter | list[str], tuple[Any, Any] | None]]:
+        """Filters whose candidate sets are their matches (ids, equality, prefixes), with their
+        single (column, value) when they have one."""
+        return [(f, None if isinstance(f, list) else f.single) for f in self.parsed
+                if isinstance(f, list) or (f.modifier != "not" and f.preds is None)]
+
+    @cached_property
+    def rest(self) -> list[Filter]:
+        """Filters checked row by row, or subtracted (``:not``), after the exact ones."""
+        return [f for f in self.parsed if isinstance(f, Filter) and (f.modifier == "not" or f.preds is not None)]
 
     @property
     def params(self) -> list[str]:
         """The (type, parameter) rows evaluation reads."""
         known = params_for(self.rtype)
-        return [f.code for f in self.parsed if isinstance(f, _Filter)] + [c for _, c in self.specs if c in known]
+        return [f.code for f in self.parsed if isinstance(f, Filter)] + [c for _, c in self.specs if c in known]
 
 
 def prepare(rtype: str, filters: list[tuple[str, str]], sort: str) -> Query:
@@ -485,21 +509,18 @@ def evaluate(entries: list[PatientRows], query: Query) -> list[tuple[tuple, date
     load_params(entries, query.rtype, query.params)
     out: list[tuple[tuple, datetime, str]] = []
     for e in entries:  # a resource belongs to one patient's entry: each is searched on its own
-        out += _evaluate_entry(e, query)
+        universe = e.by_type.get(query.rtype)
+        if universe:
+            out += _evaluate_entry(e, universe, query)
     return out
 
 
-def _found(e: PatientRows, rtype: str, f: _Filter) -> set[str]:
+def _found(e: PatientRows, rtype: str, f: Filter) -> set[str]:
     """Ids the inverted maps or sorted values give for an equality or prefix filter (do not mutate:
     it may be the map's own set)."""
     if f.prefixes is not None:
         return {rid for prefix in f.prefixes for rid in e.prefixed(rtype, f.code, prefix)}
     assert f.lookups is not None
-    if len(f.lookups) == 1:
-        ((column, wanted),) = f.lookups.items()
-        inverted = e.inverted(rtype, f.code, column)
-        if len(wanted) == 1:
-            return inverted.get(next(iter(wanted)), set())
     hits: list[set[str]] = []
     for column, wanted in f.lookups.items():
         inverted = e.inverted(rtype, f.code, column)
@@ -510,40 +531,43 @@ def _found(e: PatientRows, rtype: str, f: _Filter) -> set[str]:
     return hits[0] if len(hits) == 1 else set().union(*hits)
 
 
-def _evaluate_entry(e: PatientRows, query: Query) -> list[tuple[tuple, datetime, str]]:
+_NONE: frozenset[str] = frozenset()
+
+
+def _evaluate_entry(e: PatientRows, universe: dict[str, datetime], query: Query) -> list[tuple[tuple, datetime, str]]:
     rtype = query.rtype
-    universe = e.by_type.get(rtype)
-    if not universe:
-        return []
-    exact: list[Any] = []
-    rest: list[_Filter] = []
-    for f in query.parsed:
-        if isinstance(f, list):
-            exact.append(f)
-        elif f.modifier != "not" and f.preds is None:
-            exact.append(_found(e, rtype, f))
-        else:
-            rest.append(f)
-    if exact:  # intersect the exact candidate sets, smallest first
-        exact.sort(key=len)
-        matched = {rid for rid in exact[0] if rid in universe}
-        for other in exact[1:]:
-            matched.intersection_update(other)
-    else:
-        matched = set(universe)
-    for f in rest:
-        found = _found(e, rtype, f) if f.lookups is not None or f.prefixes is not None else matched
+    matched: set[str] | None = None
+    if query.exact:  # intersect the exact candidate sets, smallest first
+        sets: list[Any] = []
+        for f, single in query.exact:
+            if single is not None:  # one equality value: the inverted map's own set
+                found = e.inverted(rtype, f.code, single[0]).get(single[1], _NONE)  # type: ignore[union-attr]
+            else:
+                found = f if isinstance(f, list) else _found(e, rtype, f)
+            if not found:
+                return []
+            sets.append(found)
+        sets.sort(key=len)
+        matched = universe.keys() & sets[0]  # ids filters may name resources the entry lacks
+        for other in sets[1:]:
+            matched &= other if isinstance(other, set | frozenset) else set(other)
+    for f in query.rest:
+        current = set(universe) if matched is None else matched
+        found = _found(e, rtype, f) if f.lookups is not None or f.prefixes is not None else current
         if f.preds is None:
-            hit = found & matched
+            hit = found & current
         else:
             rows_by_id = e.param_rows(rtype, f.code)
-            hit = {rid for rid in (found & matched if found is not matched else matched)
+            hit = {rid for rid in (found & current if found is not current else current)
                    if any(pred(row) for row in rows_by_id.get(rid, ()) for pred in f.preds)}
-        matched = matched - hit if f.modifier == "not" else hit
+        matched = current - hit if f.modifier == "not" else hit
+    ids = universe if matched is None else matched
+    if not query.specs:
+        return [((), universe[rid], rid) for rid in ids]
     params = params_for(rtype)
     sort_rows = {code: e.param_rows(rtype, code) for _, code in query.specs if code not in ("_id", "_lastUpdated")}
     out = []
-    for rid in matched:
+    for rid in ids:
         key: list[Any] = []
         for desc, code in query.specs:
             if code == "_id":
@@ -560,8 +584,8 @@ def order(matches: list[tuple[tuple, datetime, str]], sort: str, limit: int | No
     """Ids in the SQL path's order: sort keys (NULLS LAST), then lastUpdated, then id; the first
     ``limit`` only when given."""
     desc = [k.startswith("-") for k in sort.split(",") if k]
-    if not desc and limit is not None:
-        return [m[2] for m in heapq.nsmallest(limit, matches, key=lambda m: (m[1], m[2]))]
+    if not desc and limit is not None:  # no sort keys: every key is (), tuples compare by (lastUpdated, id)
+        return [m[2] for m in heapq.nsmallest(limit, matches)]
     ordered = sorted(matches, key=lambda m: (m[1], m[2]))
     for i in reversed(range(len(desc))):
         present = [m for m in ordered if m[0][i] is not None]

@@ -20,7 +20,7 @@ import orjson
 from mapping.fhirpath.values import sql_string
 from mapping.resource_types import R4_RESOURCE_TYPES
 from mapping.ucum import analyte_keys, canonical, molar_mass_g_per_mol
-from store import patient_cache
+from store import patient_cache, type_columns
 from store.compartment import compartment_elements
 from store.composite import composite_predicate
 from store.index_rows import norm
@@ -710,20 +710,31 @@ def _search(store: Store, req: SearchRequest, memory_only: bool) -> SearchResult
         filters = resolved
     pids = _patient_hint(rtype, filters)
     b = _Builder(store, req.strict, (rtype, pids) if pids is not None else None)
-    # The in-memory path parses every value it uses and declines (None) what it cannot answer
+    counted = total_mode != "none" or summary_count
+    # The in-memory paths parse every value they use and decline (None) what they cannot answer
     # exactly, including unknown parameters and bad values, which the SQL builder then reports.
-    fast = _patient_search(store, rtype, pids, filters, sort, includes, bool(revincludes) or iterate)
-    if fast is None and memory_only:
-        return None
-    if fast is not None:
-        matched, entries = fast
-        total = len(matched) if total_mode != "none" or summary_count else None
+    query = _in_memory_query(rtype, filters, sort)
+    columns = None if memory_only and (includes or revincludes) else _columns_page(
+        store, query, pids, offset, count)
+    if columns is None:
+        fast = _patient_search(store, query, pids, includes, bool(revincludes) or iterate)
+        if fast is None and memory_only:
+            return None
+        if fast is not None:
+            matched, entries = fast
+            total = len(matched) if counted else None
+            if summary_count:
+                return SearchResult(total=total, keys=[], ignored=b.ignored, summary_count=True)
+            page = patient_cache.order(matched, sort, offset + count)[offset:]
+            included = patient_cache.forward_includes(entries, rtype, page, includes) - {(rtype, i) for i in page}
+            return SearchResult(total=total, keys=[(rtype, i) for i in page], included=sorted(included),
+                                ignored=b.ignored)
+    else:
+        n, ids = columns
         if summary_count:
-            return SearchResult(total=total, keys=[], ignored=b.ignored, summary_count=True)
-        page = patient_cache.order(matched, sort, offset + count)[offset:]
-        included = patient_cache.forward_includes(entries, rtype, page, includes) - {(rtype, i) for i in page}
-        return SearchResult(total=total, keys=[(rtype, i) for i in page], included=sorted(included),
-                            ignored=b.ignored)
+            return SearchResult(total=n, keys=[], ignored=b.ignored, summary_count=True)
+        return _with_includes(store, b, rtype, n if counted else None, [(rtype, i) for i in ids],
+                              includes, revincludes, iterate)
     for name, value in filters:
         cond = b.filter(rtype, name, value)
         if cond is not None:
@@ -744,7 +755,6 @@ def _search(store: Store, req: SearchRequest, memory_only: bool) -> SearchResult
             positive = []
             where = (f"resource_type = {sql_string(rtype)} AND "
                      + (f"id IN ({', '.join(sql_string(i) for i in exact)})" if exact else "false"))
-    counted = total_mode != "none" or summary_count
     by_hot_map = all(k.lstrip("-") in ("_id", "_lastUpdated") for k in sort.split(",") if k)
     ordered = _index_only(store, rtype, positive, sort) if positive and not others and by_hot_map else None
     if ordered is not None:
@@ -756,8 +766,16 @@ def _search(store: Store, req: SearchRequest, memory_only: bool) -> SearchResult
         total, keys = _sql_page(store, b, rtype, where, positive, sort, counted, summary_count, count, offset)
         if summary_count:
             return SearchResult(total=total, keys=[], ignored=b.ignored, summary_count=True)
+    return _with_includes(store, b, rtype, total, keys, includes, revincludes, iterate)
+
+
+def _with_includes(store: Store, b: _Builder, rtype: str, total: int | None, keys: list[tuple[str, str]],
+                   includes: list[str], revincludes: list[str], iterate: bool) -> SearchResult:
+    """The page's result with what ``_include``/``_revinclude`` add (SQL over the index)."""
     included: set[tuple[str, str]] = set()
     warnings: list[str] = list(b.warnings)
+    if not includes and not revincludes:
+        return SearchResult(total=total, keys=keys, ignored=b.ignored, warnings=warnings)
     frontier = keys
     for _ in range(3 if iterate else 1):
         inc, capped_i = _includes(store, frontier, includes, reverse=False,
@@ -858,21 +876,30 @@ MAX_CACHED_PATIENTS = MAX_HINT_PATIENTS  # patients a search may span on the in-
 IN_MEMORY = True  # False answers every search in DuckDB (tests run both paths)
 
 
+def _in_memory_query(rtype: str, filters: list[tuple[str, str]], sort: str) -> patient_cache.Query | None:
+    """The search parsed for the in-memory paths, or None when they cannot answer it (SQL will)."""
+    if not IN_MEMORY:
+        return None
+    try:
+        return patient_cache.prepare(rtype, filters, sort)
+    except (patient_cache.Unsupported, ValueError):
+        return None
+
+
 def _patient_search(
-    store: Store, rtype: str, pids: frozenset[str] | None, filters: list[tuple[str, str]],
-    sort: str, includes: list[str], sql_only: bool,
+    store: Store, query: patient_cache.Query | None, pids: frozenset[str] | None, includes: list[str],
+    sql_only: bool,
 ) -> tuple[list, list] | None:
     """Answer a search anchored on known patients (``pids``), or over a small type, from the in-memory
     patient cache, or None (use SQL)."""
-    if sql_only or not IN_MEMORY or (pids is not None and len(pids) > MAX_CACHED_PATIENTS):
+    if query is None or sql_only or (pids is not None and len(pids) > MAX_CACHED_PATIENTS):
         return None
     try:
-        query = patient_cache.prepare(rtype, filters, sort)  # first: an unsupported search loads nothing
-        patient_cache.forward_includes([], rtype, [], includes)
+        patient_cache.forward_includes([], query.rtype, [], includes)
         cache = patient_cache.cache_for(store)
         if pids is not None:
             entries = cache.get_many(sorted(pids))
-        elif (whole := cache.type_entry(rtype)) is not None:
+        elif (whole := cache.type_entry(query.rtype)) is not None:
             entries = [whole]
         else:
             return None
@@ -880,6 +907,22 @@ def _patient_search(
     except (patient_cache.Unsupported, ValueError):
         return None
     return matched, entries
+
+
+COLUMNS_MIN_PATIENTS = 8  # from this many patients on, the type's columns beat the patient cache
+
+
+def _columns_page(
+    store: Store, query: patient_cache.Query | None, pids: frozenset[str] | None, offset: int, count: int,
+) -> tuple[int, list[str]] | None:
+    """(total, page of ids) of an equality search over many patients or a whole large type, from the
+    type's columns (store.type_columns), or None (another path answers)."""
+    if query is None or (pids is not None and len(pids) < COLUMNS_MIN_PATIENTS):
+        return None
+    try:
+        return type_columns.search(store, query, offset, count)
+    except (patient_cache.Unsupported, ValueError):
+        return None
 
 
 def _balanced(sql: str) -> bool:

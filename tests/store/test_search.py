@@ -12,12 +12,18 @@ from store.store import Store
 PID = "0e61c3ad-d11e-4080-a6aa-cac89cae4e37"
 
 
-@pytest.fixture(autouse=True, params=["in-memory", "sql"])
+@pytest.fixture(autouse=True, params=["in-memory", "columns", "sql"])
 def search_path(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
-    """Every test runs on both paths: the in-memory caches (patients, small types) and DuckDB alone."""
+    """Every test runs on each path: the in-memory caches (patients, small types), the type columns
+    first wherever they can answer (every type and patient count treated as large), and DuckDB alone."""
     import store.search as search_module
+    import store.type_columns as type_columns
 
-    monkeypatch.setattr(search_module, "IN_MEMORY", request.param == "in-memory")
+    monkeypatch.setattr(search_module, "IN_MEMORY", request.param != "sql")
+    if request.param == "columns":
+        monkeypatch.setattr(type_columns, "MAX_TYPE_RESOURCES", 0)
+        monkeypatch.setattr(type_columns, "QUIET_S", 0.0)
+        monkeypatch.setattr(search_module, "COLUMNS_MIN_PATIENTS", 1)
     return request.param
 
 
