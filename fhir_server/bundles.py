@@ -14,24 +14,23 @@ from store.store import fhir_instant
 Entry = tuple[str, str, bytes]
 
 
-def page_link(url: str, params: list[tuple[str, str]], count: int, offset: int) -> str:
-    """Absolute URL of one page of a search, history or ``$everything`` (``url`` has no query)."""
-    query = [*params, ("_count", str(count)), ("_offset", str(offset))]
-    return f"{url}?{urlencode(query)}"
-
-
 def paging_links(url: str, params: list[tuple[str, str]], total: int, count: int, offset: int) -> list[dict[str, str]]:
-    """self, first, previous, next and last links of one page."""
-    links = [{"relation": "self", "url": page_link(url, params, count, offset)}]
+    """self, first, previous, next and last links of one page (``url`` has no query); the search's
+    own parameters are encoded once for all of them."""
+    prefix = f"{url}?{urlencode(params)}&" if params else f"{url}?"
+
+    def page(at: int) -> str:
+        return f"{prefix}_count={count}&_offset={at}"
+
+    links = [{"relation": "self", "url": page(offset)}]
     if count <= 0:
         return links
-    links.append({"relation": "first", "url": page_link(url, params, count, 0)})
+    links.append({"relation": "first", "url": page(0)})
     if offset > 0:
-        links.append({"relation": "previous", "url": page_link(url, params, count, max(0, offset - count))})
+        links.append({"relation": "previous", "url": page(max(0, offset - count))})
     if offset + count < total:
-        links.append({"relation": "next", "url": page_link(url, params, count, offset + count)})
-    last = max(0, (total - 1) // count * count)
-    links.append({"relation": "last", "url": page_link(url, params, count, last)})
+        links.append({"relation": "next", "url": page(offset + count)})
+    links.append({"relation": "last", "url": page(max(0, (total - 1) // count * count))})
     return links
 
 

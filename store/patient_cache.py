@@ -29,6 +29,7 @@ from typing import Any
 
 import orjson
 
+from mapping.resource_types import R4_RESOURCE_TYPES
 from mapping.ucum import canonical
 from store.compartment import patients_of
 from store.index_rows import norm
@@ -452,7 +453,10 @@ def _filters(rtype: str, filters: list[tuple[str, str]]) -> list[Filter | list[s
         if p is None or p.type not in _MODIFIERS or modifier not in _MODIFIERS[p.type] or "." in name:
             raise Unsupported(name)
         alts = split_or(value)
-        lookups = [_lookup(p.type, modifier, alt) for alt in alts]
+        if modifier in R4_RESOURCE_TYPES and not any("/" in a or ":" in a for a in alts):  # bare ids: a chain's
+            lookups: list[Any] = [((0, 1), (modifier, a), True) for a in alts]  # patients, a long list
+        else:
+            lookups = [_lookup(p.type, modifier, alt) for alt in alts]
         prefixes = [norm(a) for a in alts] if p.type == "string" and not modifier else None
         exact = prefixes is not None or all(lookup and lookup[2] for lookup in lookups)
         out.append(Filter(code, modifier, _by_column(lookups) if all(lookups) else None, prefixes,

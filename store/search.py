@@ -145,12 +145,14 @@ def _patient_hint(rtype: str, params: list[tuple[str, str]]) -> frozenset[str] |
         p = _compartment_anchor(rtype, code)
         if p is None or modifier not in ("", "Patient") or "." in name:
             continue
-        pids = set()
-        for alt in split_or(value):
+        alts = split_or(value)
+        bare = modifier == "Patient" or p.targets == ("Patient",)
+        pids = set(alts) if bare and not any("/" in a for a in alts) else set()  # a chain's patients: many
+        for alt in () if pids else alts:
             parts = alt.rstrip("/").split("/")
             if len(parts) >= 2 and parts[-2] == "Patient":
                 pids.add(parts[-1])
-            elif len(parts) == 1 and (modifier == "Patient" or p.targets == ("Patient",)):
+            elif len(parts) == 1 and bare:
                 pids.add(alt)
             else:
                 pids = set()

@@ -56,6 +56,44 @@ class TypeColumns:
     ids: list[str]  # id by rank
     ranks: pa.Table  # (id, k): joined to the index tables when a parameter is loaded
     groups: dict[tuple[str, Any], dict[Any, np.ndarray]] = field(default_factory=dict)
+    # One mark per rank: a filter stamps its ranks with a fresh number, the candidates keep those
+    # stamped with it. Reused across searches (a new array per search faults its pages in each time)
+    # and cleared only when the stamps wrap around.
+    marks: np.ndarray = field(init=False)
+    stamp: int = 0
+    marks_lock: threading.Lock = field(default_factory=threading.Lock)
+
+    # For a parameter with at most one value per resource (subject, encounter, status…): the number
+    # of each value, and that number by rank (-1: none); None when some resource has several.
+    value_numbers: dict[tuple[str, Any], tuple[dict[Any, int], np.ndarray] | None] = field(default_factory=dict)
+    # Those numbers gathered for the ranks of one value of another parameter (code C -> subject number
+    # of each Observation with code C): a list of values is then a lookup per candidate in a table of
+    # a few kB, read in order, instead of random reads across every rank.
+    aligned: dict[tuple[str, Any, Any, str, Any], np.ndarray] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        self.marks = np.zeros(len(self.ids), dtype=np.uint8)
+
+    def numbers(self, key: tuple[str, Any]) -> tuple[dict[Any, int], np.ndarray] | None:
+        """Value numbers of a one-value-per-resource (parameter, column) (see ``value_numbers``)."""
+        if key not in self.value_numbers:
+            groups = self.groups[key]
+            by_rank = np.full(len(self.ids), -1, dtype=np.int32)
+            for number, ranks in enumerate(groups.values()):
+                by_rank[ranks] = number
+            single = int(np.count_nonzero(by_rank >= 0)) == sum(len(r) for r in groups.values())
+            self.value_numbers[key] = ({v: n for n, v in enumerate(groups)}, by_rank) if single else None
+        return self.value_numbers[key]
+
+    def keep_marked(self, found: np.ndarray, marked: np.ndarray) -> np.ndarray:
+        """The ranks of ``found`` that are also in ``marked``, in ``found``'s order."""
+        with self.marks_lock:
+            if self.stamp == 255:
+                self.marks[:] = 0
+                self.stamp = 0
+            self.stamp += 1
+            self.marks[marked] = self.stamp
+            return found[self.marks[found] == self.stamp]
 
 
 class TypeColumnsCache:
@@ -167,29 +205,50 @@ def _group_keys(query: Query) -> list[tuple[str, Any]]:
 
 
 def evaluate(cols: TypeColumns, query: Query) -> np.ndarray:
-    """The ranks of the matches, ascending (the default order)."""
+    """The ranks of the matches, ascending (the default order).
+
+    The smallest one-value filter drives (its ranks are sorted and distinct); filters on a
+    parameter with one value per resource test the driver's value numbers; the rest keep the
+    candidates they mark. Without a one-value filter the smallest list of values drives."""
     if not query.exact:
         return np.arange(len(cols.ids), dtype=np.int32)
-    per_filter = []
+    filters: list[tuple[int, tuple[str, Any] | None, list[Any], list[np.ndarray]]] = []
     for f, _ in query.exact:
         assert isinstance(f, Filter) and f.lookups is not None
-        parts = [arr for column, wanted in f.lookups.items()
-                 for value in wanted if (arr := cols.groups[(f.code, column)].get(value)) is not None]
+        per_column = [((f.code, column), [v for v in wanted if v in cols.groups[(f.code, column)]])
+                      for column, wanted in f.lookups.items()]
+        parts = [cols.groups[key][v] for key, hits in per_column for v in hits]
         if not parts:
             return np.empty(0, dtype=np.int32)
-        per_filter.append(parts)
-    per_filter.sort(key=lambda parts: sum(len(p) for p in parts))
-    found = np.concatenate(per_filter[0]) if len(per_filter[0]) > 1 else per_filter[0][0]
-    if per_filter[1:]:
-        mask = np.zeros(len(cols.ids), dtype=bool)
-        for parts in per_filter[1:]:
-            mask[:] = False
-            for p in parts:
-                mask[p] = True
-            found = found[mask[found]]
-    if len(per_filter[0]) > 1:  # parts of several values: sorted, without the resources they share
-        found = np.sort(found)
+        key, hits = per_column[0] if len(per_column) == 1 else (None, [])  # values in several columns: rare
+        filters.append((sum(len(p) for p in parts), key, hits, parts))
+    filters.sort(key=lambda x: (len(x[3]) > 1, x[0]))
+    _, key, hits, parts = filters[0]
+    if len(parts) > 1:  # only lists of values: the smallest drives, sorted and without repeats
+        found = np.sort(np.concatenate(parts))
         found = found[np.concatenate(([True], found[1:] != found[:-1]))]
+    else:
+        found = parts[0]
+        keep: np.ndarray | None = None
+        rest = []
+        for other in filters[1:]:
+            numbers = cols.numbers(other[1]) if other[1] and key else None
+            if numbers is None:
+                rest.append(other)
+                continue
+            aligned_key = (*key, hits[0], *other[1])
+            aligned = cols.aligned.get(aligned_key)
+            if aligned is None:
+                aligned = cols.aligned[aligned_key] = numbers[1][found]
+            table = np.zeros(len(numbers[0]) + 1, dtype=bool)  # the last entry answers -1 (no value)
+            table[[numbers[0][v] for v in other[2]]] = True
+            hit = table[aligned]
+            keep = hit if keep is None else keep & hit
+        if keep is not None:
+            found = found[keep]
+        filters = [filters[0], *rest]
+    for _, _, _, parts in filters[1:]:
+        found = cols.keep_marked(found, parts[0] if len(parts) == 1 else np.concatenate(parts))
     return found
 
 

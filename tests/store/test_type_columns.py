@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 
+import numpy as np
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -55,7 +56,7 @@ def by_columns(store: Store, rtype: str, params: list[tuple[str, str]], count: i
     patients=st.sampled_from(["", f"Patient/{PID}", f"{PID},{OTHER}", f"Patient/{OTHER},Patient/nobody"]),
     code=st.none() | st.sampled_from(CODES),
     status=st.none() | st.sampled_from(["final", "amended,final"]),
-    category=st.none() | st.sampled_from(["vital-signs", "laboratory"]),
+    category=st.none() | st.sampled_from(["vital-signs", "laboratory", "vital-signs,laboratory,survey"]),
     count=st.integers(0, 30),
     offset=st.integers(0, 40),
 )
@@ -75,6 +76,15 @@ def test_chains_over_many_patients_equal_sql(store: Store) -> None:
                    [("patient.gender", "male,female"), ("code", "8302-2,29463-7")]):
         res = search(store, SearchRequest("Observation", params, count=5, offset=2))
         assert (res.total, res.keys) == sql(store, "Observation", params, 5, 2) and res.total > 0
+
+
+def test_value_numbers_only_for_one_value_per_resource(store: Store) -> None:
+    cache = type_columns.TypeColumnsCache(store)
+    cols = cache.columns("Observation", [("subject", (0, 1)), ("combo-code", 1)])
+    numbers, by_rank = cols.numbers(("subject", (0, 1)))
+    subject = {(v, cols.ids[k]) for v, ranks in cols.groups[("subject", (0, 1))].items() for k in ranks}
+    assert {(v, cols.ids[k]) for v, n in numbers.items() for k in np.flatnonzero(by_rank == n)} == subject
+    assert cols.numbers(("combo-code", 1)) is None  # panels carry their components' codes too
 
 
 def test_declines_what_it_cannot_answer(store: Store) -> None:
