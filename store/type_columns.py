@@ -34,7 +34,6 @@ import pyarrow as pa
 from store.patient_cache import (
     INDEX_COLUMNS,
     INDEX_TABLE_OF,
-    LARGE_BATCH,
     MAX_TYPE_RESOURCES,
     NO_LOADS,
     Filter,
@@ -103,9 +102,8 @@ class TypeColumnsCache:
         self.store = store
         self._columns: dict[str, TypeColumns] = {}
         self._generation: dict[str, int] = {}
-        self._epoch = 0
         self._last_write: dict[str, float] = {}
-        self._sizes: dict[str, tuple[tuple[int, int], int]] = {}  # (stamp, resources) of types found small
+        self._sizes: dict[str, tuple[int, int]] = {}  # (generation, resources) of types found small
         self._lock = threading.Lock()
         self._build_lock = threading.Lock()
         store.on_commit(self._invalidate)
@@ -113,16 +111,13 @@ class TypeColumnsCache:
     def _invalidate(self, results: list[WriteResult]) -> None:
         now = time.monotonic()
         with self._lock:
-            types = {r.resource_type for r in results}
-            if len(results) > LARGE_BATCH:
-                self._epoch += 1
-            for rtype in types:
+            for rtype in {r.resource_type for r in results}:
                 self._columns.pop(rtype, None)
                 self._generation[rtype] = self._generation.get(rtype, 0) + 1
                 self._last_write[rtype] = now
 
-    def _stamp(self, rtype: str) -> tuple[int, int]:
-        return self._epoch, self._generation.get(rtype, 0)
+    def _stamp(self, rtype: str) -> int:
+        return self._generation.get(rtype, 0)
 
     def columns(self, rtype: str, keys: list[tuple[str, Any]]) -> TypeColumns:
         """The type's columns with the (parameter, column) groups ``keys`` loaded; raises Unsupported
@@ -138,7 +133,9 @@ class TypeColumnsCache:
                 raise Unsupported(f"{rtype} columns not loaded")
             if time.monotonic() - self._last_write.get(rtype, -QUIET_S) < QUIET_S:
                 raise Unsupported(f"{rtype} written in the last {QUIET_S} s")
-        with self._build_lock:  # one load at a time: each is a large scan
+        if not self._build_lock.acquire(blocking=False):  # one load at a time (each is a large scan);
+            raise Unsupported(f"{rtype} columns being loaded")  # searches meanwhile take another path
+        try:
             with self._lock:
                 stamp = self._stamp(rtype)
                 cols = self._columns.get(rtype)
@@ -154,6 +151,8 @@ class TypeColumnsCache:
                     raise Unsupported(f"{rtype} written during the load")
                 cols.groups.update(loaded)
                 self._columns[rtype] = cols
+        finally:
+            self._build_lock.release()
         return cols
 
     def _load_ranks(self, rtype: str) -> TypeColumns:

@@ -135,6 +135,13 @@ def test_a_write_during_a_load_discards_it(store: Store, synthea_resources: list
     store.delete("Patient", "columns-race-probe")
 
 
+def test_searches_do_not_wait_for_a_load_in_progress(store: Store) -> None:
+    cache = type_columns.TypeColumnsCache(store)
+    with cache._build_lock, pytest.raises(Unsupported, match="being loaded"):  # another thread is loading
+        cache.columns("Observation", [("code", 1)])
+    assert cache.columns("Observation", [("code", 1)]).groups[("code", 1)]
+
+
 def test_the_event_loop_path_uses_loaded_columns_only(store: Store, synthea_resources: list[dict]) -> None:
     params = [("subject", f"{PID},{OTHER}"), ("code", "8302-2")]
     probe = copy.deepcopy(next(r for r in synthea_resources if r["resourceType"] == "Observation"))
