@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import copy
 
-import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -32,14 +31,6 @@ def both(store: Store, rtype: str, params: list[tuple[str, str]], count: int = 7
     finally:
         search_module.IN_MEMORY = True
     return (fast.total, fast.keys, fast.included), (slow.total, slow.keys, slow.included)
-
-
-@pytest.fixture(scope="module")
-def store(synthea_resources: list[dict]) -> Store:
-    s = Store(":memory:")
-    s.write([copy.deepcopy(r) for r in synthea_resources if r["resourceType"] in ("Patient", "Observation", "Encounter")])
-    yield s
-    s.close()
 
 
 @settings(max_examples=120, deadline=None, suppress_health_check=[HealthCheck.too_slow,

@@ -20,14 +20,6 @@ OTHER = "1ac8947d-038f-4cc7-81fa-a32e694187e8"
 CODES = ["4548-4", "8480-6", "2339-0", "8302-2", "72514-3", "http://loinc.org|4548-4", "8302-2,8480-6", "nope"]
 
 
-@pytest.fixture(scope="module")
-def store(synthea_resources: list[dict]) -> Store:
-    s = Store(":memory:")
-    s.write([copy.deepcopy(r) for r in synthea_resources if r["resourceType"] in ("Patient", "Observation", "Encounter")])
-    yield s
-    s.close()
-
-
 @pytest.fixture(autouse=True)
 def columns_for_every_type(monkeypatch: pytest.MonkeyPatch) -> None:
     """The test stores are small: treat every type as large, searches over one patient too, no quiet wait."""
