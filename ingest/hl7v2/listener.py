@@ -63,6 +63,8 @@ log = logging.getLogger(__name__)
 DEFAULT_PORT = 2575
 # Under ack_after="commit" mapping is background work: its processes yield the CPU to receipt and ACKs.
 BACKGROUND_MAP_NICENESS = 10
+# How long an inbox commit waits for the other connections' frames (see MLLPServer._gather_group).
+GROUP_WAIT_S = 0.002
 
 
 @dataclass(frozen=True, slots=True)
@@ -263,6 +265,25 @@ class MLLPServer:
             batch.append(item)
         return batch, done
 
+    async def _gather_group(self, batch: list[_Pending]) -> bool:
+        """Wait up to GROUP_WAIT_S for more frames while the group has fewer than there are open
+        connections: stop-and-wait senders whose ACKs just went out send their next message within
+        a millisecond or so, and one commit for all of them costs about what one commit for one
+        costs. Returns True when the listener is shutting down."""
+        deadline = asyncio.get_running_loop().time() + GROUP_WAIT_S
+        while len(batch) < min(len(self._connections), self.options.batch_max):
+            remaining = deadline - asyncio.get_running_loop().time()
+            if remaining <= 0:
+                break
+            try:
+                item = await asyncio.wait_for(self._intake.get(), remaining)
+            except TimeoutError:
+                break
+            if item is None:
+                return True
+            batch.append(item)
+        return False
+
     async def _commit_loop(self) -> None:
         loop = asyncio.get_running_loop()
         done = False
@@ -270,6 +291,7 @@ class MLLPServer:
             batch, done = await self._batch(self._intake)
             if not batch:
                 continue
+            done = done or await self._gather_group(batch)
             try:
                 receipts = await asyncio.to_thread(self.inbox.accept, [p.arrival for p in batch])
             except Exception as exc:  # the store failed: nothing was committed, so nothing may be AA'd

@@ -11,7 +11,7 @@ import pytest
 from ingest.hl7v2.er7 import Message
 from ingest.hl7v2.inbox import Inbox
 from ingest.hl7v2.listener import start_mllp_server
-from ingest.hl7v2.mllp import exchange
+from ingest.hl7v2.mllp import encode_frame, exchange
 from ingest.hl7v2.processor import map_v2, replay_dead_letters
 from store.store import Store
 
@@ -177,3 +177,35 @@ def test_many_connections_pipelined_each_gets_its_acks_in_order(store: Store) ->
     for c, acks in enumerate(results):
         assert [msa(a)[1:3] for a in acks] == [["AA", f"K{c}-{i}"] for i in range(25)]
     assert Inbox(store).counts() == {"processed": 150}
+
+
+def test_one_inbox_commit_gathers_the_frames_of_the_open_connections(store: Store,
+                                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    """Stop-and-wait senders on several connections share a commit; a lone connection never waits for others."""
+    import ingest.hl7v2.listener as listener
+
+    monkeypatch.setattr(listener, "GROUP_WAIT_S", 30.0)  # long enough that only the gathering can end the wait
+
+    async def go() -> tuple[list[bytes], list[bytes], int]:
+        server = await start_mllp_server(store, "127.0.0.1", 0, map_workers=0, ack_after="commit")
+        try:
+            lone = await exchange("127.0.0.1", server.port, [adt("L-1", "900")])  # one connection: no wait
+            streams = [await asyncio.open_connection("127.0.0.1", server.port) for _ in range(3)]
+            while server.stats["connections"] < 4:  # the three are accepted (the lone one counted before)
+                await asyncio.sleep(0.01)
+            before = server.stats["committed_batches"]
+            for i, (_, writer) in enumerate(streams):  # apart: without gathering, each would commit alone
+                writer.write(encode_frame(adt(f"G-{i}", f"91{i}")))
+                await writer.drain()
+                await asyncio.sleep(0.2)
+            acks = [await reader.readuntil(b"\x1c\x0d") for reader, _ in streams]
+            for _, writer in streams:
+                writer.close()
+            return lone, acks, server.stats["committed_batches"] - before
+        finally:
+            await server.shutdown()
+
+    lone, acks, commits = asyncio.run(asyncio.wait_for(go(), 20))
+    assert msa(lone[0])[1:3] == ["AA", "L-1"]
+    assert [msa(a.strip(b"\x0b\x1c\x0d"))[1:3] for a in acks] == [["AA", f"G-{i}"] for i in range(3)]
+    assert commits == 1
