@@ -440,7 +440,8 @@ class Store:
                     "INSERT INTO resources_current SELECT resource_type, id, version_id, last_updated, deleted, "
                     "patient_id, content_hash, json::JSON FROM _staged WHERE is_current"
                 )
-                search_index.index_batch(con, "_staged", None if rows.deleted else rows.current_index(), replaced)
+                search_index.index_batch(con, "_staged", None if rows.deleted else rows.current_index(), replaced,
+                                         {rtype for rtype, _ in rows.latest})
             finally:
                 con.unregister("_staged")
         deleted = rows.deleted
