@@ -27,11 +27,8 @@ from datetime import UTC, datetime, timedelta
 from functools import cached_property
 from typing import Any
 
-import orjson
-
 from mapping.resource_types import R4_RESOURCE_TYPES
 from mapping.ucum import canonical
-from store.compartment import patients_of
 from store.index_rows import norm
 from store.search_params import params_for
 from store.search_values import (
@@ -190,17 +187,9 @@ class PatientIndexCache:
             for r in results:
                 self._types.pop(r.resource_type, None)
                 self._type_generation[r.resource_type] = self._type_generation.get(r.resource_type, 0) + 1
-                for pid in self._patients_of(r):
+                for pid in r.patients:  # for a deletion, those of the version it ended
                     self._entries.pop(pid, None)
                     self._generation[pid] = self._generation.get(pid, 0) + 1
-
-    def _patients_of(self, result: WriteResult) -> list[str]:
-        """Patients whose rows a write changed; for a deletion, those of the version it ended."""
-        raw = self.store.read_bytes(result.resource_type, result.id)
-        if raw is not None:
-            return patients_of(orjson.loads(raw))
-        before = self.store.vread(result.resource_type, result.id, result.version_id - 1)
-        return patients_of(before[1]) if before is not None and before[1] is not None else []
 
     def type_entry(self, rtype: str) -> PatientRows | None:
         """Every current resource of ``rtype`` as one entry, if there are at most MAX_TYPE_RESOURCES

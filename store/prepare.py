@@ -55,10 +55,9 @@ def stamp_meta(res: dict[str, Any], version_id: str, last_updated: str) -> None:
     res["meta"] = meta
 
 
-def first_patient(res: dict[str, Any]) -> str | None:
-    """The most direct patient of the resource's compartment (the store's ``patient_id`` column)."""
-    pats = patients_of(res)
-    return pats[0] if pats else None
+def first_patient(patients: tuple[str, ...]) -> str | None:
+    """The most direct of a resource's compartment patients (the store's ``patient_id`` column)."""
+    return patients[0] if patients else None
 
 
 @dataclass(slots=True)
@@ -75,7 +74,8 @@ class PreparedBatch:
     types: list[str] = field(default_factory=list)
     ids: list[str] = field(default_factory=list)
     hashes: list[str] = field(default_factory=list)
-    pids: list[str | None] = field(default_factory=list)
+    pids: list[str | None] = field(default_factory=list)  # the first of each resource's patients
+    patients: list[tuple[str, ...]] = field(default_factory=list)  # its Patient compartment
     bodies: list[tuple[bytes, bytes, bytes] | bytes] = field(default_factory=list)
     index: dict[str, pa.Table] = field(default_factory=dict)
 
@@ -120,7 +120,9 @@ def prepare(resources: list[dict[str, Any]]) -> tuple[PreparedBatch, list[tuple[
         batch.types.append(rtype)
         batch.ids.append(rid)
         batch.hashes.append(chash)
-        batch.pids.append(first_patient(res))
+        patients = tuple(patients_of(res))
+        batch.patients.append(patients)
+        batch.pids.append(first_patient(patients))
         stamp_meta(res, _VERSION_MARK, _UPDATED_MARK)
         batch.bodies.append(_split_at_marks(orjson.dumps(res)))
     batch.index = search_index.index_tables(kept, batch.pids)

@@ -25,6 +25,7 @@ import orjson
 import pyarrow as pa
 
 from store import search_index
+from store.compartment import patients_of
 from store.ids import stable_id
 from store.prepare import PreparedBatch, StoreError, first_patient, identify, stamp_meta
 from store.schema import ensure_schema
@@ -52,6 +53,9 @@ class WriteResult:
     version_id: int
     last_updated: datetime
     outcome: str  # created | updated | unchanged | deleted | not-found
+    # The Patient compartment of what changed (for a deletion: of the version it ended), so commit
+    # listeners (caches, twins) need not read the resources again.
+    patients: tuple[str, ...] = ()
 
 
 def fhir_instant(ts: datetime) -> str:
@@ -321,8 +325,9 @@ class Store:
         with self._write_lock:
             batch = list(resources)
             keys = [identify(res) for res in batch]
+            patients = [tuple(patients_of(res)) for res in batch]
             ts = self._next_timestamp()
-            staged, results = self._stage(keys, ts, {})
+            staged, results = self._stage(keys, ts, {}, patients)
             if staged:
                 stamp = fhir_instant(ts)
                 chosen = [batch[pos] for pos, _ in staged.values()]
@@ -330,7 +335,7 @@ class Store:
                     stamp_meta(res, str(version), stamp)
                 rows = _Rows()
                 for (key, (pos, version)), res in zip(staged.items(), chosen, strict=True):
-                    rows.add(key, version, keys[pos][2], first_patient(res), orjson.dumps(res), ts)
+                    rows.add(key, version, keys[pos][2], first_patient(patients[pos]), orjson.dumps(res), ts)
                 rows.index.append(search_index.index_tables(chosen, rows.pids))
                 self._commit(rows)
             self._notify(results)
@@ -359,7 +364,7 @@ class Store:
             for batch in batches:
                 ts = self._next_timestamp()
                 staged, results = self._stage(list(zip(batch.types, batch.ids, batch.hashes, strict=True)), ts,
-                                              overlay)
+                                              overlay, batch.patients)
                 out.append(results)
                 stamp = fhir_instant(ts)
                 first = len(rows)
@@ -376,7 +381,8 @@ class Store:
             return out
 
     def _stage(
-        self, keys: list[tuple[str, str, str]], ts: datetime, overlay: dict[tuple[str, str], Current]
+        self, keys: list[tuple[str, str, str]], ts: datetime, overlay: dict[tuple[str, str], Current],
+        patients: Sequence[tuple[str, ...]],
     ) -> tuple[dict[tuple[str, str], tuple[int, int]], list[WriteResult]]:
         """Compare a batch with the current versions (``overlay``: those written earlier in the same
         transaction): (type, id) -> (position of the content to store, its version) for what changed,
@@ -401,7 +407,7 @@ class Store:
             staged[key] = (pos, version)
             hashes[key] = chash
             existed = (base is not None and not base.deleted) or prev is not None
-            results.append(WriteResult(rtype, rid, version, ts, "updated" if existed else "created"))
+            results.append(WriteResult(rtype, rid, version, ts, "updated" if existed else "created", patients[pos]))
         return staged, results
 
     def delete(self, resource_type: str, rid: str) -> WriteResult:
@@ -416,7 +422,8 @@ class Store:
             rows = _Rows(deleted=True)
             rows.add((resource_type, rid), cur.version_id + 1, "", None, None, ts)
             self._commit(rows)
-            result = WriteResult(resource_type, rid, cur.version_id + 1, ts, "deleted")
+            ended = tuple(patients_of(orjson.loads(cur.json))) if cur.json is not None else ()
+            result = WriteResult(resource_type, rid, cur.version_id + 1, ts, "deleted", ended)
             self._notify([result])
             return result
 

@@ -19,7 +19,6 @@ from typing import Any
 import numpy as np
 import orjson
 
-from store.compartment import patients_of
 from store.store import Store, WriteResult, fhir_instant
 from twin.inputs import InputSet, MissingData, dosing_inputs, glucose_inputs, latest_time
 from twin.models.base import Posterior, Prediction
@@ -345,11 +344,12 @@ class TwinRefresher:
         for r in results:
             if r.resource_type in ("Device", "CarePlan", "Provenance"):
                 continue
-            raw = self.store.read_bytes(r.resource_type, r.id) if r.outcome != "deleted" else self._before(r)
-            # A cheap byte test first: most resources of a bulk batch name no tracked patient.
-            if raw is None or _TWIN_TAG in raw or not any(p.encode() in raw for p in tracked):
+            mine = tracked.intersection(r.patients)  # for a deletion: whose data the ended version was
+            if not mine:
                 continue
-            patients.update(p for p in patients_of(orjson.loads(raw)) if p in tracked)
+            raw = self.store.read_bytes(r.resource_type, r.id) if r.outcome != "deleted" else self._before(r)
+            if raw is None or _TWIN_TAG not in raw:  # the twins' own output does not make them stale
+                patients |= mine
         if patients and TwinRegistry.mark_stale(self.store, patients):
             self._wake.set()
 

@@ -104,6 +104,20 @@ def test_patient_compartment_column(store: Store) -> None:
     assert rows == {"p1": "p1", "o1": "p1", "e1": "p1", "org": None}
 
 
+def test_write_results_name_the_patients_whose_data_changed(store: Store) -> None:
+    """Commit listeners learn whose data changed from the results, deletions included."""
+    seen = []
+    store.on_commit(seen.extend)
+    link = {"resourceType": "Observation", "id": "o2", "status": "final", "code": {"text": "t"},
+            "subject": {"reference": "Patient/p1"}, "performer": [{"reference": "Patient/p2"}]}
+    results = store.write([patient(), link])
+    assert [r.patients for r in results] == [("p1",), ("p1", "p2")]
+    assert store.write([patient()])[0].patients == ()  # unchanged: nothing changed for anyone
+    assert store.delete("Observation", "o2").patients == ("p1", "p2")  # the ended version's patients
+    assert [(r.id, r.outcome, r.patients) for r in seen] == [
+        ("p1", "created", ("p1",)), ("o2", "created", ("p1", "p2")), ("o2", "deleted", ("p1", "p2"))]
+
+
 def test_reopen_file_keeps_current_versions(tmp_path: Path) -> None:
     db = tmp_path / "s.duckdb"
     with Store(db) as s:
