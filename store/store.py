@@ -166,11 +166,14 @@ class Store:
         self._last_ts = datetime.min.replace(tzinfo=UTC)
         self._current: dict[tuple[str, str], Current] = {}
         self._listeners: list[Any] = []
+        self._close_listeners: list[Any] = []
         self._load_current()
 
     # -- lifecycle -------------------------------------------------------
     def close(self) -> None:
-        """Checkpoint and release the database file."""
+        """Checkpoint and release the database file (after the close listeners have stopped their work)."""
+        for listener in self._close_listeners:
+            listener()
         with self._write_lock:
             self._con.close()
 
@@ -196,6 +199,11 @@ class Store:
     def on_commit(self, listener: Any) -> None:
         """Register ``listener(results)`` called after every committed write batch."""
         self._listeners.append(listener)
+
+    def on_close(self, listener: Any) -> None:
+        """Register ``listener()`` called when the store closes, before the connection does (background
+        readers finish first: DuckDB refuses to close a connection one of its cursors is using)."""
+        self._close_listeners.append(listener)
 
     # -- reads -------------------------------------------------------------
     def current(self, resource_type: str, rid: str) -> Current | None:

@@ -17,12 +17,13 @@ rest goes to the patient cache or SQL, which stay the reference (tests compare t
 Coherence: a commit touching the type drops its columns before the writer returns, and a load that
 raced with a write is discarded (per-type generation). Columns are rebuilt by a later search, but only
 once the type has had no write for ``QUIET_S`` seconds: a steady feed (MLLP, REST writes) would
-otherwise make searches rebuild them again and again (~2.4 s at a million resources); meanwhile,
-and while a load runs, those searches take the other paths, as before.
+otherwise make searches rebuild them again and again (~2.4 s at a million resources). Loads run in
+a background thread; meanwhile those searches take the other paths, as before.
 """
 
 from __future__ import annotations
 
+import logging
 import threading
 import time
 import weakref
@@ -45,6 +46,12 @@ from store.search_params import params_for
 from store.store import Store, WriteResult
 
 QUIET_S = 5.0
+# A search that finds the columns missing starts their load in a thread and takes another path itself:
+# no request waits for a load (seconds at a million resources). Tests that need the columns at once
+# turn this off.
+LOAD_IN_BACKGROUND = True
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -107,7 +114,14 @@ class TypeColumnsCache:
         self._sizes: dict[str, tuple[int, int]] = {}  # (generation, resources) of types found small
         self._lock = threading.Lock()
         self._build_lock = threading.Lock()
+        self._closed = False
         store.on_commit(self._invalidate)
+        store.on_close(self._close)
+
+    def _close(self) -> None:
+        """Wait for a running load (it reads through a cursor of the closing store); no new ones."""
+        with self._build_lock:
+            self._closed = True
 
     def _invalidate(self, results: list[WriteResult]) -> None:
         now = time.monotonic()
@@ -122,7 +136,8 @@ class TypeColumnsCache:
 
     def columns(self, rtype: str, keys: list[tuple[str, Any]]) -> TypeColumns:
         """The type's columns with the (parameter, column) groups ``keys`` loaded; raises Unsupported
-        when they are not loaded and may not be now (on the event loop, small type, recent writes)."""
+        when they are not loaded yet (a load is then started, unless on the event loop, for a small
+        type, after recent writes or while another load runs)."""
         with self._lock:
             cols = self._columns.get(rtype)
             if cols is not None and all(k in cols.groups for k in keys):
@@ -136,24 +151,45 @@ class TypeColumnsCache:
                 raise Unsupported(f"{rtype} written in the last {QUIET_S} s")
         if not self._build_lock.acquire(blocking=False):  # one load at a time (each is a large scan);
             raise Unsupported(f"{rtype} columns being loaded")  # searches meanwhile take another path
+        if self._closed:
+            self._build_lock.release()
+            raise Unsupported("store closed")
+        if LOAD_IN_BACKGROUND:
+            threading.Thread(target=self._load_in_background, args=(rtype, keys), daemon=True,
+                             name=f"columns-{rtype}").start()
+            raise Unsupported(f"{rtype} columns being loaded")
         try:
-            with self._lock:
-                stamp = self._stamp(rtype)
-                cols = self._columns.get(rtype)
-            if cols is None:
-                cols = self._load_ranks(rtype)
-                if len(cols.ids) <= MAX_TYPE_RESOURCES:
-                    with self._lock:
-                        self._sizes[rtype] = (stamp, len(cols.ids))
-                    raise Unsupported(f"{rtype} is small")
-            loaded = {k: self._load_group(cols, *k) for k in keys if k not in cols.groups}
-            with self._lock:
-                if self._stamp(rtype) != stamp:  # a write raced the load: its rows may be mixed in
-                    raise Unsupported(f"{rtype} written during the load")
-                cols.groups.update(loaded)
-                self._columns[rtype] = cols
+            return self._load(rtype, keys)
         finally:
             self._build_lock.release()
+
+    def _load_in_background(self, rtype: str, keys: list[tuple[str, Any]]) -> None:
+        try:
+            self._load(rtype, keys)
+        except Unsupported:
+            pass
+        except Exception:  # a DuckDB error: the searches keep their other paths
+            log.exception("loading the %s columns failed", rtype)
+        finally:
+            self._build_lock.release()
+
+    def _load(self, rtype: str, keys: list[tuple[str, Any]]) -> TypeColumns:
+        """Load what ``keys`` need and install the columns (the caller holds the build lock)."""
+        with self._lock:
+            stamp = self._stamp(rtype)
+            cols = self._columns.get(rtype)
+        if cols is None:
+            cols = self._load_ranks(rtype)
+            if len(cols.ids) <= MAX_TYPE_RESOURCES:
+                with self._lock:
+                    self._sizes[rtype] = (stamp, len(cols.ids))
+                raise Unsupported(f"{rtype} is small")
+        loaded = {k: self._load_group(cols, *k) for k in keys if k not in cols.groups}
+        with self._lock:
+            if self._stamp(rtype) != stamp:  # a write raced the load: its rows may be mixed in
+                raise Unsupported(f"{rtype} written during the load")
+            cols.groups.update(loaded)
+            self._columns[rtype] = cols
         return cols
 
     def _load_ranks(self, rtype: str) -> TypeColumns:

@@ -16,10 +16,11 @@ from store.store import Store
 
 @pytest.fixture(scope="module", autouse=True)
 def columns_for_small_stores() -> Iterator[None]:
-    """The test store is small: every type counts as large, no quiet time after writes."""
+    """The test store is small: every type counts as large, no quiet time after writes, loads at once."""
     with pytest.MonkeyPatch.context() as mp:
         mp.setattr(type_columns, "MAX_TYPE_RESOURCES", 0)
         mp.setattr(type_columns, "QUIET_S", 0.0)
+        mp.setattr(type_columns, "LOAD_IN_BACKGROUND", False)
         mp.setattr(search_module, "COLUMNS_MIN_PATIENTS", 3)
         yield
 

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import copy
+import threading
+import time
 
 import numpy as np
 import pytest
@@ -25,6 +27,7 @@ def columns_for_every_type(monkeypatch: pytest.MonkeyPatch) -> None:
     """The test stores are small: treat every type as large, searches over one patient too, no quiet wait."""
     monkeypatch.setattr(type_columns, "MAX_TYPE_RESOURCES", 0)
     monkeypatch.setattr(type_columns, "QUIET_S", 0.0)
+    monkeypatch.setattr(type_columns, "LOAD_IN_BACKGROUND", False)
     monkeypatch.setattr(search_module, "COLUMNS_MIN_PATIENTS", 1)
 
 
@@ -132,6 +135,40 @@ def test_searches_do_not_wait_for_a_load_in_progress(store: Store) -> None:
     with cache._build_lock, pytest.raises(Unsupported, match="being loaded"):  # another thread is loading
         cache.columns("Observation", [("code", 1)])
     assert cache.columns("Observation", [("code", 1)]).groups[("code", 1)]
+
+
+def test_a_search_starts_the_load_in_the_background_and_does_not_wait(store: Store,
+                                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(type_columns, "LOAD_IN_BACKGROUND", True)
+    cache = type_columns.TypeColumnsCache(store)
+    with pytest.raises(Unsupported, match="being loaded"):
+        cache.columns("Observation", [("code", 1)])
+    with cache._build_lock:  # taken by the load until it is done
+        assert cache._columns["Observation"].groups[("code", 1)]["8302-2"].size > 0
+
+
+def test_closing_the_store_waits_for_a_background_load(synthea_resources: list[dict],
+                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(type_columns, "LOAD_IN_BACKGROUND", True)
+    s = Store(":memory:")
+    s.write([copy.deepcopy(r) for r in synthea_resources if r["resourceType"] == "Observation"][:200])
+    cache = type_columns.TypeColumnsCache(s)
+    load = cache._load_ranks
+    started = threading.Event()
+
+    def slow(rtype: str) -> type_columns.TypeColumns:
+        started.set()
+        time.sleep(0.3)  # the load is still reading when the store closes
+        return load(rtype)
+
+    monkeypatch.setattr(cache, "_load_ranks", slow)
+    with pytest.raises(Unsupported, match="being loaded"):
+        cache.columns("Observation", [("code", 1)])
+    assert started.wait(5)
+    s.close()  # DuckDB would refuse to close a connection whose cursor is busy
+    assert "Observation" in cache._columns
+    with pytest.raises(Unsupported, match="closed"):
+        cache.columns("Encounter", [("status", 1)])
 
 
 def test_the_event_loop_path_uses_loaded_columns_only(store: Store, synthea_resources: list[dict]) -> None:
