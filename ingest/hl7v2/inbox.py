@@ -44,6 +44,7 @@ from datetime import UTC, datetime
 from typing import Any, TypeVar
 
 import duckdb
+import numpy as np
 import orjson
 import pyarrow as pa
 
@@ -213,8 +214,7 @@ class Inbox:
         self._keys = self._load_keys()
 
     def _load_keys(self) -> KeyFilter:
-        keys = [k for (k,) in self._con.execute("SELECT msg_key FROM hl7_inbox").fetchall()]
-        return KeyFilter(keys, capacity=2 * len(keys))
+        return KeyFilter.of_inbox(self._con)
 
     def _write(self, con: Any, lock: threading.Lock, body: Callable[[Any], _T]) -> _T:
         """Run ``body(con)`` in one transaction, again if DuckDB reports a write-write conflict.
@@ -405,25 +405,42 @@ class KeyFilter:
     Nearly every arrival is new, and the filter proves that without a query; only keys
     it may have seen (resends, and ~0.3% false positives) are looked up. A query for
     all keys would scan the table: DuckDB's index serves point lookups, not IN lists.
-    Three bit positions per key from one 128-bit hash, 16 bits per key of capacity;
-    ``full`` asks for a rebuild (twice as large) once the capacity is used.
+    Three bit positions per key from its 128-bit MD5 (the same number in Python and in
+    DuckDB's ``md5_number``, so a restart fills the filter in SQL and numpy, without a
+    Python string per stored message), 16 bits per key of capacity; ``full`` asks for a
+    rebuild (twice as large) once the capacity is used.
     """
 
-    def __init__(self, keys: Iterable[str], capacity: int) -> None:
+    def __init__(self, capacity: int) -> None:
         bits = max(1 << 23, 1 << (16 * capacity).bit_length())
         self._mask = bits - 1
-        self._bits = bytearray(bits // 8)
+        self._bits = np.zeros(bits // 8, dtype=np.uint8)
         self._capacity = bits // 16
         self._count = 0
-        for key in keys:
-            self.add(key)
+
+    @classmethod
+    def of_inbox(cls, con: Any) -> KeyFilter:
+        """The filter of every key in ``hl7_inbox``, at twice their number of capacity."""
+        count = con.execute("SELECT count(*) FROM hl7_inbox").fetchall()[0][0]
+        out = cls(capacity=2 * count)
+        mask = out._mask
+        reader = con.sql(
+            f"SELECT (h & {mask})::BIGINT, ((h >> 42) & {mask})::BIGINT, ((h >> 84) & {mask})::BIGINT "
+            "FROM (SELECT md5_number(msg_key) AS h FROM hl7_inbox)"
+        ).to_arrow_reader(1 << 20)
+        for batch in reader:
+            for column in batch.columns:
+                positions = column.to_numpy()
+                np.bitwise_or.at(out._bits, positions >> 3, np.left_shift(1, positions & 7).astype(np.uint8))
+            out._count += batch.num_rows
+        return out
 
     @property
     def full(self) -> bool:
         return self._count >= self._capacity
 
     def _positions(self, key: str) -> tuple[int, int, int]:
-        h = int.from_bytes(hashlib.blake2b(key.encode(), digest_size=16).digest(), "little")
+        h = int.from_bytes(hashlib.md5(key.encode(), usedforsecurity=False).digest(), "little")
         return h & self._mask, (h >> 42) & self._mask, (h >> 84) & self._mask
 
     def add(self, key: str) -> None:
