@@ -16,9 +16,10 @@ rest goes to the patient cache or SQL, which stay the reference (tests compare t
 
 Coherence: a commit touching the type drops its columns before the writer returns, and a load that
 raced with a write is discarded (per-type generation). Columns are rebuilt by a later search, but only
-once the type has had no write for ``QUIET_S`` seconds: a steady feed (MLLP, REST writes) would
-otherwise make searches rebuild them again and again (~2.4 s at a million resources). Loads run in
-a background thread; meanwhile those searches take the other paths, as before.
+once the type has had no write for ``QUIET_S`` seconds and for ten times its last load: a steady
+feed (MLLP, REST writes) would otherwise make searches rebuild them again and again (~2.4 s each at
+a million resources). Loads run in a background thread; meanwhile those searches take the other
+paths, as before.
 """
 
 from __future__ import annotations
@@ -46,6 +47,10 @@ from store.search_params import params_for
 from store.store import Store, WriteResult
 
 QUIET_S = 5.0
+# ... and at least this many times the type's last load took: under a light but steady feed (a write
+# every few seconds) the columns would otherwise be rebuilt after every write, so loads are held to
+# about a tenth of the time (~24 s without writes at a million resources).
+QUIET_LOADS = 10.0
 # A search that finds the columns missing starts their load in a thread and takes another path itself:
 # no request waits for a load (seconds at a million resources). Tests that need the columns at once
 # turn this off.
@@ -111,6 +116,7 @@ class TypeColumnsCache:
         self._columns: dict[str, TypeColumns] = {}
         self._generation: dict[str, int] = {}
         self._last_write: dict[str, float] = {}
+        self._load_seconds: dict[str, float] = {}  # how long the type's last load took
         self._sizes: dict[str, tuple[int, int]] = {}  # (generation, resources) of types found small
         self._lock = threading.Lock()
         self._build_lock = threading.Lock()
@@ -147,8 +153,9 @@ class TypeColumnsCache:
                 raise Unsupported(f"{rtype} is small")
             if NO_LOADS.get():
                 raise Unsupported(f"{rtype} columns not loaded")
-            if time.monotonic() - self._last_write.get(rtype, -QUIET_S) < QUIET_S:
-                raise Unsupported(f"{rtype} written in the last {QUIET_S} s")
+            quiet_s = max(QUIET_S, QUIET_LOADS * self._load_seconds.get(rtype, 0.0))
+            if rtype in self._last_write and time.monotonic() - self._last_write[rtype] < quiet_s:
+                raise Unsupported(f"{rtype} written in the last {quiet_s:.1f} s")
         if not self._build_lock.acquire(blocking=False):  # one load at a time (each is a large scan);
             raise Unsupported(f"{rtype} columns being loaded")  # searches meanwhile take another path
         if self._closed:
@@ -175,6 +182,14 @@ class TypeColumnsCache:
 
     def _load(self, rtype: str, keys: list[tuple[str, Any]]) -> TypeColumns:
         """Load what ``keys`` need and install the columns (the caller holds the build lock)."""
+        started = time.monotonic()
+        try:
+            return self._load_timed(rtype, keys)
+        finally:
+            with self._lock:
+                self._load_seconds[rtype] = time.monotonic() - started
+
+    def _load_timed(self, rtype: str, keys: list[tuple[str, Any]]) -> TypeColumns:
         with self._lock:
             stamp = self._stamp(rtype)
             cols = self._columns.get(rtype)

@@ -20,6 +20,7 @@ def columns_for_small_stores() -> Iterator[None]:
     with pytest.MonkeyPatch.context() as mp:
         mp.setattr(type_columns, "MAX_TYPE_RESOURCES", 0)
         mp.setattr(type_columns, "QUIET_S", 0.0)
+        mp.setattr(type_columns, "QUIET_LOADS", 0.0)
         mp.setattr(type_columns, "LOAD_IN_BACKGROUND", False)
         mp.setattr(search_module, "COLUMNS_MIN_PATIENTS", 3)
         yield

@@ -23,6 +23,7 @@ def search_path(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch)
     if request.param == "columns":
         monkeypatch.setattr(type_columns, "MAX_TYPE_RESOURCES", 0)
         monkeypatch.setattr(type_columns, "QUIET_S", 0.0)
+        monkeypatch.setattr(type_columns, "QUIET_LOADS", 0.0)
         monkeypatch.setattr(type_columns, "LOAD_IN_BACKGROUND", False)
         monkeypatch.setattr(search_module, "COLUMNS_MIN_PATIENTS", 1)
     return request.param

@@ -27,6 +27,7 @@ def columns_for_every_type(monkeypatch: pytest.MonkeyPatch) -> None:
     """The test stores are small: treat every type as large, searches over one patient too, no quiet wait."""
     monkeypatch.setattr(type_columns, "MAX_TYPE_RESOURCES", 0)
     monkeypatch.setattr(type_columns, "QUIET_S", 0.0)
+    monkeypatch.setattr(type_columns, "QUIET_LOADS", 0.0)
     monkeypatch.setattr(type_columns, "LOAD_IN_BACKGROUND", False)
     monkeypatch.setattr(search_module, "COLUMNS_MIN_PATIENTS", 1)
 
@@ -108,6 +109,24 @@ def test_writes_drop_the_columns_and_recent_writes_defer_the_rebuild(store: Stor
     assert after[0] == before[0] + 1 and ("Observation", "columns-write-probe") in after[1]
     store.delete("Observation", "columns-write-probe")
     assert by_columns(store, "Observation", params, 100) == before
+
+
+def test_a_type_whose_loads_are_slow_waits_longer_after_a_write(store: Store, synthea_resources: list[dict],
+                                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    """Loads are held to a share of the time: the quiet time after a write grows with the last load's."""
+    monkeypatch.setattr(type_columns, "QUIET_LOADS", 10.0)
+    cache = type_columns.TypeColumnsCache(store)
+    assert cache.columns("Observation", [("code", 1)])  # no write seen yet: loads at once
+    cache._load_seconds["Observation"] = 100.0  # as if that load had taken 100 s
+    probe = copy.deepcopy(next(r for r in synthea_resources if r["resourceType"] == "Observation"))
+    probe.pop("meta", None)
+    probe["id"] = "columns-quiet-probe"
+    store.write([probe])
+    with pytest.raises(Unsupported, match="written in the last 1000.0 s"):
+        cache.columns("Observation", [("code", 1)])
+    cache._load_seconds["Observation"] = 0.0
+    assert cache.columns("Observation", [("code", 1)])  # QUIET_S is 0 here: loads again
+    store.delete("Observation", "columns-quiet-probe")
 
 
 def test_a_write_during_a_load_discards_it(store: Store, synthea_resources: list[dict],
