@@ -88,3 +88,13 @@ def map_v2_fixture(name: str) -> object:
     for res in result.resources:
         FHIRElementFactory.instantiate(res["resourceType"], res)
     return result
+
+
+def hanging_mapper(msg: object, hang_s: float) -> object:
+    """The real v2 mapper, made to hang for ``hang_s`` on MRN HANG (fault injection: a mapping that does
+    not return). Module-level, so mapping worker processes can import it."""
+    from ingest.hl7v2.processor import map_v2
+
+    if msg.segment("PID").get(3) == "HANG":  # type: ignore[attr-defined]
+        time.sleep(hang_s)
+    return map_v2(msg)  # type: ignore[arg-type]

@@ -39,6 +39,7 @@ import threading
 import time
 from collections import Counter
 from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -54,6 +55,7 @@ from ingest.hl7v2.processor import (
     default_mapper,
     map_batch,
     record_batch,
+    timed_out,
     write_mapped,
 )
 from store.store import Store
@@ -89,12 +91,15 @@ class Options:
     shutdown_timeout_s: float = 30.0
     ack_after: str = "processed"
     map_workers: int | None = None
+    map_timeout_s: float = 60.0  # a batch's mapping taking longer: each message alone, a hanging one dead-lettered
 
     def __post_init__(self) -> None:
         if self.ack_after not in ACK_AFTER:
             raise ValueError(f"ack_after must be one of {', '.join(ACK_AFTER)}, got {self.ack_after!r}")
         if self.map_workers is not None and self.map_workers < 0:
             raise ValueError("map_workers must be 0 or more")
+        if self.map_timeout_s <= 0:
+            raise ValueError("map_timeout_s must be positive")
 
     @property
     def mapping_processes(self) -> int:
@@ -149,13 +154,16 @@ class MLLPServer:
         self._stages: list[asyncio.Task[Any]] = []
         self.port = 0
 
+    def _new_pool(self) -> ProcessPoolExecutor:
+        ctx = multiprocessing.get_context("spawn")  # this process holds DuckDB threads: never fork it
+        niceness = BACKGROUND_MAP_NICENESS if self.options.ack_after == "commit" else 0
+        return ProcessPoolExecutor(
+            self.options.mapping_processes, mp_context=ctx, initializer=_init_map_worker, initargs=(niceness,)
+        )
+
     async def _start(self, host: str, port: int) -> None:
         if self.options.mapping_processes:
-            ctx = multiprocessing.get_context("spawn")  # this process holds DuckDB threads: never fork it
-            niceness = BACKGROUND_MAP_NICENESS if self.options.ack_after == "commit" else 0
-            self._pool = ProcessPoolExecutor(
-                self.options.mapping_processes, mp_context=ctx, initializer=_init_map_worker, initargs=(niceness,)
-            )
+            self._pool = self._new_pool()
             await asyncio.get_running_loop().run_in_executor(self._pool, map_batch, [], self._mapper)
         self._stages = [
             asyncio.create_task(self._commit_loop(), name="mllp-commit"),
@@ -330,7 +338,6 @@ class MLLPServer:
 
     async def _feed_loop(self) -> None:
         """Take batches in inbox order and start their mapping (in the pool); the writer awaits them in order."""
-        loop = asyncio.get_running_loop()
         done = False
         while not done or self._spill_from is not None:
             await self._slots.acquire()
@@ -341,11 +348,7 @@ class MLLPServer:
             if not works:
                 self._slots.release()
                 continue
-            if self._pool is not None:
-                mapped = loop.run_in_executor(self._pool, map_batch, works, self._mapper)
-            else:
-                mapped = asyncio.ensure_future(asyncio.to_thread(map_batch, works, self._mapper))
-            await self._mapping.put((works, mapped))
+            await self._mapping.put((works, self._start_mapping(works)))
         await self._mapping.put(None)
 
     async def _write_loop(self) -> None:
@@ -356,9 +359,51 @@ class MLLPServer:
             finally:
                 self._slots.release()
 
+    def _start_mapping(self, works: list[Work]) -> asyncio.Future[Mapped]:
+        if self._pool is not None:
+            return asyncio.get_running_loop().run_in_executor(self._pool, map_batch, works, self._mapper)
+        return asyncio.ensure_future(asyncio.to_thread(map_batch, works, self._mapper))
+
+    async def _mapped_in_time(self, works: list[Work], mapped: asyncio.Future[Mapped]) -> list[tuple[list[Work], Mapped]]:
+        """The batch's mapping; if it takes longer than ``map_timeout_s``, each message mapped alone,
+        and one that still does not finish dead-lettered, so a message whose mapping hangs does not
+        hold back the ones behind it. A batch whose worker was stopped for another is mapped again."""
+        timeout_s = self.options.map_timeout_s
+        try:
+            return [(works, await asyncio.wait_for(asyncio.shield(mapped), timeout_s))]
+        except BrokenProcessPool:  # its worker was stopped because of a batch ahead of it
+            return await self._mapped_in_time(works, self._start_mapping(works))
+        except TimeoutError:
+            self.stats["mapping_timeouts"] += 1
+            mapped.add_done_callback(_consume)  # it ends broken (process killed) or late (thread): unused
+            await self._stop_mapping()
+        if len(works) == 1:
+            log.error("mapping inbox row %d did not finish within %g s: dead-lettered", works[0].inbox_id, timeout_s)
+            return [(works, timed_out(works[0], timeout_s))]
+        log.error("mapping a batch of %d did not finish within %g s: mapping each alone", len(works), timeout_s)
+        out = []
+        for work in works:
+            out += await self._mapped_in_time([work], self._start_mapping([work]))
+        return out
+
+    async def _stop_mapping(self) -> None:
+        """Stop a mapping that hangs: the worker processes are killed and replaced (the new ones started
+        before anything is timed on them). A thread cannot be stopped: it is left running (and said
+        so), later batches go to new threads."""
+        if self._pool is None:
+            log.error("a mapping thread does not finish; it keeps running until the listener stops")
+            return
+        old, self._pool = self._pool, self._new_pool()
+        for process in list(getattr(old, "_processes", {}).values()):  # no public API stops a running task
+            process.kill()
+        old.shutdown(wait=False, cancel_futures=True)
+        await asyncio.get_running_loop().run_in_executor(self._pool, map_batch, [], self._mapper)
+
     async def _write(self, works: list[Work], mapped: asyncio.Future[Mapped]) -> None:
         try:
-            outcomes = await asyncio.to_thread(write_mapped, self.store, works, await mapped, self._mapper)
+            outcomes = []
+            for part, part_mapped in await self._mapped_in_time(works, mapped):
+                outcomes += await asyncio.to_thread(write_mapped, self.store, part, part_mapped, self._mapper)
         except Exception:  # rows stay 'received' and are processed again at the next start
             log.exception("processing batch failed")
             for work in works:
@@ -435,6 +480,12 @@ def _exit_with_parent(parent_pid: int) -> None:
     while os.getppid() == parent_pid:
         time.sleep(1.0)
     os._exit(0)
+
+
+def _consume(future: asyncio.Future[Any]) -> None:
+    """Retrieve an abandoned future's outcome (asyncio reports exceptions nobody retrieved)."""
+    if not future.cancelled():
+        future.exception()
 
 
 def _deferred_ack(message: Any) -> str:

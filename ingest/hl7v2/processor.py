@@ -149,6 +149,17 @@ def _map_one(work: Work, mapper: Mapper) -> tuple[Outcome, list[dict[str, Any]]]
     return Outcome(work.inbox_id, "processed", build_ack(msg, mode="original"), notes=notes), list(result.resources)
 
 
+def timed_out(work: Work, seconds: float) -> Mapped:
+    """What a message whose mapping did not finish gets: dead-lettered, AE, like a mapper failure."""
+    err = HL7Error(f"mapping to FHIR did not finish within {seconds:g} s", code=ErrorCode.APPLICATION_INTERNAL_ERROR,
+                   rejects=False)
+    try:
+        msg: Message | str = parse_stored(work.raw)
+    except HL7Error:
+        msg = work.raw
+    return Mapped([_failure(work.inbox_id, msg, err)], PreparedBatch(), [(0, 0)])
+
+
 def map_batch(works: list[Work], mapper: Mapper | None = None) -> Mapped:
     """Parse, map, acknowledge and prepare a batch (pure: reads nothing from the store; runs in any process).
 

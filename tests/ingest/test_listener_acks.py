@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import asyncio
+from functools import partial
 from pathlib import Path
 from typing import Any
 
 import pytest
+from support import hanging_mapper
 
 from ingest.hl7v2.er7 import Message
 from ingest.hl7v2.inbox import Inbox
@@ -141,6 +143,17 @@ def test_poison_message_is_dead_lettered_and_does_not_block_the_ones_behind(stor
     assert Inbox(store).counts() == {"processed": 4}
     assert store.dead_letters() == []
     assert store.count("Patient") == 4
+
+
+@pytest.mark.parametrize("workers, hang_s", [(1, 3600.0), (0, 2.0)])  # a process is stopped, a thread left
+def test_a_message_whose_mapping_hangs_is_dead_lettered_and_the_rest_proceed(store: Store, workers: int,
+                                                                            hang_s: float) -> None:
+    msgs = [adt("H1", "901"), adt("H2", "HANG"), adt("H3", "903")]
+    acks = run(store, msgs, map_workers=workers, map_timeout_s=0.5, mapper=partial(hanging_mapper, hang_s=hang_s))
+    assert [msa(a)[1:3] for a in acks] == [["AA", "H1"], ["AE", "H2"], ["AA", "H3"]]
+    assert "did not finish within 0.5 s" in err(acks[1])[8]
+    assert Inbox(store).counts() == {"dead": 1, "processed": 2}
+    assert "HANG" in store.dead_letters()[0]["raw"] and store.count("Patient") == 2
 
 
 def test_unsupported_type_is_stored_raw_and_acked_aa_with_a_note(store: Store) -> None:
