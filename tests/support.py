@@ -91,10 +91,12 @@ def map_v2_fixture(name: str) -> object:
 
 
 def hanging_mapper(msg: object, hang_s: float) -> object:
-    """The real v2 mapper, made to hang for ``hang_s`` on MRN HANG (fault injection: a mapping that does
-    not return). Module-level, so mapping worker processes can import it."""
+    """The real v2 mapper, made to hang for ``hang_s`` on MRN HANG and to end its process on MRN CRASH
+    (fault injection). Module-level, so mapping worker processes can import it."""
     from ingest.hl7v2.processor import map_v2
 
     if msg.segment("PID").get(3) == "HANG":  # type: ignore[attr-defined]
         time.sleep(hang_s)
+    if msg.segment("PID").get(3) == "CRASH":  # type: ignore[attr-defined]
+        os._exit(3)  # a worker process dying under it (a segfault, the OOM killer)
     return map_v2(msg)  # type: ignore[arg-type]

@@ -55,7 +55,7 @@ from ingest.hl7v2.processor import (
     default_mapper,
     map_batch,
     record_batch,
-    timed_out,
+    unmapped,
     write_mapped,
 )
 from store.store import Store
@@ -109,6 +109,14 @@ class Options:
         return 1 if self.ack_after == "commit" else 0
 
 
+@dataclass(frozen=True, slots=True)
+class _Mapping:
+    """A batch's mapping under way, and the worker pool it runs on (None: a thread)."""
+
+    future: asyncio.Future[Mapped]
+    pool: ProcessPoolExecutor | None
+
+
 @dataclass(eq=False, slots=True)
 class _Pending:
     arrival: Arrival
@@ -137,7 +145,7 @@ class MLLPServer:
         self._mapper = mapper
         self._intake: asyncio.Queue[_Pending | None] = asyncio.Queue(options.intake_queue_size)
         self._work: asyncio.Queue[Work | None] = asyncio.Queue(options.work_queue_size)
-        self._mapping: asyncio.Queue[tuple[list[Work], asyncio.Future[Mapped]] | None] = asyncio.Queue()
+        self._mapping: asyncio.Queue[tuple[list[Work], _Mapping] | None] = asyncio.Queue()
         # Batches in flight: one being written and one being mapped per worker. The next batch waits
         # in the work queue meanwhile, so it grows while the store is busy (fewer, larger writes).
         self._slots = asyncio.Semaphore(max(1, options.mapping_processes) + 1)
@@ -353,56 +361,62 @@ class MLLPServer:
 
     async def _write_loop(self) -> None:
         while (item := await self._mapping.get()) is not None:
-            works, mapped = item
+            works, mapping = item
             try:
-                await self._write(works, mapped)
+                await self._write(works, mapping)
             finally:
                 self._slots.release()
 
-    def _start_mapping(self, works: list[Work]) -> asyncio.Future[Mapped]:
+    def _start_mapping(self, works: list[Work]) -> _Mapping:
         if self._pool is not None:
-            return asyncio.get_running_loop().run_in_executor(self._pool, map_batch, works, self._mapper)
-        return asyncio.ensure_future(asyncio.to_thread(map_batch, works, self._mapper))
+            return _Mapping(asyncio.get_running_loop().run_in_executor(self._pool, map_batch, works, self._mapper),
+                            self._pool)
+        return _Mapping(asyncio.ensure_future(asyncio.to_thread(map_batch, works, self._mapper)), None)
 
-    async def _mapped_in_time(self, works: list[Work], mapped: asyncio.Future[Mapped]) -> list[tuple[list[Work], Mapped]]:
-        """The batch's mapping; if it takes longer than ``map_timeout_s``, each message mapped alone,
-        and one that still does not finish dead-lettered, so a message whose mapping hangs does not
-        hold back the ones behind it. A batch whose worker was stopped for another is mapped again."""
+    async def _mapped_in_time(self, works: list[Work], mapping: _Mapping) -> list[tuple[list[Work], Mapped]]:
+        """The batch's mapping; if it takes longer than ``map_timeout_s`` or kills its worker process,
+        each message mapped alone, and one that fails so again dead-lettered: a message whose mapping
+        hangs or crashes does not hold back the ones behind it. A batch whose workers were replaced
+        because of another is mapped again."""
         timeout_s = self.options.map_timeout_s
         try:
-            return [(works, await asyncio.wait_for(asyncio.shield(mapped), timeout_s))]
-        except BrokenProcessPool:  # its worker was stopped because of a batch ahead of it
-            return await self._mapped_in_time(works, self._start_mapping(works))
+            return [(works, await asyncio.wait_for(asyncio.shield(mapping.future), timeout_s))]
+        except BrokenProcessPool:
+            if mapping.pool is not self._pool:  # stopped because of a batch ahead of it: not this one's doing
+                return await self._mapped_in_time(works, self._start_mapping(works))
+            self.stats["mapping_crashes"] += 1
+            reason = "stopped its worker process"
         except TimeoutError:
             self.stats["mapping_timeouts"] += 1
-            mapped.add_done_callback(_consume)  # it ends broken (process killed) or late (thread): unused
-            await self._stop_mapping()
+            mapping.future.add_done_callback(_consume)  # it ends broken (process killed) or late (thread): unused
+            reason = f"did not finish within {timeout_s:g} s"
+        await self._replace_workers()
         if len(works) == 1:
-            log.error("mapping inbox row %d did not finish within %g s: dead-lettered", works[0].inbox_id, timeout_s)
-            return [(works, timed_out(works[0], timeout_s))]
-        log.error("mapping a batch of %d did not finish within %g s: mapping each alone", len(works), timeout_s)
+            log.error("mapping inbox row %d %s: dead-lettered", works[0].inbox_id, reason)
+            return [(works, unmapped(works[0], reason))]
+        log.error("mapping a batch of %d %s: mapping each alone", len(works), reason)
         out = []
         for work in works:
             out += await self._mapped_in_time([work], self._start_mapping([work]))
         return out
 
-    async def _stop_mapping(self) -> None:
-        """Stop a mapping that hangs: the worker processes are killed and replaced (the new ones started
-        before anything is timed on them). A thread cannot be stopped: it is left running (and said
-        so), later batches go to new threads."""
+    async def _replace_workers(self) -> None:
+        """After a mapping that hangs or crashed: the worker processes are killed and replaced (the new
+        ones started before anything is timed on them). A thread cannot be stopped: it is left running
+        (and said so), later batches go to new threads."""
         if self._pool is None:
             log.error("a mapping thread does not finish; it keeps running until the listener stops")
             return
         old, self._pool = self._pool, self._new_pool()
-        for process in list(getattr(old, "_processes", {}).values()):  # no public API stops a running task
+        for process in list((getattr(old, "_processes", None) or {}).values()):  # no public API stops a task
             process.kill()
         old.shutdown(wait=False, cancel_futures=True)
         await asyncio.get_running_loop().run_in_executor(self._pool, map_batch, [], self._mapper)
 
-    async def _write(self, works: list[Work], mapped: asyncio.Future[Mapped]) -> None:
+    async def _write(self, works: list[Work], mapping: _Mapping) -> None:
         try:
             outcomes = []
-            for part, part_mapped in await self._mapped_in_time(works, mapped):
+            for part, part_mapped in await self._mapped_in_time(works, mapping):
                 outcomes += await asyncio.to_thread(write_mapped, self.store, part, part_mapped, self._mapper)
         except Exception:  # rows stay 'received' and are processed again at the next start
             log.exception("processing batch failed")

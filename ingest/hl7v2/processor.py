@@ -149,10 +149,10 @@ def _map_one(work: Work, mapper: Mapper) -> tuple[Outcome, list[dict[str, Any]]]
     return Outcome(work.inbox_id, "processed", build_ack(msg, mode="original"), notes=notes), list(result.resources)
 
 
-def timed_out(work: Work, seconds: float) -> Mapped:
-    """What a message whose mapping did not finish gets: dead-lettered, AE, like a mapper failure."""
-    err = HL7Error(f"mapping to FHIR did not finish within {seconds:g} s", code=ErrorCode.APPLICATION_INTERNAL_ERROR,
-                   rejects=False)
+def unmapped(work: Work, reason: str) -> Mapped:
+    """What a message whose mapping never came back gets (it hung, or its worker died): dead-lettered,
+    AE, like a mapper failure."""
+    err = HL7Error(f"mapping to FHIR {reason}", code=ErrorCode.APPLICATION_INTERNAL_ERROR, rejects=False)
     try:
         msg: Message | str = parse_stored(work.raw)
     except HL7Error:

@@ -156,6 +156,14 @@ def test_a_message_whose_mapping_hangs_is_dead_lettered_and_the_rest_proceed(sto
     assert "HANG" in store.dead_letters()[0]["raw"] and store.count("Patient") == 2
 
 
+def test_a_message_that_kills_its_mapping_process_is_dead_lettered_and_the_workers_replaced(store: Store) -> None:
+    msgs = [adt("C1", "911"), adt("C2", "CRASH"), adt("C3", "913")]
+    acks = run(store, msgs, map_workers=1, mapper=partial(hanging_mapper, hang_s=0.0))
+    assert [msa(a)[1:3] for a in acks] == [["AA", "C1"], ["AE", "C2"], ["AA", "C3"]]
+    assert "stopped its worker process" in err(acks[1])[8]
+    assert Inbox(store).counts() == {"dead": 1, "processed": 2}
+
+
 def test_unsupported_type_is_stored_raw_and_acked_aa_with_a_note(store: Store) -> None:
     z = b"MSH|^~\\&|LAB|HOSP|R|RF|20240101||ZDT^Z01^ZDT_Z01|Z1|P|2.5\rEVN||20240101\rZDT|1|x\r"
     acks = run(store, [z])
