@@ -16,6 +16,7 @@ from fhirtwin.settings import (
     DEFAULT_DB,
     DEFAULT_HOST,
     DEFAULT_MLLP_ACK_AFTER,
+    DEFAULT_MLLP_MAP_TIMEOUT_S,
     DEFAULT_MLLP_PORT,
     DEFAULT_PORT,
     MLLP_ACK_AFTER_CHOICES,
@@ -23,6 +24,8 @@ from fhirtwin.settings import (
     env_choice,
     env_default,
     env_int,
+    env_seconds,
+    positive_seconds,
 )
 
 MODEL_CHOICES = ("glucose", "vancomycin", "vancomycin-goti-2018", "vancomycin-buelga-2005")
@@ -47,11 +50,17 @@ MLLP_ACK_AFTER_HELP = (
 )
 
 
-def _add_mllp_ack_after(p: argparse.ArgumentParser) -> None:
+def _add_mllp_options(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--mllp-ack-after", choices=MLLP_ACK_AFTER_CHOICES,
         default=env_choice("MLLP_ACK_AFTER", DEFAULT_MLLP_ACK_AFTER, MLLP_ACK_AFTER_CHOICES),
         help=MLLP_ACK_AFTER_HELP,
+    )
+    p.add_argument(
+        "--mllp-map-timeout", type=positive_seconds, metavar="SECONDS",
+        default=env_seconds("MLLP_MAP_TIMEOUT", DEFAULT_MLLP_MAP_TIMEOUT_S),
+        help="a batch whose mapping takes longer is mapped message by message, and a message whose mapping "
+             "hangs is dead-lettered with AE (env FHIRTWIN_MLLP_MAP_TIMEOUT; default %(default)s)",
     )
 
 
@@ -62,6 +71,7 @@ def _settings(args: argparse.Namespace) -> Settings:
         port=getattr(args, "port", DEFAULT_PORT),
         mllp_port=getattr(args, "mllp_port", DEFAULT_MLLP_PORT),
         mllp_ack_after=getattr(args, "mllp_ack_after", DEFAULT_MLLP_ACK_AFTER),
+        mllp_map_timeout_s=getattr(args, "mllp_map_timeout", DEFAULT_MLLP_MAP_TIMEOUT_S),
     )
 
 
@@ -83,7 +93,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--mllp-port", type=int, default=env_int("MLLP_PORT", DEFAULT_MLLP_PORT),
         help="MLLP listener port, 0 turns it off (env FHIRTWIN_MLLP_PORT)",
     )
-    _add_mllp_ack_after(serve)
+    _add_mllp_options(serve)
 
     ingest = sub.add_parser(
         "ingest", help="ingest FHIR NDJSON (.ndjson, .ndjson.gz), JSON, Bundles, FHIR XML and HL7v2 files or folders"
@@ -97,7 +107,7 @@ def build_parser() -> argparse.ArgumentParser:
     mllp.add_argument(
         "--mllp-port", type=int, default=env_int("MLLP_PORT", DEFAULT_MLLP_PORT), help="port (env FHIRTWIN_MLLP_PORT)"
     )
-    _add_mllp_ack_after(mllp)
+    _add_mllp_options(mllp)
 
     replay = sub.add_parser("replay", help="re-process dead letters (refused FHIR records and HL7v2 messages)")
     _add_db(replay)
@@ -188,7 +198,8 @@ def cmd_serve(settings: Settings, console: Console) -> int:
     )
     console.print(f"serving {settings.db} on http://{settings.host}:{settings.port}/fhir{mllp} (Ctrl-C to stop)")
     try:
-        serve(store, settings.host, settings.port, mllp_port=settings.mllp_port, mllp_ack_after=settings.mllp_ack_after)
+        serve(store, settings.host, settings.port, mllp_port=settings.mllp_port, mllp_ack_after=settings.mllp_ack_after,
+              mllp_map_timeout_s=settings.mllp_map_timeout_s)
     finally:
         store.close()
     return 0
@@ -221,7 +232,8 @@ def cmd_mllp(settings: Settings) -> int:
     from store.store import Store
 
     with Store(settings.db) as store:
-        run_mllp_forever(store, settings.host, settings.mllp_port, ack_after=settings.mllp_ack_after)
+        run_mllp_forever(store, settings.host, settings.mllp_port, ack_after=settings.mllp_ack_after,
+                         map_timeout_s=settings.mllp_map_timeout_s)
     return 0
 
 

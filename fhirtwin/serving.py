@@ -9,6 +9,7 @@ listener drains in-flight messages before the store closes.
 from __future__ import annotations
 
 import asyncio
+from typing import Any
 
 import uvicorn
 
@@ -18,12 +19,13 @@ from store.store import Store
 from twin.service import TwinRefresher
 
 
-async def _serve(store: Store, host: str, port: int, mllp_port: int, mllp_ack_after: str, log_level: str) -> None:
+async def _serve(store: Store, host: str, port: int, mllp_port: int, mllp_options: dict[str, Any],
+                 log_level: str) -> None:
     config = uvicorn.Config(create_app(store), host=host, port=port, log_level=log_level, access_log=False)
     server = uvicorn.Server(config)
     refresher = TwinRefresher(store)
     refresher.start()
-    mllp = await start_mllp_server(store, host, mllp_port, ack_after=mllp_ack_after) if mllp_port else None
+    mllp = await start_mllp_server(store, host, mllp_port, **mllp_options) if mllp_port else None
     try:
         await server.serve()
     finally:
@@ -34,10 +36,12 @@ async def _serve(store: Store, host: str, port: int, mllp_port: int, mllp_ack_af
 
 def serve(
     store: Store, host: str, port: int, *, mllp_port: int = 0, mllp_ack_after: str = "processed",
-    log_level: str = "warning",
+    mllp_map_timeout_s: float = 60.0, log_level: str = "warning",
 ) -> None:
     """Serve FHIR on ``port`` (and MLLP on ``mllp_port`` unless 0) until interrupted.
 
-    ``mllp_ack_after`` is the listener's original-mode ACK policy (``processed`` or ``commit``).
+    ``mllp_ack_after`` is the listener's original-mode ACK policy (``processed`` or ``commit``);
+    ``mllp_map_timeout_s`` how long a batch's mapping may take before it is isolated message by message.
     """
-    asyncio.run(_serve(store, host, port, mllp_port, mllp_ack_after, log_level))
+    options = {"ack_after": mllp_ack_after, "map_timeout_s": mllp_map_timeout_s}
+    asyncio.run(_serve(store, host, port, mllp_port, options, log_level))

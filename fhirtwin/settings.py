@@ -14,6 +14,7 @@ DEFAULT_PORT = 8080
 DEFAULT_MLLP_PORT = 2575
 DEFAULT_MLLP_ACK_AFTER = "processed"
 MLLP_ACK_AFTER_CHOICES = ("processed", "commit")
+DEFAULT_MLLP_MAP_TIMEOUT_S = 60.0
 
 
 def env_default(name: str, fallback: str) -> str:
@@ -30,6 +31,25 @@ def env_int(name: str, fallback: int) -> int:
         return int(raw)
     except ValueError:
         raise SystemExit(f"FHIRTWIN_{name} must be an integer, got {raw!r}") from None
+
+
+def positive_seconds(text: str) -> float:
+    """A positive number of seconds (ValueError otherwise: argparse reports it for flags)."""
+    value = float(text)
+    if not value > 0:  # also refuses nan
+        raise ValueError(f"not a positive number of seconds: {text!r}")
+    return value
+
+
+def env_seconds(name: str, fallback: float) -> float:
+    """A positive number of seconds from the environment, with a clear error when malformed."""
+    raw = os.environ.get(f"FHIRTWIN_{name}")
+    if raw is None or raw == "":
+        return fallback
+    try:
+        return positive_seconds(raw)
+    except ValueError:
+        raise SystemExit(f"FHIRTWIN_{name} must be a positive number of seconds, got {raw!r}") from None
 
 
 def env_choice(name: str, fallback: str, choices: tuple[str, ...]) -> str:
@@ -49,3 +69,4 @@ class Settings:
     port: int
     mllp_port: int
     mllp_ack_after: str = DEFAULT_MLLP_ACK_AFTER
+    mllp_map_timeout_s: float = DEFAULT_MLLP_MAP_TIMEOUT_S

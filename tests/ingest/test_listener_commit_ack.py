@@ -233,3 +233,21 @@ def test_cli_flag_and_environment_choose_the_policy(monkeypatch: pytest.MonkeyPa
     with Store() as store, pytest.raises(ValueError, match="ack_after"):
         run(start_mllp_server(store, "127.0.0.1", 0, ack_after="later"))
 
+
+
+def test_cli_flag_and_environment_set_the_mapping_timeout(monkeypatch: pytest.MonkeyPatch,
+                                                           capsys: pytest.CaptureFixture[str]) -> None:
+    for command in ("serve", "mllp"):
+        assert _settings(build_parser().parse_args([command])).mllp_map_timeout_s == 60.0
+        args = build_parser().parse_args([command, "--mllp-map-timeout", "2.5"])
+        assert _settings(args).mllp_map_timeout_s == 2.5
+        with pytest.raises(SystemExit):
+            build_parser().parse_args([command, "--mllp-map-timeout", "0"])
+        assert "--mllp-map-timeout" in capsys.readouterr().err
+    monkeypatch.setenv("FHIRTWIN_MLLP_MAP_TIMEOUT", "7")
+    assert _settings(build_parser().parse_args(["serve"])).mllp_map_timeout_s == 7.0
+    monkeypatch.setenv("FHIRTWIN_MLLP_MAP_TIMEOUT", "soon")
+    with pytest.raises(SystemExit, match="FHIRTWIN_MLLP_MAP_TIMEOUT"):
+        build_parser()
+    with Store() as store, pytest.raises(ValueError, match="map_timeout_s"):
+        run(start_mllp_server(store, "127.0.0.1", 0, map_timeout_s=0))
