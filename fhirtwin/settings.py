@@ -6,7 +6,9 @@ These names are a stable interface that other tools script against.
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from dataclasses import dataclass
+from typing import TypeVar
 
 DEFAULT_DB = "./fhirtwin.duckdb"
 DEFAULT_HOST = "127.0.0.1"
@@ -16,21 +18,28 @@ DEFAULT_MLLP_ACK_AFTER = "processed"
 MLLP_ACK_AFTER_CHOICES = ("processed", "commit")
 DEFAULT_MLLP_MAP_TIMEOUT_S = 60.0
 
+T = TypeVar("T")
+
 
 def env_default(name: str, fallback: str) -> str:
     """The value of ``FHIRTWIN_<NAME>`` or the fallback."""
     return os.environ.get(f"FHIRTWIN_{name}", fallback)
 
 
-def env_int(name: str, fallback: int) -> int:
-    """An integer setting from the environment, with a clear error when malformed."""
+def _env_parsed(name: str, fallback: T, parse: Callable[[str], T], expected: str) -> T:
+    """``FHIRTWIN_<NAME>`` parsed, or the fallback when unset; a clear error when malformed."""
     raw = os.environ.get(f"FHIRTWIN_{name}")
     if raw is None or raw == "":
         return fallback
     try:
-        return int(raw)
+        return parse(raw)
     except ValueError:
-        raise SystemExit(f"FHIRTWIN_{name} must be an integer, got {raw!r}") from None
+        raise SystemExit(f"FHIRTWIN_{name} must be {expected}, got {raw!r}") from None
+
+
+def env_int(name: str, fallback: int) -> int:
+    """An integer setting from the environment."""
+    return _env_parsed(name, fallback, int, "an integer")
 
 
 def positive_seconds(text: str) -> float:
@@ -42,14 +51,8 @@ def positive_seconds(text: str) -> float:
 
 
 def env_seconds(name: str, fallback: float) -> float:
-    """A positive number of seconds from the environment, with a clear error when malformed."""
-    raw = os.environ.get(f"FHIRTWIN_{name}")
-    if raw is None or raw == "":
-        return fallback
-    try:
-        return positive_seconds(raw)
-    except ValueError:
-        raise SystemExit(f"FHIRTWIN_{name} must be a positive number of seconds, got {raw!r}") from None
+    """A positive number of seconds from the environment."""
+    return _env_parsed(name, fallback, positive_seconds, "a positive number of seconds")
 
 
 def env_choice(name: str, fallback: str, choices: tuple[str, ...]) -> str:
