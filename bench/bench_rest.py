@@ -17,6 +17,8 @@ import random
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import duckdb
@@ -63,18 +65,24 @@ async def drive(urls: list[str], seconds: float, connections: int) -> tuple[int,
     return len(latencies), latencies, errors
 
 
-def start_server(db: Path, port: int) -> tuple[subprocess.Popen, str]:
-    """The API over ``db`` in its own process, once it answers (opening a large store takes a while)."""
+@contextmanager
+def running_server(db: Path, port: int) -> Iterator[tuple[subprocess.Popen, str]]:
+    """The API over ``db`` in its own process, once it answers (opening a large store takes a while);
+    stopped on exit."""
     server = subprocess.Popen([sys.executable, "-c", SERVER.format(repo=str(REPO), db=str(db), port=port)])
     base = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 600
-    while time.monotonic() < deadline:
-        try:
-            if httpx.get(f"{base}/fhir/metadata", timeout=1).status_code == 200:
-                break
-        except httpx.HTTPError:
-            time.sleep(0.25)
-    return server, base
+    try:
+        deadline = time.monotonic() + 600
+        while time.monotonic() < deadline:
+            try:
+                if httpx.get(f"{base}/fhir/metadata", timeout=1).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                time.sleep(0.25)
+        yield server, base
+    finally:
+        server.terminate()
+        server.wait(timeout=60)
 
 
 def pct(values: list[float], q: float) -> float:
@@ -99,8 +107,7 @@ def main() -> None:
         "SELECT id FROM resources WHERE resource_type='Observation' USING SAMPLE 2000 ROWS").fetchall()]
     total = con.execute("SELECT count(*) FROM resources").fetchone()[0]
     con.close()
-    server, base = start_server(args.db, args.port)
-    try:
+    with running_server(args.db, args.port) as (server, base):
         rng = random.Random(7)
         sample = rng.sample(patients, min(200, len(patients)))
         cases = {
@@ -121,9 +128,6 @@ def main() -> None:
             asyncio.run(drive(urls, 1, args.connections))
             n, lat, errors = asyncio.run(drive(urls, args.seconds, args.connections))
             print(f"{name:60} {n / args.seconds:8.0f} {pct(lat, 0.5):8.1f} {pct(lat, 0.99):8.1f} {errors:7d}")
-    finally:
-        server.terminate()
-        server.wait(timeout=30)
 
 
 if __name__ == "__main__":

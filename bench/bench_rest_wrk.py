@@ -28,7 +28,7 @@ import httpx
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from bench.bench_rest import pct, start_server  # noqa: E402
+from bench.bench_rest import pct, running_server  # noqa: E402
 
 LUA = REPO / "bench" / "wrk_paths.lua"
 
@@ -87,8 +87,7 @@ def main() -> None:
     parser.add_argument("--port", type=int, default=8765)
     args = parser.parse_args()
     total, code, cases = case_paths(args.db)
-    server, base = start_server(args.db, args.port)
-    try:
+    with running_server(args.db, args.port) as (server, base):
         print(f"store: {total:,} resources; code {code}; wrk -t1 -c{args.connections}, {args.seconds:.0f} s per case")
         print("| case | req/s | p50 ms | p99 ms | non-2xx | first touch p50 / p99 ms |")
         print("|---|---:|---:|---:|---:|---|")
@@ -107,9 +106,6 @@ def main() -> None:
         rss = next(line for line in Path(f"/proc/{server.pid}/status").read_text().splitlines()
                    if line.startswith("VmRSS"))
         print(f"server memory after the run: {rss.split(':', 1)[1].strip()}")
-    finally:
-        server.terminate()
-        server.wait(timeout=60)
 
 
 if __name__ == "__main__":
