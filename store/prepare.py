@@ -74,8 +74,7 @@ class PreparedBatch:
     types: list[str] = field(default_factory=list)
     ids: list[str] = field(default_factory=list)
     hashes: list[str] = field(default_factory=list)
-    pids: list[str | None] = field(default_factory=list)  # the first of each resource's patients
-    patients: list[tuple[str, ...]] = field(default_factory=list)  # its Patient compartment
+    patients: list[tuple[str, ...]] = field(default_factory=list)  # each resource's Patient compartment
     bodies: list[tuple[bytes, bytes, bytes] | bytes] = field(default_factory=list)
     index: dict[str, pa.Table] = field(default_factory=dict)
 
@@ -120,10 +119,8 @@ def prepare(resources: list[dict[str, Any]]) -> tuple[PreparedBatch, list[tuple[
         batch.types.append(rtype)
         batch.ids.append(rid)
         batch.hashes.append(chash)
-        patients = tuple(patients_of(res))
-        batch.patients.append(patients)
-        batch.pids.append(first_patient(patients))
+        batch.patients.append(tuple(patients_of(res)))
         stamp_meta(res, _VERSION_MARK, _UPDATED_MARK)
         batch.bodies.append(_split_at_marks(orjson.dumps(res)))
-    batch.index = search_index.index_tables(kept, batch.pids)
+    batch.index = search_index.index_tables(kept, [first_patient(p) for p in batch.patients])
     return batch, refused

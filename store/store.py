@@ -378,7 +378,7 @@ class Store:
                 first = len(rows)
                 for key, (pos, version) in staged.items():
                     chash = batch.hashes[pos]
-                    rows.add(key, version, chash, batch.pids[pos], batch.body(pos, str(version), stamp), ts)
+                    rows.add(key, version, chash, first_patient(batch.patients[pos]), batch.body(pos, str(version), stamp), ts)
                     overlay[key] = Current(version, chash, ts, False, None)
                 rows.index.append(batch.index)
                 rows.index_rows.append((first, [pos for pos, _ in staged.values()], len(batch)))
