@@ -5,6 +5,6 @@ already grouped by its structure; ``ingest.hl7v2.map_message`` does parse + grou
 map in one call. The tables are compiled from the IG's CSVs by ``build_tables``.
 """
 
-from mapping.v2.messages import MappingResult, is_mapped, map_grouped
+from mapping.v2.messages import MappingResult, forget, is_mapped, map_grouped
 
-__all__ = ["MappingResult", "is_mapped", "map_grouped"]
+__all__ = ["MappingResult", "forget", "is_mapped", "map_grouped"]

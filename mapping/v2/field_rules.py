@@ -22,7 +22,7 @@ from typing import Any
 
 import orjson
 
-from mapping.v2 import values
+from mapping.v2 import holes, values
 from mapping.v2.engine import (
     Context,
     SegmentLike,
@@ -53,10 +53,13 @@ class FieldMemo(dict):
     values are converted directly loses little when its texts start repeating.
     """
 
-    __slots__ = ("hits", "misses", "keep", "aliases", "keep_aliases")
+    __slots__ = ("hits", "misses", "keep", "aliases", "keep_aliases", "holed")
 
     def __init__(self) -> None:
         super().__init__()
+        self.holed: dict[tuple[str, tuple[bool, ...] | None], bytes] = {}
+        """Masked field text (``holes``), with which conditions held → its entry with
+        placeholders, or ``b""`` when that text's entry does not reproduce the interpreter."""
         self.hits = 0
         self.misses = 0
         self.keep = True
@@ -114,13 +117,15 @@ def memo_table(delimiters: str, tz: str | None) -> MemoTable:
     return table
 
 
-ENTRY, VALUE, NEW_ENTRY, LINK, WRITES, VALUE_IN_LIST = range(6)
+ENTRY, VALUE, NEW_ENTRY, LINK, WRITES, VALUE_IN_LIST, HOLED = range(7)
 LOG_KINDS = {
     ENTRY: "(ENTRY, memo entry, repetition base): the writes of a field memo entry",
     VALUE: "(VALUE, writer number, repetition): one value (in ``values``) at a path without lists",
     NEW_ENTRY: "(NEW_ENTRY, writes JSON, repetition base): what the interpreter wrote",
     WRITES: "(WRITES, [(writer number, frozen value, repetition)], repetition base)",
     VALUE_IN_LIST: "(VALUE_IN_LIST, writer number, repetition): one value (in ``values``) inside a list",
+    HOLED: "(HOLED, memo entry with placeholders, repetition base, n): a masked field's writes, its n "
+           "left-out texts in ``values`` (``holes``)",
 }
 """What a resource's write log holds. The links to other resources follow it (``LINK`` with
 a writer and a target, or ``ENTRY`` with a literal's write)."""
@@ -131,12 +136,14 @@ class WriteLog(list):
     single values apart. ``plain``: only memo entries and values outside lists, so the log
     without its values is the resource's shape (``shapes``)."""
 
-    __slots__ = ("values", "plain")
+    __slots__ = ("values", "plain", "groups")
 
     def __init__(self) -> None:
         super().__init__()
         self.values: list[Any] = []
         self.plain = True
+        self.groups: list[tuple[str, ...]] = []
+        """The left-out texts of ``HOLED`` entries, by repetition."""
 
 
 WRITERS: list[Writer] = []
@@ -166,7 +173,8 @@ def segment_plan(mapname: str) -> tuple[FieldPlan, ...] | None:
     plans = []
     for f, rs in by_field.items():
         plans.append(FieldPlan(next(_PLAN_NUMBERS), f, tuple(rs), any(r.get("when_empty") for r in rs),
-                               tuple(sorted({ref for r in rs for ref in cond_refs(r["cond"])}))))
+                               tuple(sorted({ref for r in rs for ref in cond_refs(r["cond"])})),
+                               holes.hole_components(mapname, tuple(rs), f)))
     return tuple(plans)
 
 
@@ -183,6 +191,8 @@ class FieldPlan:
     rules: tuple[dict[str, Any], ...]
     when_empty: bool
     deps: tuple[tuple[str, int, int, int], ...]
+    holes: tuple[int, ...]
+    """The components left out of the memo when their texts are new (``holes``)."""
 
 
 def cond_refs(cond: Any) -> list[tuple[str, int, int, int]]:
@@ -215,13 +225,34 @@ def run_field(fp: FieldPlan, raw: str, key: Any, holds: tuple[bool, ...] | None,
     ``holds`` says which of the rules have their condition met (``None``: no rule has one);
     ``key`` is then the field text with it.
     """
-    d = seg.delimiters
-    if not memo.keep and raw and PLAIN(raw) \
-            and ctx.delimiters[1:5] == STANDARD and not (fp.field <= 2 and seg.id in ENVELOPE_SEGMENTS):
+    envelope = fp.field <= 2 and seg.id in ENVELOPE_SEGMENTS
+    if not memo.keep and raw and PLAIN(raw) and ctx.delimiters[1:5] == STANDARD and not envelope:
         direct = direct_function(fp, holds)
         if direct is not None:  # a value that is its own text: converted and written without the interpreter
             direct(raw.strip(), log, rep_base, ctx.default_tz)
             return
+    if fp.holes and raw and not envelope:
+        cut = holes.masked(raw, fp.holes, seg.delimiters)
+        if cut is not None and _from_masked(fp, raw, key, holds, memo, seg, log, ctx, rep_base, *cut):
+            return
+    placed, created = _interpret(fp, raw, holds, seg, ctx)
+    try:
+        writes = orjson.dumps([[w, _fragment(value), i] for w, value, i in placed])
+        made = orjson.dumps([[rtype, rid, _fragment(body)] for rtype, rid, body in created]) if created else None
+    except TypeError:  # an integer beyond 64 bits: written as it is, converted again next time
+        log.append((WRITES, placed, rep_base))
+        log.plain = False
+        return
+    log.append((NEW_ENTRY, writes, rep_base))
+    log.plain = False
+    _remember(memo, key, writes, made)
+
+
+def _interpret(fp: FieldPlan, raw: str, holds: tuple[bool, ...] | None, seg: SegmentLike, ctx: Context
+               ) -> tuple[list[tuple[int, Any, int]], list[tuple[str, str, Any]]]:
+    """The rule interpreter on one field text: the writes (writer number, frozen value,
+    repetition) and the resources created (type, id, frozen body)."""
+    d = seg.delimiters
     placed: list[tuple[int, Any, int]] = []
     created: list[tuple[str, str, Any]] = []
     ctx.created = created
@@ -251,16 +282,50 @@ def run_field(fp: FieldPlan, raw: str, key: Any, holds: tuple[bool, ...] | None,
                 w = writer_for(rule, value)
                 placed.append((writer_number(w), freeze(value), i))
     ctx.created = None
-    try:
-        writes = orjson.dumps([[w, _fragment(value), i] for w, value, i in placed])
-        made = orjson.dumps([[rtype, rid, _fragment(body)] for rtype, rid, body in created]) if created else None
-    except TypeError:  # an integer beyond 64 bits: written as it is, converted again next time
-        log.append((WRITES, placed, rep_base))
+    return placed, created
+
+
+def _from_masked(fp: FieldPlan, raw: str, key: Any, holds: tuple[bool, ...] | None, memo: FieldMemo,
+                 seg: SegmentLike, log: WriteLog, ctx: Context, rep_base: int, text: str, texts: list[str],
+                 groups: list[tuple[str, ...]]) -> bool:
+    """Log the writes of a field from the entry of its masked text (``holes``): with the left-out
+    texts put in while the field's texts still repeat (remembered as before), as a ``HOLED``
+    entry with the texts as values once they stopped repeating. False when the masked text's
+    entry does not reproduce what the interpreter writes (the caller interprets the text)."""
+    hkey = (text, holds)
+    entry = memo.holed.get(hkey)
+    if entry is None:
+        entry = memo.holed[hkey] = _masked_entry(fp, raw, holds, seg, ctx, text, texts)
+        if len(memo.holed) >= PLAN_MEMO_LIMIT:
+            memo.holed.clear()
+    if not entry:
+        return False
+    if memo.keep:
+        writes = holes.fill(entry, texts)
+        log.append((NEW_ENTRY, writes, rep_base))
         log.plain = False
-        return
-    log.append((NEW_ENTRY, writes, rep_base))
-    log.plain = False
-    _remember(memo, key, writes, made)
+        _remember(memo, key, writes, None)
+    else:
+        log.append((HOLED, entry, rep_base, len(texts)))
+        log.values.extend(texts)
+        log.groups.extend(groups)
+    return True
+
+
+def _masked_entry(fp: FieldPlan, raw: str, holds: tuple[bool, ...] | None, seg: SegmentLike, ctx: Context,
+                  text: str, texts: list[str]) -> bytes:
+    """The writes of the masked ``text`` as an entry with placeholders, if they give exactly the
+    interpreter's writes for ``raw`` once ``texts`` are put in; ``b""`` otherwise."""
+    masked_placed, masked_created = _interpret(fp, text, holds, seg, ctx)
+    placed, created = _interpret(fp, raw, holds, seg, ctx)
+    if masked_created or created:
+        return b""
+    try:
+        entry = orjson.dumps([[w, _fragment(value), i] for w, value, i in masked_placed])
+        writes = orjson.dumps([[w, _fragment(value), i] for w, value, i in placed])
+    except TypeError:
+        return b""
+    return entry if holes.fill(entry, texts) == writes else b""
 
 
 def _remember(memo: FieldMemo, key: Any, writes: bytes, made: bytes | None) -> None:

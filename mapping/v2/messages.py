@@ -23,6 +23,7 @@ import orjson
 
 from mapping.v2 import shapes, values
 from mapping.v2.engine import (
+    _MEMO,
     SHEET_STRIDE,
     Context,
     Node,
@@ -40,6 +41,7 @@ from mapping.v2.field_rules import (
     ENTRY,
     ENVELOPE_SEGMENTS,
     LINK,
+    MEMO_TABLES,
     PLAIN,
     STANDARD,
     WriteLog,
@@ -621,6 +623,16 @@ class _Mapper:
         out.extend(self.ctx.resources.values())
         return out
 
+
+
+def forget() -> None:
+    """Drop every field memo, conversion memo, plan and template: the mapper then works as on
+    its first message (the reference its fast paths are tested against; also frees their memory)."""
+    for table in MEMO_TABLES.values():
+        table.clear()
+    _MEMO.clear()
+    shapes.SHAPES.clear()
+    _PLANS.clear()
 
 _SEG, _ORDER, _PATIENT, _RAW, _KEY = range(5)
 

@@ -25,6 +25,7 @@ from typing import Any
 
 import orjson
 
+from mapping.v2 import holes
 from mapping.v2.engine import (
     Node,
     Ref,
@@ -35,7 +36,17 @@ from mapping.v2.engine import (
     prune,
     thaw,
 )
-from mapping.v2.field_rules import ENTRY, LINK, NEW_ENTRY, VALUE, VALUE_IN_LIST, WRITERS, WRITES, WriteLog
+from mapping.v2.field_rules import (
+    ENTRY,
+    HOLED,
+    LINK,
+    NEW_ENTRY,
+    VALUE,
+    VALUE_IN_LIST,
+    WRITERS,
+    WRITES,
+    WriteLog,
+)
 from mapping.v2.tables import config
 
 MARK = "\uffff"
@@ -82,7 +93,21 @@ def key_of(rtype: str, log: WriteLog, links_key: tuple[Any, ...]) -> tuple[Any, 
     for v in log.values:
         if v.__class__ is str and MARK in v:
             return None
+    groups = log.groups
+    if groups and not _holes_apart(log, groups):
+        return None
     return rtype, links_key, tuple(log)
+
+
+def _holes_apart(log: WriteLog, groups: list[tuple[str, ...]]) -> bool:
+    """True when no list element holding left-out texts (``holes``) can equal another element:
+    finishing joins equal elements, which it cannot see between placeholders. Two equal
+    elements hold the same texts, so it is enough that no two repetitions left out the same
+    texts and no left-out text is a string of the resource's other memo entries."""
+    if len(set(groups)) != len(groups):
+        return False
+    others = b"".join([item[1] for item in log if item[0] == ENTRY])
+    return not any(b'"' + text.encode() + b'"' in others for group in groups for text in group)
 
 
 def materialize(log: WriteLog, links: list[Any], fallbacks: tuple[Any, ...], placeholders: bool) -> Node:
@@ -100,6 +125,13 @@ def materialize(log: WriteLog, links: list[Any], fallbacks: tuple[Any, ...], pla
         elif kind in (VALUE, VALUE_IN_LIST):
             WRITERS[item[1]](node, value_placeholder(i) if placeholders else values[i], item[2])
             i += 1
+        elif kind == HOLED:
+            n = item[3]
+            texts = [value_placeholder(k) for k in range(i, i + n)] if placeholders else values[i:i + n]
+            i += n
+            base = item[2]
+            for w, value, j in orjson.loads(holes.fill(item[1], texts)):
+                WRITERS[w](node, value, base + j)
         elif kind == WRITES:
             base = item[2]
             for w, value, j in item[1]:

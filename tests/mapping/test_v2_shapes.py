@@ -17,7 +17,7 @@ import pytest
 
 from ingest.hl7v2 import structure as grouping
 from ingest.hl7v2.convert import map_message
-from mapping.v2 import engine, field_rules, messages, shapes
+from mapping.v2 import field_rules, forget, shapes
 
 FIXTURES = Path(__file__).resolve().parents[2] / "fixtures" / "hl7v2"
 
@@ -48,11 +48,7 @@ def variants(name: str, n: int, seed: int) -> list[str]:
 
 
 def forget_everything() -> None:
-    for table in field_rules.MEMO_TABLES.values():
-        table.clear()
-    engine._MEMO.clear()
-    shapes.SHAPES.clear()
-    messages._PLANS.clear()
+    forget()
     grouping._RECIPES.clear()
 
 

@@ -1,0 +1,141 @@
+"""Identifiers and names new in every message: the field memo keeps their texts out (``holes``).
+
+Every case is compared with a mapper that has forgotten everything (rule interpreter, resource
+tree, finishing pass), after a warm-up of new patients long enough for PID-3 and PID-5 to stop
+being remembered text by text.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
+
+import pytest
+
+from ingest.hl7v2 import structure as grouping
+from ingest.hl7v2.convert import map_message
+from mapping.v2 import field_rules, forget, holes, shapes
+from mapping.v2.tables import segment_maps
+
+FIXTURES = Path(__file__).resolve().parents[2] / "fixtures" / "hl7v2"
+ADT = (FIXTURES / "v2tofhir_ADT_A01.hl7").read_text().replace("\r\n", "\r").replace("\n", "\r").strip("\r")
+D = SimpleNamespace(field="|", component="^", repetition="~", escape="\\", subcomponent="&", truncation="#")
+
+
+def with_pid(text: str, i: int, pid3: str | None = None, pid5: str | None = None, pid2: str | None = None) -> str:
+    segs = []
+    for seg in text.split("\r"):
+        f = seg.split("|")
+        if f[0] == "MSH":
+            f[9] = f"{f[9]}-{i}"
+        elif f[0] == "PID":
+            f[3] = pid3 if pid3 is not None else f"P{i:06d}^^^V2FHIR&1.2.3.4.5&ISO^MR~DL{i}^^^WADMV&1.3.4.7&ISO^DL"
+            f[5] = pid5 if pid5 is not None else f"Family{i}^Given{i}^Q^Jr^Dr^^L~Maiden{i}^Given{i}^^^^^M"
+            if pid2 is not None:
+                f[2] = pid2
+        segs.append("|".join(f))
+    return "\r".join(segs) + "\r"
+
+
+def as_json(result: Any) -> Any:
+    return [result.resources, result.notes, result.patient_id]
+
+
+def forget_everything() -> None:
+    forget()
+    grouping._RECIPES.clear()
+
+
+def warmed() -> None:
+    forget_everything()
+    for i in range(300):
+        map_message(with_pid(ADT, i))
+
+
+def cold(text: str) -> Any:
+    forget_everything()
+    return as_json(map_message(text))
+
+
+def plan_of(mapname: str, field: int) -> field_rules.FieldPlan:
+    plan = field_rules.segment_plan(mapname)
+    assert plan is not None
+    return next(fp for fp in plan if fp.field == field)
+
+
+def test_identifier_and_name_texts_are_left_out_and_coded_components_are_not() -> None:
+    pid3 = plan_of("PID[Patient]", 3).holes
+    pid5 = plan_of("PID[Patient]", 5).holes
+    assert 1 in pid3 and 4 not in pid3 and 5 not in pid3  # CX.1 value; not the authority (a uri) nor the code
+    assert {1, 2, 3} <= set(pid5) and 7 not in pid5  # family, given names; not the name type (vocabulary)
+    assert not {10, 12, 13} & set(pid5)  # dates
+    assert plan_of("PID[Patient]", 8).holes == ()  # administrative sex: a vocabulary
+    assert plan_of("PID[Patient]", 2).holes == ()  # identifier[1] is also written by MRG[Patient]
+    assert "PID[Patient]" in segment_maps()
+
+
+def test_masking_refuses_what_is_not_plain_text() -> None:
+    text, texts, groups = holes.masked("Smith^John^Q~Jones^John", (1, 2, 3), D)  # type: ignore[misc]
+    assert texts == ["Smith", "John", "Q", "Jones", "John"]
+    assert groups == [("Smith", "John", "Q"), ("Jones", "John")]
+    assert text == "^".join(holes.placeholder(k) for k in range(3)) + "~" + "^".join(
+        holes.placeholder(k) for k in range(3, 5))
+    assert holes.masked("Smith^Smith", (1, 2), D) is None  # one repetition, the same text twice
+    assert holes.masked("Smith^John~Smith^John", (1, 2), D) is None  # two repetitions alike
+    for odd in ("O\\T\\Brien^John", "Smith&Jr^John", " Smith^John", '""^John', f"A{holes.MARK}B^John"):
+        assert holes.masked(odd, (1, 2), D) is None
+    assert holes.masked("^^^X^MR", (1, 2), D) is None  # nothing to leave out
+
+
+def test_new_patients_share_one_patient_template() -> None:
+    warmed()
+    number = plan_of("PID[Patient]", 5).number
+    memos = [table[number] for table in field_rules.MEMO_TABLES.values() if number in table]
+    assert memos and all(not m.keep and m.holed for m in memos), "PID-5 texts stopped being remembered one by one"
+    patient_shapes = [k for k, shape in shapes.SHAPES.items() if k[0] == "Patient" and shape.parts is not None]
+    assert len(patient_shapes) == 1
+    for i in (1000, 1001):
+        text = with_pid(ADT, i)
+        assert as_json(map_message(text)) == cold(text)
+        warmed()
+
+
+@pytest.mark.parametrize("case", [
+    # the warm-up's field shapes, so the remembered masked entries and templates are used:
+    {"pid5": "Fam9^Eve^Eve^Jr^Dr^^L~Maiden9^Eve^^^^^M"},  # given and middle name alike: one given name
+    {"pid3": "P5^^^V2FHIR&1.2.3.4.5&ISO^MR~DL5^^^WADMV&1.3.4.7&ISO^DL",
+     "pid2": "P5^^^V2FHIR&1.2.3.4.5&ISO^MR"},  # PID-2 (remembered as sent) repeats PID-3: one identifier
+    {"pid5": "Fam9^Given9^M^Jr^Dr^^L~Maiden9^Given9^^^^^M"},  # a middle initial that is also a code
+    # other shapes:
+    {"pid3": "X77^^^V2FHIR&1.2.3.4.5&ISO^MR~X77^^^V2FHIR&1.2.3.4.5&ISO^MR"},  # the same identifier twice
+    {"pid5": "M\\S\\ller^J\\T\\K~Müller^Jörg"},  # escapes, and text beyond ASCII
+    {"pid5": f"Fam{holes.placeholder(0)}^Given~Other^Name"},  # text that looks like a placeholder
+    {"pid5": "F^M~S^W"},  # one-letter names that are also codes elsewhere in the resource
+    {"pid5": "Family5^^^^^^L~Maiden5"},  # empty components between
+    {"pid3": "Z1^^^V2FHIR&1.2.3.4.5&ISO^MR^^20190101", "pid5": "Solo"},  # one component only
+])
+def test_new_patients_map_as_a_cold_mapper_maps_them(case: dict[str, str]) -> None:
+    warmed()
+    text = with_pid(ADT, 5000, **case)
+    first = as_json(map_message(text))
+    assert as_json(map_message(text)) == first, "the second time, the texts other fields remembered are memo hits"
+    assert first == cold(text)
+
+
+def test_a_masked_entry_that_does_not_reproduce_the_interpreter_is_not_used() -> None:
+    """If the analysis took a coded component for text, the check against the interpreter
+    catches it: the identifier type (CX.5, a vocabulary) made a placeholder is refused."""
+    warmed()
+    fp = plan_of("PID[Patient]", 3)
+    wrong = dataclasses.replace(fp, holes=(1, 5))
+    memo = field_rules.FieldMemo()
+    memo.keep = False
+    seg = SimpleNamespace(id="PID", delimiters=D, fields=[])
+    ctx = SimpleNamespace(created=None, default_tz="+00:00", emit=frozenset(), delimiters="|^~\\&#")
+    raw = "Q1^^^V2FHIR&1.2.3.4.5&ISO^MR"
+    log = field_rules.WriteLog()
+    field_rules.run_field(wrong, raw, raw, None, memo, seg, log, ctx, None, 0)  # type: ignore[arg-type]
+    assert list(memo.holed.values()) == [b""]
+    assert log[0][0] == field_rules.NEW_ENTRY and b'"MR"' in log[0][1]
