@@ -288,10 +288,11 @@ def _interpret(fp: FieldPlan, raw: str, holds: tuple[bool, ...] | None, seg: Seg
 def _from_masked(fp: FieldPlan, raw: str, key: Any, holds: tuple[bool, ...] | None, memo: FieldMemo,
                  seg: SegmentLike, log: WriteLog, ctx: Context, rep_base: int, text: str, texts: list[str],
                  groups: list[tuple[str, ...]]) -> bool:
-    """Log the writes of a field from the entry of its masked text (``holes``): with the left-out
-    texts put in while the field's texts still repeat (remembered as before), as a ``HOLED``
-    entry with the texts as values once they stopped repeating. False when the masked text's
-    entry does not reproduce what the interpreter writes (the caller interprets the text)."""
+    """Log the writes of a field as the entry of its masked text (``holes``), the left-out texts
+    as values, so the resource keeps the shape of every other resource with new texts there;
+    while the field's texts still repeat, also remember the writes for this text. False when
+    the masked text's entry does not reproduce what the interpreter writes (the caller
+    interprets the text)."""
     hkey = (text, holds)
     entry = memo.holed.get(hkey)
     if entry is None:
@@ -300,15 +301,11 @@ def _from_masked(fp: FieldPlan, raw: str, key: Any, holds: tuple[bool, ...] | No
             memo.holed.clear()
     if not entry:
         return False
+    log.append((HOLED, entry, rep_base, len(texts)))
+    log.values.extend(texts)
+    log.groups.extend(groups)
     if memo.keep:
-        writes = holes.fill(entry, texts)
-        log.append((NEW_ENTRY, writes, rep_base))
-        log.plain = False
-        _remember(memo, key, writes, None)
-    else:
-        log.append((HOLED, entry, rep_base, len(texts)))
-        log.values.extend(texts)
-        log.groups.extend(groups)
+        _remember(memo, key, holes.fill(entry, texts), None)
     return True
 
 
