@@ -5,7 +5,8 @@ while DuckDB re-parses the JSON text for every ``json_extract``: with ~40
 parameters per type that made indexing cost hundreds of microseconds per
 resource. Most SearchParameter expressions are simple navigation (paths,
 choice types with ``as``/``ofType``, ``where(resolve() is T)``, ``|``,
-``where(system = 'phone')``, ``extension('url')``, ``first()``), so all of a
+``where(system = 'phone')``, ``extension('url')``, ``first()``, and the boolean
+``exists() and … != false`` of ``Patient.deceased``), so all of a
 type's expressions are compiled into *one generated Python function* with
 common sub-paths computed once (``Observation.component`` serves six
 parameters). Expressions outside that subset are reported as unsupported and
@@ -122,6 +123,14 @@ class _CodeGen:
             left = self.materialize(self.compile(node.left))
             right = self.materialize(self.compile(node.right))
             return _Slot(self._new(f"{left} + {right}"), None)
+        if isinstance(node, Binary) and node.op == "and":
+            left = self.materialize(self.compile(node.left))
+            right = self.materialize(self.compile(node.right))
+            return _Slot(self._new(f"{self._const(_and)}({left}, {right})"), "boolean")
+        if isinstance(node, Binary) and node.op == "!=" and isinstance(node.right, Literal) \
+                and isinstance(node.right.value, bool):
+            left = self.materialize(self.compile(node.left))
+            return _Slot(self._new(f"{self._const(_not_equal)}({left}, {node.right.value!r})"), "boolean")
         if isinstance(node, Call) and node.target is not None:
             return self._call(node)
         raise Unsupported(type(node).__name__)
@@ -145,6 +154,8 @@ class _CodeGen:
         if node.name in ("ofType", "as") and len(args) == 1:
             return self._narrow(target, _type_name(args[0]))
         src = self.materialize(target)
+        if node.name == "exists" and not args:
+            return _Slot(self._new(f"[bool({src})]"), "boolean")
         if node.name == "first" and not args:
             return _Slot(self._new(f"{src}[:1]"), target.ftype)
         if node.name == "extension" and len(args) == 1 and isinstance(args[0], Literal):
@@ -174,6 +185,26 @@ class _CodeGen:
                     f"[x for x in {src} if type(x) is dict and x.get({key!r}) == {want}]"
                 ), target.ftype)
         raise Unsupported(f"{node.name}()")
+
+
+def _and(left: list[Any], right: list[Any]) -> list[bool]:
+    """FHIRPath ``and`` of two collections (empty: unknown; a singleton counts as its truth)."""
+    a = bool(left[0]) if left else None
+    b = bool(right[0]) if right else None
+    if a is False or b is False:
+        return [False]
+    return [True] if a and b else []
+
+
+def _not_equal(values: list[Any], literal: bool) -> list[bool]:
+    """FHIRPath ``!=`` of a collection and a boolean literal: empty stays empty; a value of
+    another type is never equal to a boolean."""
+    if not values:
+        return []
+    if len(values) > 1:
+        return [True]
+    value = values[0]
+    return [not (type(value) is bool and value == literal)]
 
 
 def _generate(resource_type: str, expressions: tuple[str, ...]) -> tuple[_CodeGen, list[str | None]]:
