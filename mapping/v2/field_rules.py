@@ -381,6 +381,51 @@ def direct_function(fp: FieldPlan, holds: tuple[bool, ...] | None) -> Callable[.
     return fn
 
 
+def compared_texts(fp: FieldPlan, seg_id: str, field: int) -> frozenset[str] | None:
+    """The texts the field's conditions compare the first component of ``field`` (of the same
+    segment) with, for when that field's text is plain (then it is its own first component
+    and the other components are empty); ``None`` when they depend on the text otherwise
+    (compared with another value, or renamed by a value alias).
+
+    So for a plain text, which conditions hold depends only on whether it is empty and on
+    which of these texts it is, if any (:func:`plain_key`)."""
+    if f"{seg_id}-{field}" in config()["value_aliases"]:
+        return None
+    found: set[str] = set()
+
+    def first(ref: list[Any]) -> bool:
+        return ref[0] == seg_id and ref[1] == field and (ref[2] or 1) == 1 and (ref[3] or 1) == 1
+
+    def walk(cond: Any) -> bool:
+        op = cond[0]
+        if op in ("and", "or"):
+            return walk(cond[1]) and walk(cond[2])
+        if op in ("eqref", "neref"):
+            return not (first(cond[1]) or first(cond[2]))
+        if first(cond[1]):
+            if op in ("eq", "ne"):
+                found.add(cond[2])
+            elif op in ("in", "not_in"):
+                found.update(cond[2])
+        return True
+
+    if not all(walk(rule["cond"]) for rule in fp.rules if rule["cond"] is not None):
+        return None
+    return frozenset(found)
+
+
+PLAIN_TEXT = "\uffffplain"
+"""What a memo key holds for a condition input that is plain text other than the texts compared."""
+
+
+def plain_key(text: str, compared: frozenset[str], standard: bool) -> str:
+    """A condition input as a memo key holds it: a plain text none of the conditions names is
+    :data:`PLAIN_TEXT` (they all hold or fail alike for it), anything else is itself."""
+    if not text or text in compared or not standard or PLAIN(text) is None:
+        return text
+    return PLAIN_TEXT
+
+
 def _whole(n: int | float | None) -> int | None:
     return int(n) if n is not None else None
 

@@ -27,10 +27,12 @@ from mapping.v2.field_rules import (
     PLAIN,
     STANDARD,
     WriteLog,
+    compared_texts,
     cond_refs,
     condition_expression,
     direct_function,
     outcomes_function,
+    plain_key,
     replay,
     replay_created,
     run_field,
@@ -66,7 +68,8 @@ def segment_function(mapname: str, seg_id: str) -> SegmentFunction | None:
         return None
     scope: dict[str, Any] = {"NULL": NULL, "run_field": run_field, "ref_value": ref_value, "ENTRY": ENTRY,
                              "replay_created": replay_created, "replay": replay, "PLAIN": PLAIN,
-                             "STANDARD": STANDARD, "direct_function": direct_function}
+                             "STANDARD": STANDARD, "direct_function": direct_function, "MISS": _MISS,
+                             "DIRECT_KEYS": DIRECT_KEYS, "plain_key": plain_key}
     lines = ["def apply(seg, log, ctx, others, rep_base):",
              "    fields = seg.fields",
              "    n = len(fields)",
@@ -84,17 +87,25 @@ def segment_function(mapname: str, seg_id: str) -> SegmentFunction | None:
                   "else:",
                   "    memo.hits += 1",
                   "    replay_created(hit, log, ctx, rep_base)"]
+        inputs: list[str] = []
         if fp.deps:
             # the field text and the other fields its conditions read; only when that is new,
             # which conditions hold (OBX-6 with a new OBX-5 finds the units converted before)
             scope[f"OUT{i}"] = outcomes_function(fp, seg_id)
-            inputs = []
+            own_fields: list[int] = []
             for ref in fp.deps:
                 if ref[0] != seg_id:
                     scope[f"REF{i}_{len(inputs)}"] = ref
                     inputs.append(f"ref_value(seg, others, REF{i}_{len(inputs)})")
-                elif ref[1] != f and f"fields[{ref[1]}] if n > {ref[1]} else ''" not in inputs:
-                    inputs.append(f"fields[{ref[1]}] if n > {ref[1]} else ''")
+                elif ref[1] != f and ref[1] not in own_fields:
+                    own_fields.append(ref[1])
+                    text = f"fields[{ref[1]}] if n > {ref[1]} else ''"
+                    compared = compared_texts(fp, seg_id, ref[1])
+                    if compared is None:
+                        inputs.append(text)
+                    else:  # OBX-6 keyed with a new OBX-5 result would never be found again
+                        scope[f"C{i}_{ref[1]}"] = compared
+                        inputs.append(f"plain_key({text}, C{i}_{ref[1]}, standard)")
             body = [f"memo = memos[{fp.number}]",
                     f"key = ({', '.join(['raw', *inputs])})" if inputs else "key = raw",
                     "hit = memo.get(key)",
@@ -113,11 +124,23 @@ def segment_function(mapname: str, seg_id: str) -> SegmentFunction | None:
                     *inline_replay]
         if not (f <= 2 and seg_id in ENVELOPE_SEGMENTS):
             # a field whose texts stopped repeating: a plain value goes straight to its conversion
+            choose = [f"    direct = direct_function(FP{i}, None)"]
+            if fp.deps:
+                # which conditions hold follows from the other fields they read and, for a plain
+                # value, from whether it is one of the texts they compare it with
+                constants = compared_texts(fp, seg_id, f)
+                scope[f"C{i}"] = constants
+                scope[f"D{i}"] = {}
+                own = "raw" if constants is None else f"raw if raw in C{i} else None"
+                choose = [f"    dkey = ({', '.join([*inputs, own])},)",
+                          f"    direct = D{i}.get(dkey, MISS)",
+                          "    if direct is MISS:",
+                          f"        if len(D{i}) >= DIRECT_KEYS: D{i}.clear()",
+                          f"        direct = D{i}[dkey] = direct_function(FP{i}, OUT{i}(seg, others))"]
             body = [f"memo = memos[{fp.number}]",
                     "if memo.keep or not standard or PLAIN(raw) is None: direct = None",
                     "else:",
-                    f"    holds = OUT{i}(seg, others)" if fp.deps else "    holds = None",
-                    f"    direct = direct_function(FP{i}, holds)",
+                    *choose,
                     "if direct is not None:",
                     "    direct(raw.strip(), log, rep_base, tz)",
                     "else:",
@@ -129,6 +152,11 @@ def segment_function(mapname: str, seg_id: str) -> SegmentFunction | None:
             lines += [f"        {line}" for line in body]
     exec("\n".join(lines), scope)  # the source is built above from the compiled tables only
     return scope["apply"]
+
+
+_MISS = object()
+DIRECT_KEYS = 4096
+"""Condition inputs a field remembers its primitive conversion for before it starts over."""
 
 
 ConditionFunction = Callable[[SegmentLike, Callable[[str], SegmentLike | None]], bool]

@@ -112,3 +112,39 @@ def test_blank_values_of_fields_that_stopped_repeating_are_not_mapped() -> None:
     assert "valueString" not in observations[0] and "value" not in observations[1].get("valueQuantity", {})
     assert observations[2]["valueString"] == "padded"
     assert warm == as_json(cold(text))
+
+
+def test_condition_inputs_that_are_plain_text_are_keyed_by_the_texts_conditions_name() -> None:
+    """OBX-6 and OBX-5's conversion are remembered by OBX-2 and by what OBX-5 is for their
+    conditions (one of the texts they compare it with, or any other plain text), not by
+    every new result: results the conditions name must still take their own rules."""
+    texts = variants("derived_ORU_R01_LRI_CBC_first20obx.hl7", 300, seed=17)
+    forget_everything()
+    for text in texts:
+        map_message(text)
+    segs = texts[-1].split("\r")
+    for k, (vtype, value) in enumerate([("SN", "12"), ("SN", "<>"), ("SN", "^12^:^3"), ("SN", "<>^5"),
+                                        ("NM", "7.5"), ("SN", "-"), ("ST", "<>")]):
+        f = segs[4 + k].split("|")
+        f[2], f[5], f[6] = vtype, value, "mg/dL^milligram per deciliter^UCUM"  # one OBX-6 text for all
+        segs[4 + k] = "|".join(f)
+    text = "\r".join(segs)
+    map_message(text)
+    warm = as_json(map_message(text))
+    assert warm == as_json(cold(text))
+    observations = [o for o in warm[0] if o["resourceType"] == "Observation"]
+    assert "valueRatio" in observations[2]
+    assert observations[6]["valueString"] == "<>"
+
+
+def test_the_texts_conditions_compare_a_field_with() -> None:
+    plan = {fp.field: fp for fp in field_rules.segment_plan("OBX[Observation]") or ()}
+    assert field_rules.compared_texts(plan[5], "OBX", 5) == {"<>"}  # SN: comparator "<>" is not a value
+    assert field_rules.compared_texts(plan[6], "OBX", 5) == {"<>"}
+    assert field_rules.compared_texts(plan[6], "OBX", 2) is None  # OBX-2 has value aliases (TS → DTM)
+    compared = frozenset({"<>"})
+    assert field_rules.plain_key("12.5", compared, True) == field_rules.plain_key("7", compared, True)
+    assert field_rules.plain_key("<>", compared, True) == "<>"
+    assert field_rules.plain_key("^12^:^3", compared, True) == "^12^:^3"  # not plain: as sent
+    assert field_rules.plain_key("12.5", compared, False) == "12.5"  # other delimiters: as sent
+    assert field_rules.plain_key("", compared, True) == ""
