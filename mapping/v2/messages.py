@@ -14,7 +14,7 @@ a Provenance naming the source message.
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from functools import cache
 from typing import Any, Protocol
@@ -524,7 +524,7 @@ class _Mapper:
         if inst.shape is None:
             inst.node = shapes.materialize(inst.log, inst.links, inst.fallbacks, False)
 
-    def _keys(self, inst: _Instance) -> tuple[str, str]:
+    def keys_of(self, inst: _Instance) -> tuple[str, str]:
         """The identifier and name keys id recipes read."""
         if not inst.shaped:
             self._shape(inst)
@@ -550,30 +550,7 @@ class _Mapper:
         ordered = sorted(self.instances, key=lambda i: i.type != "Patient")
         standard = self.ctx.delimiters[1:5] == STANDARD
         for inst in ordered:
-            keys: tuple[str, str] | None = None
-            for alt in _recipes(inst.type):
-                parts = []
-                for kind, arg in alt:
-                    if kind == _SEG:
-                        part = arg[0] + _first_value(inst.creator, arg[1], arg[2], standard)
-                    elif kind == _ORDER:
-                        part = self.order_number(inst)
-                    elif kind == _PATIENT:
-                        part = (inst.patient.id or "") if inst.patient is not None else ""
-                    elif kind == _RAW:
-                        part = inst.creator.raw
-                    else:
-                        if keys is None:
-                            keys = self._keys(inst)
-                        part = keys[arg]
-                    if not part:
-                        break
-                    parts.append(part)
-                else:
-                    inst.id = stable_id(inst.type, *parts)
-                    break
-            if inst.id is None:
-                inst.id = stable_id(inst.type, inst.creator.raw)
+            inst.id = _id_function(inst.type)(inst, self, standard)
         seen: dict[tuple[str, str], _Instance] = {}
         merged = False
         for inst in self.instances:
@@ -634,29 +611,54 @@ def forget() -> None:
     shapes.SHAPES.clear()
     _PLANS.clear()
 
-_SEG, _ORDER, _PATIENT, _RAW, _KEY = range(5)
+IdFunction = Callable[[_Instance, "_Mapper", bool], str]
 
 
 @cache
-def _recipes(rtype: str) -> tuple[tuple[tuple[int, Any], ...], ...]:
-    """A resource type's id recipes (``config.json`` → ``ids``) as (token kind, argument):
-    ``seg:3.1`` → (_SEG, ("seg:3.1=", 3, 1)), ``identifier``/``name`` → (_KEY, 0/1)."""
+def _id_function(rtype: str) -> IdFunction:
+    """The id of a resource of type ``rtype`` from its recipes (``config.json`` → ``ids``), as one
+    generated function: the first alternative whose tokens are all valued gives the id.
+
+    Tokens: ``seg:3.1`` (that value of the creating segment, named, so an empty one still
+    counts), ``order`` (order number of the enclosing group), ``patient`` (the Patient's id),
+    ``raw`` (the creating segment as sent), ``identifier``/``name`` (keys of the resource's
+    finished identifier or name).
+    """
     recipes = config()["ids"]
-    out = []
+    lines = ["def make_id(inst, mapper, standard):", "    creator = inst.creator", "    keys = None",
+             "    fields = creator.fields", "    n = len(fields)"]
     for alt in recipes.get(rtype, recipes["_default"]):
-        tokens: list[tuple[int, Any]] = []
+        parts: list[str] = []
+        lines.append("    while True:")
         for tok in alt:
+            var = f"p{len(parts)}"
             if tok.startswith("seg:"):
                 spec = tok[4:].split(".")
-                tokens.append((_SEG, (f"{tok}=", int(spec[0]), int(spec[1]) if len(spec) > 1 else 1)))
+                f, c = int(spec[0]), int(spec[1]) if len(spec) > 1 else 1
+                if c == 1 and f > 2:  # _first_value(), inlined (MSH-1/MSH-2 are not split as other fields)
+                    lines += [f"        {var} = fields[{f}] if n > {f} else ''",
+                              f"        if {var} and not (standard and PLAIN({var})): {var} = creator.get({f}, 1, 1)",
+                              f"        {var} = {tok + '='!r} + {var}"]
+                else:
+                    lines.append(f"        {var} = {tok + '='!r} + first_value(creator, {f}, {c}, standard)")
+            elif tok == "order":
+                lines += [f"        {var} = mapper.order_number(inst)", f"        if not {var}: break"]
+            elif tok == "patient":
+                lines += [f"        {var} = (inst.patient.id or '') if inst.patient is not None else ''",
+                          f"        if not {var}: break"]
+            elif tok == "raw":
+                lines.append(f"        {var} = creator.raw")
             elif tok in ("identifier", "name"):
-                tokens.append((_KEY, 0 if tok == "identifier" else 1))
-            elif tok in ("order", "patient", "raw"):
-                tokens.append(({"order": _ORDER, "patient": _PATIENT, "raw": _RAW}[tok], None))
+                lines += ["        if keys is None: keys = mapper.keys_of(inst)",
+                          f"        {var} = keys[{0 if tok == 'identifier' else 1}]", f"        if not {var}: break"]
             else:
                 raise ValueError(f"unknown id token {tok}")
-        out.append(tuple(tokens))
-    return tuple(out)
+            parts.append(var)
+        lines.append(f"        return stable_id({rtype!r}, {', '.join(parts)})")
+    lines.append(f"    return stable_id({rtype!r}, creator.raw)")
+    scope: dict[str, Any] = {"stable_id": stable_id, "first_value": _first_value, "PLAIN": PLAIN}
+    exec("\n".join(lines), scope)  # the source is built above from the id recipes only
+    return scope["make_id"]
 
 
 @cache
