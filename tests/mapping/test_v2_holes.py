@@ -8,6 +8,9 @@ being remembered text by text.
 from __future__ import annotations
 
 import dataclasses
+import importlib.util
+import random
+import re
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
@@ -139,3 +142,51 @@ def test_a_masked_entry_that_does_not_reproduce_the_interpreter_is_not_used() ->
     field_rules.run_field(wrong, raw, raw, None, memo, seg, log, ctx, None, 0)  # type: ignore[arg-type]
     assert list(memo.holed.values()) == [b""]
     assert log[0][0] == field_rules.NEW_ENTRY and b'"MR"' in log[0][1]
+
+
+def _renamed(text: str, rng: random.Random) -> str:
+    """``text`` with the names and identifiers of its PID, NK1, PV1 and IN1 segments replaced by
+    new ones (components that are words of three letters or more, or codes with digits)."""
+    segs = []
+    for seg in text.split("\r"):
+        if seg[:3] in ("PID", "NK1", "PV1", "IN1"):
+            fields = seg.split("|")
+            for i in range(1, len(fields)):
+                reps = fields[i].split("~")
+                for r, rep in enumerate(reps):
+                    comps = rep.split("^")
+                    for c, comp in enumerate(comps):
+                        if re.fullmatch(r"[A-Za-z][A-Za-z ]{2,}", comp):
+                            comps[c] = rng.choice(["Ann", "Bo", "Cy", "Di", "Ed"]) + "".join(
+                                rng.choice("aeioulmnrst") for _ in range(rng.randint(2, 6)))
+                        elif re.fullmatch(r"[A-Z0-9]*[0-9][A-Z0-9-]{2,}", comp):
+                            comps[c] = "".join(rng.choice("0123456789") for _ in range(len(comp)))
+                    reps[r] = "^".join(comps)
+                fields[i] = "~".join(reps)
+            seg = "|".join(fields)
+        segs.append(seg)
+    return "\r".join(segs)
+
+
+def test_every_corpus_message_with_new_names_and_identifiers_maps_as_a_cold_mapper() -> None:
+    """The shared corpus, each message three times with other names and identifiers: the third
+    (masked entries and templates made by the first two) equals a cold mapping of it."""
+    spec = importlib.util.spec_from_file_location(
+        "build_v2_corpus_snapshot", Path(__file__).resolve().parents[2] / "fixtures" / "scripts" /
+        "build_v2_corpus_snapshot.py")
+    assert spec is not None and spec.loader is not None
+    builder = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(builder)
+    hl7v2 = Path(__file__).resolve().parents[2] / ".." / "shared" / "data" / "hl7v2"
+    rng = random.Random(3)
+    compared = 0
+    for where, msg in builder.corpus_messages(hl7v2):
+        text = "\r".join(seg.raw for seg in msg.segments)
+        variants = [_renamed(text, rng) for _ in range(3)]
+        forget_everything()
+        for v in variants[:2]:
+            map_message(v)
+        warm = as_json(map_message(variants[2]))
+        assert warm == cold(variants[2]), where
+        compared += 1
+    assert compared >= 170
