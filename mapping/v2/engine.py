@@ -486,7 +486,8 @@ def builtin(
     return None
 
 
-_MEMO: dict[tuple[int, str, int, int, str | None], Any] = {}
+CONVERSIONS: dict[tuple[int, str, int, int, str | None], Any] = {}
+"""Results of pure conversions by rule, text, level, delimiters and time zone (see :func:`convert`)."""
 MEMO_LIMIT = 100_000
 _MISS = object()
 _loads = orjson.loads
@@ -533,12 +534,12 @@ def convert(rule: dict[str, Any], raw: str, level: int, d: DelimitersLike, ctx: 
     """
     if remember and rule.get("pure"):
         key = (id(rule), raw, level, ctx.delimiters, ctx.default_tz)
-        hit = _MEMO.get(key, _MISS)
+        hit = CONVERSIONS.get(key, _MISS)
         if hit is _MISS:
             value = _convert(rule, raw, level, d, ctx)
-            if len(_MEMO) >= MEMO_LIMIT:
-                _MEMO.clear()
-            _MEMO[key] = freeze(value)
+            if len(CONVERSIONS) >= MEMO_LIMIT:
+                CONVERSIONS.clear()
+            CONVERSIONS[key] = freeze(value)
             return value
         return thaw(hit)
     return _convert(rule, raw, level, d, ctx)

@@ -23,7 +23,7 @@ import orjson
 
 from mapping.v2 import shapes, values
 from mapping.v2.engine import (
-    _MEMO,
+    CONVERSIONS,
     SHEET_STRIDE,
     Context,
     Node,
@@ -601,15 +601,15 @@ class _Mapper:
         return out
 
 
-
 def forget() -> None:
     """Drop every field memo, conversion memo, plan and template: the mapper then works as on
     its first message (the reference its fast paths are tested against; also frees their memory)."""
     for table in MEMO_TABLES.values():
         table.clear()
-    _MEMO.clear()
+    CONVERSIONS.clear()
     shapes.SHAPES.clear()
     _PLANS.clear()
+
 
 IdFunction = Callable[[_Instance, "_Mapper", bool], str]
 

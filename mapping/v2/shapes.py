@@ -103,10 +103,11 @@ def _holes_apart(log: WriteLog, groups: list[tuple[str, ...]]) -> bool:
     """True when no list element holding left-out texts (``holes``) can equal another element:
     finishing joins equal elements, which it cannot see between placeholders. Two equal
     elements hold the same texts, so it is enough that no two repetitions left out the same
-    texts and no left-out text is a string of the resource's other memo entries."""
+    texts and no left-out text is a string of the resource's memo entries (the texts other
+    entries hold, and those masked entries keep)."""
     if len(set(groups)) != len(groups):
         return False
-    others = b"".join([item[1] for item in log if item[0] == ENTRY])
+    others = b"".join([item[1] for item in log if item[0] == ENTRY or item[0] == HOLED])
     return not any(b'"' + text.encode() + b'"' in others for group in groups for text in group)
 
 
