@@ -32,6 +32,10 @@ NULL = '""'
 _BASE64 = re.compile(r"^[A-Za-z0-9+/]*={0,2}$")
 TEXT_TYPES = frozenset({"ST", "TX", "FT", "varies"})
 QUANTITY_TYPES = frozenset({"Quantity", "SimpleQuantity", "Duration", "Age", "Distance", "Count", "MoneyQuantity"})
+JOINED_TEXT_MAPS = frozenset({"XPN", "XAD", "XCN", "XON", "FN", "CX", "PL"})
+"""Datatypes whose conversion to a FHIR ``string`` joins all their parts into one text."""
+MARK = "\uffff"
+"""Delimits the placeholders of templates and masked field texts (a noncharacter: senders do not use it)."""
 
 
 class DelimitersLike(Protocol):
@@ -444,7 +448,7 @@ def builtin(
     if not text:
         return None
     if fhir_type in ("string", "markdown"):
-        if mapname and mapname.split("[")[0] in ("XPN", "XAD", "XCN", "XON", "FN", "CX", "PL"):
+        if mapname and mapname.split("[")[0] in JOINED_TEXT_MAPS:
             return joined_text(raw, level, d)
         return text
     if fhir_type == "code":

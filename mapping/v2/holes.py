@@ -28,13 +28,10 @@ from typing import Any
 
 import orjson
 
-from mapping.v2.engine import DelimitersLike
+from mapping.v2.engine import JOINED_TEXT_MAPS, MARK, DelimitersLike
 from mapping.v2.tables import datatype_maps, segment_maps
 
-MARK = "\uffff"
 TEXT_TYPES = frozenset({"string", "markdown", "code", "id"})
-JOINED_MAPS = frozenset({"XPN", "XAD", "XCN", "XON", "FN", "CX", "PL"})
-"""Datatype prefixes whose ``string`` conversion joins all components into one text."""
 _dumps = orjson.dumps
 
 
@@ -70,7 +67,7 @@ def _passes_through(rule: dict[str, Any], visiting: frozenset[str]) -> bool:
         return mapname not in visiting and 1 not in _unsafe(mapname, visiting | {mapname})
     if rule["vocab"] or rule["type"] not in TEXT_TYPES:
         return False
-    return not (mapname and mapname.split("[", 1)[0] in JOINED_MAPS)
+    return not (mapname and mapname.split("[", 1)[0] in JOINED_TEXT_MAPS)
 
 
 def _unsafe(mapname: str, visiting: frozenset[str]) -> set[int]:

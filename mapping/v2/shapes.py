@@ -27,6 +27,7 @@ import orjson
 
 from mapping.v2 import holes
 from mapping.v2.engine import (
+    MARK,
     Node,
     Ref,
     finalize,
@@ -49,7 +50,6 @@ from mapping.v2.field_rules import (
 )
 from mapping.v2.tables import config
 
-MARK = "\uffff"
 _MARK_BYTES = MARK.encode()
 ID_PLACEHOLDER = f"{MARK}id{MARK}"
 SHAPE_LIMIT = 20_000
