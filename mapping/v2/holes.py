@@ -12,8 +12,9 @@ placeholders, are remembered once per masked text and reused with each message's
 component texts put in.
 
 A component is left out only when every rule that reads it is a text conversion (``string``,
-``markdown``, ``code``, ``id``) without vocabulary, no condition reads it, and it reaches the
-value through datatype maps' first components only; and only when its text is plain (no
+``markdown``, ``code``, ``id``) without vocabulary, no condition reads it, it reaches the value
+through datatype maps' first components only, and no rule on its way makes a quantity (whose
+unit is normalized to UCUM); and only when its text is plain (no
 delimiter, escape, explicit null or surrounding blanks) and differs from the field's other
 left-out texts (two equal names are joined by the finishing pass, two placeholders are not).
 The first masked entry of each masked text is checked against the interpreter's writes for
@@ -28,7 +29,7 @@ from typing import Any
 
 import orjson
 
-from mapping.v2.engine import JOINED_TEXT_MAPS, MARK, DelimitersLike
+from mapping.v2.engine import JOINED_TEXT_MAPS, MARK, QUANTITY_TYPES, DelimitersLike
 from mapping.v2.tables import datatype_maps, segment_maps
 
 TEXT_TYPES = frozenset({"string", "markdown", "code", "id"})
@@ -62,10 +63,12 @@ def _passes_through(rule: dict[str, Any], visiting: frozenset[str]) -> bool:
         return False
     if rule["assign"] is not None:
         return True  # a literal: only whether the value is there counts, and a placeholder is there
+    if rule["vocab"] or rule["type"] in QUANTITY_TYPES:
+        return False  # looked up in a vocabulary, or a unit normalized to UCUM, after any map
     mapname = rule["map"]
     if mapname and datatype_maps().get(mapname):
         return mapname not in visiting and 1 not in _unsafe(mapname, visiting | {mapname})
-    if rule["vocab"] or rule["type"] not in TEXT_TYPES:
+    if rule["type"] not in TEXT_TYPES:
         return False
     return not (mapname and mapname.split("[", 1)[0] in JOINED_TEXT_MAPS)
 
@@ -139,7 +142,7 @@ def hole_components(mapname: str, rules: tuple[dict[str, Any], ...], field: int)
         found = _first_list(rule["steps"])
         if found is not None and (rtype, *found) in shared:
             return ()
-        if rule["c"] or rule["ref"] or rule["vocab"]:
+        if rule["c"] or rule["ref"] or rule["vocab"] or rule["type"] in QUANTITY_TYPES:
             return ()
         if rule["assign"] is not None:
             continue
