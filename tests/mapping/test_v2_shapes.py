@@ -18,6 +18,7 @@ import pytest
 from ingest.hl7v2 import structure as grouping
 from ingest.hl7v2.convert import map_message
 from mapping.v2 import field_rules, forget, shapes
+from mapping.v2.tables import segment_maps
 
 FIXTURES = Path(__file__).resolve().parents[2] / "fixtures" / "hl7v2"
 
@@ -148,3 +149,54 @@ def test_the_texts_conditions_compare_a_field_with() -> None:
     assert field_rules.plain_key("^12^:^3", compared, True) == "^12^:^3"  # not plain: as sent
     assert field_rules.plain_key("12.5", compared, False) == "12.5"  # other delimiters: as sent
     assert field_rules.plain_key("", compared, True) == ""
+
+
+def _literals(cond: Any) -> set[str]:
+    if cond is None:
+        return set()
+    if cond[0] in ("and", "or"):
+        return _literals(cond[1]) | _literals(cond[2])
+    if cond[0] in ("eq", "ne"):
+        return {cond[2]}
+    if cond[0] in ("in", "not_in"):
+        return set(cond[2])
+    return set()
+
+
+def test_plain_texts_no_condition_names_decide_the_conditions_alike() -> None:
+    """For every field whose conditions read another field of its segment, with that field's
+    compared texts known: two plain texts of it that no condition names give the same outcome
+    of every condition, whatever the segment's other fields hold (drawn from the literals the
+    conditions name, and a few others). That is what keying by ``plain_key`` relies on."""
+    from ingest.hl7v2.er7 import parse_message
+
+    rng = random.Random(5)
+    words = ["12", "7.5", "abc", "Q1", "X Y", "-3", "2020"]
+    checked = 0
+    for mapname in sorted(segment_maps()):
+        seg_id = mapname.split("[")[0]
+        if seg_id in ("MSH", "FHS", "BHS"):
+            continue
+        for fp in field_rules.segment_plan(mapname) or ():
+            own = sorted({ref[1] for ref in fp.deps if ref[0] == seg_id and ref[1] != fp.field})
+            literals = sorted({lit for rule in fp.rules for lit in _literals(rule["cond"])}) or ["A"]
+            outcomes = field_rules.outcomes_function(fp, seg_id)
+            for k in own:
+                compared = field_rules.compared_texts(fp, seg_id, k)
+                if compared is None:
+                    continue
+                plain = [w for w in words + literals if w not in compared and field_rules.PLAIN(w)]
+                width = max(max(own), fp.field, k) + 1
+                for _ in range(12):
+                    fields = [rng.choice(["", *literals, "^".join(rng.sample(literals, 1) * 2)]) for _ in range(width)]
+                    seen = set()
+                    for text in rng.sample(plain, min(3, len(plain))):
+                        fields[k] = text
+                        msg = parse_message("MSH|^~\\&|A|B|C|D|20200101||ADT^A01|1|P|2.5\r"
+                                            + "|".join([seg_id, *fields[1:]]) + "\r")
+                        seg = msg.segments[1]
+                        first = {s.id: s for s in reversed(msg.segments)}
+                        seen.add(outcomes(seg, first.get))
+                    assert len(seen) == 1, (mapname, fp.field, k)
+                    checked += 1
+    assert checked > 100
