@@ -230,9 +230,9 @@ def _insert(con: duckdb.DuckDBPyConnection, table: str, rows_table: pa.Table | N
     if rows_table is None:
         con.execute(f"INSERT INTO {table} BY NAME {extra}")
         return
-    index_rows = rows_table  # noqa: F841 - read by name in the statement below
+    _index_rows = rows_table  # noqa: F841 - read by name in the statement below
     union = f" UNION ALL BY NAME {extra}" if extra else ""
-    con.execute(f"INSERT INTO {table} BY NAME SELECT * EXCLUDE (pos) FROM index_rows{union}")
+    con.execute(f"INSERT INTO {table} BY NAME SELECT * EXCLUDE (pos) FROM _index_rows{union}")
 
 
 def index_batch(
