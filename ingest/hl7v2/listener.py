@@ -319,9 +319,10 @@ class MLLPServer:
             for p, receipt in zip(batch, receipts, strict=True):
                 self.stats[f"receipt_{receipt.kind}"] += 1
                 if receipt.kind == "new" and receipt.message is not None:
-                    if receipt.final_ack is None:
+                    answered = receipt.final_ack is not None
+                    if not answered:
                         self._waiting[receipt.inbox_id] = loop.create_future()
-                    self._queue(Work(receipt.inbox_id, receipt.message.raw))
+                    self._queue(Work(receipt.inbox_id, receipt.message.raw, answered))
                 p.receipt.set_result(receipt)
 
     def _queue(self, work: Work) -> None:

@@ -65,6 +65,9 @@ class Work:
 
     inbox_id: int
     raw: str
+    answered: bool = False
+    """Its final ACK went out when it was committed (``ack_on_commit``): the inbox keeps that one,
+    so mapping builds none."""
 
 
 @dataclass(slots=True)
@@ -146,7 +149,8 @@ def _map_one(work: Work, mapper: Mapper) -> tuple[Outcome, list[dict[str, Any]]]
     notes = [_note_text(n) for n in result.notes or []]
     if not result.mapped:
         return _not_mapped(work.inbox_id, msg, notes), []
-    return Outcome(work.inbox_id, "processed", build_ack(msg, mode="original"), notes=notes), list(result.resources)
+    ack = "" if work.answered else build_ack(msg, mode="original")
+    return Outcome(work.inbox_id, "processed", ack, notes=notes), list(result.resources)
 
 
 def unmapped(work: Work, reason: str) -> Mapped:

@@ -21,7 +21,7 @@ from ingest.hl7v2.er7 import Message
 from ingest.hl7v2.inbox import Inbox
 from ingest.hl7v2.listener import MLLPServer, start_mllp_server
 from ingest.hl7v2.mllp import exchange
-from ingest.hl7v2.processor import map_v2, replay_dead_letters
+from ingest.hl7v2.processor import Work, map_batch, map_v2, replay_dead_letters
 from store.store import Store
 
 TEMPLATE = (Path(__file__).resolve().parents[2] / "fixtures" / "mllp" / "adt_a01_template.hl7").read_text()
@@ -87,7 +87,7 @@ def store(tmp_path: Path) -> Store:
 def test_aa_is_sent_before_mapping_and_the_resources_follow(store: Store) -> None:
     mapper = GatedMapper()
 
-    async def go() -> tuple[list[bytes], tuple[dict[str, int], int, int], list[bytes]]:
+    async def go() -> tuple[list[bytes], tuple[dict[str, int], int, int], list[bytes], list[bytes]]:
         server = await start(store, mapper)
         try:
             acks = await exchange("127.0.0.1", server.port, [adt("G1", "100"), adt("G2", "200")], window=2)
@@ -96,19 +96,22 @@ def test_aa_is_sent_before_mapping_and_the_resources_follow(store: Store) -> Non
             resend = await exchange("127.0.0.1", server.port, [adt("G1", "100")])  # still unmapped
             mapper.gate.set()
             await until(settled(store, 2))
-            return acks, before, resend
+            later = await exchange("127.0.0.1", server.port, [adt("G2", "200")])  # mapped by now
+            return acks, before, resend, later
         finally:
             mapper.gate.set()
             await server.shutdown()
 
-    acks, before, resend = run(go())
+    acks, before, resend, later = run(go())
     assert [msa(a)[1:3] for a in acks] == [["AA", "G1"], ["AA", "G2"]]
     assert before == ({"received": 2}, 0, 0)  # answered while nothing was mapped
     assert resend == acks[:1]  # a resend of a committed, unmapped message: the very same AA
+    assert later == acks[1:]  # and of a mapped one: still the AA sent at commit
     rows = store.cursor().execute(
-        "SELECT control_id, status, ack_on_commit, resource_ids FROM hl7_inbox ORDER BY inbox_id"
+        "SELECT control_id, status, ack_on_commit, resource_ids, ack FROM hl7_inbox ORDER BY inbox_id"
     ).fetchall()
     assert [r[:3] for r in rows] == [("G1", "processed", True), ("G2", "processed", True)]
+    assert [r[4].encode() for r in rows] == acks  # the row keeps the AA that went out
     patient_ids = [r.split("/")[1] for r in json.loads(rows[0][3]) if r.startswith("Patient/")]
     assert store.read("Patient", patient_ids[0])["name"][0]["family"] == "Doe"
     assert store.count("Patient") == 2
@@ -251,3 +254,15 @@ def test_cli_flag_and_environment_set_the_mapping_timeout(monkeypatch: pytest.Mo
         build_parser()
     with Store() as store, pytest.raises(ValueError, match="map_timeout_s"):
         run(start_mllp_server(store, "127.0.0.1", 0, map_timeout_s=0))
+
+
+def test_mapping_builds_no_ack_for_a_row_answered_at_commit() -> None:
+    """The AA of a row answered at commit is already in the inbox: mapping maps it all the same
+    but builds no second one (the unanswered row gets its AA from mapping, as under ``processed``)."""
+    works = [Work(1, adt("W1", "301").decode(), answered=True), Work(2, adt("W2", "302").decode())]
+    mapped = map_batch(works)
+    assert [o.status for o in mapped.outcomes] == ["processed", "processed"]
+    assert mapped.outcomes[0].ack == ""
+    assert msa(mapped.outcomes[1].ack.encode())[1:3] == ["AA", "W2"]
+    sizes = [stop - start for start, stop in mapped.spans]
+    assert sizes[0] == sizes[1] > 0  # the answered row's resources are prepared like the other's
