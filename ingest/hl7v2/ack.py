@@ -153,7 +153,7 @@ def err_segment(error: HL7Error, header: Header) -> str:
 
 
 def build_ack(
-    message: Message | str | bytes,
+    message: Message | Header | str | bytes,
     *,
     errors: Iterable[HL7Error] = (),
     code: AckCode | None = None,
@@ -167,8 +167,12 @@ def build_ack(
     ``mode`` is ``"original"`` or ``"enhanced"``; by default it follows MSH-15/16.
     ``code`` defaults to what :func:`ack_code_for` derives from ``errors``.
     ``control_id`` is the ACK's own MSH-10 (default: ``ACK`` + the original id).
+    ``message`` may be the :class:`Header` already read from it (receipt reads it once).
     """
-    header = header_of(message) if isinstance(message, Message) else sniff_header(message)
+    if isinstance(message, Header):
+        header = message
+    else:
+        header = header_of(message) if isinstance(message, Message) else sniff_header(message)
     errs = list(errors)
     enhanced = header.enhanced if mode is None else mode == "enhanced"
     ack = code or ack_code_for(errs, enhanced=enhanced)

@@ -490,13 +490,12 @@ def _conflict_error(header: Header, first_id: int) -> HL7Error:
 
 def _receipt(inbox_id: int, s: _Staged, ack_on_commit: bool) -> Receipt:
     errors = [s.error] if s.error is not None else []
-    source = s.message if s.message is not None else s.text
     commit = None
     if s.header.enhanced:
-        commit = build_ack(source, errors=errors, mode="enhanced", control_id=commit_ack_id(s.header))
+        commit = build_ack(s.header, errors=errors, mode="enhanced", control_id=commit_ack_id(s.header))
     final = None
     if errors or (ack_on_commit and not s.header.enhanced):
-        final = build_ack(source, errors=errors, mode="original")
+        final = build_ack(s.header, errors=errors, mode="original")
     return Receipt(s.kind, inbox_id, s.header, s.kind == "new", s.message, commit, final)
 
 

@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 
 from ingest.hl7v2 import AckCode, HL7ParseError, build_ack, parse_message, read_batch
+from ingest.hl7v2.ack import header_of
 from ingest.hl7v2.errors import ErrorCode, HL7Error
 
 FIXTURES = Path(__file__).resolve().parents[2] / "fixtures" / "hl7v2"
@@ -27,6 +28,14 @@ def test_original_mode_accept_echoes_control_id_and_swaps_endpoints() -> None:
     assert msh[9] == "ACKCTRL-A01-1"
     assert msh[11] == "2.5"
     assert msa == ["MSA", "AA", "CTRL-A01-1"]
+
+
+def test_a_header_read_once_builds_the_same_ack_as_its_message() -> None:
+    raw = (FIXTURES / "oru_r01_value_types_2patients.hl7").read_bytes()
+    header = header_of(parse_message(raw))
+    err = HL7Error("cannot store", code=ErrorCode.APPLICATION_INTERNAL_ERROR, rejects=False)
+    for mode in ("original", "enhanced"):
+        assert build_ack(header, errors=[err], mode=mode, now=NOW) == build_ack(raw, errors=[err], mode=mode, now=NOW)
 
 
 def test_enhanced_mode_follows_msh15_16() -> None:
