@@ -262,12 +262,13 @@ def _flatten(group: GroupLike, chain: tuple[Any, ...], segs: list[SegmentLike], 
 def _rooted(links_key: tuple[Any, ...], roots: list[Any]) -> tuple[tuple[Any, ...], list[Any]]:
     """A shape key's links and the targets with merged resources as one target."""
     targets: list[Any] = []
+    number: dict[int, int] = {}  # by identity: instances are never compared by value
     renumber = []
     for r in roots:
-        k = next((k for k, t in enumerate(targets) if t is r), None)
+        k = number.get(id(r))
         if k is None:
+            k = number[id(r)] = len(targets)
             targets.append(r)
-            k = len(targets) - 1
         renumber.append(k)
     items = []
     for item in links_key:
