@@ -206,7 +206,7 @@ def cmd_serve(settings: Settings, console: Console) -> int:
 
 
 def cmd_ingest(settings: Settings, args: argparse.Namespace, console: Console) -> int:
-    from fhirtwin.demo import ingest_with_progress
+    from fhirtwin.demo import ingest_with_progress, summary_counts
     from store.store import Store
 
     missing = [str(p) for p in args.paths if not p.exists()]
@@ -216,12 +216,11 @@ def cmd_ingest(settings: Settings, args: argparse.Namespace, console: Console) -
     with Store(settings.db) as store:
         summary = ingest_with_progress(store, list(args.paths), console)
         _cluster_if_needed(store, console)
-    console.print(
-        f"{summary.files} files: {summary.accepted} accepted, {summary.unchanged} unchanged, "
-        f"{summary.rejected} rejected"
-    )
+    console.print(f"{summary.files} files: {summary_counts(summary)}")
     for rtype, n in sorted(summary.by_type.items()):
         console.print(f"  {rtype}: {n}")
+    for note in summary.notes:
+        console.print(f"[yellow]not mapped[/] {note}", highlight=False)
     for err in summary.errors:
         console.print(f"[red]rejected[/] {err}", highlight=False)
     return 1 if summary.rejected else 0
@@ -245,7 +244,8 @@ def cmd_replay(settings: Settings, console: Console) -> int:
     with Store(settings.db) as store:
         fhir = Ingestor(store).replay_dead_letters()
         hl7 = replay_dead_letters(store)
-    console.print(f"FHIR records: {fhir.accepted} now accepted, {fhir.rejected} still refused")
+    console.print(f"Records from files: {fhir.accepted} now accepted, {fhir.unchanged} unchanged, "
+                  f"{fhir.not_mapped} still not mapped, {fhir.rejected} still refused")
     console.print(
         f"HL7v2 messages: {hl7.attempted} replayed, {hl7.processed} processed, {hl7.not_mapped} not mapped, "
         f"{hl7.still_dead + hl7.unreadable} still failing"

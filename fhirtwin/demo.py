@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -16,7 +17,7 @@ from rich.progress import (
 )
 from rich.table import Table
 
-from ingest.fhir_files import iter_files
+from ingest.fhir_files import detect_format, iter_files, open_file
 from ingest.pipeline import Ingestor, IngestSummary
 from store.store import Store
 from twin.service import publish
@@ -36,38 +37,56 @@ def _progress(console: Console) -> Progress:
     )
 
 
-def count_lines(path: Path) -> int:
-    """Records to expect from one file (NDJSON lines, one per JSON file), for the progress bar."""
-    if path.suffix == ".ndjson":
-        with path.open("rb") as fh:
+_MESSAGE_START = re.compile(rb"(?:^|[\r\n])MSH")
+
+
+def expected_records(path: Path) -> int:
+    """Records to expect from one file, for the progress bar: NDJSON lines, HL7 v2 messages, else one."""
+    fmt = detect_format(path)
+    if fmt == "ndjson":
+        with open_file(path) as fh:
             return sum(1 for line in fh if line.strip())
+    if fmt == "hl7":
+        return max(1, len(_MESSAGE_START.findall(path.read_bytes())))
     return 1
 
 
 def ingest_with_progress(store: Store, paths: list[Path], console: Console) -> IngestSummary:
     """Ingest files showing a progress bar; large NDJSON files go through the parallel bulk path."""
-    ingestor = Ingestor(store)
     files = list(iter_files(paths))
-    summary = IngestSummary()
+    expected = {path: expected_records(path) for path in files}
+    before: dict[Path, int] = {}
+    total = 0
+    for path in files:
+        before[path] = total
+        total += expected[path]
     with _progress(console) as progress:
-        task = progress.add_task("ingest", total=sum(count_lines(p) for p in files))
-        for path in files:
-            if ingestor.bulk_eligible(path):
-                part = ingestor.ingest_paths([path])
-                progress.advance(task, count_lines(path))
-            else:
-                part = ingestor.ingest_paths([path], on_record=lambda _: progress.advance(task))
-            summary.add(part)
+        task = progress.add_task("ingest", total=total)
+
+        def advance(path: Path, done: int) -> None:
+            progress.update(task, completed=before[path] + min(done, expected[path]))
+
+        summary = Ingestor(store).ingest_paths(paths, on_progress=advance)
+        progress.update(task, completed=total)
     return summary
+
+
+def summary_counts(summary: IngestSummary) -> str:
+    """An ingest's counts in one line (the not mapped and skipped only when there are some)."""
+    parts = [f"{summary.accepted} accepted", f"{summary.unchanged} unchanged"]
+    if summary.not_mapped:
+        parts.append(f"{summary.not_mapped} HL7 v2 messages not mapped (kept raw; 'fhirtwin replay' maps them "
+                     "once a map exists)")
+    parts.append(f"{summary.rejected} rejected")
+    if summary.skipped:
+        parts.append(f"{summary.skipped} files of unknown type skipped")
+    return ", ".join(parts)
 
 
 def run_pipeline(store: Store, data: Path, console: Console, as_of: datetime | None = None) -> list[TrendResult]:
     """Stages 1–4: ingest, store, fit twins, publish. Returns the published predictions."""
     summary = ingest_with_progress(store, [data], console)
-    console.print(
-        f"[bold]ingested[/] {summary.files} files: {summary.accepted} written, {summary.unchanged} unchanged, "
-        f"{summary.rejected} rejected"
-    )
+    console.print(f"[bold]ingested[/] {summary.files} files: {summary_counts(summary)}")
     for err in summary.errors[:10]:
         console.print(f"  [red]rejected[/] {err}")
     patients = store.count("Patient")

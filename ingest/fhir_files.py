@@ -21,6 +21,8 @@ from ingest.records import Problem, Record
 NDJSON_SUFFIXES = (".ndjson", ".ndjson.gz", ".jsonl", ".jsonl.gz")
 JSON_SUFFIXES = (".json", ".json.gz")
 XML_SUFFIXES = (".xml", ".xml.gz")
+HL7_SUFFIXES = (".hl7", ".hl7v2", ".er7", ".txt")
+KNOWN_SUFFIXES = NDJSON_SUFFIXES + JSON_SUFFIXES + XML_SUFFIXES + HL7_SUFFIXES
 
 
 def detect_format(path: Path) -> str | None:
@@ -30,7 +32,7 @@ def detect_format(path: Path) -> str | None:
         return "ndjson"
     if name.endswith(XML_SUFFIXES):
         return "xml"
-    if name.endswith((".hl7", ".hl7v2", ".er7", ".txt")):
+    if name.endswith(HL7_SUFFIXES):
         return "hl7"
     if name.endswith(JSON_SUFFIXES):
         with open_file(path) as fh:
@@ -119,10 +121,19 @@ def read_xml(path: Path, resolve: ConditionalResolver | None = None) -> Iterator
     yield resources_from_json(obj, str(path), None, raw, "xml", resolve)
 
 
-def iter_files(paths: list[Path]) -> Iterator[Path]:
-    """Files under the given paths (folders recursively), in a stable order."""
+def iter_files(paths: list[Path], skipped: list[Path] | None = None) -> Iterator[Path]:
+    """Files under the given paths (folders recursively), in a stable order.
+
+    Inside folders, only files named as a format the readers know are taken (a folder of
+    exports often holds a manifest or a README beside the data); the others go to ``skipped``.
+    Files named on their own are always taken, so an unknown one is refused with its reason.
+    """
     for path in paths:
-        if path.is_dir():
-            yield from sorted(p for p in path.rglob("*") if p.is_file() and not p.name.startswith("."))
-        else:
+        if not path.is_dir():
             yield path
+            continue
+        for p in sorted(p for p in path.rglob("*") if p.is_file() and not p.name.startswith(".")):
+            if p.name.lower().endswith(KNOWN_SUFFIXES):
+                yield p
+            elif skipped is not None:
+                skipped.append(p)

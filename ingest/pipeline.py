@@ -12,6 +12,8 @@ from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import ProcessPoolExecutor
 from contextlib import ExitStack
 from dataclasses import dataclass, field
+from functools import partial
+from itertools import count
 from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qsl
@@ -22,7 +24,7 @@ from ingest import bulk
 from ingest.fhir_files import detect_format, iter_files, read_json, read_ndjson, read_xml, resources_from_json
 from ingest.fhir_xml import FhirXmlError, xml_to_resource
 from ingest.hl7v2 import HL7Error, read_batch
-from ingest.hl7v2.processor import map_v2
+from ingest.hl7v2.processor import INBOX_LETTERS, map_v2
 from ingest.r4_check import r4_validator
 from ingest.records import Problem, Record
 from store.prepare import PreparedBatch
@@ -42,39 +44,56 @@ class IngestSummary:
     accepted: int = 0
     unchanged: int = 0
     rejected: int = 0
+    not_mapped: int = 0
+    """HL7 v2 messages of a type without a FHIR map: not an error; kept raw (see :meth:`Ingestor._keep`)."""
+    skipped: int = 0
+    """Files inside the given folders that no reader knows by name (manifests, READMEs)."""
     by_type: Counter[str] = field(default_factory=Counter)
     errors: list[str] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+    """Where and why each not-mapped message was kept."""
 
     def add(self, other: IngestSummary) -> None:
         self.files += other.files
         self.accepted += other.accepted
         self.unchanged += other.unchanged
         self.rejected += other.rejected
+        self.not_mapped += other.not_mapped
+        self.skipped += other.skipped
         self.by_type.update(other.by_type)
         self.errors.extend(other.errors)
+        self.notes.extend(other.notes)
 
 
-def _hl7_records(path: Path) -> Iterator[Record]:
-    """One record per message of an ER7 file or batch, mapped to FHIR with the v2 mapper."""
-    for entry in read_batch(path.read_bytes()).entries:
-        rec = Record(source=str(path), line=entry.first_line, raw=entry.raw, format="hl7v2")
+def hl7_records(data: str | bytes, source: str, line: int | None = None) -> Iterator[Record]:
+    """One record per message of ER7 text (a file, a batch, or one kept message), mapped to FHIR with
+    the v2 mapper. ``line``: where a kept message stood in its file (its own lines count from 1)."""
+    for entry in read_batch(data).entries:
+        at = entry.first_line if line is None else line + entry.first_line - 1
+        rec = Record(source=source, line=at, raw=entry.raw, format="hl7v2")
         if entry.message is None:
             err = entry.error
-            rec.problems.append(Problem(str(err), _hl7_location(err), "structure"))
+            rec.problems.append(Problem(_hl7_text(err), _hl7_location(err), "structure"))
         else:
             try:
                 result = map_v2(entry.message)
-            except (HL7Error, ValueError) as exc:
-                rec.problems.append(Problem(f"mapping failed: {exc}", _hl7_location(exc), "processing"))
+            except Exception as exc:  # a mapper bug must dead-letter this message only, not end the import
+                rec.problems.append(Problem(f"mapping failed: {_hl7_text(exc)}", _hl7_location(exc), "processing"))
             else:
                 if result.mapped:
                     rec.resources = result.resources
                 else:
                     msg = entry.message
-                    rec.problems.append(
-                        Problem(f"{msg.message_type}^{msg.trigger_event} is not mapped to FHIR", "MSH-9", "not-supported")
-                    )
+                    rec.problems.append(Problem(f"{msg.message_type}^{msg.trigger_event} is not mapped to FHIR",
+                                                "MSH-9", "not-supported", "information"))
         yield rec
+
+
+def _hl7_text(err: object) -> str:
+    """An HL7 error's text with its HL7 0357 code; where it is goes in the issue's expression."""
+    if isinstance(err, HL7Error):
+        return f"{err.text} (HL7 0357 code {int(err.code)})"
+    return f"{type(err).__name__}: {err}"
 
 
 def _hl7_location(err: object) -> str | None:
@@ -91,11 +110,17 @@ def _records(path: Path, resolve: Callable[[str], str | None]) -> Iterator[Recor
     elif fmt == "xml":
         yield from read_xml(path, resolve)
     elif fmt == "hl7":
-        yield from _hl7_records(path)
+        yield from hl7_records(path.read_bytes(), str(path))
     else:
         rec = Record(source=str(path), line=None, raw=b"", format=fmt or "unknown")
         rec.problems.append(Problem(f"unsupported file format ({fmt or 'unknown suffix'})", None, "not-supported"))
         yield rec
+
+
+def _counting(report: Callable[[int], None]) -> Callable[[Record], None]:
+    """A per-record callback telling ``report`` how many records are done."""
+    done = count(1)
+    return lambda _rec: report(next(done))
 
 
 BULK_MIN_BYTES = 8_000_000
@@ -153,7 +178,10 @@ class Ingestor:
         for rec in records:
             self._check(rec)
             if not rec.ok:
-                self._refuse(rec, summary)
+                if all(p.severity == "information" for p in rec.problems):
+                    self._keep(rec, summary)
+                else:
+                    self._refuse(rec, summary)
             else:
                 pending.append(rec)
                 pending_count += len(rec.resources)
@@ -193,25 +221,41 @@ class Ingestor:
 
     def _refuse(self, rec: Record, summary: IngestSummary) -> None:
         summary.rejected += 1
+        summary.errors.append(self._dead_letter(rec))
+
+    def _keep(self, rec: Record, summary: IngestSummary) -> None:
+        """A message nothing maps (yet): kept raw with its note among the dead letters, so that
+        ``fhirtwin replay`` maps it once a map exists; counted apart, since it is not an error."""
+        summary.not_mapped += 1
+        summary.notes.append(self._dead_letter(rec))
+
+    def _dead_letter(self, rec: Record) -> str:
+        """Keep ``rec`` raw with its reasons; what to tell people about it."""
         first = rec.problems[0]
         where = f" at {first.expression}" if first.expression else ""
-        summary.errors.append(f"{rec.where()}: {first.diagnostics}{where}")
         self.store.dead_letter(rec.source, rec.line, rec.format, rec.raw, [p.as_issue() for p in rec.problems])
+        return f"{rec.where()}: {first.diagnostics}{where}"
 
-    def ingest_paths(self, paths: Iterable[Path], on_record: Callable[[Record], None] | None = None) -> IngestSummary:
-        """Ingest every file under ``paths``."""
+    def ingest_paths(self, paths: Iterable[Path], on_progress: Callable[[Path, int], None] | None = None
+                     ) -> IngestSummary:
+        """Ingest every file under ``paths``. ``on_progress(path, n)``: ``n`` records of ``path`` are
+        done (for a bulk import, ``n`` lines, reported per chunk)."""
         summary = IngestSummary()
+        skipped: list[Path] = []
         with ExitStack() as stack:
             pool: ProcessPoolExecutor | None = None  # one for all the bulk files, from the first one on
-            for path in iter_files(list(paths)):
-                if on_record is None and self.bulk_eligible(path):
+            for path in iter_files(list(paths), skipped):
+                report = None if on_progress is None else partial(on_progress, path)
+                if self.bulk_eligible(path):
                     if pool is None and self.workers > 0:
                         pool = stack.enter_context(bulk.worker_pool(self.workers))
-                    part = self.ingest_ndjson_parallel(path, pool=pool)
+                    part = self.ingest_ndjson_parallel(path, pool=pool, on_lines=report)
                 else:
-                    part = self.ingest_records(_records(path, self.resolve_conditional), on_record)
+                    counted = None if report is None else _counting(report)
+                    part = self.ingest_records(_records(path, self.resolve_conditional), counted)
                 part.files = 1
                 summary.add(part)
+        summary.skipped = len(skipped)
         return summary
 
     def bulk_eligible(self, path: Path) -> bool:
@@ -228,6 +272,7 @@ class Ingestor:
         lines_per_chunk: int = bulk.CHUNK_LINES,
         commit_resources: int = BULK_COMMIT_RESOURCES,
         pool: ProcessPoolExecutor | None = None,
+        on_lines: Callable[[int], None] | None = None,
     ) -> IngestSummary:
         """Import one (gzip) NDJSON file in bulk: chunks prepared by the worker processes (in this one
         with ``workers=0``), ``commit_resources`` per store commit. ``pool``: the import's workers
@@ -235,11 +280,12 @@ class Ingestor:
 
         Refused lines are dead-lettered as on the in-process path; Bundles take that path, after
         everything before them is committed (their conditional references search the store).
-        The workers prepare the next chunks while the writer commits.
+        The workers prepare the next chunks while the writer commits. ``on_lines(n)``: the lines up
+        to ``n`` are done (reported per chunk).
         """
         if pool is None and self.workers > 0:
             with bulk.worker_pool(self.workers) as own:
-                return self.ingest_ndjson_parallel(path, lines_per_chunk, commit_resources, own)
+                return self.ingest_ndjson_parallel(path, lines_per_chunk, commit_resources, own, on_lines)
         summary = IngestSummary()
         source = str(path)
         pending: list[PreparedBatch] = []
@@ -255,7 +301,7 @@ class Ingestor:
 
         chunks = bulk.prepared_chunks(path, validate=self.validator is not None, pool=pool,
                                       in_flight=4 * self.workers, lines_per_chunk=lines_per_chunk)
-        for _, chunk in chunks:
+        for first, chunk in chunks:
             for refused in chunk.refused:
                 self._refuse(bulk.refused_record(source, refused), summary)
             if len(chunk.prepared):
@@ -269,26 +315,35 @@ class Ingestor:
                 ))
             if pending_count >= commit_resources:
                 commit()
+            if on_lines is not None:
+                on_lines(first + lines_per_chunk - 1)
         commit()
         return summary
 
     def replay_dead_letters(self) -> IngestSummary:
-        """Re-ingest refused FHIR records (after a fix upstream or in fhirtwin); successes are marked replayed."""
+        """Re-ingest the records files left in the dead letters (after a fix upstream or in fhirtwin):
+        FHIR records, and HL7 v2 messages that failed or had no map; successes are marked replayed.
+
+        The MLLP listener's dead letters are replayed with their inbox rows instead
+        (:func:`ingest.hl7v2.processor.replay_dead_letters`).
+        """
         summary = IngestSummary()
         for dl in self.store.dead_letters():
-            if dl["format"] not in ("json", "ndjson", "xml"):
+            fmt, raw = dl["format"], dl["raw"]
+            if fmt == "hl7v2" and not dl["source"].startswith(INBOX_LETTERS):
+                records: Iterable[Record] = hl7_records(raw, dl["source"], dl["line"])
+            elif fmt in ("json", "ndjson", "xml"):
+                try:
+                    obj = xml_to_resource(raw) if fmt == "xml" else orjson.loads(raw)
+                except (orjson.JSONDecodeError, FhirXmlError) as exc:
+                    summary.rejected += 1
+                    summary.errors.append(f"{dl['source']}:{dl['line']}: still unreadable: {exc}")
+                    continue
+                records = [resources_from_json(obj, dl["source"], dl["line"], raw, fmt, self.resolve_conditional)]
+            else:
                 continue
-            raw = dl["raw"]
-            try:
-                obj = xml_to_resource(raw) if dl["format"] == "xml" else orjson.loads(raw)
-            except (orjson.JSONDecodeError, FhirXmlError) as exc:
-                summary.rejected += 1
-                summary.errors.append(f"{dl['source']}:{dl['line']}: still unreadable: {exc}")
-                continue
-            rec = resources_from_json(obj, dl["source"], dl["line"], raw, dl["format"], self.resolve_conditional)
-            before = summary.rejected
-            part = self.ingest_records([rec])
+            part = self.ingest_records(records)
             summary.add(part)
-            if summary.rejected == before:
+            if not (part.rejected or part.not_mapped):
                 self.store.mark_replayed(dl["dl_id"])
         return summary

@@ -260,8 +260,12 @@ def _not_mapped(inbox_id: int, msg: Message, notes: list[str]) -> Outcome:
     return Outcome(inbox_id, "not-mapped", ack, notes=[text, *notes])
 
 
+INBOX_LETTERS = "mllp/hl7_inbox/"
+"""Where the dead letters of inbox rows say they come from (the row's id follows)."""
+
+
 def _dl_source(inbox_id: int) -> str:
-    return f"mllp/hl7_inbox/{inbox_id}"
+    return f"{INBOX_LETTERS}{inbox_id}"
 
 
 def parse_stored(raw: str) -> Message:

@@ -86,3 +86,23 @@ def test_serve_answers_fhir_until_stopped(tmp_path: Path) -> None:
     finally:
         proc.terminate()
         proc.wait(timeout=20)
+
+
+def test_ingest_of_a_folder_keeps_unmapped_messages_without_failing(tmp_path: Path) -> None:
+    """A feed folder: an admit, a message type with no FHIR map, a README. Exit 0 (nothing was
+    wrong), the unmapped message said and kept, the README skipped; replay keeps it as it is."""
+    folder = tmp_path / "feed"
+    folder.mkdir()
+    hl7 = FIXTURES / "hl7v2"
+    (folder / "a.hl7").write_bytes((hl7 / "adt_a01_admit.hl7").read_bytes()
+                                   + (hl7 / "hl7apy_ZDT_Z01_custom_Z_message.hl7").read_bytes())
+    (folder / "README.md").write_text("feed of 1 March\n")
+    db = str(tmp_path / "t.duckdb")
+    out = run("ingest", "--db", db, str(folder))
+    text = out.stdout.replace("\n", " ")
+    assert out.returncode == 0, out.stdout + out.stderr
+    assert "1 HL7 v2 messages not mapped" in text and "0 rejected" in text
+    assert "1 files of unknown type skipped" in text
+    assert "ZDT^Z01 is not mapped to FHIR" in text
+    replay = run("replay", "--db", db)
+    assert replay.returncode == 0 and "1 still not mapped" in replay.stdout
