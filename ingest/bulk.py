@@ -27,7 +27,7 @@ from typing import Any
 from ingest.fhir_files import ndjson_lines, open_file, resources_from_json
 from ingest.r4_check import r4_validator
 from ingest.records import Problem, Record
-from store.prepare import PreparedBatch, prepare
+from store.prepare import PreparedBatch, load_arrow_conversions, prepare
 
 CHUNK_LINES = 5000
 
@@ -103,7 +103,7 @@ def worker_pool(workers: int) -> Iterator[ProcessPoolExecutor | None]:
         yield None
         return
     ctx = multiprocessing.get_context("spawn")  # the writer holds DuckDB threads: never fork it
-    with ProcessPoolExecutor(max_workers=workers, mp_context=ctx) as pool:
+    with ProcessPoolExecutor(max_workers=workers, mp_context=ctx, initializer=load_arrow_conversions) as pool:
         yield pool
 
 

@@ -26,6 +26,13 @@ _VERSION_BYTES = orjson.dumps(_VERSION_MARK)
 _UPDATED_BYTES = orjson.dumps(_UPDATED_MARK)
 
 
+def load_arrow_conversions() -> None:
+    """Have pyarrow convert Python values once now. Its first conversion of a Python list imports
+    pandas (0.3–1 s here); paid when a store opens or a worker process starts, it stays out of the
+    first write, the first MLLP ACK or the first mapped batch."""
+    pa.array([""])
+
+
 class StoreError(ValueError):
     """A write the store refuses (bad id, missing resourceType, version conflict)."""
 

@@ -27,7 +27,14 @@ import pyarrow as pa
 from store import search_index
 from store.compartment import patients_of
 from store.ids import stable_id
-from store.prepare import PreparedBatch, StoreError, first_patient, identify, stamp_meta
+from store.prepare import (
+    PreparedBatch,
+    StoreError,
+    first_patient,
+    identify,
+    load_arrow_conversions,
+    stamp_meta,
+)
 from store.schema import ensure_schema
 
 __all__ = ["Current", "PreparedBatch", "Store", "StoreError", "WriteResult", "fhir_instant"]
@@ -162,6 +169,7 @@ class Store:
             ensure_schema(self._con)
             search_index.install(self._con)
         self._con.execute("SET TimeZone = 'UTC'")
+        load_arrow_conversions()
         self._write_lock = threading.RLock()
         self._last_ts = datetime.min.replace(tzinfo=UTC)
         self._current: dict[tuple[str, str], Current] = {}

@@ -58,6 +58,7 @@ from ingest.hl7v2.processor import (
     unmapped,
     write_mapped,
 )
+from store.prepare import load_arrow_conversions
 from store.store import Store
 
 log = logging.getLogger(__name__)
@@ -482,12 +483,14 @@ class MLLPServer:
 
 
 def _init_map_worker(niceness: int) -> None:
-    """Set a mapping process's priority, and make it end with the listener.
+    """Set a mapping process's priority, make it end with the listener, and load what its first
+    batch would otherwise wait for.
 
     A pool worker waits on a pipe it holds both ends of, so a listener killed
     without a shutdown (SIGKILL, a crash) would leave it waiting forever.
     """
     os.nice(niceness)
+    load_arrow_conversions()
     threading.Thread(target=_exit_with_parent, args=(os.getppid(),), daemon=True).start()
 
 
