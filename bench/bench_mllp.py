@@ -34,7 +34,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from ingest.hl7v2.mllp import MLLPDecoder, encode_frame  # noqa: E402
+from ingest.hl7v2.mllp import MLLPDecoder, encode_frame, exchange  # noqa: E402
 
 TEMPLATE = (REPO / "fixtures" / "mllp" / "adt_a01_template.hl7").read_text()
 PEER = (
@@ -156,11 +156,21 @@ class Row:
     mapped_s: float | None
 
 
-def measure(name: str, cmd: list[str], windows: list[int], senders: int, messages: int, fhirtwin: bool) -> list[Row]:
+def first_ack_ms(port: int) -> float:
+    """Milliseconds from sending one message to a just-started server until its ACK."""
+    t0 = time.perf_counter()
+    asyncio.run(exchange("127.0.0.1", port, [adt(99, 0, "first")]))
+    return (time.perf_counter() - t0) * 1e3
+
+
+def measure(name: str, cmd: list[str], windows: list[int], senders: int, messages: int, fhirtwin: bool
+            ) -> tuple[list[Row], float]:
+    """The rows of one server, and its first ACK after it started listening (ms)."""
     rows = []
     proc, port = start(cmd)
     try:
-        done = 0
+        first_ms = first_ack_ms(port)
+        done = 1
         for window in windows:
             wall, elapsed_s, lat, ok = asyncio.run(load(port, senders, messages, window, f"w{window}"))
             total = senders * messages
@@ -172,7 +182,7 @@ def measure(name: str, cmd: list[str], windows: list[int], senders: int, message
                             lat[int(len(lat) * 0.99)] * 1e3, mapped))
     finally:
         stop(proc, graceful=fhirtwin)
-    return rows
+    return rows, first_ms
 
 
 def main() -> None:
@@ -192,12 +202,15 @@ def main() -> None:
     windows = [int(w) for w in args.windows.split(",")]
     load_before = os.getloadavg()
     rows: list[Row] = []
+    firsts: dict[str, float] = {}
     with tempfile.TemporaryDirectory() as tmp:
-        for policy in args.policies.split(","):
-            db = str(Path(tmp) / f"{policy}.duckdb")
-            cmd = [str(Path(__file__).resolve()), "--serve", db, policy, str(args.map_workers)]
-            rows += measure(f"fhirtwin, AA after {policy}", cmd, windows, args.senders, args.messages, True)
-        rows += measure("python-hl7 server (ACK only)", ["-c", PEER], windows, args.senders, args.messages, False)
+        servers = [(f"fhirtwin, AA after {policy}",
+                    [str(Path(__file__).resolve()), "--serve", str(Path(tmp) / f"{policy}.duckdb"), policy,
+                     str(args.map_workers)], True) for policy in args.policies.split(",")]
+        servers.append(("python-hl7 server (ACK only)", ["-c", PEER], False))
+        for name, cmd, fhirtwin in servers:
+            server_rows, firsts[name] = measure(name, cmd, windows, args.senders, args.messages, fhirtwin)
+            rows += server_rows
     load_after = os.getloadavg()
     print(f"load average before {load_before[0]:.2f} {load_before[1]:.2f} {load_before[2]:.2f}, "
           f"after {load_after[0]:.2f} {load_after[1]:.2f} {load_after[2]:.2f}; {os.cpu_count()} cores")
@@ -207,6 +220,8 @@ def main() -> None:
         mapped = "" if r.mapped_s is None else f"{r.mapped_s:.0f}"
         print(f"{r.server:30} {r.window:>6} {r.messages:>8} {r.aa:>6} {r.msg_s:>7.0f} {r.p50_ms:>7.1f} "
               f"{r.p99_ms:>7.1f} {mapped:>8}")
+    print("first ACK after the server started listening: "
+          + ", ".join(f"{name} {ms:.0f} ms" for name, ms in firsts.items()))
 
 
 if __name__ == "__main__":
