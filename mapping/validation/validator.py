@@ -81,7 +81,8 @@ def _enter_resource(value: object, location: str, stack: list[tuple[dict[str, An
         return
     resource_type = value.get("resourceType")
     if type(resource_type) is not str or resource_type not in RESOURCE_TYPES:
-        _issue(issues, "invalid", location, f"unknown or missing resourceType {resource_type!r}")
+        where = location if "." in location else "resourceType"  # a root is named by the type it lacks
+        _issue(issues, "invalid", where, f"unknown or missing resourceType {resource_type!r}")
         return
     if contained and "contained" in value:
         _issue(issues, "invariant", location, "dom-2: a contained resource must not contain resources")

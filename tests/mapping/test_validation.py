@@ -220,6 +220,14 @@ def test_not_a_resource(document: Any) -> None:
     assert len(issues) == 1 and issues[0]["code"] in ("invalid", "structure")
 
 
+@pytest.mark.parametrize("resource_type", ["Patiant", "DomainResource", 7, None])
+def test_an_unknown_resource_type_is_located_at_resource_type(resource_type: Any) -> None:
+    """Not at the unknown type's name, which is no path at all."""
+    document = {"id": "x"} if resource_type is None else {"resourceType": resource_type, "id": "x"}
+    (issue,) = validate_resource(document)
+    assert (issue["code"], issue["expression"]) == ("invalid", ["resourceType"])
+
+
 def test_resource_types_are_the_concrete_r4_set() -> None:
     assert len(RESOURCE_TYPES) == 147
     assert {"Patient", "Observation", "Bundle", "Parameters"} <= RESOURCE_TYPES
