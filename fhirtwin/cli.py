@@ -40,6 +40,7 @@ def _add_net(p: argparse.ArgumentParser) -> None:
     p.add_argument("--port", type=int, default=env_int("PORT", DEFAULT_PORT), help="HTTP port (env FHIRTWIN_PORT)")
 
 
+VIEW_HELP = "a ViewDefinition JSON file, or the name of a shipped view (see 'fhirtwin view list')"
 MLLP_ACK_AFTER_HELP = (
     "when an original-mode AA is sent (env FHIRTWIN_MLLP_ACK_AFTER; default %(default)s). "
     "processed: after the message is in the inbox and mapped into the store (readable through the API); "
@@ -66,7 +67,7 @@ def _add_mllp_options(p: argparse.ArgumentParser) -> None:
 
 def _settings(args: argparse.Namespace) -> Settings:
     return Settings(
-        db=args.db,
+        db=getattr(args, "db", DEFAULT_DB),
         host=getattr(args, "host", DEFAULT_HOST),
         port=getattr(args, "port", DEFAULT_PORT),
         mllp_port=getattr(args, "mllp_port", DEFAULT_MLLP_PORT),
@@ -121,13 +122,14 @@ def build_parser() -> argparse.ArgumentParser:
     view_sub = view.add_subparsers(dest="view_command", required=True, metavar="ACTION")
     view_run = view_sub.add_parser("run", help="run a ViewDefinition over the store")
     _add_db(view_run)
-    view_run.add_argument("view", type=Path, metavar="VIEW.json")
+    view_run.add_argument("view", type=Path, metavar="VIEW", help=VIEW_HELP)
     view_run.add_argument("--format", choices=("csv", "json", "ndjson", "parquet"), default="csv")
     view_run.add_argument("--out", type=Path, default=None, help="file to write (default: standard output)")
     view_mat = view_sub.add_parser("materialize", help="keep a view as a table refreshed on every write")
     _add_db(view_mat)
-    view_mat.add_argument("view", type=Path, metavar="VIEW.json")
+    view_mat.add_argument("view", type=Path, metavar="VIEW", help=VIEW_HELP)
     view_mat.add_argument("--name", required=True, help="table name suffix (view_<name>)")
+    view_sub.add_parser("list", help="the ViewDefinitions shipped with fhirtwin")
     twin = sub.add_parser("twin", help="patient twins: fit and publish, simulate a scenario, validate")
     twin_sub = twin.add_subparsers(dest="twin_command", required=True, metavar="ACTION")
     for action, text in (("fit", "fit a patient's twin and publish its forecast, plan and Provenance"),
@@ -268,15 +270,37 @@ def cmd_export(settings: Settings, args: argparse.Namespace, console: Console) -
 
 
 def _load_view(path: Path, console: Console) -> dict | None:
+    """A ViewDefinition file, or else the shipped view of that name (``glucose_readings``)."""
     import orjson
+
+    from mapping.views import load_view, view_names
 
     try:
         return orjson.loads(path.read_bytes())
     except FileNotFoundError:
-        console.print(f"[red]no such file:[/] {path}")
+        if str(path) in view_names():
+            return load_view(str(path))
+        console.print(f"[red]no such file or shipped view:[/] {path} (shipped: {', '.join(view_names())})",
+                      highlight=False)
     except orjson.JSONDecodeError as exc:
         console.print(f"[red]{path}: invalid JSON:[/] {exc}")
     return None
+
+
+def _list_views(console: Console) -> int:
+    from rich.markup import escape
+    from rich.table import Table
+
+    from mapping.views import load_view, view_names
+
+    table = Table(title="shipped ViewDefinitions (fhirtwin view run NAME)")
+    for column in ("name", "resource", "description"):
+        table.add_column(column)
+    for name in view_names():
+        view = load_view(name)
+        table.add_row(name, view.get("resource", ""), escape(view.get("description", "")))  # UCUM has [brackets]
+    console.print(table)
+    return 0
 
 
 def cmd_view(settings: Settings, args: argparse.Namespace, console: Console) -> int:
@@ -285,6 +309,8 @@ def cmd_view(settings: Settings, args: argparse.Namespace, console: Console) -> 
     from store.store import Store
     from store.views import MaterializedViews, run
 
+    if args.view_command == "list":
+        return _list_views(console)
     view = _load_view(args.view, console)
     if view is None:
         return 2

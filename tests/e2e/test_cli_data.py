@@ -17,6 +17,7 @@ from support import FHIRTWIN, FIXTURES, free_port, run, wait_for_serve
 
 from ingest.pipeline import Ingestor
 from ingest.records import Problem
+from mapping.views import VIEWS_DIR
 from store.store import Store
 
 VIEW = FIXTURES / "views" / "hba1c_view.json"
@@ -56,6 +57,17 @@ def test_view_run_rejects_a_broken_view(obs_db: Path, tmp_path: Path) -> None:
     out = run("view", "run", "--db", str(obs_db), str(bad))
     assert out.returncode == 2
     assert "invalid ViewDefinition" in out.stdout
+
+
+def test_shipped_views_are_listed_and_run_by_name(obs_db: Path) -> None:
+    listed = run("view", "list")
+    assert listed.returncode == 0 and "glucose_readings" in listed.stdout and "[lb_av]" in listed.stdout
+    by_name = run("view", "run", "--db", str(obs_db), "glucose_readings")
+    by_file = run("view", "run", "--db", str(obs_db), str(VIEWS_DIR / "glucose_readings.json"))
+    assert by_name.returncode == 0 and by_name.stdout == by_file.stdout
+    assert len(by_name.stdout.splitlines()) > 1  # the Synthea glucose readings
+    unknown = run("view", "run", "--db", str(obs_db), "glucose_reading")
+    assert unknown.returncode == 2 and "shipped: body_height" in unknown.stdout
 
 
 def test_export_parquet_partitioned_and_ndjson(obs_db: Path, tmp_path: Path) -> None:
