@@ -65,12 +65,11 @@ class IngestSummary:
         self.notes.extend(other.notes)
 
 
-def hl7_records(data: str | bytes, source: str, line: int | None = None) -> Iterator[Record]:
+def hl7_records(data: str | bytes, source: str) -> Iterator[Record]:
     """One record per message of ER7 text (a file, a batch, or one kept message), mapped to FHIR with
-    the v2 mapper. ``line``: where a kept message stood in its file (its own lines count from 1)."""
+    the v2 mapper."""
     for entry in read_batch(data).entries:
-        at = entry.first_line if line is None else line + entry.first_line - 1
-        rec = Record(source=source, line=at, raw=entry.raw, format="hl7v2")
+        rec = Record(source=source, line=entry.first_line, raw=entry.raw, format="hl7v2")
         if entry.message is None:
             err = entry.error
             rec.problems.append(Problem(_hl7_text(err), _hl7_location(err), "structure"))
@@ -331,7 +330,15 @@ class Ingestor:
         for dl in self.store.dead_letters():
             fmt, raw = dl["format"], dl["raw"]
             if fmt == "hl7v2" and not dl["source"].startswith(INBOX_LETTERS):
-                records: Iterable[Record] = hl7_records(raw, dl["source"], dl["line"])
+                records: Iterable[Record] = list(hl7_records(raw, dl["source"]))
+                for rec in records:  # at the letter's place: a refusal updates that letter, never adds one
+                    rec.line, rec.raw = dl["line"], raw
+                if any(p.code == "structure" for rec in records for p in rec.problems):
+                    # Text the file's batch structure left outside any message reads no better alone.
+                    summary.rejected += 1
+                    summary.errors.append(f"{dl['source']}:{dl['line']}: still unreadable: "
+                                          f"{dl['reason'][0]['diagnostics']}")
+                    continue
             elif fmt in ("json", "ndjson", "xml"):
                 try:
                     obj = xml_to_resource(raw) if fmt == "xml" else orjson.loads(raw)

@@ -120,3 +120,17 @@ def test_a_bulk_import_reports_progress_per_chunk(tmp_path: Path) -> None:
         src, lines_per_chunk=10, on_lines=reported.append)
     assert summary.accepted == 25
     assert reported == [10, 20, 30]  # the lines reached, chunk by chunk (the last chunk is partial)
+
+
+@pytest.mark.parametrize("name", ["pyhl7_MALFORMED_file_nested_FHS.hl7", "pyhl7_MALFORMED_batch_missing_MSH.hl7"])
+def test_text_outside_any_message_stays_one_letter_with_its_reason_on_replay(name: str) -> None:
+    store = Store(":memory:")
+    summary = Ingestor(store).ingest_paths([HL7 / name])
+    assert summary.rejected == 1
+    (letter,) = store.dead_letters()
+    for _ in range(2):
+        replay = Ingestor(store).replay_dead_letters()
+        assert (replay.rejected, replay.accepted) == (1, 0)
+        reason = letter["reason"][0]["diagnostics"]
+        assert replay.errors == [f"{HL7 / name}:{letter['line']}: still unreadable: {reason}"]
+        assert store.dead_letters() == [letter]  # the same letter, its reason as the file gave it
