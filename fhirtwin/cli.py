@@ -202,6 +202,9 @@ def cmd_serve(settings: Settings, console: Console) -> int:
     try:
         serve(store, settings.host, settings.port, mllp_port=settings.mllp_port, mllp_ack_after=settings.mllp_ack_after,
               mllp_map_timeout_s=settings.mllp_map_timeout_s)
+    except OSError as exc:
+        console.print(f"[red]{exc}[/]", highlight=False)
+        return 2
     finally:
         store.close()
     return 0
@@ -228,13 +231,17 @@ def cmd_ingest(settings: Settings, args: argparse.Namespace, console: Console) -
     return 1 if summary.rejected else 0
 
 
-def cmd_mllp(settings: Settings) -> int:
+def cmd_mllp(settings: Settings, console: Console) -> int:
     from ingest.hl7v2.listener import run_mllp_forever
     from store.store import Store
 
     with Store(settings.db) as store:
-        run_mllp_forever(store, settings.host, settings.mllp_port, ack_after=settings.mllp_ack_after,
-                         map_timeout_s=settings.mllp_map_timeout_s)
+        try:
+            run_mllp_forever(store, settings.host, settings.mllp_port, ack_after=settings.mllp_ack_after,
+                             map_timeout_s=settings.mllp_map_timeout_s)
+        except OSError as exc:
+            console.print(f"[red]{exc}[/]", highlight=False)
+            return 2
     return 0
 
 
@@ -349,7 +356,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "ingest":
         return cmd_ingest(settings, args, console)
     if args.command == "mllp":
-        return cmd_mllp(settings)
+        return cmd_mllp(settings, console)
     if args.command == "replay":
         return cmd_replay(settings, console)
     if args.command == "export":

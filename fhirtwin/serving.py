@@ -23,9 +23,9 @@ async def _serve(store: Store, host: str, port: int, mllp_port: int, mllp_option
                  log_level: str) -> None:
     config = uvicorn.Config(create_app(store), host=host, port=port, log_level=log_level, access_log=False)
     server = uvicorn.Server(config)
+    mllp = await start_mllp_server(store, host, mllp_port, **mllp_options) if mllp_port else None
     refresher = TwinRefresher(store)
     refresher.start()
-    mllp = await start_mllp_server(store, host, mllp_port, **mllp_options) if mllp_port else None
     try:
         await server.serve()
     finally:

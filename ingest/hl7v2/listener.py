@@ -179,7 +179,12 @@ class MLLPServer:
             asyncio.create_task(self._feed_loop(), name="mllp-map"),
             asyncio.create_task(self._write_loop(), name="mllp-write"),
         ]
-        self._server = await asyncio.start_server(self._handle, host, port, limit=self.options.read_size_bytes)
+        try:
+            self._server = await asyncio.start_server(self._handle, host, port, limit=self.options.read_size_bytes)
+        except OSError as exc:  # the port is taken or not ours: stop what started, say where
+            await self.shutdown()
+            reason = os.strerror(exc.errno) if exc.errno else str(exc)
+            raise OSError(f"cannot listen for MLLP on {host}:{port}: {reason}") from exc
         self.port = self._server.sockets[0].getsockname()[1]
 
     # -- connections ---------------------------------------------------------

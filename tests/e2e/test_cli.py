@@ -106,3 +106,19 @@ def test_ingest_of_a_folder_keeps_unmapped_messages_without_failing(tmp_path: Pa
     assert "ZDT^Z01 is not mapped to FHIR" in text
     replay = run("replay", "--db", db)
     assert replay.returncode == 0 and "1 still not mapped" in replay.stdout
+
+
+@pytest.mark.parametrize("command", ["mllp", "serve"])
+def test_a_taken_mllp_port_is_a_clear_error(tmp_path: Path, command: str) -> None:
+    import socket
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        extra = ["--port", str(free_port())] if command == "serve" else []
+        out = run(command, "--db", str(tmp_path / "t.duckdb"), "--host", "127.0.0.1", "--mllp-port", str(port),
+                  *extra)
+    assert out.returncode == 2, out.stdout + out.stderr
+    assert f"cannot listen for MLLP on 127.0.0.1:{port}: Address already in use" in out.stdout
+    assert "Traceback" not in out.stderr

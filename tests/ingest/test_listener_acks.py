@@ -230,3 +230,31 @@ def test_one_inbox_commit_gathers_the_frames_of_the_open_connections(store: Stor
     assert msa(lone[0])[1:3] == ["AA", "L-1"]
     assert [msa(a.strip(b"\x0b\x1c\x0d"))[1:3] for a in acks] == [["AA", f"G-{i}"] for i in range(3)]
     assert commits == 1
+
+
+@pytest.mark.parametrize("ack_after", ["processed", "commit"])
+def test_a_taken_port_is_a_clear_error_and_nothing_is_left_running(store: Store, ack_after: str) -> None:
+    """Under ``commit`` the mapping process starts before the bind: it is stopped again."""
+    import socket
+    import threading
+
+    taken = socket.socket()
+    taken.bind(("127.0.0.1", 0))
+    taken.listen()
+    port = taken.getsockname()[1]
+    threads = threading.active_count()
+    try:
+        with pytest.raises(OSError, match=f"cannot listen for MLLP on 127.0.0.1:{port}: Address already in use"):
+            asyncio.run(asyncio.wait_for(start_mllp_server(store, "127.0.0.1", port, ack_after=ack_after), 60))
+    finally:
+        taken.close()
+    assert threading.active_count() == threads  # no stage, pool manager or inbox thread left behind
+
+    async def again() -> list[bytes]:  # the store serves a listener on a free port as before
+        server = await start_mllp_server(store, "127.0.0.1", 0, map_workers=0)
+        try:
+            return await exchange("127.0.0.1", server.port, [adt("T-1", "950")])
+        finally:
+            await server.shutdown()
+
+    assert msa(asyncio.run(asyncio.wait_for(again(), 60))[0])[1:3] == ["AA", "T-1"]
