@@ -8,6 +8,7 @@ refusal can point at it.
 from __future__ import annotations
 
 import gzip
+import re
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import IO, Any
@@ -21,8 +22,11 @@ from ingest.records import Problem, Record
 NDJSON_SUFFIXES = (".ndjson", ".ndjson.gz", ".jsonl", ".jsonl.gz")
 JSON_SUFFIXES = (".json", ".json.gz")
 XML_SUFFIXES = (".xml", ".xml.gz")
-HL7_SUFFIXES = (".hl7", ".hl7v2", ".er7", ".txt")
-KNOWN_SUFFIXES = NDJSON_SUFFIXES + JSON_SUFFIXES + XML_SUFFIXES + HL7_SUFFIXES
+HL7_SUFFIXES = (".hl7", ".hl7v2", ".er7")
+TEXT_SUFFIXES = (".txt",)
+"""Plain text: HL7 v2 when it starts as a message, a file or a batch does (interface engines often
+write ``.txt``); anything else named so (a README) is no format fhirtwin reads."""
+_ER7_START = re.compile(rb"(?:MSH|FHS|BHS)[^A-Za-z0-9\s]")  # the segment id, then the field separator
 
 
 def detect_format(path: Path) -> str | None:
@@ -34,6 +38,10 @@ def detect_format(path: Path) -> str | None:
         return "xml"
     if name.endswith(HL7_SUFFIXES):
         return "hl7"
+    if name.endswith(TEXT_SUFFIXES):
+        with path.open("rb") as fh:
+            head = fh.read(64).removeprefix(b"\xef\xbb\xbf").lstrip()
+        return "hl7" if _ER7_START.match(head) else None
     if name.endswith(JSON_SUFFIXES):
         with open_file(path) as fh:
             head = fh.read(4096).lstrip()
@@ -124,16 +132,16 @@ def read_xml(path: Path, resolve: ConditionalResolver | None = None) -> Iterator
 def iter_files(paths: list[Path], skipped: list[Path] | None = None) -> Iterator[Path]:
     """Files under the given paths (folders recursively), in a stable order.
 
-    Inside folders, only files named as a format the readers know are taken (a folder of
-    exports often holds a manifest or a README beside the data); the others go to ``skipped``.
-    Files named on their own are always taken, so an unknown one is refused with its reason.
+    Inside folders, only files in a format the readers know are taken (a folder of exports often
+    holds a manifest or a README beside the data); the others go to ``skipped``. Files named on
+    their own are always taken, so an unknown one is refused with its reason.
     """
     for path in paths:
         if not path.is_dir():
             yield path
             continue
         for p in sorted(p for p in path.rglob("*") if p.is_file() and not p.name.startswith(".")):
-            if p.name.lower().endswith(KNOWN_SUFFIXES):
+            if detect_format(p) is not None:
                 yield p
             elif skipped is not None:
                 skipped.append(p)

@@ -112,7 +112,8 @@ def _records(path: Path, resolve: Callable[[str], str | None]) -> Iterator[Recor
         yield from hl7_records(path.read_bytes(), str(path))
     else:
         rec = Record(source=str(path), line=None, raw=b"", format=fmt or "unknown")
-        rec.problems.append(Problem(f"unsupported file format ({fmt or 'unknown suffix'})", None, "not-supported"))
+        rec.problems.append(Problem("not a format fhirtwin reads (FHIR JSON, NDJSON or XML; HL7 v2 ER7)", None,
+                                    "not-supported"))
         yield rec
 
 

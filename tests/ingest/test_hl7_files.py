@@ -87,15 +87,18 @@ def test_a_folder_walk_takes_the_known_files_and_counts_the_others(tmp_path: Pat
     folder = tmp_path / "export"
     (folder / "nested").mkdir(parents=True)
     (folder / "nested" / "admit.hl7").write_bytes(ADMIT)
+    (folder / "nested" / "update.txt").write_bytes(b"\xef\xbb\xbf" + UPDATE)  # ER7 as engines often name it
     (folder / "README.md").write_text("what this export holds\n")
+    (folder / "README.txt").write_text("MSH segments start each message\n")
     (folder / "MANIFEST.tsv").write_text("file\tcount\n")
     named = tmp_path / "notes.docx"
     named.write_bytes(b"PK\x03\x04")
     store = Store(":memory:")
     summary = Ingestor(store).ingest_paths([folder, named])
-    assert (summary.files, summary.skipped, summary.rejected) == (2, 2, 1)
-    assert summary.accepted > 0
-    assert summary.errors == [f"{named}: unsupported file format (unknown suffix)"]  # named: refused, said why
+    assert (summary.files, summary.skipped, summary.rejected) == (3, 3, 1)
+    assert summary.accepted > 0 and store.count("Provenance") == 2  # the admit and the update
+    # named on its own: refused, and said why
+    assert summary.errors == [f"{named}: not a format fhirtwin reads (FHIR JSON, NDJSON or XML; HL7 v2 ER7)"]
 
 
 def test_progress_counts_messages_lines_and_files(tmp_path: Path) -> None:
