@@ -78,10 +78,14 @@ def read_batch(data: str | bytes) -> Batch:
                     batch.entries.append(_envelope_error(len(batch.entries), lineno, line,
                                                          "FHS is only allowed as the first segment of a file"))
                     continue
-                read_delimiters(line, lineno)
+                if (bad := _unreadable_header(len(batch.entries), lineno, line)) is not None:
+                    batch.entries.append(bad)
+                    continue
                 batch.file_header = line
             elif seg_id == "BHS":
-                read_delimiters(line, lineno)
+                if (bad := _unreadable_header(len(batch.entries), lineno, line)) is not None:
+                    batch.entries.append(bad)
+                    continue
                 batch.batch_headers.append(line)
                 in_batch, msgs_in_batch = True, 0
                 batch_count += 1
@@ -118,6 +122,16 @@ def _finish(entry: BatchEntry) -> None:
         entry.message = parse_segments(entry.lines, "\r".join(entry.lines))
     except HL7Error as err:
         entry.error = err
+
+
+def _unreadable_header(index: int, lineno: int, line: str) -> BatchEntry | None:
+    """An FHS/BHS whose delimiters cannot be read, as an entry with its error (None when readable):
+    one bad header must not stop the rest of the file from being read."""
+    try:
+        read_delimiters(line, lineno)
+    except HL7Error as err:
+        return BatchEntry(index, lineno, [line], error=err)
+    return None
 
 
 def _envelope_error(index: int, lineno: int, line: str, text: str) -> BatchEntry:

@@ -57,3 +57,13 @@ def test_trailer_count_mismatch_is_a_warning() -> None:
     batch = read_batch(text)
     assert len(batch.messages) == 1
     assert batch.warnings == ["BTS-1 batch message count says 3, found 1"]
+
+
+@pytest.mark.parametrize("header", ["FHS|", "BHS|^"])
+def test_an_unreadable_envelope_header_is_an_entry_error_and_the_messages_after_it_are_read(header: str) -> None:
+    admit = (FIXTURES / "adt_a01_admit.hl7").read_text().strip("\r\n")
+    batch = read_batch(f"{header}\r{admit}\r")
+    assert [e.first_line for e in batch.entries] == [1, 2]
+    assert isinstance(batch.entries[0].error, HL7ParseError)
+    assert batch.entries[0].error.segment_id == header[:3]
+    assert [m.control_id for m in batch.messages] == ["CTRL-A01-1"]

@@ -63,3 +63,25 @@ def test_valid_records_land_intact_and_garbage_is_refused_by_line(good: list[dic
             stored.pop("meta")
             assert stored == p
         store.close()
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.lists(st.tuples(st.sampled_from([".txt", ".hl7", ".md", ".json", ".ndjson", ""]),
+                          st.one_of(st.binary(max_size=120),
+                                    st.sampled_from([b"MSH|^~\\&|A|B|C|D|20260101||ADT^A01|1|P|2.5\r",
+                                                     b"MSH segments start messages\n", b"{}", b"\xef\xbb\xbfFHS|"]))),
+                max_size=6))
+def test_a_folder_of_anything_is_walked_without_crashing(files: list[tuple[str, bytes]]) -> None:
+    """Every file is either read (then landed, kept as not mapped, or refused with a reason) or
+    skipped as no format fhirtwin reads; the walk never stops on one."""
+    with tempfile.TemporaryDirectory() as tmp:
+        folder = Path(tmp) / "in"
+        folder.mkdir()
+        for i, (suffix, data) in enumerate(files):
+            (folder / f"f{i}{suffix}").write_bytes(data)
+        store = Store(":memory:")
+        summary = Ingestor(store, workers=0).ingest_paths([folder])
+        assert summary.files + summary.skipped == len(files)
+        assert len(summary.errors) == summary.rejected and len(summary.notes) == summary.not_mapped
+        assert all(f"{folder}" in e for e in summary.errors)
+        store.close()
