@@ -97,7 +97,8 @@ class Delimiters:
             return value
         parts = value.split(e)
         if len(parts) % 2 == 0:  # odd number of escape characters: the last one is literal
-            parts[-2] = parts[-2] + e + parts.pop()
+            last = parts.pop()
+            parts[-1] += e + last
         out = [parts[0]]
         for i in range(1, len(parts), 2):
             out.append(self._resolve(parts[i]))

@@ -57,6 +57,18 @@ def test_escape_sequences() -> None:
     assert nte.get(3) == "a|b^c&d~e\\f\ngAéhbold"
 
 
+@pytest.mark.parametrize(("text", "value"), [
+    ("C:\\temp", "C:\\temp"),  # one escape character, no sequence: kept as sent
+    ("\\", "\\"),
+    ("a\\F\\b\\c", "a|b\\c"),  # a sequence, then a lone escape character
+    ("\\S\\x\\T\\y\\", "^x&y\\"),
+])
+def test_an_odd_escape_character_is_kept_literally_after_the_sequences_before_it(text: str, value: str) -> None:
+    nte = parse_message(MSH + "\rNTE|1||" + text).segment("NTE")
+    assert nte is not None
+    assert nte.get(3) == value
+
+
 def test_unescaped_value_keeps_component_structure() -> None:
     nte = parse_message(MSH + "\rOBX|1|ST|X||A \\T\\ B^second").segment("OBX")
     assert nte is not None
