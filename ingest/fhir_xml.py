@@ -30,6 +30,7 @@ from typing import Any
 
 from lxml import etree
 
+from mapping.json_numbers import whole_number
 from mapping.validation.structures import KIND_COMPLEX, KIND_PRIMITIVE, KIND_RESOURCE, load_structures
 
 FHIR_NS = "http://hl7.org/fhir"
@@ -112,7 +113,7 @@ def _typed(text: str, type_name: str) -> Any:
         return int(text) if _INTEGER_TEXT.fullmatch(text) else text
     if type_name == "decimal":
         if _INTEGER_TEXT.fullmatch(text):
-            return int(text)
+            return whole_number(text)
         return float(text) if _DECIMAL_TEXT.fullmatch(text) else text
     return text
 

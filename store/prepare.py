@@ -51,7 +51,11 @@ def identify(res: dict[str, Any]) -> tuple[str, str, str]:
     if not FHIR_ID.match(rid):
         raise StoreError(f"invalid id {rid!r}", expression=f"{rtype}.id", code="value")
     res["id"] = rid
-    return rtype, rid, content_hash(res)
+    try:
+        chash = content_hash(res)
+    except TypeError as exc:  # orjson.JSONEncodeError: an integer beyond 64 bits, a value JSON has no form for
+        raise StoreError(f"{rtype}/{rid} cannot be written as JSON: {exc}", expression=rtype, code="value") from exc
+    return rtype, rid, chash
 
 
 def stamp_meta(res: dict[str, Any], version_id: str, last_updated: str) -> None:

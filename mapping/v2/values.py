@@ -14,6 +14,7 @@ from functools import cache, lru_cache
 from pathlib import Path
 from typing import Any
 
+from mapping.json_numbers import whole_number
 from mapping.ucum import to_ucum
 
 DATA = Path(__file__).resolve().parent / "data"
@@ -107,14 +108,14 @@ def number(value: str) -> int | float | None:
     """NM text → int or float, keeping integers integral (``41`` stays ``41``)."""
     text = value.strip()
     if text.isdecimal():
-        return int(text)
+        return whole_number(text)
     whole, dot, fraction = text.partition(".")
     if dot and (whole.isdecimal() or not whole) and (fraction.isdecimal() or (not fraction and whole)):
         return float(text)
     if not _NUMBER.match(text):
         return None
     if "." not in text:
-        return int(text)
+        return whole_number(text)
     return float(text)
 
 

@@ -122,7 +122,9 @@ def _check_primitive_extension(obj: dict[str, Any], key: str, value: object, tab
 
 def _check_local_references(resource: dict[str, Any], issues: list[Issue]) -> None:
     """dom-3 (cheap half): every ``#id`` reference must name a contained resource."""
-    contained_ids = {item.get("id") for item in resource.get("contained", ()) if type(item) is dict}
+    contained = resource.get("contained")  # not a list, or ids not strings: reported by the structure checks
+    contained_ids = {item.get("id") for item in (contained if type(contained) is list else ())
+                     if type(item) is dict and type(item.get("id")) is str}
     pending: list[tuple[object, str]] = [(resource, resource["resourceType"])]
     while pending:
         node, location = pending.pop()

@@ -124,3 +124,17 @@ def test_string_input_with_declaration_is_accepted() -> None:
 def test_writer_rejects_what_xml_cannot_express(resource: dict, message: str) -> None:
     with pytest.raises(FhirXmlWriteError, match=message):
         resource_to_xml(resource)
+
+
+def test_a_decimal_beyond_64_bits_reads_as_json_would_read_it() -> None:
+    """As a float, like orjson reads such a JSON number: the store can then write it."""
+    from store.store import Store
+
+    xml = (b'<Observation xmlns="http://hl7.org/fhir"><status value="final"/><code><text value="x"/></code>'
+           b'<valueQuantity><value value="1180591620717411303424"/></valueQuantity></Observation>')
+    obs = xml_to_resource(xml)
+    assert obs["valueQuantity"]["value"] == json.loads('{"v": 1180591620717411303424.0}')["v"]
+    assert isinstance(obs["valueQuantity"]["value"], float) and validate_resource(obs) == []
+    assert xml_to_resource(xml.replace(b"1180591620717411303424", b"41"))["valueQuantity"]["value"] == 41
+    (written,) = Store(":memory:").write([obs])
+    assert written.outcome == "created"

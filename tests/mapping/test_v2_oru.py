@@ -53,6 +53,22 @@ def test_numeric_values_units_to_ucum_and_codes(oru: Any) -> None:
     assert one(oru, "718-7")["valueQuantity"]["code"] == "g/dL"
 
 
+@pytest.mark.parametrize(("nm", "value"), [("98", 98), ("-7", -7), ("1180591620717411303424", 1.1805916207174113e21),
+                                         ("-1180591620717411303424", -1.1805916207174113e21)])
+def test_a_numeric_result_beyond_64_bits_maps_as_json_would_read_it(nm: str, value: float) -> None:
+    """A float, as orjson reads such a JSON number (an int beyond 64 bits cannot be stored), and the
+    message's resources are prepared for the store like any other's."""
+    from ingest.hl7v2.processor import Work, map_batch
+
+    text = (FIXTURES / "oru_r01_value_types_2patients.hl7").read_text().replace("\n", "\r")
+    text = text.replace("|NM|2345-7^Glucose [Mass/volume] in Serum or Plasma^LN||98|",
+                        f"|NM|2345-7^Glucose [Mass/volume] in Serum or Plasma^LN||{nm}|")
+    result = map_message(text.encode())
+    glucose = one(result, "2345-7")["valueQuantity"]["value"]
+    assert glucose == value and type(glucose) is type(value)
+    assert [o.status for o in map_batch([Work(1, text)]).outcomes] == ["processed"]
+
+
 def test_structured_numeric_comparator_ratio_range(oru: Any) -> None:
     assert one(oru, "5196-1")["valueQuantity"]["comparator"] == ">"
     assert one(oru, "5196-1")["valueQuantity"]["value"] == 5

@@ -253,3 +253,11 @@ def test_shipped_tables_are_what_the_build_script_produces() -> None:
     shipped = json.loads(gzip.decompress(OUTPUT.read_bytes()))
     assert compile_definitions(SHARED / "fhir-r4") == shipped
     assert shipped["fhirVersion"] == "4.0.1"
+
+
+@pytest.mark.parametrize("contained", [-1, True, "x", {"id": "a"}, [{"id": []}], [{"id": {"a": 1}}]])
+def test_a_malformed_contained_is_reported_not_raised(contained: Any) -> None:
+    resource = {"resourceType": "Observation", "status": "final", "code": {"text": "x"}, "contained": contained,
+                "subject": {"reference": "#a"}}
+    issues = validate_resource(resource)
+    assert any(i["expression"][0].startswith("Observation.contained") for i in issues)

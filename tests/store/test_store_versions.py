@@ -88,6 +88,8 @@ def test_bad_ids_and_missing_type_are_refused(store: Store) -> None:
     assert err.value.expression == "Patient.id"
     with pytest.raises(StoreError):
         store.write([{"id": "x"}])
+    with pytest.raises(StoreError, match="Observation/big cannot be written as JSON"):  # not a TypeError
+        store.write([{"resourceType": "Observation", "id": "big", "valueInteger": 2**70}])
     assert store.count() == 0
 
 
