@@ -18,7 +18,13 @@ def int_param(value: str, name: str) -> int:
         raise FHIRError(400, f"{name} must be an integer, got {value!r}", code="invalid") from None
     if out < 0:
         raise FHIRError(400, f"{name} must not be negative", code="invalid")
+    if out > _LARGEST:
+        raise FHIRError(400, f"{name} must be at most {_LARGEST}", code="invalid")
     return out
+
+
+_LARGEST = 2**63 - 1
+"""The largest count or offset the store's SQL takes (a BIGINT)."""
 
 
 def paging(pairs: list[tuple[str, str]]) -> tuple[int, int, list[tuple[str, str]]]:

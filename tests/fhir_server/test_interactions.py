@@ -8,6 +8,7 @@ from email.utils import format_datetime
 from typing import Any
 
 import httpx
+import pytest
 
 from ingest.fhir_xml import xml_to_resource
 from mapping.fhir_xml_write import resource_to_xml
@@ -187,6 +188,16 @@ def test_count_above_the_page_limit_is_said_not_silently_cut(http: httpx.Client)
     bundle = http.get("Patient", params={"_count": "5000"}).json()
     outcomes = [e["resource"] for e in bundle.get("entry", []) if e.get("search", {}).get("mode") == "outcome"]
     assert outcomes and "page limit" in outcomes[0]["issue"][0]["diagnostics"]
+
+
+@pytest.mark.parametrize("path", ["Patient", "_history", "Patient/_history", ""])
+@pytest.mark.parametrize(("name", "value"), [("_offset", "99999999999999999999"), ("_count", "-1"),
+                                             ("_offset", "x")])
+def test_paging_values_out_of_range_are_a_400_with_the_parameter(http: httpx.Client, path: str, name: str,
+                                                                  value: str) -> None:
+    r = http.get(path, params={name: value})
+    assert r.status_code == 400, r.text
+    assert name in r.json()["issue"][0]["diagnostics"]
 
 
 def test_app_keeps_the_hot_map_out_of_full_collections(patient: Any) -> None:
