@@ -311,6 +311,8 @@ def _list_views(console: Console) -> int:
 
 
 def cmd_view(settings: Settings, args: argparse.Namespace, console: Console) -> int:
+    import duckdb
+
     from fhirtwin.view_output import write_rows
     from mapping.viewdef import ViewDefinitionError
     from store.store import Store
@@ -332,6 +334,9 @@ def cmd_view(settings: Settings, args: argparse.Namespace, console: Console) -> 
     except ViewDefinitionError as exc:
         console.print(f"[red]{args.view}: invalid ViewDefinition:[/] {exc}", highlight=False)
         return 2
+    except duckdb.Error as exc:  # the data broke a rule of the view (a single-valued column got several)
+        console.print(f"[red]{args.view}: the view failed on the data:[/] {exc}", highlight=False)
+        return 1
     write_rows(rows, [c.name for c in compiled.columns], args.format, args.out)
     if args.out:
         console.print(f"{len(rows)} rows written to {args.out}")

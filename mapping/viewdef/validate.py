@@ -75,8 +75,8 @@ def _check_column(column: object, where: str) -> None:
         raise _fail(where, "name must start with a letter and hold only letters, digits and _")
     if not isinstance(column.get("path"), str):
         raise _fail(where, "path must be a FHIRPath string")
-    if "type" in column and not isinstance(column["type"], str):
-        raise _fail(where, "type must be a string")
+    if "type" in column and not (isinstance(column["type"], str) and r4_schema().is_type(column["type"])):
+        raise _fail(where, f"type must name a FHIR R4 type, got {column['type']!r}")
     if "collection" in column and not isinstance(column["collection"], bool):
         raise _fail(where, "collection must be true or false")
 

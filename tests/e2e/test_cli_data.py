@@ -59,6 +59,28 @@ def test_view_run_rejects_a_broken_view(obs_db: Path, tmp_path: Path) -> None:
     assert "invalid ViewDefinition" in out.stdout
 
 
+def test_a_column_of_no_fhir_type_is_an_invalid_view(obs_db: Path, tmp_path: Path) -> None:
+    bad = tmp_path / "bad_type.json"
+    bad.write_text('{"resourceType": "ViewDefinition", "resource": "Observation", "status": "active", '
+                   '"select": [{"column": [{"name": "c", "path": "status", "type": "Observa tion"}]}]}')
+    out = run("view", "run", "--db", str(obs_db), str(bad))
+    assert out.returncode == 2
+    assert "type must name a FHIR R4 type, got 'Observa tion'" in out.stdout.replace("\n", "")
+
+
+def test_a_view_the_data_breaks_is_a_clear_error(obs_db: Path, tmp_path: Path) -> None:
+    """Blood pressure has two components: a single-valued column of their codes cannot hold them."""
+    view = tmp_path / "components.json"
+    view.write_text('{"resourceType": "ViewDefinition", "resource": "Observation", "status": "active", '
+                    '"select": [{"column": [{"name": "id", "path": "id"}, '
+                    '{"name": "component_code", "path": "component.code.coding.code"}]}]}')
+    out = run("view", "run", "--db", str(obs_db), str(view))
+    assert out.returncode == 1
+    text = out.stdout.replace("\n", "")
+    assert "the view failed on the data" in text and "component_code" in text
+    assert "Traceback" not in out.stderr
+
+
 def test_shipped_views_are_listed_and_run_by_name(obs_db: Path) -> None:
     listed = run("view", "list")
     assert listed.returncode == 0 and "glucose_readings" in listed.stdout and "[lb_av]" in listed.stdout
