@@ -9,6 +9,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from mapping.validation import RESOURCE_TYPES, operation_outcome, validate_resource
 
@@ -261,3 +263,39 @@ def test_a_malformed_contained_is_reported_not_raised(contained: Any) -> None:
                 "subject": {"reference": "#a"}}
     issues = validate_resource(resource)
     assert any(i["expression"][0].startswith("Observation.contained") for i in issues)
+
+
+_JSON = st.recursive(st.none() | st.booleans() | st.integers(-(2**70), 2**70) | st.floats(allow_nan=False)
+                     | st.text(max_size=8), lambda inner: st.lists(inner, max_size=3)
+                     | st.dictionaries(st.text(max_size=6), inner, max_size=3), max_leaves=6)
+_KEYS = st.sampled_from(["contained", "extension", "_status", "id", "meta", "resourceType", "text", "code",
+                         "coding", "reference", "value", "valueQuantity", "component", "zz"])
+
+
+def _paths(node: Any, path: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
+    out = [path]
+    if isinstance(node, dict):
+        for key, value in node.items():
+            out += _paths(value, (*path, key))
+    elif isinstance(node, list):
+        for index, value in enumerate(node):
+            out += _paths(value, (*path, index))
+    return out
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.sampled_from(SAMPLE), st.lists(st.tuples(st.floats(0, 1), _KEYS, _JSON), min_size=1, max_size=4))
+def test_any_damage_to_a_resource_is_reported_never_raised(resource: Resource, damage: list) -> None:
+    """Whatever JSON a sender puts anywhere in a resource, validation answers with issues."""
+    resource = copy.deepcopy(resource)
+    for where, key, value in damage:
+        containers = [p for p in _paths(resource) if isinstance(_at(resource, p), dict)]
+        _at(resource, containers[int(where * (len(containers) - 1))])[key] = value
+    issues = validate_resource(resource)
+    assert all(set(issue) >= {"severity", "code", "diagnostics", "expression"} for issue in issues)
+
+
+def _at(node: Any, path: tuple[Any, ...]) -> Any:
+    for step in path:
+        node = node[step]
+    return node
