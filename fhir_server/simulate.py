@@ -15,6 +15,7 @@ from fastapi.responses import Response
 from fhir_server.bodies import parse_body
 from fhir_server.operations import InPool
 from fhir_server.responses import FHIRError, negotiate, render
+from mapping.validation import validate_resource
 from store.store import Store
 from twin.inputs import MissingData
 from twin.scenario import ScenarioError, parse_request
@@ -22,7 +23,10 @@ from twin.service import UnknownModel, simulate, simulation_bundle
 
 
 def run_simulation(store: Store, patient_id: str, body: object) -> dict:
-    """Parse, simulate and bundle, mapping failures to FHIR errors."""
+    """Validate, parse, simulate and bundle, mapping failures to FHIR errors."""
+    issues = [issue for issue in validate_resource(body) if issue["severity"] == "error"]
+    if issues:  # R4 structure first: the contract's parser reads a well-formed Parameters only
+        raise FHIRError(400, "the request is not a valid R4 Parameters resource", code="invalid", issues=issues)
     try:
         req = parse_request(body)  # type: ignore[arg-type]
     except ScenarioError as exc:

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import copy
+from typing import Any
+
 import httpx
 import pytest
 from fhirclient.models.bundle import Bundle
@@ -70,6 +73,19 @@ def test_errors_are_operation_outcomes(base: str, patient: str, body: dict, stat
     outcome = resp.json()
     assert outcome["resourceType"] == "OperationOutcome"
     assert needle in outcome["issue"][0]["diagnostics"]
+
+
+@pytest.mark.parametrize(("damage", "expression"), [
+    (lambda b: b["parameter"][1].update(valueDateTime={"value": "a"}), "Parameters.parameter[1].valueDateTime"),
+    (lambda b: b["parameter"][3]["part"][0]["part"].insert(0, None), "Parameters.parameter[3].part[0].part[0]"),
+    (lambda b: b["parameter"][2]["valueQuantity"].update(value="48"), "Parameters.parameter[2].valueQuantity.value"),
+])
+def test_a_malformed_request_is_a_400_located_in_the_parameters(base: str, damage: Any, expression: str) -> None:
+    body = copy.deepcopy(DESIGN_EXAMPLE)
+    damage(body)
+    resp = httpx.post(f"{base}/Patient/tdm-001/$simulate", json=body, timeout=60)
+    assert resp.status_code == 400, resp.text
+    assert expression in {e for issue in resp.json()["issue"] for e in issue.get("expression", [])}
 
 
 def test_capability_statement_lists_simulate(base: str) -> None:
