@@ -19,6 +19,14 @@ _GRAMS = {"g": 1.0, "kg": 1000.0, "mg": 0.001}
 _MG = {"mg": 1.0, "g": 1000.0, "ug": 0.001}
 
 
+MAX_HORIZON_MIN = 30 * 1440.0
+"""The longest forecast a request may ask for: a month covers dosing courses; beyond it a
+twin fitted on today's data says nothing."""
+MAX_QUANTITY = 1e9
+"""No amount, rate or duration of a scenario comes near a billion (mg, g, U, minutes): beyond it
+the models' arithmetic overflows into values JSON cannot carry."""
+
+
 class ScenarioError(ValueError):
     """A malformed ``$simulate`` request; ``expression`` says where (FHIRPath into the Parameters)."""
 
@@ -49,12 +57,16 @@ class SimulationRequest:
 
 def _quantity(part: dict[str, Any], units: dict[str, float], where: str) -> float:
     q = part.get("valueQuantity") or part.get("valueDuration")
-    if not isinstance(q, dict) or not isinstance(q.get("value"), int | float):
+    if not isinstance(q, dict) or not isinstance(q.get("value"), int | float) or isinstance(q.get("value"), bool):
         raise ScenarioError("expected a valueQuantity with a numeric value", f"{where}.value")
     unit = q.get("code") or q.get("unit")
     if unit not in units:
         raise ScenarioError(f"unit {unit!r} is not one of {sorted(units)}", f"{where}.value.code")
-    return float(q["value"]) * units[unit]
+    value = float(q["value"]) * units[unit]
+    if not 0 <= value <= MAX_QUANTITY:  # also NaN; amounts, rates and durations are never negative
+        raise ScenarioError(f"value {q['value']!r} {unit} is implausibly large" if value >= 0
+                            else f"value {q['value']!r} {unit} must not be negative", f"{where}.value.value")
+    return value
 
 
 def _time(part: dict[str, Any], where: str) -> datetime:
@@ -106,8 +118,9 @@ def parse_request(parameters: dict[str, Any], now: datetime | None = None) -> Si
             origin = _time(p, where)
         elif name == "horizon":
             horizon = _quantity(p, _MINUTES, where)
-            if horizon <= 0:
-                raise ScenarioError("horizon must be positive", f"{where}.value")
+            if not 0 < horizon <= MAX_HORIZON_MIN:
+                raise ScenarioError(f"horizon must be positive and at most {MAX_HORIZON_MIN / 1440:g} days",
+                                    f"{where}.value")
         elif name == "scenario":
             for j, event in enumerate(p.get("part") or []):
                 _event(event, f"{where}.part[{j}]", scenario)

@@ -163,6 +163,14 @@ def test_missing_data_is_explained(store: Store) -> None:
         (params("glucose", "2026-01-10T00:00:00Z", None, [{"name": "walk", "part": [
             {"name": "time", "valueDateTime": "2026-01-10T00:00:00Z"}]}]), "Parameters.parameter[2].part[0].name"),
         ({"resourceType": "Patient"}, "Parameters"),
+        (params("vancomycin", "2026-01-10T00:00:00Z", None, [dose("2026-01-10T01:00:00Z", -500)]),
+         "Parameters.parameter[2].part[0].part[1].value.value"),  # a negative dose
+        (params("vancomycin", "2026-01-10T00:00:00Z", None, [dose("2026-01-10T01:00:00Z", 1e308)]),
+         "Parameters.parameter[2].part[0].part[1].value.value"),  # overflows the model: nulls in the forecast
+        (params("glucose", "2026-01-10T00:00:00Z", None, [carbs("2026-01-10T01:00:00Z", float("nan"))]),
+         "Parameters.parameter[2].part[0].part[1].value.value"),
+        (params("vancomycin", "2026-01-10T00:00:00Z", (31, "d")), "Parameters.parameter[2].value"),
+        (params("vancomycin", "2026-01-10T00:00:00Z", (1e308, "h")), "Parameters.parameter[2].value.value"),
     ],
 )
 def test_malformed_requests_point_at_the_problem(body: dict, where: str) -> None:
