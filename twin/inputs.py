@@ -25,6 +25,16 @@ from store.views import run
 from twin.data import Covariates, DosingData, GlucoseData
 
 GLUCOSE_LOOKBACK = timedelta(days=14)
+PLAUSIBLE_GLUCOSE_MG_DL = (10.0, 2000.0)
+"""Glucose readings outside this range are no measurement of a living patient (a device error, a
+unit mix-up): fitted on, a 0 or 10^308 drives the model to forecasts of nothing (NaN). Left out."""
+PLAUSIBLE_VANCOMYCIN_MG_L = (0.0, 500.0)
+"""Vancomycin levels outside this range are left out for the same reason (a negative level, or one
+far beyond any dose's reach)."""
+
+
+def _plausible(value: Any, bounds: tuple[float, float]) -> bool:
+    return value is not None and bounds[0] <= float(value) <= bounds[1]
 DIALYSIS_CONDITIONS = {("http://snomed.info/sct", "46177005"), ("http://hl7.org/fhir/sid/icd-10-cm", "N18.6"),
                        ("http://hl7.org/fhir/sid/icd-10", "N18.6")}
 
@@ -96,7 +106,7 @@ def glucose_inputs(store: Store, patient_id: str, origin: datetime) -> tuple[Glu
     start = origin - GLUCOSE_LOOKBACK
     readings = [
         (t, r) for t, r in _timed(view_rows(store, "glucose_readings", patient_id), "effective_time", origin)
-        if t >= start and r.get("glucose_mg_dl") is not None
+        if t >= start and _plausible(r.get("glucose_mg_dl"), PLAUSIBLE_GLUCOSE_MG_DL)
     ]
     if len(readings) < 12:
         raise MissingData(f"Patient/{patient_id} has {len(readings)} glucose readings in the 14 days before "
@@ -199,7 +209,7 @@ def dosing_inputs(store: Store, patient_id: str, origin: datetime) -> tuple[Dosi
                                                                   str(r.get("rxnorm") or "")).lower()
              or (r.get("rxnorm") in ("11124", "1807510", "1807516", "1807513"))]
     levels = [(t, r) for t, r in _timed(view_rows(store, "drug_levels", patient_id), "effective_time", origin)
-              if r.get("level_mg_l") is not None]
+              if _plausible(r.get("level_mg_l"), PLAUSIBLE_VANCOMYCIN_MG_L)]
     t0 = min([t for t, _ in doses] + [t for t, _ in levels] + [origin])
 
     def hours(t: datetime) -> float:

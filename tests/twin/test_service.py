@@ -177,3 +177,24 @@ def test_malformed_requests_point_at_the_problem(body: dict, where: str) -> None
     with pytest.raises(ScenarioError) as err:
         parse_request(body)
     assert err.value.expression == where
+
+
+@pytest.mark.parametrize("glucose_mg_dl", [0, 1e308])
+def test_an_implausible_reading_is_left_out_of_the_fit(glucose_mg_dl: float) -> None:
+    """A 0 or 10^308 mg/dL reading just before the origin drove the forecast to NaN (nulls in the
+    answer): it is no measurement, so the twin fits and forecasts as if it had not come."""
+    origin = "2026-01-17T12:00:00Z"
+    with Store(":memory:") as s:
+        Ingestor(s).ingest_paths([FIXTURES / "cgm" / "fhir"])
+        clean = simulate(s, GLUCOSE_PATIENT, parse_request(params("glucose", origin)))
+        reading = next(r for r in (s.read("Observation", ref.split("/")[1]) for ref in clean.inputs.references
+                                   if ref.startswith("Observation/")) if r and "valueQuantity" in r)
+        bad = {**reading, "id": "implausible", "effectiveDateTime": "2026-01-17T11:59:00Z",
+               "valueQuantity": {**reading["valueQuantity"], "value": glucose_mg_dl}}
+        bad.pop("meta", None)
+        s.write([bad])
+        result = simulate(s, GLUCOSE_PATIENT, parse_request(params("glucose", origin)))
+    assert "Observation/implausible" not in result.inputs.references
+    values = [o["valueQuantity"]["value"] for o in predictions(simulation_bundle(result))]
+    assert values == [o["valueQuantity"]["value"] for o in predictions(simulation_bundle(clean))]
+    assert all(isinstance(v, float) and 10 < v < 600 for v in values)
