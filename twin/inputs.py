@@ -25,16 +25,23 @@ from store.views import run
 from twin.data import Covariates, DosingData, GlucoseData
 
 GLUCOSE_LOOKBACK = timedelta(days=14)
-PLAUSIBLE_GLUCOSE_MG_DL = (10.0, 2000.0)
-"""Glucose readings outside this range are no measurement of a living patient (a device error, a
-unit mix-up): fitted on, a 0 or 10^308 drives the model to forecasts of nothing (NaN). Left out."""
-PLAUSIBLE_VANCOMYCIN_MG_L = (0.0, 500.0)
-"""Vancomycin levels outside this range are left out for the same reason (a negative level, or one
-far beyond any dose's reach)."""
+PLAUSIBLE: dict[str, tuple[float, float]] = {
+    "glucose_mg_dl": (10.0, 2000.0),
+    "level_mg_l": (0.0, 500.0),
+    "weight_kg": (0.3, 500.0),
+    "creatinine_mg_dl": (0.05, 30.0),
+}
+"""Per view column, the values a living patient can have. A reading outside (a device error, a unit
+mix-up, a typo) is no measurement: fitted on, a glucose of 0 or 10^308 mg/dL turned the forecast into
+NaN, and a weight or creatinine of 0 or below failed the vancomycin covariate model. Left out; the
+latest plausible reading is used instead."""
+PLAUSIBLE_AGE_Y = (0.0, 130.0)
 
 
-def _plausible(value: Any, bounds: tuple[float, float]) -> bool:
-    return value is not None and bounds[0] <= float(value) <= bounds[1]
+def _plausible(row: dict[str, Any], column: str) -> bool:
+    value = row.get(column)
+    low, high = PLAUSIBLE[column]
+    return value is not None and low <= float(value) <= high
 DIALYSIS_CONDITIONS = {("http://snomed.info/sct", "46177005"), ("http://hl7.org/fhir/sid/icd-10-cm", "N18.6"),
                        ("http://hl7.org/fhir/sid/icd-10", "N18.6")}
 
@@ -106,7 +113,7 @@ def glucose_inputs(store: Store, patient_id: str, origin: datetime) -> tuple[Glu
     start = origin - GLUCOSE_LOOKBACK
     readings = [
         (t, r) for t, r in _timed(view_rows(store, "glucose_readings", patient_id), "effective_time", origin)
-        if t >= start and _plausible(r.get("glucose_mg_dl"), PLAUSIBLE_GLUCOSE_MG_DL)
+        if t >= start and _plausible(r, "glucose_mg_dl")
     ]
     if len(readings) < 12:
         raise MissingData(f"Patient/{patient_id} has {len(readings)} glucose readings in the 14 days before "
@@ -150,7 +157,7 @@ def glucose_inputs(store: Store, patient_id: str, origin: datetime) -> tuple[Glu
 
 def _latest(store: Store, view: str, column: str, patient_id: str, origin: datetime, used: InputSet) -> float | None:
     rows = [(t, r) for t, r in _timed(view_rows(store, view, patient_id), "effective_time", origin)
-            if r.get(column) is not None]
+            if _plausible(r, column)]
     if not rows:
         return None
     t, row = rows[-1]
@@ -165,7 +172,8 @@ def _age_years(birth: str | None, at: datetime) -> float | None:
         born = date.fromisoformat(birth[:10])
     except ValueError:
         return None
-    return (at.date() - born).days / 365.25
+    age_y = (at.date() - born).days / 365.25
+    return age_y if PLAUSIBLE_AGE_Y[0] <= age_y <= PLAUSIBLE_AGE_Y[1] else None
 
 
 def covariates(store: Store, patient_id: str, origin: datetime, used: InputSet) -> Covariates:
@@ -209,7 +217,7 @@ def dosing_inputs(store: Store, patient_id: str, origin: datetime) -> tuple[Dosi
                                                                   str(r.get("rxnorm") or "")).lower()
              or (r.get("rxnorm") in ("11124", "1807510", "1807516", "1807513"))]
     levels = [(t, r) for t, r in _timed(view_rows(store, "drug_levels", patient_id), "effective_time", origin)
-              if _plausible(r.get("level_mg_l"), PLAUSIBLE_VANCOMYCIN_MG_L)]
+              if _plausible(r, "level_mg_l")]
     t0 = min([t for t, _ in doses] + [t for t, _ in levels] + [origin])
 
     def hours(t: datetime) -> float:

@@ -198,3 +198,23 @@ def test_an_implausible_reading_is_left_out_of_the_fit(glucose_mg_dl: float) -> 
     values = [o["valueQuantity"]["value"] for o in predictions(simulation_bundle(result))]
     assert values == [o["valueQuantity"]["value"] for o in predictions(simulation_bundle(clean))]
     assert all(isinstance(v, float) and 10 < v < 600 for v in values)
+
+
+@pytest.mark.parametrize(("loinc", "value"), [("29463-7", 0.0), ("29463-7", 1e308), ("2160-0", -1.0)])
+def test_an_implausible_covariate_is_left_out_and_the_latest_plausible_one_used(loinc: str, value: float) -> None:
+    """A weight of 0 kg or a creatinine of -1 mg/dL failed the vancomycin fit (500 from $simulate)."""
+    origin = "2026-03-02T14:00:00Z"
+    with Store(":memory:") as s:
+        Ingestor(s).ingest_paths([FIXTURES / "tdm" / "fhir"])
+        clean = simulate(s, VANCO_PATIENT, parse_request(params("vancomycin", origin)))
+        used = [s.read("Observation", ref.split("/")[1]) for ref in clean.inputs.references
+                if ref.startswith("Observation/")]
+        real = next(o for o in used if o["code"]["coding"][0]["code"] == loinc)
+        bad = {**real, "id": "implausible", "valueQuantity": {**real["valueQuantity"], "value": value}}
+        bad.pop("meta", None)
+        s.write([bad])  # same time as the real one, written later
+        result = simulate(s, VANCO_PATIENT, parse_request(params("vancomycin", origin)))
+    assert "Observation/implausible" not in result.inputs.references
+    assert f"Observation/{real['id']}" in result.inputs.references
+    assert [o["valueQuantity"]["value"] for o in predictions(simulation_bundle(result))] == \
+        [o["valueQuantity"]["value"] for o in predictions(simulation_bundle(clean))]
