@@ -30,11 +30,15 @@ PLAUSIBLE: dict[str, tuple[float, float]] = {
     "level_mg_l": (0.0, 500.0),
     "weight_kg": (0.3, 500.0),
     "creatinine_mg_dl": (0.05, 30.0),
+    "carbs_g": (0.0, 1000.0),
+    "dose_u": (0.0, 1000.0),
+    "rate_u_per_h": (0.0, 100.0),
+    "dose_mg": (0.0, 20000.0),
 }
-"""Per view column, the values a living patient can have. A reading outside (a device error, a unit
-mix-up, a typo) is no measurement: fitted on, a glucose of 0 or 10^308 mg/dL turned the forecast into
-NaN, and a weight or creatinine of 0 or below failed the vancomycin covariate model. Left out; the
-latest plausible reading is used instead."""
+"""Per view column, the values a living patient can have or be given. A reading outside (a device
+error, a unit mix-up, a typo) is no measurement, a negative dose no dose: fitted on, a glucose of
+0 or 10^308 mg/dL turned the forecast into NaN, and a weight or creatinine of 0 or below failed
+the vancomycin covariate model. Left out; the latest plausible reading is used instead."""
 PLAUSIBLE_AGE_Y = (0.0, 130.0)
 
 
@@ -125,18 +129,18 @@ def glucose_inputs(store: Store, patient_id: str, origin: datetime) -> tuple[Glu
     for _, r in readings:
         used.add(store, "Observation", r["id"])
     carbs = [(t, r) for t, r in _timed(view_rows(store, "carbohydrate_intake", patient_id), "effective_time", origin)
-             if t >= start and r.get("carbs_g") is not None]
+             if t >= start and _plausible(r, "carbs_g")]
     for _, r in carbs:
         used.add(store, "Observation", r["id"])
     boluses, basal = [], []
     for t, r in _timed(view_rows(store, "insulin_administrations", patient_id), "start_time", origin):
         end = parse_time(r.get("end_time"))
-        if r.get("kind") == "basal" and r.get("rate_u_per_h") is not None:
+        if r.get("kind") == "basal" and _plausible(r, "rate_u_per_h"):
             if end is not None and end < start:
                 continue
             basal.append((max(t, start), min(end or origin + timedelta(days=1), origin + timedelta(days=1)),
                           float(r["rate_u_per_h"])))
-        elif r.get("dose_u") is not None and t >= start:
+        elif _plausible(r, "dose_u") and t >= start:
             boluses.append((t, float(r["dose_u"])))
         else:
             continue
@@ -213,7 +217,7 @@ def dosing_inputs(store: Store, patient_id: str, origin: datetime) -> tuple[Dosi
     used = InputSet()
     cov = covariates(store, patient_id, origin, used)
     doses = [(t, r) for t, r in _timed(view_rows(store, "drug_doses", patient_id), "start_time", origin)
-             if r.get("dose_mg") is not None and "vancomycin" in (str(r.get("medication") or "") +
+             if _plausible(r, "dose_mg") and "vancomycin" in (str(r.get("medication") or "") +
                                                                   str(r.get("rxnorm") or "")).lower()
              or (r.get("rxnorm") in ("11124", "1807510", "1807516", "1807513"))]
     levels = [(t, r) for t, r in _timed(view_rows(store, "drug_levels", patient_id), "effective_time", origin)

@@ -218,3 +218,17 @@ def test_an_implausible_covariate_is_left_out_and_the_latest_plausible_one_used(
     assert f"Observation/{real['id']}" in result.inputs.references
     assert [o["valueQuantity"]["value"] for o in predictions(simulation_bundle(result))] == \
         [o["valueQuantity"]["value"] for o in predictions(simulation_bundle(clean))]
+
+
+def test_a_negative_carbohydrate_intake_is_left_out_of_the_fit() -> None:
+    origin = "2026-01-17T12:00:00Z"
+    with Store(":memory:") as s:
+        Ingestor(s).ingest_paths([FIXTURES / "cgm" / "fhir"])
+        clean = simulate(s, GLUCOSE_PATIENT, parse_request(params("glucose", origin)))
+        meal = next(o for o in (s.read("Observation", ref.split("/")[1]) for ref in clean.inputs.references
+                                if ref.startswith("Observation/")) if o["code"]["coding"][0]["code"] == "9059-7")
+        bad = {**meal, "id": "negative-meal", "valueQuantity": {**meal["valueQuantity"], "value": -80}}
+        bad.pop("meta", None)
+        s.write([bad])
+        result = simulate(s, GLUCOSE_PATIENT, parse_request(params("glucose", origin)))
+    assert "Observation/negative-meal" not in result.inputs.references
