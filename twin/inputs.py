@@ -41,13 +41,14 @@ error, a unit mix-up, a typo) is no measurement, a negative dose no dose: fitted
 the vancomycin covariate model. Left out; the latest plausible reading is used instead."""
 PLAUSIBLE_AGE_Y = (0.0, 130.0)
 
+DIALYSIS_CONDITIONS = {("http://snomed.info/sct", "46177005"), ("http://hl7.org/fhir/sid/icd-10-cm", "N18.6"),
+                       ("http://hl7.org/fhir/sid/icd-10", "N18.6")}
+
 
 def _plausible(row: dict[str, Any], column: str) -> bool:
     value = row.get(column)
     low, high = PLAUSIBLE[column]
     return value is not None and low <= float(value) <= high
-DIALYSIS_CONDITIONS = {("http://snomed.info/sct", "46177005"), ("http://hl7.org/fhir/sid/icd-10-cm", "N18.6"),
-                       ("http://hl7.org/fhir/sid/icd-10", "N18.6")}
 
 
 class MissingData(ValueError):
