@@ -35,6 +35,26 @@ def _add_db(p: argparse.ArgumentParser) -> None:
     p.add_argument("--db", default=env_default("DB", DEFAULT_DB), help="DuckDB file (env FHIRTWIN_DB)")
 
 
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected at least 1, got {value}")
+    return value
+
+
+def _missing_db(settings: Settings, console: Console) -> bool:
+    """Whether the store a reading command names does not exist (said once, instead of creating an
+    empty one, which a mistyped ``--db`` would otherwise do silently)."""
+    if settings.db == ":memory:" or Path(settings.db).exists():
+        return False
+    console.print(f"[red]no such database:[/] {settings.db} (ingest into it first, or name another with --db "
+                  "or FHIRTWIN_DB)", highlight=False)
+    return True
+
+
 def _add_net(p: argparse.ArgumentParser) -> None:
     p.add_argument("--host", default=env_default("HOST", DEFAULT_HOST), help="bind address (env FHIRTWIN_HOST)")
     p.add_argument("--port", type=int, default=env_int("PORT", DEFAULT_PORT), help="HTTP port (env FHIRTWIN_PORT)")
@@ -148,7 +168,7 @@ def build_parser() -> argparse.ArgumentParser:
     val.add_argument("--model", required=True, choices=("glucose", "vancomycin"))
     val.add_argument("--patient", help="Patient id (glucose: CGM in the store)")
     val.add_argument("--split-days", type=float, default=10.0, help="glucose: days of data to fit on")
-    val.add_argument("--virtual", type=int, default=200, help="vancomycin: virtual TDM patients")
+    val.add_argument("--virtual", type=_positive_int, default=200, help="vancomycin: virtual TDM patients")
     val.add_argument("--out", type=Path, required=True, help="report folder")
     listing = twin_sub.add_parser("list", help="twins in the store and whether new data made them stale")
     _add_db(listing)
@@ -268,6 +288,8 @@ def cmd_export(settings: Settings, args: argparse.Namespace, console: Console) -
     from store.export import export_ndjson, export_parquet
     from store.store import Store
 
+    if _missing_db(settings, console):
+        return 2
     with Store(settings.db, read_only=True) as store:
         counts = (export_parquet if args.format == "parquet" else export_ndjson)(store, args.out)
     console.print(f"exported {sum(counts.values())} resources as {args.format} to {args.out}")
@@ -320,6 +342,8 @@ def cmd_view(settings: Settings, args: argparse.Namespace, console: Console) -> 
 
     if args.view_command == "list":
         return _list_views(console)
+    if _missing_db(settings, console):
+        return 2
     view = _load_view(args.view, console)
     if view is None:
         return 2
@@ -329,7 +353,7 @@ def cmd_view(settings: Settings, args: argparse.Namespace, console: Console) -> 
                 rows = MaterializedViews(store).materialize(args.name, view)
             console.print(f"view_{args.name}: {rows} rows, refreshed on every write")
             return 0
-        with Store(settings.db, read_only=Path(settings.db).exists()) as store:
+        with Store(settings.db, read_only=True) as store:
             compiled, rows = run(store, view)
     except ViewDefinitionError as exc:
         console.print(f"[red]{args.view}: invalid ViewDefinition:[/] {exc}", highlight=False)
@@ -346,6 +370,9 @@ def cmd_view(settings: Settings, args: argparse.Namespace, console: Console) -> 
 def cmd_twin(settings: Settings, args: argparse.Namespace, console: Console) -> int:
     from fhirtwin.twin_commands import run_twin_command
 
+    virtual_only = args.twin_command == "validate" and args.model == "vancomycin"  # virtual patients: no store
+    if not virtual_only and _missing_db(settings, console):
+        return 2
     return run_twin_command(settings.db, args, console)
 
 

@@ -30,15 +30,21 @@ def _minutes(text: str) -> float:
 def _origin(text: str | None) -> datetime | None:
     if not text:
         return None
-    t = datetime.fromisoformat(text)
+    try:
+        t = datetime.fromisoformat(text)
+    except ValueError:
+        raise ValueError(f"--origin {text!r}: expected an ISO 8601 date-time, e.g. 2026-03-02T14:00:00Z") from None
     return t.replace(tzinfo=UTC) if t.tzinfo is None else t
 
 
 def _request(store: Store, args: argparse.Namespace) -> SimulationRequest:
     scenario = Scenario()
     if args.scenario:
-        parsed = parse_request(orjson.loads(args.scenario.read_bytes()))
-        scenario = parsed.scenario
+        try:
+            body = orjson.loads(args.scenario.read_bytes())
+        except (OSError, orjson.JSONDecodeError) as exc:
+            raise ValueError(f"--scenario {args.scenario}: {exc}") from None
+        scenario = parse_request(body).scenario
     origin = _origin(args.origin)
     if origin is None:
         view, col = (("glucose_readings", "effective_time") if args.model == "glucose"

@@ -45,3 +45,26 @@ def test_validate_vancomycin_writes_a_report(db: Path, tmp_path: Path) -> None:
     assert out.returncode == 0, out.stdout + out.stderr
     assert (tmp_path / "report" / "report.md").exists() and (tmp_path / "report" / "report.html").exists()
     assert list((tmp_path / "report").glob("*.png"))
+
+
+@pytest.mark.parametrize(("args", "needle"), [
+    (["simulate", "--patient", "tdm-001", "--model", "vancomycin", "--origin", "garbage"],
+     "--origin 'garbage': expected an ISO 8601 date-time"),
+    (["simulate", "--patient", "tdm-001", "--model", "vancomycin", "--scenario", "/no/such/scenario.json"],
+     "--scenario /no/such/scenario.json"),
+    (["validate", "--model", "vancomycin", "--virtual", "0", "--out", "/tmp/never"], "expected at least 1, got 0"),
+])
+def test_bad_arguments_are_one_line_errors(db: Path, args: list[str], needle: str) -> None:
+    out = run("twin", args[0], "--db", str(db), *args[1:])
+    assert out.returncode == 2
+    assert needle in (out.stdout + out.stderr).replace("\n", " ")
+    assert "Traceback" not in out.stderr
+
+
+@pytest.mark.parametrize("command", [["twin", "list"], ["export", "--format", "ndjson", "--out", "x"],
+                                     ["view", "run", "glucose_readings"]])
+def test_a_mistyped_database_is_said_and_not_created(tmp_path: Path, command: list[str]) -> None:
+    missing = tmp_path / "typo.duckdb"
+    out = run(*command, "--db", str(missing))
+    assert out.returncode == 2 and f"no such database: {missing}" in out.stdout.replace("\n", "")
+    assert not missing.exists()
