@@ -23,8 +23,9 @@ from fhirtwin.settings import (
     Settings,
     env_choice,
     env_default,
-    env_int,
+    env_port,
     env_seconds,
+    port,
     positive_seconds,
 )
 
@@ -57,7 +58,7 @@ def _missing_db(settings: Settings, console: Console) -> bool:
 
 def _add_net(p: argparse.ArgumentParser) -> None:
     p.add_argument("--host", default=env_default("HOST", DEFAULT_HOST), help="bind address (env FHIRTWIN_HOST)")
-    p.add_argument("--port", type=int, default=env_int("PORT", DEFAULT_PORT), help="HTTP port (env FHIRTWIN_PORT)")
+    p.add_argument("--port", type=port, default=env_port("PORT", DEFAULT_PORT), help="HTTP port (env FHIRTWIN_PORT)")
 
 
 VIEW_HELP = "a ViewDefinition JSON file, or the name of a shipped view (see 'fhirtwin view list')"
@@ -111,7 +112,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_db(serve)
     _add_net(serve)
     serve.add_argument(
-        "--mllp-port", type=int, default=env_int("MLLP_PORT", DEFAULT_MLLP_PORT),
+        "--mllp-port", type=port, default=env_port("MLLP_PORT", DEFAULT_MLLP_PORT),
         help="MLLP listener port, 0 turns it off (env FHIRTWIN_MLLP_PORT)",
     )
     _add_mllp_options(serve)
@@ -126,7 +127,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_db(mllp)
     mllp.add_argument("--host", default=env_default("HOST", DEFAULT_HOST), help="bind address (env FHIRTWIN_HOST)")
     mllp.add_argument(
-        "--mllp-port", type=int, default=env_int("MLLP_PORT", DEFAULT_MLLP_PORT), help="port (env FHIRTWIN_MLLP_PORT)"
+        "--mllp-port", type=port, default=env_port("MLLP_PORT", DEFAULT_MLLP_PORT), help="port (env FHIRTWIN_MLLP_PORT)"
     )
     _add_mllp_options(mllp)
 

@@ -37,9 +37,17 @@ def _env_parsed(name: str, fallback: T, parse: Callable[[str], T], expected: str
         raise SystemExit(f"FHIRTWIN_{name} must be {expected}, got {raw!r}") from None
 
 
-def env_int(name: str, fallback: int) -> int:
-    """An integer setting from the environment."""
-    return _env_parsed(name, fallback, int, "an integer")
+def port(text: str) -> int:
+    """A TCP port number, 0 to 65535 (ValueError otherwise: argparse reports it for flags)."""
+    value = int(text)
+    if not 0 <= value <= 65535:
+        raise ValueError(f"not a port number (0 to 65535): {text!r}")
+    return value
+
+
+def env_port(name: str, fallback: int) -> int:
+    """A port number from the environment."""
+    return _env_parsed(name, fallback, port, "a port number from 0 to 65535")
 
 
 def positive_seconds(text: str) -> float:

@@ -256,6 +256,21 @@ def test_cli_flag_and_environment_set_the_mapping_timeout(monkeypatch: pytest.Mo
         run(start_mllp_server(store, "127.0.0.1", 0, map_timeout_s=0))
 
 
+def test_ports_out_of_range_are_refused_from_flags_and_environment(monkeypatch: pytest.MonkeyPatch,
+                                                                   capsys: pytest.CaptureFixture[str]) -> None:
+    for command, flag in (("serve", "--port"), ("serve", "--mllp-port"), ("mllp", "--mllp-port")):
+        assert getattr(_settings(build_parser().parse_args([command, flag, "0"])), flag[2:].replace("-", "_")) == 0
+        for bad in ("-1", "65536", "x"):
+            with pytest.raises(SystemExit):
+                build_parser().parse_args([command, flag, bad])
+            assert f"argument {flag}: invalid port value" in capsys.readouterr().err
+    monkeypatch.setenv("FHIRTWIN_MLLP_PORT", "2576")
+    assert _settings(build_parser().parse_args(["mllp"])).mllp_port == 2576
+    monkeypatch.setenv("FHIRTWIN_MLLP_PORT", "70000")
+    with pytest.raises(SystemExit, match="FHIRTWIN_MLLP_PORT must be a port number from 0 to 65535"):
+        build_parser()
+
+
 def test_mapping_builds_no_ack_for_a_row_answered_at_commit() -> None:
     """The AA of a row answered at commit is already in the inbox: mapping maps it all the same
     but builds no second one (the unanswered row gets its AA from mapping, as under ``processed``)."""
