@@ -182,6 +182,9 @@ def cmd_demo(settings: Settings, args: argparse.Namespace, console: Console) -> 
     from store.store import Store
 
     data = args.data or FIXTURES
+    if not data.exists():
+        console.print(f"[red]no such file or folder:[/] {data}", highlight=False)
+        return 2
     console.print(f"[bold]fhirtwin demo[/]: data {data}, store {settings.db}")
     store = Store(settings.db)
     try:

@@ -41,13 +41,17 @@ _MESSAGE_START = re.compile(rb"(?:^|[\r\n])MSH")
 
 
 def expected_records(path: Path) -> int:
-    """Records to expect from one file, for the progress bar: NDJSON lines, HL7 v2 messages, else one."""
-    fmt = detect_format(path)
-    if fmt == "ndjson":
-        with open_file(path) as fh:
-            return sum(1 for line in fh if line.strip())
-    if fmt == "hl7":
-        return max(1, len(_MESSAGE_START.findall(path.read_bytes())))
+    """Records to expect from one file, for the progress bar: NDJSON lines, HL7 v2 messages, else one
+    (also for a file that cannot be read: the import refuses it with the reason)."""
+    try:
+        fmt = detect_format(path)
+        if fmt == "ndjson":
+            with open_file(path) as fh:
+                return sum(1 for line in fh if line.strip())
+        if fmt == "hl7":
+            return max(1, len(_MESSAGE_START.findall(path.read_bytes())))
+    except OSError:
+        pass
     return 1
 
 

@@ -101,20 +101,29 @@ def _hl7_location(err: object) -> str | None:
 
 
 def _records(path: Path, resolve: Callable[[str], str | None]) -> Iterator[Record]:
-    fmt = detect_format(path)
-    if fmt == "ndjson":
-        yield from read_ndjson(path, resolve)
-    elif fmt == "json":
-        yield from read_json(path, resolve)
-    elif fmt == "xml":
-        yield from read_xml(path, resolve)
-    elif fmt == "hl7":
-        yield from hl7_records(path.read_bytes(), str(path))
-    else:
-        rec = Record(source=str(path), line=None, raw=b"", format=fmt or "unknown")
-        rec.problems.append(Problem("not a format fhirtwin reads (FHIR JSON, NDJSON or XML; HL7 v2 ER7)", None,
-                                    "not-supported"))
-        yield rec
+    try:
+        fmt = detect_format(path)
+        if fmt == "ndjson":
+            yield from read_ndjson(path, resolve)
+        elif fmt == "json":
+            yield from read_json(path, resolve)
+        elif fmt == "xml":
+            yield from read_xml(path, resolve)
+        elif fmt == "hl7":
+            yield from hl7_records(path.read_bytes(), str(path))
+        elif not path.is_file():
+            yield _file_problem(path, "no such file", "not-found")
+        else:
+            yield _file_problem(path, "not a format fhirtwin reads (FHIR JSON, NDJSON or XML; HL7 v2 ER7)",
+                                "not-supported")
+    except OSError as exc:  # gone or unreadable since the walk: this file is refused, the import goes on
+        yield _file_problem(path, f"cannot read the file: {exc.strerror or exc}", "exception")
+
+
+def _file_problem(path: Path, text: str, code: str) -> Record:
+    rec = Record(source=str(path), line=None, raw=b"", format="unknown")
+    rec.problems.append(Problem(text, None, code))
+    return rec
 
 
 def _counting(report: Callable[[int], None]) -> Callable[[Record], None]:
@@ -259,12 +268,16 @@ class Ingestor:
         return summary
 
     def bulk_eligible(self, path: Path) -> bool:
-        """Whether a file takes the bulk path (large NDJSON, built-in validation)."""
-        return (
-            self.validator in (r4_validator, None)
-            and detect_format(path) == "ndjson"
-            and path.stat().st_size >= self.bulk_min_bytes
-        )
+        """Whether a file takes the bulk path (large NDJSON, built-in validation); one that cannot be
+        read does not (the record-by-record path refuses it with the reason)."""
+        try:
+            return (
+                self.validator in (r4_validator, None)
+                and detect_format(path) == "ndjson"
+                and path.stat().st_size >= self.bulk_min_bytes
+            )
+        except OSError:
+            return False
 
     def ingest_ndjson_parallel(
         self,

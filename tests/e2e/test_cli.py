@@ -122,3 +122,8 @@ def test_a_taken_mllp_port_is_a_clear_error(tmp_path: Path, command: str) -> Non
     assert out.returncode == 2, out.stdout + out.stderr
     assert f"cannot listen for MLLP on 127.0.0.1:{port}: Address already in use" in out.stdout
     assert "Traceback" not in out.stderr
+
+
+def test_demo_with_a_missing_data_folder_says_so(tmp_path: Path) -> None:
+    out = run("demo", "--no-serve", "--db", str(tmp_path / "d.duckdb"), "--data", str(tmp_path / "nope"))
+    assert out.returncode == 2 and f"no such file or folder: {tmp_path / 'nope'}" in out.stdout.replace("\n", "")

@@ -4,6 +4,7 @@ which files a folder walk takes, and the progress an import reports."""
 from __future__ import annotations
 
 import gzip
+import os
 from pathlib import Path
 from typing import Any
 
@@ -137,3 +138,25 @@ def test_text_outside_any_message_stays_one_letter_with_its_reason_on_replay(nam
         reason = letter["reason"][0]["diagnostics"]
         assert replay.errors == [f"{HL7 / name}:{letter['line']}: still unreadable: {reason}"]
         assert store.dead_letters() == [letter]  # the same letter, its reason as the file gave it
+
+
+def test_a_named_file_that_is_missing_or_unreadable_is_refused_and_the_rest_goes_on(tmp_path: Path) -> None:
+    good = tmp_path / "admit.hl7"
+    good.write_bytes(ADMIT)
+    locked = tmp_path / "locked.hl7"
+    locked.write_bytes(UPDATE)
+    locked.chmod(0)
+    missing_json, missing_txt, missing_doc = (tmp_path / f"gone.{suffix}" for suffix in ("json", "txt", "doc"))
+    store = Store(":memory:")
+    try:
+        summary = Ingestor(store).ingest_paths([missing_json, missing_txt, missing_doc, locked, good])
+        expected = [expected_records(p) for p in (missing_json, missing_txt, locked)]  # the progress bar too
+    finally:
+        locked.chmod(0o644)
+    assert summary.accepted > 0 and store.count("Provenance") >= 1
+    reasons = dict(e.split(": ", 1) for e in summary.errors)
+    assert reasons[str(missing_json)] == reasons[str(missing_txt)] == "cannot read the file: No such file or directory"
+    assert reasons[str(missing_doc)] == "no such file"
+    assert expected == [1, 1, 1]
+    if os.geteuid() != 0:  # root reads any file
+        assert reasons[str(locked)].startswith("cannot read the file: Permission denied")
