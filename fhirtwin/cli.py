@@ -274,6 +274,8 @@ def cmd_replay(settings: Settings, console: Console) -> int:
     from ingest.pipeline import Ingestor
     from store.store import Store
 
+    if _missing_db(settings, console):
+        return 2
     with Store(settings.db) as store:
         fhir = Ingestor(store).replay_dead_letters()
         hl7 = replay_dead_letters(store)

@@ -62,7 +62,7 @@ def test_bad_arguments_are_one_line_errors(db: Path, args: list[str], needle: st
 
 
 @pytest.mark.parametrize("command", [["twin", "list"], ["export", "--format", "ndjson", "--out", "x"],
-                                     ["view", "run", "glucose_readings"]])
+                                     ["view", "run", "glucose_readings"], ["replay"]])
 def test_a_mistyped_database_is_said_and_not_created(tmp_path: Path, command: list[str]) -> None:
     missing = tmp_path / "typo.duckdb"
     out = run(*command, "--db", str(missing))
