@@ -67,9 +67,11 @@ def unpack_bundle(
     store dangling references.
     """
     btype = bundle.get("type")
-    if btype not in _UNPACKED_TYPES:
+    if not isinstance(btype, str) or btype not in _UNPACKED_TYPES:
         return [], [Problem(f"unsupported Bundle.type {btype!r}", "Bundle.type", "value")]
     entries = bundle.get("entry") or []
+    if not isinstance(entries, list):
+        return [], [Problem("Bundle.entry must be an array", "Bundle.entry", "structure")]
     mapping: dict[str, str] = {}
     problems: list[Problem] = []
     resources: list[tuple[int, dict[str, Any]]] = []
@@ -77,9 +79,8 @@ def unpack_bundle(
     for i, entry in enumerate(entries):
         res = entry.get("resource") if isinstance(entry, dict) else None
         if not isinstance(res, dict):
-            if btype in ("transaction", "batch") and isinstance(entry, dict) and entry.get("request", {}).get(
-                "method"
-            ) == "DELETE":
+            request = entry.get("request") if isinstance(entry, dict) else None
+            if btype in ("transaction", "batch") and isinstance(request, dict) and request.get("method") == "DELETE":
                 continue
             problems.append(Problem("entry has no resource", f"Bundle.entry[{i}].resource", "required"))
             continue
@@ -88,13 +89,16 @@ def unpack_bundle(
             problems.append(Problem("resource has no resourceType", f"Bundle.entry[{i}].resource", "required"))
             continue
         full_url = entry.get("fullUrl") or ""
+        if not isinstance(full_url, str):
+            problems.append(Problem("fullUrl must be a string", f"Bundle.entry[{i}].fullUrl", "structure"))
+            continue
         if full_url.startswith(("urn:uuid:", "urn:oid:")):
             rid = res.get("id") or id_for_full_url(full_url, rtype)
             mapping[full_url] = f"{rtype}/{rid}"
             res = {**res, "id": rid}
         elif full_url and res.get("id"):
             mapping[full_url] = f"{rtype}/{res['id']}"
-        if res.get("id"):
+        if isinstance(res.get("id"), str) and res["id"]:  # an id of another type: the validator says so
             key = (rtype, res["id"])
             if key in seen and btype == "transaction":
                 problems.append(

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import gzip
 from pathlib import Path
+from typing import Any
 
 import orjson
+import pytest
 
 from ingest.bundles import unpack_bundle
 from ingest.pipeline import Ingestor
@@ -104,3 +106,18 @@ def test_transaction_file_resolves_conditional_references(tmp_path: Path) -> Non
     bad.write_bytes(orjson.dumps(bundle))
     summary = Ingestor(store).ingest_paths([bad])
     assert summary.rejected == 1 and "does not match exactly one" in summary.errors[0]
+
+
+@pytest.mark.parametrize(("damage", "expression"), [
+    (lambda b: b.update(type=[]), "Bundle.type"),
+    (lambda b: b.update(entry={"resource": {}}), "Bundle.entry"),
+    (lambda b: b["entry"][0].update(fullUrl=-1), "Bundle.entry[0].fullUrl"),
+    (lambda b: b["entry"].append({"request": "DELETE"}), "Bundle.entry[1].resource"),
+])
+def test_a_malformed_bundle_is_refused_with_where_never_raised(damage: Any, expression: str) -> None:
+    bundle = {"resourceType": "Bundle", "type": "transaction", "entry": [
+        {"fullUrl": "urn:uuid:0e5bd4f2-3f0e-4b29-9ad0-8f6d8c1b1d11", "resource": {"resourceType": "Patient"},
+         "request": {"method": "POST", "url": "Patient"}}]}
+    damage(bundle)
+    resources, problems = unpack_bundle(bundle)
+    assert resources == [] and expression in [p.expression for p in problems]
