@@ -117,8 +117,8 @@ def simulate_glucose(store: Store, patient_id: str, req: SimulationRequest, *, k
     )
     steps = np.arange(5, int(horizon) + 1, 5)
     idx = [int(np.argmin(np.abs(pred.t - (origin_min + s)))) for s in steps]
-    sub = Prediction(pred.t[idx], pred.median[idx], pred.lo80[idx], pred.hi80[idx], pred.lo95[idx], pred.hi95[idx],
-                     pred.model_id, pred.model_version, pred.data_fingerprint)
+    sub = _finite(Prediction(pred.t[idx], pred.median[idx], pred.lo80[idx], pred.hi80[idx], pred.lo95[idx],
+                             pred.hi95[idx], pred.model_id, pred.model_version, pred.data_fingerprint), patient_id)
     ref = _ref(model)
     params = parameters_observation(patient_id=patient_id, model=ref, posterior=posterior,
                                     derived_from=used.references, origin=req.origin, key=key)
@@ -145,7 +145,7 @@ def simulate_vancomycin(store: Store, patient_id: str, req: SimulationRequest, *
                                np.array([m / 60.0 for _, _, m in sc.doses]))
     horizon_h = (req.horizon_min or 72 * 60.0) / 60.0
     t_h = hours(req.origin) + np.arange(1.0, horizon_h + 1e-9, 1.0)
-    pred = model.predict(posterior, scenario, t_h)
+    pred = _finite(model.predict(posterior, scenario, t_h), patient_id)
     ref = _ref(model)
     params = parameters_observation(patient_id=patient_id, model=ref, posterior=posterior,
                                     derived_from=used.references, origin=req.origin, key=key)
@@ -154,6 +154,16 @@ def simulate_vancomycin(store: Store, patient_id: str, req: SimulationRequest, *
                      [f"Observation/{params['id']}"], req.origin, f"{key}|vancomycin")
     return TwinResult(patient_id, ref, posterior, used, [params, *series],
                       {"levels_used": int(len(data.level_t_h)), "doses_used": int(len(data.dose_mg))})
+
+
+def _finite(pred: Prediction, patient_id: str) -> Prediction:
+    """``pred`` when every forecast and interval bound is a number: a NaN or infinity is published as
+    nothing (JSON null) and must never reach a clinician as a forecast."""
+    for values in (pred.median, pred.lo80, pred.hi80, pred.lo95, pred.hi95):
+        if not np.all(np.isfinite(values)):
+            raise MissingData(f"the {pred.model_id} twin gave no finite forecast for Patient/{patient_id} from the "
+                              "data it holds (check the inputs it lists as used)")
+    return pred
 
 
 def simulate(store: Store, patient_id: str, req: SimulationRequest) -> TwinResult:

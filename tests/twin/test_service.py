@@ -232,3 +232,18 @@ def test_a_negative_carbohydrate_intake_is_left_out_of_the_fit() -> None:
         s.write([bad])
         result = simulate(s, GLUCOSE_PATIENT, parse_request(params("glucose", origin)))
     assert "Observation/negative-meal" not in result.inputs.references
+
+
+def test_a_forecast_that_is_not_a_number_is_refused_not_published() -> None:
+    """Whatever drives a model to NaN or infinity, no null forecast reaches a clinician: the fit says so
+    (MissingData: 422 from $simulate, the refresher records it as the twin's error)."""
+    from twin.models.base import Prediction
+    from twin.service import _finite
+
+    ok = np.array([90.0, 95.0])
+    good = Prediction(np.array([5.0, 10.0]), ok, ok - 10, ok + 10, ok - 20, ok + 20, "glucose-x", "1", "fp")
+    assert _finite(good, "p1") is good
+    for broken in (np.array([90.0, np.nan]), np.array([np.inf, 95.0])):
+        bad = Prediction(good.t, broken, ok - 10, ok + 10, ok - 20, ok + 20, "glucose-x", "1", "fp")
+        with pytest.raises(MissingData, match="glucose-x twin gave no finite forecast for Patient/p1"):
+            _finite(bad, "p1")
