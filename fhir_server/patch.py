@@ -276,6 +276,23 @@ def _delete(resource: dict[str, Any], loc: Location) -> None:
         del parent[loc[-1]]
 
 
+def _element_locations(resource: dict[str, Any], path: str, kind: str) -> list[Location]:
+    """The locations a delete or replace acts on: elements, never the resource itself."""
+    targets = _locations(resource, path)
+    if () in targets:
+        raise _fail(f"{kind}: path {path!r} selects the whole resource, not an element of it")
+    return targets
+
+
+def _list_at(resource: dict[str, Any], parent: Location, name: str, kind: str, *, create: bool) -> list[Any]:
+    """The list ``name`` of the element at ``parent`` (made empty when ``create`` and absent)."""
+    node = _node(resource, parent)
+    items = node.setdefault(name, []) if create else node.get(name, [])
+    if not isinstance(items, list):
+        raise _fail(f"{kind}: {name!r} is a single element, not a list")
+    return items
+
+
 def fhirpath_patch(resource: dict[str, Any], parameters: dict[str, Any]) -> dict[str, Any]:
     """Apply the ``operation`` parameters (add, insert, delete, replace, move) in order, on a copy."""
     doc = copy.deepcopy(resource)
@@ -300,26 +317,26 @@ def fhirpath_patch(resource: dict[str, Any], parameters: dict[str, Any]) -> dict
                 node[name] = value
         elif kind == "insert":
             parent, name = _collection(doc, path)
-            items = _node(doc, parent).setdefault(name, [])
+            items = _list_at(doc, parent, name, "insert", create=True)
             index = _scalar(parts, "index")
             if not isinstance(index, int) or not 0 <= index <= len(items):
                 raise _fail(f"insert: index {index!r} out of range")
             items.insert(index, _value(parts.get("value") or {}, _type_at(rtype, (*parent, name))))
         elif kind == "delete":
-            targets = _locations(doc, path)
+            targets = _element_locations(doc, path, "delete")
             if len(targets) > 1:
                 raise _fail(f"delete: path {path!r} selects more than one element")
             if targets:
                 _delete(doc, targets[0])
         elif kind == "replace":
-            targets = _locations(doc, path)
+            targets = _element_locations(doc, path, "replace")
             if len(targets) != 1:
                 raise _fail(f"replace: path {path!r} must select exactly one element")
             loc = targets[0]
             _node(doc, loc[:-1])[loc[-1]] = _value(parts.get("value") or {}, _type_at(rtype, loc))
         elif kind == "move":
             parent, name = _collection(doc, path)
-            items = _node(doc, parent).get(name) or []
+            items = _list_at(doc, parent, name, "move", create=False)
             source, dest = _scalar(parts, "source"), _scalar(parts, "destination")
             if not all(isinstance(i, int) and 0 <= i < len(items) for i in (source, dest)):
                 raise _fail("move: source and destination must be indexes into the list")

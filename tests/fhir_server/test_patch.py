@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 import httpx
+import pytest
 
 JSON_PATCH = {"Content-Type": "application/json-patch+json"}
 
@@ -63,3 +64,18 @@ def test_fhirpath_patch_operations(http: httpx.Client, patient: Any) -> None:
     assert "birthDate" not in body
     bad = {"resourceType": "Parameters", "parameter": [_op("replace", "Patient.name", value={"valueString": "x"})]}
     assert http.patch(f"Patient/{pid}", json=bad).status_code == 422
+
+
+@pytest.mark.parametrize(("operation", "needle"), [
+    (_op("delete", "Patient"), "selects the whole resource"),
+    (_op("replace", "Patient", value={"valueString": "x"}), "selects the whole resource"),
+    (_op("insert", "Patient.id", index={"valueInteger": 0}, value={"valueString": "x"}), "not a list"),
+    (_op("move", "Patient.gender", source={"valueInteger": 0}, destination={"valueInteger": 0}), "not a list"),
+])
+def test_a_fhirpath_patch_that_cannot_apply_is_refused_with_why(http: httpx.Client, patient: Any,
+                                                                 operation: dict, needle: str) -> None:
+    pid = http.post("Patient", json=patient("Np") | {"gender": "female"}).json()["id"]
+    response = http.patch(f"Patient/{pid}", json={"resourceType": "Parameters", "parameter": [operation]})
+    assert response.status_code == 422, response.text
+    assert needle in response.json()["issue"][0]["diagnostics"]
+    assert http.get(f"Patient/{pid}").json()["meta"]["versionId"] == "1"  # nothing applied
