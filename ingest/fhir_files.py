@@ -27,6 +27,8 @@ TEXT_SUFFIXES = (".txt",)
 """Plain text: HL7 v2 when it starts as a message, a file or a batch does (interface engines often
 write ``.txt``); anything else named so (a README) is no format fhirtwin reads."""
 _ER7_START = re.compile(rb"(?:MSH|FHS|BHS)[^A-Za-z0-9\s]")  # the segment id, then the field separator
+_NAMED_FORMATS = NDJSON_SUFFIXES + JSON_SUFFIXES + XML_SUFFIXES + HL7_SUFFIXES
+"""Suffixes that name a format the readers take without looking inside (``.txt`` needs a look)."""
 
 
 def detect_format(path: Path) -> str | None:
@@ -141,7 +143,7 @@ def iter_files(paths: list[Path], skipped: list[Path] | None = None) -> Iterator
             yield path
             continue
         for p in sorted(p for p in path.rglob("*") if p.is_file() and not p.name.startswith(".")):
-            if detect_format(p) is not None:
+            if p.name.lower().endswith(_NAMED_FORMATS) or detect_format(p) is not None:  # opens .txt only
                 yield p
             elif skipped is not None:
                 skipped.append(p)
