@@ -15,7 +15,6 @@ from fastapi.responses import Response
 from fhir_server.bodies import parse_body
 from fhir_server.operations import InPool
 from fhir_server.responses import FHIRError, negotiate, render
-from mapping.validation import validate_resource
 from store.store import Store
 from twin.inputs import MissingData
 from twin.scenario import ScenarioError, parse_request
@@ -23,14 +22,11 @@ from twin.service import UnknownModel, simulate, simulation_bundle
 
 
 def run_simulation(store: Store, patient_id: str, body: object) -> dict:
-    """Validate, parse, simulate and bundle, mapping failures to FHIR errors."""
-    issues = [issue for issue in validate_resource(body) if issue["severity"] == "error"]
-    if issues:  # R4 structure first: the contract's parser reads a well-formed Parameters only
-        raise FHIRError(400, "the request is not a valid R4 Parameters resource", code="invalid", issues=issues)
+    """Parse, simulate and bundle, mapping failures to FHIR errors."""
     try:
         req = parse_request(body)  # type: ignore[arg-type]
     except ScenarioError as exc:
-        raise FHIRError(400, str(exc), code="invalid", expression=exc.expression) from None
+        raise FHIRError(400, str(exc), code="invalid", expression=exc.expression, issues=exc.issues) from None
     try:
         result = simulate(store, patient_id, req)
     except LookupError as exc:

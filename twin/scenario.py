@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
+from mapping.validation import validate_resource
 from twin.inputs import parse_time
 
 _MINUTES = {"min": 1.0, "h": 60.0, "hour": 60.0, "hours": 60.0, "d": 1440.0, "s": 1 / 60.0, "minutes": 1.0}
@@ -28,11 +29,13 @@ the models' arithmetic overflows into values JSON cannot carry."""
 
 
 class ScenarioError(ValueError):
-    """A malformed ``$simulate`` request; ``expression`` says where (FHIRPath into the Parameters)."""
+    """A malformed ``$simulate`` request; ``expression`` says where (FHIRPath into the Parameters),
+    ``issues`` every structural problem when the request is not a valid R4 Parameters resource."""
 
-    def __init__(self, message: str, expression: str) -> None:
+    def __init__(self, message: str, expression: str, issues: list[dict[str, Any]] | None = None) -> None:
         super().__init__(message)
         self.expression = expression
+        self.issues = issues
 
 
 @dataclass
@@ -107,6 +110,11 @@ def parse_request(parameters: dict[str, Any], now: datetime | None = None) -> Si
     """Read a ``$simulate`` Parameters resource."""
     if not isinstance(parameters, dict) or parameters.get("resourceType") != "Parameters":
         raise ScenarioError("the body must be a Parameters resource", "Parameters")
+    issues = [issue for issue in validate_resource(parameters) if issue["severity"] == "error"]
+    if issues:  # R4 structure first: what follows reads a well-formed Parameters only
+        first = issues[0]
+        raise ScenarioError(f"the request is not a valid R4 Parameters resource: {first['diagnostics']}",
+                            first["expression"][0], issues)
     model, origin, horizon = None, now or datetime.now(UTC), None
     scenario = Scenario()
     for i, p in enumerate(parameters.get("parameter") or []):

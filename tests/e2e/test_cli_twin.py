@@ -68,3 +68,13 @@ def test_a_mistyped_database_is_said_and_not_created(tmp_path: Path, command: li
     out = run(*command, "--db", str(missing))
     assert out.returncode == 2 and f"no such database: {missing}" in out.stdout.replace("\n", "")
     assert not missing.exists()
+
+
+def test_a_scenario_file_that_is_no_r4_parameters_is_a_located_error(db: Path, tmp_path: Path) -> None:
+    scenario = tmp_path / "scenario.json"
+    scenario.write_text('{"resourceType": "Parameters", "parameter": [{"name": "scenario", "part": [{"name": "dose", '
+                        '"part": [{"name": "time", "valueDateTime": {"value": "a"}}]}]}]}')
+    out = run("twin", "simulate", "--db", str(db), "--patient", "tdm-001", "--model", "vancomycin",
+              "--scenario", str(scenario))
+    assert out.returncode == 2 and "not a valid R4 Parameters resource" in out.stdout.replace("\n", " ")
+    assert "Traceback" not in out.stderr

@@ -168,8 +168,11 @@ def test_missing_data_is_explained(store: Store) -> None:
         (params("vancomycin", "2026-01-10T00:00:00Z", None, [dose("2026-01-10T01:00:00Z", 1e308)]),
          "Parameters.parameter[2].part[0].part[1].value.value"),  # overflows the model: nulls in the forecast
         (params("glucose", "2026-01-10T00:00:00Z", None, [carbs("2026-01-10T01:00:00Z", float("nan"))]),
-         "Parameters.parameter[2].part[0].part[1].value.value"),
+         "Parameters.parameter[2].part[0].part[1].valueQuantity.value"),  # no R4 decimal: the validator's path
         (params("vancomycin", "2026-01-10T00:00:00Z", (31, "d")), "Parameters.parameter[2].value"),
+        (params("vancomycin", "2026-01-10T00:00:00Z", None, [{"name": "dose", "part": [
+            {"name": "time", "valueDateTime": {"value": "a"}}]}]),
+         "Parameters.parameter[2].part[0].part[0].valueDateTime"),  # not R4: refused before it is read
         (params("vancomycin", "2026-01-10T00:00:00Z", (1e308, "h")), "Parameters.parameter[2].value.value"),
     ],
 )
