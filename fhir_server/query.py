@@ -8,6 +8,8 @@ from fhir_server.responses import FHIRError
 
 MAX_COUNT = 1000
 DEFAULT_COUNT = 50
+_LARGEST = 2**63 - 1
+"""The largest count or offset the store's SQL takes (a BIGINT)."""
 
 
 def int_param(value: str, name: str) -> int:
@@ -21,10 +23,6 @@ def int_param(value: str, name: str) -> int:
     if out > _LARGEST:
         raise FHIRError(400, f"{name} must be at most {_LARGEST}", code="invalid")
     return out
-
-
-_LARGEST = 2**63 - 1
-"""The largest count or offset the store's SQL takes (a BIGINT)."""
 
 
 def paging(pairs: list[tuple[str, str]]) -> tuple[int, int, list[tuple[str, str]]]:
