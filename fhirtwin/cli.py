@@ -13,6 +13,7 @@ if TYPE_CHECKING:
     from store.store import Store
 
 from fhirtwin.settings import (
+    DEFAULT_CACHE_MB,
     DEFAULT_DB,
     DEFAULT_HOST,
     DEFAULT_MLLP_ACK_AFTER,
@@ -23,8 +24,10 @@ from fhirtwin.settings import (
     Settings,
     env_choice,
     env_default,
+    env_megabytes,
     env_port,
     env_seconds,
+    megabytes,
     port,
     positive_seconds,
 )
@@ -34,6 +37,9 @@ MODEL_CHOICES = ("glucose", "vancomycin", "vancomycin-goti-2018", "vancomycin-bu
 
 def _add_db(p: argparse.ArgumentParser) -> None:
     p.add_argument("--db", default=env_default("DB", DEFAULT_DB), help="DuckDB file (env FHIRTWIN_DB)")
+    p.add_argument("--cache-mb", type=megabytes, metavar="MB", default=env_megabytes("CACHE_MB", DEFAULT_CACHE_MB),
+                   help="memory for current versions kept for fast reads; beyond it the oldest are read from the "
+                        "database (env FHIRTWIN_CACHE_MB; default %(default)s)")
 
 
 def _positive_int(text: str) -> int:
@@ -94,6 +100,7 @@ def _settings(args: argparse.Namespace) -> Settings:
         mllp_port=getattr(args, "mllp_port", DEFAULT_MLLP_PORT),
         mllp_ack_after=getattr(args, "mllp_ack_after", DEFAULT_MLLP_ACK_AFTER),
         mllp_map_timeout_s=getattr(args, "mllp_map_timeout", DEFAULT_MLLP_MAP_TIMEOUT_S),
+        cache_mb=getattr(args, "cache_mb", DEFAULT_CACHE_MB),
     )
 
 
@@ -179,14 +186,13 @@ def build_parser() -> argparse.ArgumentParser:
 def cmd_demo(settings: Settings, args: argparse.Namespace, console: Console) -> int:
     from fhirtwin.demo import FIXTURES, print_results, run_mechanistic_twins, run_pipeline
     from fhirtwin.serving import serve
-    from store.store import Store
 
     data = args.data or FIXTURES
     if not data.exists():
         console.print(f"[red]no such file or folder:[/] {data}", highlight=False)
         return 2
     console.print(f"[bold]fhirtwin demo[/]: data {data}, store {settings.db}")
-    store = Store(settings.db)
+    store = settings.open_store()
     try:
         results = run_pipeline(store, data, console)
         if args.data is None:
@@ -214,9 +220,8 @@ def _cluster_if_needed(store: Store, console: Console) -> None:
 
 def cmd_serve(settings: Settings, console: Console) -> int:
     from fhirtwin.serving import serve
-    from store.store import Store
 
-    store = Store(settings.db)
+    store = settings.open_store()
     _cluster_if_needed(store, console)
     mllp = (
         f", MLLP on {settings.host}:{settings.mllp_port} (AA after {settings.mllp_ack_after})"
@@ -236,13 +241,12 @@ def cmd_serve(settings: Settings, console: Console) -> int:
 
 def cmd_ingest(settings: Settings, args: argparse.Namespace, console: Console) -> int:
     from fhirtwin.demo import ingest_with_progress, summary_counts
-    from store.store import Store
 
     missing = [str(p) for p in args.paths if not p.exists()]
     if missing:
         console.print(f"[red]no such file or folder:[/] {', '.join(missing)}")
         return 2
-    with Store(settings.db) as store:
+    with settings.open_store() as store:
         summary = ingest_with_progress(store, list(args.paths), console)
         _cluster_if_needed(store, console)
     console.print(f"{summary.files} files: {summary_counts(summary)}")
@@ -257,9 +261,8 @@ def cmd_ingest(settings: Settings, args: argparse.Namespace, console: Console) -
 
 def cmd_mllp(settings: Settings, console: Console) -> int:
     from ingest.hl7v2.listener import run_mllp_forever
-    from store.store import Store
 
-    with Store(settings.db) as store:
+    with settings.open_store() as store:
         try:
             run_mllp_forever(store, settings.host, settings.mllp_port, ack_after=settings.mllp_ack_after,
                              map_timeout_s=settings.mllp_map_timeout_s)
@@ -272,11 +275,10 @@ def cmd_mllp(settings: Settings, console: Console) -> int:
 def cmd_replay(settings: Settings, console: Console) -> int:
     from ingest.hl7v2.processor import replay_dead_letters
     from ingest.pipeline import Ingestor
-    from store.store import Store
 
     if _missing_db(settings, console):
         return 2
-    with Store(settings.db) as store:
+    with settings.open_store() as store:
         fhir = Ingestor(store).replay_dead_letters()
         hl7 = replay_dead_letters(store)
     console.print(f"Records from files: {fhir.accepted} now accepted, {fhir.unchanged} unchanged, "
@@ -292,11 +294,10 @@ def cmd_replay(settings: Settings, console: Console) -> int:
 
 def cmd_export(settings: Settings, args: argparse.Namespace, console: Console) -> int:
     from store.export import export_ndjson, export_parquet
-    from store.store import Store
 
     if _missing_db(settings, console):
         return 2
-    with Store(settings.db, read_only=True) as store:
+    with settings.open_store(read_only=True) as store:
         counts = (export_parquet if args.format == "parquet" else export_ndjson)(store, args.out)
     console.print(f"exported {sum(counts.values())} resources as {args.format} to {args.out}")
     for rtype, n in counts.items():
@@ -343,7 +344,6 @@ def cmd_view(settings: Settings, args: argparse.Namespace, console: Console) -> 
 
     from fhirtwin.view_output import write_rows
     from mapping.viewdef import ViewDefinitionError
-    from store.store import Store
     from store.views import MaterializedViews, run
 
     if args.view_command == "list":
@@ -355,11 +355,11 @@ def cmd_view(settings: Settings, args: argparse.Namespace, console: Console) -> 
         return 2
     try:
         if args.view_command == "materialize":
-            with Store(settings.db) as store:
+            with settings.open_store() as store:
                 rows = MaterializedViews(store).materialize(args.name, view)
             console.print(f"view_{args.name}: {rows} rows, refreshed on every write")
             return 0
-        with Store(settings.db, read_only=True) as store:
+        with settings.open_store(read_only=True) as store:
             compiled, rows = run(store, view)
     except ViewDefinitionError as exc:
         console.print(f"[red]{args.view}: invalid ViewDefinition:[/] {exc}", highlight=False)
@@ -379,7 +379,7 @@ def cmd_twin(settings: Settings, args: argparse.Namespace, console: Console) -> 
     virtual_only = args.twin_command == "validate" and args.model == "vancomycin"  # virtual patients: no store
     if not virtual_only and _missing_db(settings, console):
         return 2
-    return run_twin_command(settings.db, args, console)
+    return run_twin_command(settings, args, console)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -8,7 +8,10 @@ from __future__ import annotations
 import os
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TypeVar
+from typing import TYPE_CHECKING, TypeVar
+
+if TYPE_CHECKING:
+    from store.store import Store
 
 DEFAULT_DB = "./fhirtwin.duckdb"
 DEFAULT_HOST = "127.0.0.1"
@@ -17,6 +20,7 @@ DEFAULT_MLLP_PORT = 2575
 DEFAULT_MLLP_ACK_AFTER = "processed"
 MLLP_ACK_AFTER_CHOICES = ("processed", "commit")
 DEFAULT_MLLP_MAP_TIMEOUT_S = 60.0
+DEFAULT_CACHE_MB = 2048  # the store's own default (store.store.DEFAULT_CACHE_MB, checked by a test)
 
 T = TypeVar("T")
 
@@ -58,6 +62,19 @@ def positive_seconds(text: str) -> float:
     return value
 
 
+def megabytes(text: str) -> float:
+    """A positive amount of memory in MB (ValueError otherwise: argparse reports it for flags)."""
+    value = float(text)
+    if not 0 < value < float("inf"):  # also refuses nan
+        raise ValueError(f"not a positive number of megabytes: {text!r}")
+    return value
+
+
+def env_megabytes(name: str, fallback: float) -> float:
+    """A positive amount of memory in MB from the environment."""
+    return _env_parsed(name, fallback, megabytes, "a positive number of megabytes")
+
+
 def env_seconds(name: str, fallback: float) -> float:
     """A positive number of seconds from the environment."""
     return _env_parsed(name, fallback, positive_seconds, "a positive number of seconds")
@@ -81,3 +98,10 @@ class Settings:
     mllp_port: int
     mllp_ack_after: str = DEFAULT_MLLP_ACK_AFTER
     mllp_map_timeout_s: float = DEFAULT_MLLP_MAP_TIMEOUT_S
+    cache_mb: float = DEFAULT_CACHE_MB
+
+    def open_store(self, *, read_only: bool = False) -> Store:
+        """The store these settings name."""
+        from store.store import Store
+
+        return Store(self.db, read_only=read_only, cache_mb=self.cache_mb)

@@ -11,6 +11,7 @@ import orjson
 from rich.console import Console
 from rich.table import Table
 
+from fhirtwin.settings import Settings
 from store.store import Store
 from twin.inputs import MissingData, glucose_inputs, latest_time
 from twin.scenario import Scenario, ScenarioError, SimulationRequest, parse_request
@@ -66,9 +67,9 @@ def _print_predictions(console: Console, bundle: dict) -> None:
     console.print(table)
 
 
-def run_twin_command(db: str, args: argparse.Namespace, console: Console) -> int:
+def run_twin_command(settings: Settings, args: argparse.Namespace, console: Console) -> int:
     """Dispatch ``fhirtwin twin ACTION``; returns the exit code."""
-    with Store(db) as store:
+    with settings.open_store() as store:
         try:
             if args.twin_command == "list":
                 for row in TwinRegistry.rows(store):

@@ -26,6 +26,7 @@ import pyarrow as pa
 
 from store import search_index
 from store.compartment import patients_of
+from store.current_cache import ENTRY_OVERHEAD_BYTES, EVICT_TO, Current, CurrentCache, entry_bytes
 from store.ids import stable_id
 from store.prepare import (
     PreparedBatch,
@@ -37,18 +38,10 @@ from store.prepare import (
 )
 from store.schema import ensure_schema
 
-__all__ = ["Current", "PreparedBatch", "Store", "StoreError", "WriteResult", "fhir_instant"]
+__all__ = ["DEFAULT_CACHE_MB", "Current", "PreparedBatch", "Store", "StoreError", "WriteResult", "fhir_instant"]
 
-
-@dataclass(slots=True)
-class Current:
-    """What the hot map holds for the current version of one resource."""
-
-    version_id: int
-    content_hash: str
-    last_updated: datetime
-    deleted: bool
-    json: bytes | None
+DEFAULT_CACHE_MB = 2048
+"""Memory for the map of current versions (``store.current_cache``): ~1.5 million Synthea-sized resources."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -84,6 +77,12 @@ _ARROW_SCHEMA = pa.schema(
     ]
 )
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+_CURRENT_ROWS = "SELECT resource_type, id, version_id, content_hash, last_updated, deleted, json FROM resources_current"
+
+
+def _current_row(row: tuple[Any, ...]) -> tuple[tuple[str, str], Current]:
+    rtype, rid, vid, chash, ts, deleted, js = row
+    return (rtype, rid), Current(vid, chash, ts, deleted, None if deleted else js.encode())
 
 
 @dataclass(slots=True)
@@ -102,6 +101,8 @@ class _Rows:
     blobs: list[bytes | None] = field(default_factory=list)
     stamps: list[datetime] = field(default_factory=list)
     latest: dict[tuple[str, str], int] = field(default_factory=dict)
+    replaced: set[tuple[str, str]] = field(default_factory=set)
+    """Keys that had a row in ``resources_current`` before the transaction (their rows are replaced)."""
     # Per source batch: its index rows (``pos`` = position in that batch) and, when the batch was
     # prepared whole (not only its changed resources), (first row, staged positions, batch length).
     index: list[dict[str, pa.Table]] = field(default_factory=list)
@@ -162,7 +163,8 @@ class _Rows:
 class Store:
     """Single-writer store over one DuckDB database file (or ``:memory:``)."""
 
-    def __init__(self, path: str | Path = ":memory:", *, read_only: bool = False) -> None:
+    def __init__(self, path: str | Path = ":memory:", *, read_only: bool = False,
+                 cache_mb: float = DEFAULT_CACHE_MB) -> None:
         self.path = str(path)
         self._con = duckdb.connect(self.path, read_only=read_only)
         if not read_only:
@@ -172,7 +174,7 @@ class Store:
         load_arrow_conversions()
         self._write_lock = threading.RLock()
         self._last_ts = datetime.min.replace(tzinfo=UTC)
-        self._current: dict[tuple[str, str], Current] = {}
+        self._current = CurrentCache(int(cache_mb * 2**20), self._load_rows)
         self._listeners: list[Any] = []
         self._close_listeners: list[Any] = []
         self._load_current()
@@ -192,13 +194,44 @@ class Store:
         self.close()
 
     def _load_current(self) -> None:
-        rows = self._con.execute(
-            "SELECT resource_type, id, version_id, content_hash, last_updated, deleted, json "
-            "FROM resources_current"
-        ).fetchall()
-        for rtype, rid, vid, chash, ts, deleted, js in rows:
-            self._current[(rtype, rid)] = Current(vid, chash, ts, deleted, None if deleted else js.encode())
-            self._last_ts = max(self._last_ts, ts)
+        """Fill the map of current versions: all of them when they fit its budget, else the newest."""
+        con = self._con
+        rows, last, size = con.execute(
+            "SELECT count(*), max(last_updated), sum(strlen(json::VARCHAR)) FROM resources_current"
+        ).fetchone()
+        if last is not None:
+            self._last_ts = last
+        cache = self._current
+        if rows * ENTRY_OVERHEAD_BYTES + (size or 0) <= cache.budget_bytes:
+            cursor = con.execute(_CURRENT_ROWS)
+            while chunk := cursor.fetchmany(10_000):
+                cache.fill(map(_current_row, chunk), complete=True)
+            return
+        cursor = con.execute(_CURRENT_ROWS + " ORDER BY last_updated DESC")
+        newest: list[tuple[tuple[str, str], Current]] = []
+        room = cache.budget_bytes * EVICT_TO
+        while room > 0 and (chunk := cursor.fetchmany(10_000)):
+            for row in chunk:
+                newest.append(_current_row(row))
+                room -= entry_bytes(newest[-1][1])
+        cache.fill(reversed(newest), complete=False)
+
+    def _load_rows(self, keys: list[tuple[str, str]]) -> dict[tuple[str, str], Current]:
+        """The ``resources_current`` rows of ``keys`` (those the map of current versions no longer holds)."""
+        cursor = self.cursor()
+        if len(keys) == 1:
+            rows = cursor.execute(_CURRENT_ROWS + " WHERE resource_type = ? AND id = ?", list(keys[0])).fetchall()
+        else:
+            _wanted = pa.table({"rt": [k[0] for k in keys], "rid": [k[1] for k in keys]})  # noqa: F841
+            # read by the variable's name (DuckDB's replacement scan of this frame)
+            rows = cursor.execute(_CURRENT_ROWS + " SEMI JOIN _wanted w ON resource_type = w.rt AND id = w.rid"
+                                  ).fetchall()
+        return dict(_current_row(row) for row in rows)
+
+    @property
+    def cache(self) -> CurrentCache:
+        """The map of current versions (size, budget, whether it holds every resource)."""
+        return self._current
 
     def cursor(self) -> duckdb.DuckDBPyConnection:
         """A connection for read queries from any thread (DuckDB MVCC snapshot per query)."""
@@ -274,19 +307,18 @@ class Store:
 
     def count(self, resource_type: str | None = None) -> int:
         """Number of current, non-deleted resources (of one type)."""
-        return sum(
-            1
-            for (t, _), c in self._current.items()
-            if not c.deleted and (resource_type is None or t == resource_type)
-        )
+        if resource_type is None:
+            return sum(self.counts_by_type().values())
+        return self.cursor().execute(
+            "SELECT count(*) FROM resources_current WHERE resource_type = ? AND NOT deleted", [resource_type]
+        ).fetchone()[0]
 
     def counts_by_type(self) -> dict[str, int]:
         """Current, non-deleted resources per type."""
-        out: dict[str, int] = {}
-        for (t, _), c in self._current.items():
-            if not c.deleted:
-                out[t] = out.get(t, 0) + 1
-        return dict(sorted(out.items()))
+        rows = self.cursor().execute(
+            "SELECT resource_type, count(*) FROM resources_current WHERE NOT deleted GROUP BY ALL ORDER BY ALL"
+        ).fetchall()
+        return dict(rows)
 
     @staticmethod
     def as_of_sql(as_of: datetime | None) -> str:
@@ -343,13 +375,13 @@ class Store:
             keys = [identify(res) for res in batch]
             patients = [tuple(patients_of(res)) for res in batch]
             ts = self._next_timestamp()
-            staged, results = self._stage(keys, ts, {}, patients)
+            staged, results, replaced = self._stage(keys, ts, {}, patients)
             if staged:
                 stamp = fhir_instant(ts)
                 chosen = [batch[pos] for pos, _ in staged.values()]
                 for res, (_, version) in zip(chosen, staged.values(), strict=True):
                     stamp_meta(res, str(version), stamp)
-                rows = _Rows()
+                rows = _Rows(replaced=replaced)
                 for (key, (pos, version)), res in zip(staged.items(), chosen, strict=True):
                     rows.add(key, version, keys[pos][2], first_patient(patients[pos]), orjson.dumps(res), ts)
                 rows.index.append(search_index.index_tables(chosen, rows.pids))
@@ -379,8 +411,9 @@ class Store:
             out: list[list[WriteResult]] = []
             for batch in batches:
                 ts = self._next_timestamp()
-                staged, results = self._stage(list(zip(batch.types, batch.ids, batch.hashes, strict=True)), ts,
-                                              overlay, batch.patients)
+                staged, results, replaced = self._stage(list(zip(batch.types, batch.ids, batch.hashes, strict=True)),
+                                                        ts, overlay, batch.patients)
+                rows.replaced |= replaced
                 out.append(results)
                 stamp = fhir_instant(ts)
                 first = len(rows)
@@ -399,18 +432,19 @@ class Store:
     def _stage(
         self, keys: list[tuple[str, str, str]], ts: datetime, overlay: dict[tuple[str, str], Current],
         patients: Sequence[tuple[str, ...]],
-    ) -> tuple[dict[tuple[str, str], tuple[int, int]], list[WriteResult]]:
+    ) -> tuple[dict[tuple[str, str], tuple[int, int]], list[WriteResult], set[tuple[str, str]]]:
         """Compare a batch with the current versions (``overlay``: those written earlier in the same
         transaction): (type, id) -> (position of the content to store, its version) for what changed,
-        and one result per input. Within a batch the last content wins."""
+        one result per input, and the changed keys that have a row in ``resources_current``. Within a
+        batch the last content wins."""
         results: list[WriteResult] = []
         staged: dict[tuple[str, str], tuple[int, int]] = {}
         hashes: dict[tuple[str, str], str] = {}
-        current = self._current
+        stored = self._current.get_many({(k[0], k[1]) for k in keys if (k[0], k[1]) not in overlay})
         for pos, (rtype, rid, chash) in enumerate(keys):
             key = (rtype, rid)
             prev = staged.get(key)
-            base = overlay.get(key) or current.get(key)
+            base = overlay.get(key) or stored.get(key)
             if prev:
                 base_version, base_hash = prev[1], hashes[key]
             else:
@@ -424,7 +458,7 @@ class Store:
             hashes[key] = chash
             existed = (base is not None and not base.deleted) or prev is not None
             results.append(WriteResult(rtype, rid, version, ts, "updated" if existed else "created", patients[pos]))
-        return staged, results
+        return staged, results, {key for key in staged if key in stored}
 
     def delete(self, resource_type: str, rid: str) -> WriteResult:
         """Mark a resource deleted (a new version with no content); idempotent."""
@@ -435,7 +469,7 @@ class Store:
             if cur.deleted:
                 return WriteResult(resource_type, rid, cur.version_id, cur.last_updated, "unchanged")
             ts = self._next_timestamp()
-            rows = _Rows(deleted=True)
+            rows = _Rows(deleted=True, replaced={(resource_type, rid)})
             rows.add((resource_type, rid), cur.version_id + 1, "", None, None, ts)
             self._commit(rows)
             ended = tuple(patients_of(orjson.loads(cur.json))) if cur.json is not None else ()
@@ -446,7 +480,7 @@ class Store:
     def _commit(self, rows: _Rows) -> None:
         """One transaction: new versions, current rows, index rows (none for deletions)."""
         batch = rows.arrow()
-        replaced = [key for key in rows.latest if key in self._current]
+        replaced = sorted(rows.replaced)
         with self._transaction() as con:
             con.register("_staged", batch)
             try:
@@ -468,8 +502,9 @@ class Store:
             finally:
                 con.unregister("_staged")
         deleted = rows.deleted
+        put = self._current.put
         for key, i in rows.latest.items():
-            self._current[key] = Current(rows.versions[i], rows.hashes[i], rows.stamps[i], deleted, rows.blobs[i])
+            put(key, Current(rows.versions[i], rows.hashes[i], rows.stamps[i], deleted, rows.blobs[i]))
 
     def _notify(self, results: list[WriteResult]) -> None:
         changed = [r for r in results if r.outcome in ("created", "updated", "deleted")]
@@ -478,10 +513,13 @@ class Store:
                 listener(changed)
 
     # -- physical layout -------------------------------------------------------
+    def _current_rows(self) -> int:
+        return self._con.execute("SELECT count(*) FROM resources_current").fetchone()[0]
+
     def unclustered_rows(self) -> int:
         """Current resources written since the last :meth:`optimize` (the unsorted tail)."""
         done = self._con.execute("SELECT value FROM store_meta WHERE key = 'clustered_rows'").fetchone()
-        return max(0, len(self._current) - (int(done[0]) if done else 0))
+        return max(0, self._current_rows() - (int(done[0]) if done else 0))
 
     def optimize(self) -> None:
         """Sort the search index and current rows by patient so patient-anchored searches prune row groups.
@@ -493,7 +531,7 @@ class Store:
         with self._write_lock, self._transaction() as con:
             search_index.cluster(con)
             con.execute(
-                "INSERT OR REPLACE INTO store_meta VALUES ('clustered_rows', ?)", [str(len(self._current))]
+                "INSERT OR REPLACE INTO store_meta VALUES ('clustered_rows', ?)", [str(self._current_rows())]
             )
 
     # -- dead letters -------------------------------------------------------

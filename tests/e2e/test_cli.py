@@ -50,6 +50,20 @@ def test_environment_sets_db_and_flag_wins(tmp_path: Path) -> None:
     assert flag_db.exists()
 
 
+def test_a_store_with_little_memory_still_knows_a_replayed_file(tmp_path: Path) -> None:
+    """With room for a few dozen current versions, a replay compares with the database: nothing new."""
+    db, encounters = tmp_path / "t.duckdb", str(FIXTURES / "synthea" / "ndjson" / "Encounter.ndjson")
+    first = run("ingest", "--db", str(db), "--cache-mb", "0.05", encounters)
+    assert first.returncode == 0 and "1019 accepted" in first.stdout, first.stdout
+    again = run("ingest", "--db", str(db), encounters, env={"FHIRTWIN_CACHE_MB": "0.05"})
+    assert again.returncode == 0 and "0 accepted" in again.stdout and "1019 unchanged" in again.stdout, again.stdout
+    for bad in ("0", "-1", "x", "nan"):
+        out = run("ingest", "--db", str(db), "--cache-mb", bad, encounters)
+        assert out.returncode == 2 and "--cache-mb: invalid megabytes value" in out.stderr, out.stderr
+    out = run("ingest", "--db", str(db), encounters, env={"FHIRTWIN_CACHE_MB": "lots"})
+    assert out.returncode != 0 and "FHIRTWIN_CACHE_MB must be a positive number of megabytes" in out.stderr + out.stdout
+
+
 def test_demo_no_serve_prints_predictions_and_urls(tmp_path: Path) -> None:
     out = run("demo", "--no-serve", "--db", str(tmp_path / "demo.duckdb"), "--port", "8999")
     assert out.returncode == 0, out.stderr

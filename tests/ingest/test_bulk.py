@@ -12,7 +12,7 @@ from ingest import bulk
 from ingest.bulk import line_chunks, prepare_chunk
 from ingest.pipeline import Ingestor, IngestSummary
 from store.search_index import INDEX_TABLES
-from store.store import Store
+from store.store import DEFAULT_CACHE_MB, Store
 
 SYNTHEA_NDJSON = Path(__file__).resolve().parents[2] / "fixtures" / "synthea" / "ndjson"
 BAD_LINES = [
@@ -67,7 +67,8 @@ def _content(store: Store) -> dict[str, Any]:
     ).fetchone()[0]
     letters = [(d["source"], d["line"], d["format"], d["raw"], d["reason"]) for d in store.dead_letters()]
     return {"versions": versions, "index": index, "stamps": stamps, "letters": sorted(letters, key=str),
-            "current": sorted((k, c.version_id, c.content_hash) for k, c in store._current.items())}
+            "current": con.execute("SELECT resource_type, id, version_id, content_hash FROM resources_current "
+                                   "ORDER BY ALL").fetchall()}
 
 
 def _summary(s: IngestSummary) -> tuple[Any, ...]:
@@ -83,13 +84,16 @@ def plain(bulk_file: Path) -> tuple[Store, IngestSummary]:
     return store, ingestor.ingest_paths([bulk_file])
 
 
-# Worker processes and one transaction for the whole file; chunks prepared in process and several.
-@pytest.mark.parametrize(("workers", "commit_resources"), [(2, 50_000), (0, 3_000)])
+# Worker processes and one transaction for the whole file; chunks prepared in process and several; and
+# with room in memory for ~100 current versions only, so that most comparisons read the database.
+@pytest.mark.parametrize(("workers", "commit_resources", "cache_mb"),
+                         [(2, 50_000, DEFAULT_CACHE_MB), (0, 3_000, DEFAULT_CACHE_MB), (0, 3_000, 0.2)])
 def test_bulk_path_stores_what_the_plain_path_stores(
-    bulk_file: Path, plain: tuple[Store, IngestSummary], workers: int, commit_resources: int
+    bulk_file: Path, plain: tuple[Store, IngestSummary], workers: int, commit_resources: int, cache_mb: float
 ) -> None:
     plain, plain_summary = plain
-    parallel = Store(":memory:")
+    parallel = Store(":memory:", cache_mb=cache_mb)
+    assert parallel.cache.complete
     ingestor = Ingestor(parallel, workers=workers)
     assert ingestor.bulk_eligible(bulk_file)
     parallel_summary = ingestor.ingest_ndjson_parallel(bulk_file, lines_per_chunk=700,
@@ -104,6 +108,8 @@ def test_bulk_path_stores_what_the_plain_path_stores(
     assert got["stamps"] == expected["stamps"] == plain.count()
     assert got["letters"] == expected["letters"]
     assert got["current"] == expected["current"]
+    assert parallel.cache.complete is (cache_mb == DEFAULT_CACHE_MB)
+    assert parallel.cache.held_bytes <= parallel.cache.budget_bytes
     # A read after the write sees it, with the store meta spliced into the prepared body.
     marks = parallel.read("Patient", "marks")
     assert marks["name"][0]["text"] == "\x00fhirtwin:versionId" and marks["meta"]["versionId"] == "1"
