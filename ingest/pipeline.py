@@ -25,6 +25,7 @@ from ingest.fhir_files import detect_format, iter_files, read_json, read_ndjson,
 from ingest.fhir_xml import FhirXmlError, xml_to_resource
 from ingest.hl7v2 import HL7Error, read_batch
 from ingest.hl7v2.processor import INBOX_LETTERS, map_v2
+from ingest.hl7v2.write_policy import create_only
 from ingest.r4_check import r4_validator
 from ingest.records import Problem, Record
 from store.prepare import PreparedBatch
@@ -81,6 +82,7 @@ def hl7_records(data: str | bytes, source: str) -> Iterator[Record]:
             else:
                 if result.mapped:
                     rec.resources = result.resources
+                    rec.create_only = create_only(entry.message.message_type, result.resources)
                 else:
                     msg = entry.message
                     rec.problems.append(Problem(f"{msg.message_type}^{msg.trigger_event} is not mapped to FHIR",
@@ -204,13 +206,17 @@ class Ingestor:
         return summary
 
     def _flush(self, batch: list[Record], summary: IngestSummary) -> None:
+        creates, start = set(), 0
+        for rec in batch:
+            creates.update(start + k for k in rec.create_only)
+            start += len(rec.resources)
         try:
-            results = self.store.write(res for rec in batch for res in rec.resources)
+            results = self.store.write([res for rec in batch for res in rec.resources], if_absent=creates)
         except StoreError:
             # One bad resource must not sink the batch: retry record by record to isolate it.
             for rec in batch:
                 try:
-                    results = self.store.write(rec.resources)
+                    results = self.store.write(rec.resources, if_absent=rec.create_only)
                 except StoreError as exc:
                     rec.problems.append(Problem(str(exc), exc.expression, exc.code))
                     self._refuse(rec, summary)

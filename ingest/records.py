@@ -33,6 +33,8 @@ class Record:
     resources: list[dict[str, Any]] = field(default_factory=list)
     problems: list[Problem] = field(default_factory=list)
     format: str = "json"
+    create_only: frozenset[int] = frozenset()
+    """Positions of ``resources`` written only when missing (``Store.write(if_absent=…)``)."""
 
     @property
     def ok(self) -> bool:

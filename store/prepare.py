@@ -9,6 +9,7 @@ timestamp) and the DuckDB transaction. Small writes run the same steps in proces
 
 from __future__ import annotations
 
+from collections.abc import Collection
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -88,6 +89,8 @@ class PreparedBatch:
     patients: list[tuple[str, ...]] = field(default_factory=list)  # each resource's Patient compartment
     bodies: list[tuple[bytes, bytes, bytes] | bytes] = field(default_factory=list)
     index: dict[str, pa.Table] = field(default_factory=dict)
+    if_absent: frozenset[int] = frozenset()
+    """Positions written only when the resource has no current version (see :meth:`Store.write`)."""
 
     def __len__(self) -> int:
         return len(self.ids)
@@ -112,12 +115,15 @@ def _split_at_marks(marked: bytes) -> tuple[bytes, bytes, bytes] | bytes:
     return head, middle, tail
 
 
-def prepare(resources: list[dict[str, Any]]) -> tuple[PreparedBatch, list[tuple[int, StoreError]]]:
-    """Prepare resources (modified in place: ids assigned, store meta stamped with marks).
+def prepare(resources: list[dict[str, Any]], if_absent: Collection[int] = ()
+            ) -> tuple[PreparedBatch, list[tuple[int, StoreError]]]:
+    """Prepare resources (modified in place: ids assigned, store meta stamped with marks); those at the
+    positions ``if_absent`` are to be written only when missing (see :meth:`Store.write`).
 
     The ones the store would refuse are left out and returned as (position, error).
     """
     batch = PreparedBatch()
+    absent: set[int] = set()
     kept: list[dict[str, Any]] = []
     refused: list[tuple[int, StoreError]] = []
     for i, res in enumerate(resources):
@@ -126,6 +132,8 @@ def prepare(resources: list[dict[str, Any]]) -> tuple[PreparedBatch, list[tuple[
         except StoreError as exc:
             refused.append((i, exc))
             continue
+        if i in if_absent:
+            absent.add(len(kept))
         kept.append(res)
         batch.types.append(rtype)
         batch.ids.append(rid)
@@ -134,4 +142,5 @@ def prepare(resources: list[dict[str, Any]]) -> tuple[PreparedBatch, list[tuple[
         stamp_meta(res, _VERSION_MARK, _UPDATED_MARK)
         batch.bodies.append(_split_at_marks(orjson.dumps(res)))
     batch.index = search_index.index_tables(kept, [first_patient(p) for p in batch.patients])
+    batch.if_absent = frozenset(absent)
     return batch, refused

@@ -12,7 +12,7 @@ never a second source of truth.
 from __future__ import annotations
 
 import threading
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Collection, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -364,8 +364,12 @@ class Store:
         with self._write_lock, self._transaction() as con:
             yield con
 
-    def write(self, resources: Iterable[dict[str, Any]]) -> list[WriteResult]:
+    def write(self, resources: Iterable[dict[str, Any]], *, if_absent: Collection[int] = ()) -> list[WriteResult]:
         """Write resources as one all-or-nothing batch; identical content makes no new version.
+
+        The resources at the positions ``if_absent`` are written only when they have no current version
+        (stored, or earlier in the batch); otherwise the stored one stays, as if they were unchanged (a
+        lab message's Patient, say, must not replace the demographics an admission message wrote).
 
         Resources are modified in place: ``id`` assigned if missing and ``meta``
         versionId/lastUpdated set for those that changed.
@@ -375,7 +379,7 @@ class Store:
             keys = [identify(res) for res in batch]
             patients = [tuple(patients_of(res)) for res in batch]
             ts = self._next_timestamp()
-            staged, results, replaced = self._stage(keys, ts, {}, patients)
+            staged, results, replaced = self._stage(keys, ts, {}, patients, if_absent)
             if staged:
                 stamp = fhir_instant(ts)
                 chosen = [batch[pos] for pos, _ in staged.values()]
@@ -412,7 +416,7 @@ class Store:
             for batch in batches:
                 ts = self._next_timestamp()
                 staged, results, replaced = self._stage(list(zip(batch.types, batch.ids, batch.hashes, strict=True)),
-                                                        ts, overlay, batch.patients)
+                                                        ts, overlay, batch.patients, batch.if_absent)
                 rows.replaced |= replaced
                 out.append(results)
                 stamp = fhir_instant(ts)
@@ -431,7 +435,7 @@ class Store:
 
     def _stage(
         self, keys: list[tuple[str, str, str]], ts: datetime, overlay: dict[tuple[str, str], Current],
-        patients: Sequence[tuple[str, ...]],
+        patients: Sequence[tuple[str, ...]], if_absent: Collection[int] = (),
     ) -> tuple[dict[tuple[str, str], tuple[int, int]], list[WriteResult], set[tuple[str, str]]]:
         """Compare a batch with the current versions (``overlay``: those written earlier in the same
         transaction): (type, id) -> (position of the content to store, its version) for what changed,
@@ -450,7 +454,7 @@ class Store:
             else:
                 base_version = base.version_id if base else 0
                 base_hash = base.content_hash if base and not base.deleted else None
-            if base_hash == chash:
+            if base_hash == chash or (pos in if_absent and (prev or (base is not None and not base.deleted))):
                 results.append(WriteResult(rtype, rid, base_version, ts if prev else base.last_updated, "unchanged"))
                 continue
             version = prev[1] if prev else base_version + 1

@@ -31,6 +31,7 @@ from ingest.hl7v2.er7 import Message, parse_segments, split_segments
 from ingest.hl7v2.errors import ErrorCode, HL7Error
 from ingest.hl7v2.inbox import Inbox, error_issue
 from ingest.hl7v2.structure import group_message, structure_of
+from ingest.hl7v2.write_policy import create_only
 from mapping.v2 import map_grouped
 from store.prepare import PreparedBatch, prepare
 from store.store import Store, StoreError
@@ -136,21 +137,24 @@ def _store_error(exc: StoreError) -> HL7Error:
     )
 
 
-def _map_one(work: Work, mapper: Mapper) -> tuple[Outcome, list[dict[str, Any]]]:
-    """Parse and map one row: its outcome (final unless ``processed``) and its resources."""
+def _map_one(work: Work, mapper: Mapper) -> tuple[Outcome, list[dict[str, Any]], frozenset[int]]:
+    """Parse and map one row: its outcome (final unless ``processed``), its resources and the positions
+    of those it may only create (:mod:`ingest.hl7v2.write_policy`)."""
     try:
         msg = parse_stored(work.raw)
     except HL7Error as err:  # stored before a parser change made it unreadable: answer as a reject
-        return _failure(work.inbox_id, work.raw, err, "rejected"), []
+        return _failure(work.inbox_id, work.raw, err, "rejected"), [], frozenset()
     try:
         result = mapper(msg)
     except Exception as exc:  # a mapper bug must dead-letter this message only
-        return _failure(work.inbox_id, msg, _mapping_error(exc)), []
+        return _failure(work.inbox_id, msg, _mapping_error(exc)), [], frozenset()
     notes = [_note_text(n) for n in result.notes or []]
     if not result.mapped:
-        return _not_mapped(work.inbox_id, msg, notes), []
+        return _not_mapped(work.inbox_id, msg, notes), [], frozenset()
     ack = "" if work.answered else build_ack(msg, mode="original")
-    return Outcome(work.inbox_id, "processed", ack, notes=notes), list(result.resources)
+    resources = list(result.resources)
+    return (Outcome(work.inbox_id, "processed", ack, notes=notes), resources,
+            create_only(msg.message_type, resources))
 
 
 def unmapped(work: Work, reason: str) -> Mapped:
@@ -173,21 +177,26 @@ def map_batch(works: list[Work], mapper: Mapper | None = None) -> Mapped:
     mapper = mapper or default_mapper()
     outcomes: list[Outcome] = []
     resources: list[list[dict[str, Any]]] = []
+    creates: list[frozenset[int]] = []
     for work in works:
-        out, res = _map_one(work, mapper)
+        out, res, only = _map_one(work, mapper)
         outcomes.append(out)
         resources.append(res)
+        creates.append(only)
     while True:
         flat = [r for res in resources for r in res]
         owner = [i for i, res in enumerate(resources) for _ in res]
-        prepared, refused = prepare(flat)
+        starts = [0]
+        for res in resources:
+            starts.append(starts[-1] + len(res))
+        prepared, refused = prepare(flat, {starts[i] + k for i, only in enumerate(creates) for k in only})
         if not refused:
             break
         for pos, exc in refused:  # rare: drop the messages concerned and prepare the rest again
             i = owner[pos]
             if resources[i]:
                 outcomes[i] = _failure(works[i].inbox_id, works[i].raw, _store_error(exc))
-                resources[i] = []
+                resources[i], creates[i] = [], frozenset()
     spans, pos = [], 0
     for res in resources:
         spans.append((pos, pos + len(res)))
@@ -239,7 +248,8 @@ def _write_one_by_one(
     for i in todo:
         msg = parse_stored(works[i].raw)
         try:
-            written = store.write(mapper(msg).resources)
+            resources = mapper(msg).resources
+            written = store.write(resources, if_absent=create_only(msg.message_type, resources))
         except StoreError as exc:
             outcomes[i] = _failure(works[i].inbox_id, msg, _store_error(exc))
             continue
