@@ -214,8 +214,8 @@ def create_app(store: Any) -> FastAPI:
                           summary="batch or transaction")
 
     async def system_search(request: Request) -> Response:
-        fmt = negotiate(request)
-        return await in_pool(search_response, service, request, None, await search_pairs(request), fmt)
+        pairs = await search_pairs(request)
+        return await in_pool(search_response, service, request, None, pairs, negotiate(request, pairs))
 
     for path in ("/fhir", "/fhir/"):
         app.add_api_route(path, system_search, methods=["GET"], summary="search across resource types")
@@ -233,8 +233,8 @@ def create_app(store: Any) -> FastAPI:
 
     @app.post("/fhir/{rtype}/_search")
     async def search_post(rtype: str, request: Request) -> Response:
-        fmt = negotiate(request)
-        return await in_pool(search_response, service, request, rtype, await search_pairs(request), fmt)
+        pairs = await search_pairs(request)
+        return await in_pool(search_response, service, request, rtype, pairs, negotiate(request, pairs))
 
     register_operations(app, service, in_pool)
     register_simulate(app, store, in_pool)

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass
-from functools import cache
+from functools import cache, lru_cache
 from pathlib import Path
 from typing import Any
 
@@ -81,12 +81,23 @@ class OutputFormat:
 JSON_OUTPUT = OutputFormat()
 
 
-def negotiate(request: Request) -> OutputFormat:
-    """The output format from ``_format``, ``Accept``, ``_pretty``, ``_elements`` and ``_summary``."""
-    query = request.query_params
-    if not query and "xml" not in request.headers.get("accept", ""):
-        return JSON_OUTPUT
-    fmt = query.get("_format")
+def negotiate(request: Request, pairs: list[tuple[str, str]] | None = None) -> OutputFormat:
+    """The output format from ``_format``, ``Accept``, ``_pretty``, ``_elements`` and ``_summary``.
+
+    ``pairs`` replaces the query string where parameters also arrive in a form body (POST
+    ``_search`` means the same as GET with those parameters in the URL).
+    """
+    accept = request.headers.get("accept", "")
+    if pairs is None:
+        if not request.query_params and not accept:
+            return JSON_OUTPUT
+        pairs = list(request.query_params.multi_items())
+    return output_format(dict(pairs), accept)
+
+
+def output_format(params: dict[str, str], accept: str) -> OutputFormat:
+    """The output format asked by the (last) value of each output parameter and the Accept header."""
+    fmt = params.get("_format")
     if fmt is not None:
         fmt = fmt.split(";", 1)[0].strip().lower()
         if fmt in _XML_FORMATS:
@@ -96,29 +107,64 @@ def negotiate(request: Request) -> OutputFormat:
         else:
             raise FHIRError(406, f"unsupported _format {fmt!r}: use json or xml", code="not-supported")
     else:
-        xml = _accept_prefers_xml(request.headers.get("accept", ""))
-    elements = query.get("_elements")
-    summary = query.get("_summary")
+        xml = accept_prefers_xml(accept)
+    elements = params.get("_elements")
+    summary = params.get("_summary")
     if summary not in (None, "false", "true", "count", "data", "text"):
         raise FHIRError(400, f"unsupported _summary {summary!r}: use true, false, count, data or text",
                         code="not-supported")
     return OutputFormat(
         xml=xml,
-        pretty=query.get("_pretty") == "true",
+        pretty=params.get("_pretty") == "true",
         elements=frozenset(e.strip() for e in elements.split(",") if e.strip()) if elements else None,
         summary=None if summary in (None, "false", "count") else summary,
     )
 
 
-def _accept_prefers_xml(accept: str) -> bool:
-    """XML only when the client lists an XML type before any JSON type (FHIR defaults to JSON)."""
+_FHIR_VERSIONS = frozenset({"4.0", "4.0.1"})
+
+
+def _accept_range(part: str) -> tuple[str, float]:
+    """(media range, quality) of one Accept element; quality 0 when it names another FHIR version."""
+    media, *params = (p.strip() for p in part.split(";"))
+    quality = 1.0
+    for param in params:
+        key, _, value = param.partition("=")
+        key = key.strip().lower()
+        if key == "q":
+            try:
+                quality = min(max(float(value), 0.0), 1.0)
+            except ValueError:
+                quality = 0.0
+        elif key == "fhirversion" and value.strip().strip('"') not in _FHIR_VERSIONS:
+            quality = 0.0
+    return media.lower(), quality
+
+
+@lru_cache(maxsize=256)
+def accept_prefers_xml(accept: str) -> bool:
+    """Whether ``Accept`` is best served as XML: the acceptable FHIR type of highest quality, the first
+    listed among equals; wildcards and no Accept mean JSON (FHIR's default). 406 when the client
+    accepts neither JSON nor XML."""
+    if not accept.strip():
+        return False
+    best: tuple[float, bool] | None = None
     for part in accept.split(","):
-        media = part.split(";", 1)[0].strip().lower()
+        media, quality = _accept_range(part)
+        if quality <= 0:
+            continue
         if media in _XML_FORMATS:
-            return True
-        if media in _JSON_FORMATS:
-            return False
-    return False
+            xml = True
+        elif media in _JSON_FORMATS or media in ("*/*", "application/*", "*"):
+            xml = False
+        else:
+            continue
+        if best is None or quality > best[0]:
+            best = (quality, xml)
+    if best is None:
+        raise FHIRError(406, f"cannot answer in any type of Accept {accept!r}: this server speaks "
+                             f"{FHIR_JSON} and {FHIR_XML}", code="not-supported")
+    return best[1]
 
 
 _ALWAYS_KEPT = frozenset({"resourceType", "id", "meta"})

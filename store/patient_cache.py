@@ -439,7 +439,9 @@ def _filters(rtype: str, filters: list[tuple[str, str]]) -> list[Filter | list[s
             out.append(split_or(value))
             continue
         p = params.get(code)
-        if p is None or p.type not in _MODIFIERS or modifier not in _MODIFIERS[p.type] or "." in name:
+        # Parameters without an expression (_text, _content) have no index rows: SQL reads the resources.
+        if (p is None or p.expression is None or p.type not in _MODIFIERS or modifier not in _MODIFIERS[p.type]
+                or "." in name):
             raise Unsupported(name)
         alts = split_or(value)
         if modifier in R4_RESOURCE_TYPES and not any("/" in a or ":" in a for a in alts):  # bare ids: a chain's

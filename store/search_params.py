@@ -22,6 +22,10 @@ _GENERIC_BASES = ("Resource", "DomainResource")
 COLUMN_PARAMS = {"_id", "_lastUpdated"}
 # Indexed param types and the table each lands in.
 INDEXED_TYPES = ("token", "string", "reference", "date", "number", "quantity", "uri")
+# Specification parameters this server does not answer, left out so a search using one is reported as
+# unknown (ignored, or 400 under strict handling) rather than matching nothing: ``_query`` runs named
+# queries the server would define, and it defines none.
+NOT_ANSWERED = frozenset({"_query"})
 
 
 @dataclass(frozen=True)
@@ -55,6 +59,8 @@ def params_for(resource_type: str) -> dict[str, SearchParam]:
     out: dict[str, SearchParam] = {}
     for base in (*_GENERIC_BASES, resource_type):
         for code, p in raw.get(base, {}).items():
+            if code in NOT_ANSWERED:
+                continue
             expr = p.get("expression")
             if expr and base in _GENERIC_BASES:
                 expr = expr.replace(f"{base}.", f"{resource_type}.")

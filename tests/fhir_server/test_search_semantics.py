@@ -1,0 +1,103 @@
+"""Search semantics over HTTP that the in-memory fast paths, POST search and chains must keep:
+text search, output parameters in a POST body, chain and include validation, foreign reference
+URLs, Patient compartment search, content negotiation and what /metadata advertises."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import httpx
+import pytest
+
+STRICT = {"Prefer": "handling=strict"}
+
+
+@pytest.fixture(scope="module")
+def written(http: httpx.Client, patient: Any, observation: Any) -> dict[str, Any]:
+    p = patient("Quokka")
+    p["address"] = [{"city": "Timbuktu"}]
+    p["text"] = {"status": "generated", "div": '<div xmlns="http://www.w3.org/1999/xhtml">Zebrafish keeper</div>'}
+    pid = http.post("Patient", json=p).json()["id"]
+    other = http.post("Patient", json=patient("Numbat")).json()["id"]
+    obs = observation(pid)
+    obs["code"]["text"] = "Wombat score"
+    oids = [http.post("Observation", json=obs).json()["id"]]
+    oids += [http.post("Observation", json=observation(pid, value=v)).json()["id"] for v in (61, 62)]
+    other_obs = http.post("Observation", json=observation(other)).json()["id"]
+    return {"pid": pid, "other": other, "oids": oids, "other_obs": other_obs}
+
+
+def matches(bundle: dict) -> list[str]:
+    return [e["resource"]["id"] for e in bundle.get("entry", []) if e["search"]["mode"] == "match"]
+
+
+def outcome_notes(bundle: dict) -> list[str]:
+    return [i["diagnostics"] for e in bundle.get("entry", []) if e["search"]["mode"] == "outcome"
+            for i in e["resource"]["issue"]]
+
+
+@pytest.mark.parametrize(("path", "params", "who"), [
+    ("Patient", {"_text": "Zebrafish"}, "pid"),
+    ("Patient", {"_content": "Timbuktu"}, "pid"),
+    ("Observation", {"patient": "{pid}", "_content": "Wombat"}, "oid"),
+])
+def test_text_search_on_the_in_memory_paths(http: httpx.Client, written: dict[str, Any], path: str,
+                                            params: dict[str, str], who: str) -> None:
+    """Patient (a small type) and patient-anchored searches are answered in memory; text search must
+    still find what SQL finds."""
+    asked = {k: v.format(**written) for k, v in params.items()}
+    found = http.get(path, params=asked).json()
+    assert matches(found) == [written["pid"] if who == "pid" else written["oids"][0]]
+
+
+def test_text_search_across_types(http: httpx.Client, written: dict[str, Any]) -> None:
+    found = http.get("", params={"_content": "Timbuktu"}).json()
+    assert matches(found) == [written["pid"]]
+
+
+def test_named_query_is_an_unknown_parameter(http: httpx.Client, written: dict[str, Any]) -> None:
+    lenient = http.get("Patient", params={"_query": "anything", "_id": written["pid"]}).json()
+    assert matches(lenient) == [written["pid"]]
+    assert any("_query" in note for note in outcome_notes(lenient))
+    assert http.get("Patient", params={"_query": "anything"}, headers=STRICT).status_code == 400
+    cap = http.get("metadata").json()["rest"][0]
+    assert all(p["name"] != "_query" for r in cap["resource"] for p in r["searchParam"])
+
+
+@pytest.mark.parametrize("path", ["Patient/_search", "_search"])
+def test_post_search_applies_output_parameters_of_the_form(http: httpx.Client, written: dict[str, Any],
+                                                           path: str) -> None:
+    form = {"_id": written["pid"], "_elements": "birthDate"}
+    if path == "_search":
+        form["_type"] = "Patient"
+    shaped = http.post(path, data=form).json()
+    resource = shaped["entry"][0]["resource"]
+    assert "birthDate" in resource and "name" not in resource
+    assert "SUBSETTED" in [t["code"] for t in resource["meta"]["tag"]]
+    summary = http.post(path, data={**form, "_elements": "", "_summary": "true"}).json()["entry"][0]["resource"]
+    assert "name" in summary and "text" not in summary
+    xml = http.post(path, data={**form, "_format": "xml", "_pretty": "true"})
+    assert xml.headers["content-type"].startswith("application/fhir+xml")
+    assert "<Bundle " in xml.text and "\n  <type" in xml.text
+
+
+@pytest.mark.parametrize(("accept", "status", "media"), [
+    ("application/fhir+xml;q=0, application/fhir+json", 200, "application/fhir+json"),
+    ("application/fhir+json;q=0.5, application/fhir+xml", 200, "application/fhir+xml"),
+    ("application/fhir+xml, application/fhir+json", 200, "application/fhir+xml"),
+    ("text/html, */*;q=0.1", 200, "application/fhir+json"),
+    ("image/png", 406, "application/fhir+json"),
+    ("application/fhir+json; fhirVersion=3.0", 406, "application/fhir+json"),
+    ("application/fhir+json; fhirVersion=4.0", 200, "application/fhir+json"),
+])
+def test_accept_header_qualities(http: httpx.Client, accept: str, status: int, media: str) -> None:
+    answer = http.get("metadata", headers={"Accept": accept})
+    assert answer.status_code == status
+    assert answer.headers["content-type"].startswith(media)
+    if status == 406:
+        assert answer.json()["resourceType"] == "OperationOutcome"
+
+
+def test_format_parameter_overrides_accept(http: httpx.Client) -> None:
+    assert http.get("metadata", params={"_format": "json"}, headers={"Accept": "image/png"}).status_code == 200
+    assert http.get("metadata", headers={"Accept": "*/*"}).headers["content-type"].startswith("application/fhir+json")
