@@ -277,11 +277,16 @@ class Store:
         rid: str | None = None,
         *,
         since: datetime | None = None,
-        at: datetime | None = None,
+        at: datetime | tuple[datetime, datetime] | None = None,
         limit: int = 100,
         offset: int = 0,
     ) -> tuple[int, list[tuple[str, str, int, datetime, bool, dict[str, Any] | None]]]:
-        """Versions newest first: (total, rows of type, id, version, lastUpdated, deleted, resource)."""
+        """Versions newest first: (total, rows of type, id, version, lastUpdated, deleted, resource).
+
+        ``since``: versions written after it. ``at``: versions that were current at that instant, or at
+        some time in the half-open period ``(start, end)`` (FHIR ``_at``, a date of day precision being
+        the whole day): written before its end and not yet replaced by the next version at its start.
+        """
         where, args = [], []
         if resource_type:
             where.append("resource_type = ?")
@@ -289,17 +294,22 @@ class Store:
         if rid:
             where.append("id = ?")
             args.append(rid)
+        source = "resource_versions"
+        if at is not None:  # the window needs every version of each resource: only their keys filter it
+            start, end = at if isinstance(at, tuple) else (at, at + timedelta(microseconds=1))
+            inner = ("WHERE " + " AND ".join(where)) if where else ""
+            source = ("(SELECT *, lead(last_updated) OVER (PARTITION BY resource_type, id ORDER BY version_id) "
+                      f"AS replaced FROM resource_versions {inner})")
+            where = ["last_updated < ? AND (replaced IS NULL OR replaced > ?)"]
+            args += [end, start]
         if since:
             where.append("last_updated > ?")
             args.append(since)
-        if at:
-            where.append("last_updated <= ?")
-            args.append(at)
         clause = ("WHERE " + " AND ".join(where)) if where else ""
         cur = self.cursor()
-        total = cur.execute(f"SELECT count(*) FROM resource_versions {clause}", args).fetchone()[0]
+        total = cur.execute(f"SELECT count(*) FROM {source} {clause}", args).fetchone()[0]
         rows = cur.execute(
-            f"SELECT resource_type, id, version_id, last_updated, deleted, json FROM resource_versions {clause} "
+            f"SELECT resource_type, id, version_id, last_updated, deleted, json FROM {source} {clause} "
             "ORDER BY last_updated DESC, id, version_id DESC LIMIT ? OFFSET ?",
             [*args, limit, offset],
         ).fetchall()

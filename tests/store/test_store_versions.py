@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -191,3 +192,23 @@ def test_opening_a_store_makes_pyarrows_first_conversion() -> None:
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
                          cwd=Path(__file__).resolve().parents[2])
     assert out.stdout.split() == ["0", "True"]
+
+
+def test_history_at_gives_the_versions_current_then(store: Store) -> None:
+    """FHIR ``_at``: the version current at an instant, or every version current at some time in a period."""
+    stamps = [store.write([patient(family=f"V{n}")])[0].last_updated for n in (1, 2, 3)]
+    (other,) = store.write([patient("p2")])
+    deleted = store.delete("Patient", "p1").last_updated
+    tick = timedelta(microseconds=1)
+
+    def versions(at: Any, rid: str | None = "p1") -> list[tuple[str, int]]:
+        return [(r[1], r[2]) for r in store.history("Patient", rid, at=at)[1]]
+
+    assert versions(stamps[0] - tick) == []
+    assert versions(stamps[0]) == versions(stamps[1] - tick) == [("p1", 1)]
+    assert versions(stamps[2] + tick) == [("p1", 3)]
+    assert versions(deleted) == [("p1", 4)]  # a deletion is what was current then
+    assert versions((stamps[0], stamps[2])) == [("p1", 2), ("p1", 1)]  # the end is not in the period
+    assert versions((stamps[0], stamps[2] + tick)) == [("p1", 3), ("p1", 2), ("p1", 1)]
+    assert versions(other.last_updated, None) == [("p2", 1), ("p1", 3)]  # type history
+    assert store.history("Patient", "p1", at=(stamps[0], deleted), since=stamps[1])[0] == 1  # with _since
