@@ -33,6 +33,8 @@ LOCAL = DATA / "local"
 SHARED = HERE.parents[1] / ".." / "shared" / "data"
 DEFAULT_SOURCE = SHARED / "hl7v2" / "v2-to-fhir-mappings"
 FHIR_R4 = SHARED / "fhir-r4"
+STRUCTURES = HERE.parents[1] / "ingest" / "hl7v2" / "data" / "structures.json"
+"""The message structures the grouping uses, per version family (read as data, not imported)."""
 
 _NAME = re.compile(r"_ (?P<name>[A-Za-z0-9]+\[[^\]]+\]|[A-Za-z0-9_]+(?:\[[^\]]+\])?) - ")
 _REF = re.compile(r"^(?P<seg>[A-Z][A-Z0-9]{2})-(?P<field>\d+)(?:\.(?P<comp>\d+))?(?:\.(?P<sub>\d+))?$")
@@ -561,6 +563,22 @@ def _resolve_refs(refs: list[list[str]], r4: R4Elements, skipped: Counter[str], 
     return out
 
 
+def structure_groups(structures: Path = STRUCTURES) -> dict[str, dict[str, list[str]]]:
+    """Version family → structure → the names of its groups. The IG names groups of the
+    newest structures (``ORDER_OBSERVATION.COMMON_ORDER.ORC``); the mapper leaves out of a
+    row's group path the groups the message's own structure does not have."""
+
+    def names(items: list[Any]) -> set[str]:
+        out: set[str] = set()
+        for item in items:
+            if len(item) > 3:
+                out |= {item[0]} | names(item[3])
+        return out
+
+    raw = json.loads(structures.read_text())
+    return {family: {name: sorted(names(items)) for name, items in defs.items()} for family, defs in raw.items()}
+
+
 def build(source: Path, fhir_r4: Path = FHIR_R4) -> tuple[dict[str, Any], Counter[str]]:
     skipped: Counter[str] = Counter()
     r4 = R4Elements(fhir_r4)
@@ -583,6 +601,7 @@ def build(source: Path, fhir_r4: Path = FHIR_R4) -> tuple[dict[str, Any], Counte
         for path in sorted(base.glob("*.csv")):
             tables["messages"][sheet_name(path)] = compile_message(path, skipped, r4)
     emitted = set(json.loads((DATA / "config.json").read_text())["emit"])
+    tables["structure_groups"] = structure_groups()
     tables["required"] = {path: kids for path, kids in r4.required.items() if path.split(".")[0] in emitted}
     return tables, skipped
 

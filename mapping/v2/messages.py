@@ -49,7 +49,7 @@ from mapping.v2.field_rules import (
     writer_number,
 )
 from mapping.v2.segment_functions import RowsFunction, apply_segment, row_condition, rows_condition
-from mapping.v2.tables import config, message_maps
+from mapping.v2.tables import config, message_maps, structure_groups
 
 PROVENANCE_SOURCE_SYSTEM = "urn:fhirtwin:v2:message-control-id"
 
@@ -184,14 +184,26 @@ def _walk(group: GroupLike, chain: tuple[Any, ...], path: tuple[str, ...]
 
 
 class _Rows:
-    """Message-table rows indexed by (group path, segment), with fallbacks by segment."""
+    """Message-table rows indexed by (group path, segment), with fallbacks by segment.
 
-    def __init__(self, rows: list[dict[str, Any]]) -> None:
+    The IG writes group paths of the newest structures; a message grouped by an older one
+    (v2.5.1 has ORC directly in ORDER_OBSERVATION, not in COMMON_ORDER) matches a row by the
+    row's path without the groups its structure lacks (``present``). A row whose path is
+    complete wins over one that matches only that way.
+    """
+
+    def __init__(self, rows: list[dict[str, Any]], present: frozenset[str] | None) -> None:
         self.exact: dict[tuple[tuple[str, ...], str], list[dict[str, Any]]] = {}
         self.memo: dict[tuple[tuple[str, ...], str], list[dict[str, Any]]] = {}
         self.by_seg: dict[str, list[dict[str, Any]]] = {}
+        reduced: dict[tuple[tuple[str, ...], str], list[dict[str, Any]]] = {}
         for row in rows:
-            self.exact.setdefault((tuple(row["groups"]), row["seg"]), []).append(row)
+            groups = tuple(row["groups"])
+            kept = groups if present is None else tuple(g for g in groups if g in present)
+            into = self.exact if kept == groups else reduced
+            into.setdefault((kept, row["seg"]), []).append(row)
+        for key, rs in reduced.items():
+            self.exact.setdefault(key, rs)
         self.known_groups = {g for groups, _ in self.exact for g in groups}
         for (groups, seg), rs in self.exact.items():
             self.by_seg.setdefault(seg, [])
@@ -223,11 +235,24 @@ class _Rows:
 
 
 @cache
-def _rows_for(structure: str) -> _Rows | None:
+def _rows_for(structure: str, family: str) -> _Rows | None:
     maps = message_maps()
     name = config()["message_aliases"].get(structure, structure)
     rows = maps.get(name)
-    return _Rows(rows) if rows is not None else None
+    if rows is None:
+        return None
+    groups = structure_groups()[family].get(structure)
+    return _Rows(rows, frozenset(groups) if groups is not None else None)
+
+
+@cache
+def _family(version: str) -> str:
+    """The structure family a message of this MSH-12 version is grouped by: the grouping
+    reads v2.7 and later with the v2.8 structures (PRT, ARV, COMMON_ORDER …), older
+    versions with v2.5.1."""
+    parts = version.split(".")
+    minor = int(parts[1]) if len(parts) > 1 and parts[1].isdigit() else 5
+    return "2.8" if minor >= 7 else "2.5.1"
 
 
 def _scope(chain: tuple[Any, ...], root: GroupLike) -> Any:
@@ -311,10 +336,12 @@ _PLAN_LIMIT = 10_000
 
 
 class _Mapper:
-    def __init__(self, msg: MessageLike, root: GroupLike, structure: str, default_tz: str | None) -> None:
+    def __init__(self, msg: MessageLike, root: GroupLike, structure: str, family: str,
+                 default_tz: str | None) -> None:
         self.msg = msg
         self.root = root
         self.structure = structure
+        self.family = family
         self.emit = _emitted()
         self.instances: list[_Instance] = []
         self.by_scope: dict[tuple[str, int], _Instance] = {}
@@ -342,7 +369,7 @@ class _Mapper:
         """
         segs: list[SegmentLike] = []
         chains: list[tuple[Any, ...]] = []
-        sig: list[Any] = [self.structure]
+        sig: list[Any] = [self.structure, self.family]  # the rows that apply differ by family
         _flatten(self.root, (), segs, chains, sig)
         key = tuple(sig)
         shaped = _PLANS.get(key)
@@ -699,9 +726,13 @@ def _carrier_depths(chain: tuple[Any, ...]) -> tuple[int, ...]:
 
 
 def _segments_in(group: Any) -> Iterator[SegmentLike]:
+    """The group's own segments and those of its non-repeating subgroups: the same order
+    whether ORC sits in ORDER_OBSERVATION (v2.5.1) or in its COMMON_ORDER group (v2.8)."""
     for item in group.items:
         if not hasattr(item, "items"):
             yield item
+        elif not item.repeats:
+            yield from _segments_in(item)
 
 
 def _provenance(msg: MessageLike, targets: list[dict[str, Any]], default_tz: str | None) -> dict[str, Any]:
@@ -757,10 +788,11 @@ def map_grouped(
 
     ``default_tz`` is used for times sent without an offset when MSH-7 has none either.
     """
-    rows = _rows_for(structure)
+    family = _family(msg.msh.get(12, 1, 1))
+    rows = _rows_for(structure, family)
     if rows is None or not is_mapped(structure, event):
         return MappingResult(structure, False, notes=[f"{event or structure} is not mapped"])
-    m = _Mapper(msg, root, structure, default_tz)
+    m = _Mapper(msg, root, structure, family, default_tz)
     m.run(rows)
     m.assign_ids()
     resources = m.resources()

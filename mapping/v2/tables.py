@@ -35,6 +35,11 @@ def message_maps() -> dict[str, list[dict[str, Any]]]:
     return _load("messages")
 
 
+def structure_groups() -> dict[str, dict[str, list[str]]]:
+    """Version family (``2.5.1``, ``2.8``) → message structure → its group names."""
+    return _load("structure_groups")
+
+
 @cache
 def required_children() -> tuple[dict[str, list[str]], frozenset[str]]:
     """Resource type or backbone element path → children FHIR requires, and every proper
