@@ -95,14 +95,15 @@ def search_response(service: FhirService, request: Request, rtype: str | None, p
     """
     count, offset, params = paging(pairs)
     strict = strict_handling(request)
+    base = base_url(request)
     if memory_only:
-        result = service.search_in_memory(rtype, params, count, offset, strict=strict) if rtype else None
+        result = service.search_in_memory(rtype, params, count, offset, strict=strict, base=base) if rtype else None
         if result is None:
             return None
     elif rtype is None:
-        result = service.search_system(params, count, offset, strict=strict)
+        result = service.search_system(params, count, offset, strict=strict, base=base)
     else:
-        result = service.search(rtype, params, count, offset, strict=strict)
+        result = service.search(rtype, params, count, offset, strict=strict, base=base)
     store = service.store
     entries = [(t, i, raw) for t, i in result.keys if (raw := store.read_bytes(t, i)) is not None]
     included = [(t, i, raw) for t, i in result.included if (raw := store.read_bytes(t, i)) is not None]
@@ -118,7 +119,6 @@ def search_response(service: FhirService, request: Request, rtype: str | None, p
         {"resource": operation_outcome([outcome_issue("warning", "not-supported", note) for note in notes]),
          "search": {"mode": "outcome"}}
     ] if notes else []
-    base = base_url(request)
     body = searchset(base=base, url=f"{base}/{rtype}" if rtype else base, params=kept, total=result.total, count=count,
                      offset=offset, entries=entries, included=included, extra=warnings)
     return render(body, fmt, shape_body=False)

@@ -118,27 +118,29 @@ class FhirService:
         return resource, vid, datetime.fromisoformat(resource["meta"]["lastUpdated"])
 
     def search(self, rtype: str, params: list[tuple[str, str]], count: int, offset: int,
-               *, strict: bool = False) -> SearchResult:
-        """Run a type search; a search the engine refuses is the client's error (400, or its status)."""
+               *, strict: bool = False, base: str | None = None) -> SearchResult:
+        """Run a type search; a search the engine refuses is the client's error (400, or its status).
+        ``base`` is this server's URL: absolute references on it name local resources."""
         check_type(rtype)
         try:
-            return search(self.store, SearchRequest(rtype, search_params(params), count, offset, strict))
+            return search(self.store, SearchRequest(rtype, search_params(params), count, offset, strict, base))
         except SearchError as exc:
             raise FHIRError(exc.status, str(exc), code="invalid" if exc.status == 400 else "not-supported",
                             expression=exc.param) from None
 
     def search_in_memory(self, rtype: str, params: list[tuple[str, str]], count: int, offset: int,
-                         *, strict: bool = False) -> SearchResult | None:
+                         *, strict: bool = False, base: str | None = None) -> SearchResult | None:
         """The search if cached patients answer it without DuckDB (safe on the event loop), else None."""
         if rtype not in SUPPORTED_TYPES:
             return None
-        return search_in_memory(self.store, SearchRequest(rtype, search_params(params), count, offset, strict))
+        return search_in_memory(self.store, SearchRequest(rtype, search_params(params), count, offset, strict,
+                                                          base))
 
     def search_system(self, params: list[tuple[str, str]], count: int, offset: int,
-                      *, strict: bool = False) -> SearchResult:
+                      *, strict: bool = False, base: str | None = None) -> SearchResult:
         """Search across types (``GET [base]?_type=…``)."""
         try:
-            return search_system(self.store, search_params(params), count, offset, strict)
+            return search_system(self.store, search_params(params), count, offset, strict, base)
         except SearchError as exc:
             raise FHIRError(exc.status, str(exc), code="invalid" if exc.status == 400 else "not-supported",
                             expression=exc.param) from None

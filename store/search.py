@@ -26,6 +26,7 @@ from store.composite import composite_predicate
 from store.index_rows import norm
 from store.search_params import SearchParam, params_for
 from store.search_values import (
+    local_reference,
     parse_date,
     parse_number,
     parse_quantity,
@@ -66,6 +67,7 @@ class SearchRequest:
     count: int = 50
     offset: int = 0
     strict: bool = False
+    base: str | None = None  # this server's base URL: absolute references on it name local resources
 
 
 @dataclass
@@ -149,11 +151,9 @@ def _patient_hint(rtype: str, params: list[tuple[str, str]]) -> frozenset[str] |
         bare = modifier == "Patient" or p.targets == ("Patient",)
         pids = set(alts) if bare and not any("/" in a for a in alts) else set()  # a chain's patients: many
         for alt in () if pids else alts:
-            parts = alt.rstrip("/").split("/")
-            if len(parts) >= 2 and parts[-2] == "Patient":
-                pids.add(parts[-1])
-            elif len(parts) == 1 and bare:
-                pids.add(alt)
+            target = reference_target(alt, modifier or None)
+            if isinstance(target, tuple) and (target[1] == "Patient" or (target[1] is None and bare)):
+                pids.add(target[0])
             else:
                 pids = set()
                 break
@@ -380,7 +380,9 @@ class _Builder:
         try:
             return self._filter(rtype, name, value)
         except SearchError as exc:
-            if self.strict or exc.status != 400 or exc.param is None or not str(exc).startswith("unknown"):
+            # Inside a chain or _has (depth > 1) an unknown name is the whole parameter's: ignoring only
+            # the inner part would widen or empty the outer condition silently.
+            if self.strict or self.depth > 1 or not _unknown(exc):
                 raise
             self.ignored.append(name)
             return None
@@ -500,20 +502,19 @@ class _Builder:
         for target in targets:
             if target not in R4_RESOURCE_TYPES:
                 raise SearchError(f"unknown resource type {target!r} in chain", param=p.code)
-            nested_code = chain.split(".", 1)[0].split(":", 1)[0]
-            if nested_code not in params_for(target) and nested_code not in ("_id",):
-                if len(targets) > 1:
-                    continue
-                raise SearchError(f"unknown search parameter {nested_code!r} for {target}", param=chain)
-            inner = self.filter(target, chain, value)
-            if inner is None:
-                continue
+            try:
+                inner = self.filter(target, chain, value)
+            except SearchError as exc:
+                if len(targets) == 1 or not _unknown(exc):
+                    raise
+                continue  # a parameter some targets define: the others cannot match
             ors.append(
                 f"(ref_type = {q.arg(target)} AND ref_id IN (SELECT id FROM resources WHERE resource_type = "
                 f"{q.arg(target)} AND {inner}))"
             )
         if not ors:
-            return "false"
+            raise SearchError(f"unknown search parameter {chain!r} for any target of {p.code} "
+                              f"({', '.join(targets)})", param=f"{p.code}.{chain}")
         return "id IN (" + self.ids_where("idx_reference", rtype, p.code, " OR ".join(ors)) + ")"
 
     def _has(self, rtype: str, name: str, value: str) -> str:
@@ -554,6 +555,22 @@ class _Builder:
         else:
             self.warnings.append(f"{p.code}: components matched on any element, not necessarily the same one")
         return "(" + " OR ".join(ors) + ")"
+
+
+def _local_references(rtype: str, name: str, value: str, base: str) -> str:
+    """A reference parameter's value with URLs on this server's base made relative (see
+    :func:`store.search_values.local_reference`); other parameters' values unchanged."""
+    code, _, modifier = name.partition(":")
+    p = params_for(rtype).get(code)
+    if p is None or p.type != "reference" or modifier == "identifier" or base not in value:
+        return value
+    return ",".join(local_reference(alt, base).replace("\\", "\\\\").replace(",", "\\,")
+                    for alt in split_or(value))
+
+
+def _unknown(exc: SearchError) -> bool:
+    """Whether the error names an unknown parameter or type (ignored and reported under lenient handling)."""
+    return exc.status == 400 and exc.param is not None and str(exc).startswith("unknown")
 
 
 def _composite_component_param(rtype: str, composite: str, component: str) -> str:
@@ -704,6 +721,8 @@ def _search(store: Store, req: SearchRequest, memory_only: bool) -> SearchResult
             filters.append((name, value))
     if rtype not in R4_RESOURCE_TYPES:
         raise SearchError(f"unknown resource type {rtype!r}", status=404)
+    if req.base:
+        filters = [(name, _local_references(rtype, name, value, req.base)) for name, value in filters]
     if any("." in name for name, _ in filters):
         resolved = _resolve_patient_chains(store, rtype, filters, memory_only)
         if resolved is None:
@@ -958,7 +977,7 @@ def stored_types(store: Store) -> list[str]:
 
 
 def search_system(store: Store, params: list[tuple[str, str]], count: int = 50, offset: int = 0,
-                  strict: bool = False) -> SearchResult:
+                  strict: bool = False, base: str | None = None) -> SearchResult:
     """``GET [base]?…``: one search over several types (``_type``, else every stored type).
 
     A filter must mean the same on every type searched (the common parameters, or one every listed
@@ -1000,7 +1019,7 @@ def search_system(store: Store, params: list[tuple[str, str]], count: int = 50, 
             ignored.append(name)
     ordering = [("_sort", sort)] if sort else []
     per_type = [(t, search(store, SearchRequest(t, [*kept, *ordering, ("_total", total_mode)], count=offset + count,
-                                                strict=strict)))
+                                                strict=strict, base=base)))
                 for t in types]
     totals = [r.total for _, r in per_type]
     total = None if any(t is None for t in totals) else sum(totals)

@@ -138,12 +138,22 @@ def split_or(value: str) -> list[str]:
 
 def reference_target(value: str, modifier: str | None) -> tuple[str, str | None] | str:
     """What a plain (not ``:identifier``) reference search value names: (resource id, required type
-    or None), or the absolute URL itself when it names no ``Type/id``."""
+    or None), or an absolute URL, which matches only references to that URL: it is another server's
+    resource (the search layer has already made URLs on this server's own base relative, see
+    :func:`local_reference`)."""
     want_type = modifier if modifier in R4_RESOURCE_TYPES else None
     ref = value.rstrip("/")
+    if ref.startswith(("http:", "https:", "urn:")):
+        return ref
     parts = ref.split("/_history/")[0].split("/") if "/_history/" in ref else ref.split("/")
     if len(parts) >= 2 and parts[-2] in R4_RESOURCE_TYPES:
         return parts[-1], parts[-2]
-    if ref.startswith(("http:", "https:", "urn:")):
-        return ref
     return ref, want_type
+
+
+def local_reference(value: str, base: str | None) -> str:
+    """A reference search value with this server's base (``http://host/fhir``) removed: an absolute
+    URL on the server's own base names the local resource, like the relative ``Type/id``."""
+    if base and value.startswith(base.rstrip("/") + "/"):
+        return value[len(base.rstrip("/")) + 1:]
+    return value

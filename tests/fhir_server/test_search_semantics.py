@@ -101,3 +101,37 @@ def test_accept_header_qualities(http: httpx.Client, accept: str, status: int, m
 def test_format_parameter_overrides_accept(http: httpx.Client) -> None:
     assert http.get("metadata", params={"_format": "json"}, headers={"Accept": "image/png"}).status_code == 200
     assert http.get("metadata", headers={"Accept": "*/*"}).headers["content-type"].startswith("application/fhir+json")
+
+
+@pytest.mark.parametrize("chained", ["subject.famly", "encounter.foo", "patient.famly", "subject:Patient.famly",
+                                     "subject.organization.nam", "_has:Observation:patient:cod"])
+def test_unknown_parameter_in_a_chain(http: httpx.Client, written: dict[str, Any], chained: str) -> None:
+    """However a chain is spelled, a name no target defines is reported (lenient) or refused (strict)."""
+    path = "Patient" if chained.startswith("_has") else "Observation"
+    anchor = {"_id": written["pid"]} if path == "Patient" else {"code": "8867-4"}
+    lenient = http.get(path, params={**anchor, chained: "Quokka"}).json()
+    assert lenient["total"] == (1 if path == "Patient" else 4)
+    assert f"search parameter {chained!r} ignored" in outcome_notes(lenient)
+    assert http.get(path, params={**anchor, chained: "Quokka"}, headers=STRICT).status_code == 400
+
+
+def test_chain_through_several_targets(http: httpx.Client, written: dict[str, Any]) -> None:
+    """A parameter only some targets of the reference define (family: Patient, not Group) still chains."""
+    found = http.get("Observation", params={"subject.family": "Quokka", "_sort": "_id"}, headers=STRICT).json()
+    assert sorted(matches(found)) == sorted(written["oids"])
+
+
+def test_reference_to_another_server(http: httpx.Client, written: dict[str, Any], observation: Any,
+                                     server: tuple[Any, str]) -> None:
+    foreign_url = f"http://other.example.org/fhir/Patient/{written['pid']}"
+    foreign = observation(written["pid"], code="9279-1")
+    foreign["subject"] = {"reference": foreign_url}
+    foreign_id = http.post("Observation", json=foreign).json()["id"]
+    asked = http.get("Observation", params={"subject": foreign_url}).json()
+    assert matches(asked) == [foreign_id]
+    own_url = f"{server[1]}/fhir/Patient/{written['pid']}"
+    for value in (own_url, f"Patient/{written['pid']}"):
+        local = http.get("Observation", params={"subject": value, "code": "8867-4"}).json()
+        assert sorted(matches(local)) == sorted(written["oids"])
+    posted = http.post("_search", data={"_type": "Observation", "subject": foreign_url}).json()
+    assert matches(posted) == [foreign_id]
