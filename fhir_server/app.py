@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import gc
 from collections.abc import Callable
+from functools import partial
 from typing import Any
 from urllib.parse import parse_qsl
 
@@ -87,11 +88,12 @@ def delete_response(written: Written, fmt: OutputFormat) -> Response:
 
 
 def search_response(service: FhirService, request: Request, rtype: str | None, pairs: list[tuple[str, str]],
-                    fmt: OutputFormat, *, memory_only: bool = False) -> Response | None:
+                    fmt: OutputFormat, *, memory_only: bool = False, compartment: str | None = None) -> Response | None:
     """Run a type search (or, with no ``rtype``, a search across types) and page it as a searchset Bundle.
 
     With ``memory_only`` the search runs only if cached patients answer it (None otherwise): the
-    route then answers on the event loop, without a thread hop, like a read.
+    route then answers on the event loop, without a thread hop, like a read. ``compartment`` (a
+    patient id) limits a type search to that Patient's compartment (``GET Patient/id/Type``).
     """
     count, offset, params = paging(pairs)
     strict = strict_handling(request)
@@ -103,7 +105,7 @@ def search_response(service: FhirService, request: Request, rtype: str | None, p
     elif rtype is None:
         result = service.search_system(params, count, offset, strict=strict, base=base)
     else:
-        result = service.search(rtype, params, count, offset, strict=strict, base=base)
+        result = service.search(rtype, params, count, offset, strict=strict, base=base, compartment=compartment)
     store = service.store
     entries = [(t, i, raw) for t, i in result.keys if (raw := store.read_bytes(t, i)) is not None]
     included = [(t, i, raw) for t, i in result.included if (raw := store.read_bytes(t, i)) is not None]
@@ -119,7 +121,8 @@ def search_response(service: FhirService, request: Request, rtype: str | None, p
         {"resource": operation_outcome([outcome_issue("warning", "not-supported", note) for note in notes]),
          "search": {"mode": "outcome"}}
     ] if notes else []
-    body = searchset(base=base, url=f"{base}/{rtype}" if rtype else base, params=kept, total=result.total, count=count,
+    path = f"{base}/Patient/{compartment}/{rtype}" if compartment is not None else f"{base}/{rtype}"
+    body = searchset(base=base, url=path if rtype else base, params=kept, total=result.total, count=count,
                      offset=offset, entries=entries, included=included, extra=warnings)
     return render(body, fmt, shape_body=False)
 
@@ -250,6 +253,17 @@ def create_app(store: Any) -> FastAPI:
         fmt = negotiate(request)
         body, version, last_updated = await in_pool(service.vread, rtype, rid, vid)
         return render(body, fmt, 200, version_headers(version, last_updated))
+
+    async def compartment_search(pid: str, ctype: str, request: Request) -> Response:
+        check_type(ctype)
+        pairs = await search_pairs(request)
+        return await in_pool(partial(search_response, service, request, ctype, pairs, negotiate(request, pairs),
+                                     compartment=pid))
+
+    app.add_api_route("/fhir/Patient/{pid}/{ctype}", compartment_search, methods=["GET"],
+                      summary="search in a Patient's compartment")
+    app.add_api_route("/fhir/Patient/{pid}/{ctype}/_search", compartment_search, methods=["POST"],
+                      summary="search in a Patient's compartment")
 
     @app.get("/fhir/{rtype}/{rid}")
     async def read(rtype: str, rid: str, request: Request) -> Response:

@@ -118,12 +118,16 @@ class FhirService:
         return resource, vid, datetime.fromisoformat(resource["meta"]["lastUpdated"])
 
     def search(self, rtype: str, params: list[tuple[str, str]], count: int, offset: int,
-               *, strict: bool = False, base: str | None = None) -> SearchResult:
+               *, strict: bool = False, base: str | None = None, compartment: str | None = None) -> SearchResult:
         """Run a type search; a search the engine refuses is the client's error (400, or its status).
-        ``base`` is this server's URL: absolute references on it name local resources."""
+        ``base`` is this server's URL: absolute references on it name local resources; ``compartment``
+        a patient id to search only that Patient's compartment (404 or 410 if there is no such patient)."""
         check_type(rtype)
+        if compartment is not None:
+            self.current("Patient", compartment)
         try:
-            return search(self.store, SearchRequest(rtype, search_params(params), count, offset, strict, base))
+            return search(self.store, SearchRequest(rtype, search_params(params), count, offset, strict, base,
+                                                    compartment))
         except SearchError as exc:
             raise FHIRError(exc.status, str(exc), code="invalid" if exc.status == 400 else "not-supported",
                             expression=exc.param) from None

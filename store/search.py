@@ -68,6 +68,7 @@ class SearchRequest:
     offset: int = 0
     strict: bool = False
     base: str | None = None  # this server's base URL: absolute references on it name local resources
+    compartment: str | None = None  # a patient id: search only that Patient's compartment
 
 
 @dataclass
@@ -557,6 +558,20 @@ class _Builder:
         return "(" + " OR ".join(ors) + ")"
 
 
+def _in_compartment(rtype: str, pid: str) -> str:
+    """SQL condition on ``id``: the resource is in Patient ``pid``'s compartment (R4 CompartmentDefinition:
+    it references the patient through one of :func:`compartment_params`, or it is the patient)."""
+    params = sorted(compartment_params(rtype))
+    conds = [f"id = {sql_string(pid)}"] if rtype == "Patient" else []
+    if params:
+        conds.append(f"id IN (SELECT id FROM idx_reference WHERE rt = {sql_string(rtype)} AND param IN "
+                     f"({', '.join(sql_string(c) for c in params)}) AND ref_type = 'Patient' AND "
+                     f"ref_id = {sql_string(pid)})")
+    if not conds:
+        raise SearchError(f"{rtype} is not in the Patient compartment", param=rtype)
+    return conds[0] if len(conds) == 1 else "(" + " OR ".join(conds) + ")"
+
+
 def _local_references(rtype: str, name: str, value: str, base: str) -> str:
     """A reference parameter's value with URLs on this server's base made relative (see
     :func:`store.search_values.local_reference`); other parameters' values unchanged."""
@@ -735,6 +750,9 @@ def _search(store: Store, req: SearchRequest, memory_only: bool) -> SearchResult
     # The in-memory paths parse every value they use and decline (None) what they cannot answer
     # exactly, including unknown parameters and bad values, which the SQL builder then reports.
     query = _in_memory_query(rtype, filters, sort)
+    if req.compartment is not None:
+        conds.append(_in_compartment(rtype, req.compartment))
+        query = None  # the in-memory paths hold no compartment links other than the resource's first patient
     columns = None if memory_only and (includes or revincludes) else _columns_page(
         store, query, pids, offset, count)
     if columns is None:

@@ -135,3 +135,28 @@ def test_reference_to_another_server(http: httpx.Client, written: dict[str, Any]
         assert sorted(matches(local)) == sorted(written["oids"])
     posted = http.post("_search", data={"_type": "Observation", "subject": foreign_url}).json()
     assert matches(posted) == [foreign_id]
+
+
+def test_patient_compartment_search(http: httpx.Client, written: dict[str, Any], observation: Any) -> None:
+    """``Patient/id/Observation`` holds what references the patient through any compartment parameter
+    (subject, performer), with paging links that stay in the compartment."""
+    performed = observation(written["other"], code="8867-4")
+    performed["performer"] = [{"reference": f"Patient/{written['pid']}"}]
+    performed_id = http.post("Observation", json=performed).json()["id"]
+    expected = sorted([*written["oids"], performed_id])
+    pages, bundle = [], http.get(f"Patient/{written['pid']}/Observation",
+                                 params={"code": "8867-4", "_count": "2"}).json()
+    assert bundle["total"] == 4
+    while True:
+        pages += matches(bundle)
+        link = next((x["url"] for x in bundle["link"] if x["relation"] == "next"), None)
+        if link is None:
+            break
+        assert f"/fhir/Patient/{written['pid']}/Observation?" in link
+        bundle = httpx.get(link).json()
+    assert sorted(pages) == expected
+    posted = http.post(f"Patient/{written['pid']}/Observation/_search", data={"code": "8867-4"}).json()
+    assert sorted(matches(posted)) == expected
+    assert matches(http.get(f"Patient/{written['pid']}/Patient").json()) == [written["pid"]]
+    assert http.get(f"Patient/{written['pid']}/Practitioner").status_code == 400
+    assert http.get("Patient/no-such-patient/Observation").status_code == 404
