@@ -39,7 +39,12 @@ STRUCTURES = HERE.parents[1] / "ingest" / "hl7v2" / "data" / "structures.json"
 _NAME = re.compile(r"_ (?P<name>[A-Za-z0-9]+\[[^\]]+\]|[A-Za-z0-9_]+(?:\[[^\]]+\])?) - ")
 _REF = re.compile(r"^(?P<seg>[A-Z][A-Z0-9]{2})-(?P<field>\d+)(?:\.(?P<comp>\d+))?(?:\.(?P<sub>\d+))?$")
 _DT_REF = re.compile(r"^(?P<dt>[A-Z][A-Z0-9]{1,3})\.(?P<comp>\d+)(?:\.(?P<sub>\d+))?$")
-_STEP = re.compile(r"^(?P<name>[A-Za-z$][A-Za-z0-9]*)(?:\[(?P<idx>\d+|n|\d+-\d+)\])?$")
+_STEP = re.compile(r"^(?P<name>[A-Za-z$][A-Za-z0-9]*)(?:\[(?P<idx>\d+|n|\d+-\d+|each)\])?$")
+EACH = "each"
+EACH_SHARED = 0
+"""The list slot of what every ``[each]`` element shares (IG slots start at 1)."""
+"""``component[each]``: one list element per repetition of the sheet's repeating field, each
+also holding what the sheet's single-valued fields write there (OBX-3 code, OBX-6 units)."""
 
 
 def sheet_name(path: Path) -> str:
@@ -290,7 +295,10 @@ def parse_path(path: str) -> tuple[list[list[Any]], str | None, int | None]:
             if not sm:
                 raise _Unsupported(path)
             idx = sm.group("idx")
-            slot = 1 if idx in (None, "n") else int(idx.split("-")[0])  # line[1-3]: a map filling lines 1..3
+            if idx == EACH:
+                slot: Any = EACH  # numbered by compile_rules, which knows whether the field repeats
+            else:
+                slot = 1 if idx in (None, "n") else int(idx.split("-")[0])  # line[1-3]: a map filling lines 1..3
             steps.append([sm.group("name"), slot, idx is not None])
     return steps, ref_type, output
 
@@ -444,6 +452,9 @@ def compile_rules(
         own = [ref[0], ref[1], ref[2], ref[3]] if not datatype else ["", ref[1], ref[2], 0]
         vocab = _cell(row, cols, "vocab").split("\n")[0].strip() or None
         v2max = _cell(row, cols, "v2max")
+        for step in steps:
+            if step[1] == EACH:  # a repeating field's values: one element each; a single value: shared by all
+                step[1] = 1 if v2max in ("-1", "*") else EACH_SHARED
         rules.append(
             {
                 "f": ref[1] if not datatype else ref[1],

@@ -369,15 +369,29 @@ _SIZED = frozenset({str, dict, list})
 """Finished values that are dropped when empty."""
 
 
+EACH_SHARED = 0
+"""List slot of what every element of an IG ``[each]`` list shares (``build_tables.EACH_SHARED``):
+OBX-3's code in each ``Observation.component`` made from an OBX-5 repetition."""
+
+
 def _finalize_slots(value: Slots, resolve: Callable[[Ref], dict[str, Any] | None]) -> list[Any] | None:
     if len(value) == 1:
-        for v in value.values():
+        for k, v in value.items():
+            if k[0] == EACH_SHARED:
+                return None  # shared by each element, and there is none
             v = finalize(v, resolve)
             return None if v is None or (v.__class__ in _SIZED and not v) else [v]
     out: list[Any] = []
     numbered: dict[tuple[int, int], list[dict[str, Any]]] = {}
-    for k in sorted(value):
+    shared: dict[str, Any] | None = None
+    for k in sorted(value):  # the shared slot sorts first
         v = finalize(value[k], resolve)
+        if k[0] == EACH_SHARED:
+            if isinstance(v, dict):
+                shared = v if shared is None else {**v, **shared}
+            continue
+        if shared is not None and isinstance(v, dict):
+            merge(v, clone(shared))
         if v is None or (v.__class__ in _SIZED and not v) or v in out:
             continue
         if isinstance(v, dict):
