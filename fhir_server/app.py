@@ -112,7 +112,7 @@ def search_response(service: FhirService, request: Request, rtype: str | None, p
     if fmt.elements or fmt.summary:
         entries = [(t, i, orjson.dumps(shape(orjson.loads(raw), fmt))) for t, i, raw in entries]
         included = [(t, i, orjson.dumps(shape(orjson.loads(raw), fmt))) for t, i, raw in included]
-    kept = [(n, v) for n, v in params if n not in result.ignored]
+    kept = [(n, v) for n, v in params if n not in result.ignored and f"{n}={v}" not in result.ignored]
     notes = [f"search parameter {p!r} ignored" for p in result.ignored] + result.warnings
     capped = count_capped(pairs)
     if capped:

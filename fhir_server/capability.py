@@ -13,7 +13,7 @@ from functools import cache
 from pathlib import Path
 from typing import Any
 
-from fhir_server.service import SUPPORTED_TYPES, VIEW_DEFINITION
+from fhir_server.service import SUPPORTED_TYPES
 from store.search_params import params_for
 
 SOFTWARE_VERSION = "0.2.0"
@@ -35,13 +35,15 @@ def _operations(rtype: str) -> list[dict[str, str]]:
 
 @cache
 def _resources() -> tuple[dict[str, Any], ...]:
+    """One entry per R4 4.0.1 type served; types outside 4.0.1 (ViewDefinition, a SQL on FHIR model) are
+    served but not listed, and parameters of a type the search does not answer (``near``) are left out."""
     table = _table()
     flags = table["conditional"]
+    unsupported = set(table["unsupported_param_types"])
     out = []
-    for rtype in sorted(SUPPORTED_TYPES):
-        params = [] if rtype == VIEW_DEFINITION else [
-            {"name": p.code, "type": p.type} for p in sorted(params_for(rtype).values(), key=lambda p: p.code)
-        ]
+    for rtype in sorted(SUPPORTED_TYPES - set(table["not_advertised_types"])):
+        params = [{"name": p.code, "type": p.type} for p in sorted(params_for(rtype).values(), key=lambda p: p.code)
+                  if p.type not in unsupported]
         params += [{"name": n, "type": t, "documentation": d} for n, t, d in table["result_params"]]
         entry: dict[str, Any] = {
             "type": rtype,

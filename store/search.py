@@ -558,6 +558,44 @@ class _Builder:
         return "(" + " OR ".join(ors) + ")"
 
 
+def _include_problem(spec: str) -> str | None:
+    """Why an ``_include``/``_revinclude`` value cannot be followed (None when it can): it must be
+    ``Type:parameter[:TargetType]`` with a reference parameter of that type (or ``*``)."""
+    parts = spec.split(":")
+    if len(parts) not in (2, 3):
+        return "expected Type:parameter[:TargetType]"
+    src, code, target = parts[0], parts[1], parts[2] if len(parts) == 3 else None
+    if src != "*" and src not in R4_RESOURCE_TYPES:
+        return f"unknown resource type {src!r}"
+    if target is not None and target not in R4_RESOURCE_TYPES:
+        return f"unknown target type {target!r}"
+    if code == "*" or src == "*":
+        return None
+    p = params_for(src).get(code)
+    if p is None:
+        return f"unknown search parameter {code!r} for {src}"
+    if p.type != "reference":
+        return f"{src}:{code} is not a reference parameter"
+    if target is not None and p.targets and target not in p.targets:
+        return f"{src}:{code} does not reference {target}"
+    return None
+
+
+def _check_includes(pairs: list[tuple[str, str]], strict: bool) -> tuple[list[tuple[str, str]], list[str]]:
+    """The ``_include``/``_revinclude`` (name, value) pairs that can be followed, and the others as
+    ``name=value`` to report as ignored; under strict handling an unusable one is a 400."""
+    kept, bad = [], []
+    for name, value in pairs:
+        problem = _include_problem(value)
+        if problem is None:
+            kept.append((name, value))
+        elif strict:
+            raise SearchError(f"{name}={value}: {problem}", param=name)
+        else:
+            bad.append(f"{name}={value}")
+    return kept, bad
+
+
 def _in_compartment(rtype: str, pid: str) -> str:
     """SQL condition on ``id``: the resource is in Patient ``pid``'s compartment (R4 CompartmentDefinition:
     it references the patient through one of :func:`compartment_params`, or it is the patient)."""
@@ -713,15 +751,12 @@ def _search(store: Store, req: SearchRequest, memory_only: bool) -> SearchResult
     total_mode = "accurate"
     summary_count = False
     count, offset = req.count, req.offset
+    include_pairs: list[tuple[str, str]] = []
     for name, value in req.params:
         if name == "_sort":
             sort = value
-        elif name.startswith("_include"):
-            includes.append(value)
-            iterate = iterate or name.endswith(":iterate")
-        elif name.startswith("_revinclude"):
-            revincludes.append(value)
-            iterate = iterate or name.endswith(":iterate")
+        elif name.startswith(("_include", "_revinclude")):
+            include_pairs.append((name, value))
         elif name == "_total":
             if value not in ("none", "estimate", "accurate"):
                 raise SearchError("_total must be none, estimate or accurate", param="_total")
@@ -736,16 +771,22 @@ def _search(store: Store, req: SearchRequest, memory_only: bool) -> SearchResult
             filters.append((name, value))
     if rtype not in R4_RESOURCE_TYPES:
         raise SearchError(f"unknown resource type {rtype!r}", status=404)
+    include_pairs, bad_includes = _check_includes(include_pairs, req.strict)
+    for name, value in include_pairs:
+        (revincludes if name.startswith("_revinclude") else includes).append(value)
+        iterate = iterate or name.endswith(":iterate")
     if req.base:
         filters = [(name, _local_references(rtype, name, value, req.base)) for name, value in filters]
     if any("." in name for name, _ in filters):
         resolved = _resolve_patient_chains(store, rtype, filters, memory_only)
         if resolved is None:
             counted = total_mode != "none" or summary_count
-            return SearchResult(total=0 if counted else None, keys=[], summary_count=summary_count)
+            return SearchResult(total=0 if counted else None, keys=[], ignored=bad_includes,
+                                summary_count=summary_count)
         filters = resolved
     pids = _patient_hint(rtype, filters)
     b = _Builder(store, req.strict, (rtype, pids) if pids is not None else None)
+    b.ignored += bad_includes
     counted = total_mode != "none" or summary_count
     # The in-memory paths parse every value they use and decline (None) what they cannot answer
     # exactly, including unknown parameters and bad values, which the SQL builder then reports.
@@ -1035,6 +1076,8 @@ def search_system(store: Store, params: list[tuple[str, str]], count: int = 50, 
             raise SearchError(f"search parameter {code!r} is not defined for every type searched", param=name)
         else:
             ignored.append(name)
+    includes, bad_includes = _check_includes(includes, strict)
+    ignored += bad_includes
     ordering = [("_sort", sort)] if sort else []
     per_type = [(t, search(store, SearchRequest(t, [*kept, *ordering, ("_total", total_mode)], count=offset + count,
                                                 strict=strict, base=base)))

@@ -160,3 +160,42 @@ def test_patient_compartment_search(http: httpx.Client, written: dict[str, Any],
     assert matches(http.get(f"Patient/{written['pid']}/Patient").json()) == [written["pid"]]
     assert http.get(f"Patient/{written['pid']}/Practitioner").status_code == 400
     assert http.get("Patient/no-such-patient/Observation").status_code == 404
+
+
+def test_metadata_advertises_only_what_is_served(http: httpx.Client) -> None:
+    resources = {r["type"]: r for r in http.get("metadata").json()["rest"][0]["resource"]}
+    assert "SubscriptionStatus" not in resources and "ViewDefinition" not in resources
+    assert "Patient" in resources and "Binary" in resources
+    assert "near" not in {p["name"] for p in resources["Location"]["searchParam"]}
+    view = {"resourceType": "ViewDefinition", "resource": "Patient", "status": "active",
+            "select": [{"column": [{"name": "id", "path": "id"}]}]}
+    run = http.post("ViewDefinition/$run", json={"resourceType": "Parameters",
+                                                  "parameter": [{"name": "viewResource", "resource": view}]})
+    assert run.status_code == 200
+
+
+@pytest.mark.parametrize(("path", "name", "value"), [
+    ("Observation", "_include", "Observation:foo"),
+    ("Observation", "_include", "Observation:status"),
+    ("Observation", "_include", "Observation:subject:Medication"),
+    ("Observation", "_include:iterate", "Nothing:subject"),
+    ("Patient", "_revinclude", "Observation:foo"),
+    ("", "_include", "Observation:status"),
+])
+def test_include_that_cannot_be_followed(http: httpx.Client, written: dict[str, Any], path: str, name: str,
+                                         value: str) -> None:
+    anchor = {"_id": written["pid"]} if path == "Patient" else {"_id": written["oids"][0]}
+    if not path:
+        anchor["_type"] = "Observation"
+    lenient = http.get(path, params={**anchor, name: value}).json()
+    assert lenient["total"] == 1
+    assert f"search parameter '{name}={value}' ignored" in outcome_notes(lenient)
+    assert name not in lenient["link"][0]["url"]
+    strict = http.get(path, params={**anchor, name: value}, headers=STRICT)
+    assert strict.status_code == 400 and value in strict.json()["issue"][0]["diagnostics"]
+
+
+def test_include_that_can_be_followed(http: httpx.Client, written: dict[str, Any]) -> None:
+    found = http.get("Observation", params={"_id": written["oids"][0], "_include": "Observation:subject:Patient"},
+                     headers=STRICT).json()
+    assert [e["resource"]["id"] for e in found["entry"] if e["search"]["mode"] == "include"] == [written["pid"]]
