@@ -505,7 +505,11 @@ def compile_vocab(path: Path) -> dict[str, list[str]]:
     return out
 
 
-def compile_message(path: Path, skipped: Counter[str], r4: R4Elements) -> list[dict[str, Any]]:
+def compile_message(path: Path, skipped: Counter[str], r4: R4Elements,
+                    segments: dict[str, list[dict[str, Any]]]) -> list[dict[str, Any]]:
+    """A target may name the element the segment map fills (``Observation[2].note`` with
+    NTE's map, which writes ``note.text``, ``note.time``) when every rule of the map writes
+    under that element: such a row (``adds``) adds to the resource another segment made."""
     cols, rows = read_sheet(path)
     out = []
     for row in rows:
@@ -518,8 +522,11 @@ def compile_message(path: Path, skipped: Counter[str], r4: R4Elements) -> list[d
         seg = parts[-1]
         if not re.match(r"^[A-Z][A-Z0-9]{2}$", seg):
             continue
-        m = re.match(r"^(?P<type>[A-Z][A-Za-z]+)(?:\[(?P<idx>\w+)\])?$", target.strip())
-        if not m:
+        m = re.match(r"^(?P<type>[A-Z][A-Za-z]+)(?:\[(?P<idx>\w+)\])?(?:\.(?P<element>[a-z][A-Za-z]*))?$",
+                     target.strip())
+        rules = segments.get(segmap.split(" ")[0], [])
+        if not m or (m.group("element") and not (rules and all(r["steps"][0][0] == m.group("element")
+                                                                for r in rules))):
             skipped[f"{path.name}: target {target}"] += 1
             continue
         try:
@@ -534,6 +541,7 @@ def compile_message(path: Path, skipped: Counter[str], r4: R4Elements) -> list[d
                 "type": m.group("type"),
                 "key": f"{m.group('type')}[{m.group('idx') or '1'}]",
                 "map": segmap.split(" ")[0],
+                "adds": bool(m.group("element")),
                 "cond": cond,
                 "refs": _resolve_refs(parse_refs(_cell(row, cols, "refs")), r4, skipped, path.name),
             }
@@ -610,7 +618,7 @@ def build(source: Path, fhir_r4: Path = FHIR_R4) -> tuple[dict[str, Any], Counte
             tables["vocab"][sheet_name(path)] = compile_vocab(path)
     for base in (source / "messages", LOCAL / "messages"):
         for path in sorted(base.glob("*.csv")):
-            tables["messages"][sheet_name(path)] = compile_message(path, skipped, r4)
+            tables["messages"][sheet_name(path)] = compile_message(path, skipped, r4, tables["segments"])
     emitted = set(json.loads((DATA / "config.json").read_text())["emit"])
     tables["structure_groups"] = structure_groups()
     tables["required"] = {path: kids for path, kids in r4.required.items() if path.split(".")[0] in emitted}

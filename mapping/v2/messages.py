@@ -403,7 +403,10 @@ class _Mapper:
             for row in rows.find_cached(path, seg.id):
                 if row["cond"] is not None and not row_condition(row, seg.id)(seg, others):
                     continue
-                inst, rep_base = self._instance(row, seg, chain)
+                found = self._existing(row, chain) if row["adds"] else self._instance(row, seg, chain)
+                if found is None:
+                    continue
+                inst, rep_base = found
                 steps.append((position[id(seg)], row["map"], self.instances.index(inst),
                               inst.base_of(row["map"]) + rep_base))
                 if row["refs"]:
@@ -505,6 +508,17 @@ class _Mapper:
         self.by_key.setdefault(inst.key, []).append(inst)
         self.instances.append(inst)
         return inst, 0
+
+    def _existing(self, row: dict[str, Any], chain: tuple[Any, ...]) -> tuple[_Instance, int] | None:
+        """The resource a row naming an element (``Observation[2].note`` from NTE) adds to: the
+        nearest of its key around the segment, never a new one; each such segment in its own
+        list elements (two NTE, two notes)."""
+        for outer in reversed((self.root, *chain)):
+            inst = self.by_scope.get((row["key"], id(outer)))
+            if inst is not None:
+                inst.merges += 1
+                return inst, inst.merges * 1000
+        return None
 
     def _find(self, key: str, near: _Instance) -> _Instance | None:
         """The instance of ``key`` nearest to ``near`` (remembered: called only once all
