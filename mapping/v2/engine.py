@@ -114,7 +114,7 @@ class Context:
             return None
         body = clone(body)
         prune(body, rtype)
-        key = identifier_key(body) or name_key(body)
+        key = identifier_key(body, rtype) or name_key(body)
         if not key:
             return None
         rid = stable_id(rtype, key)
@@ -705,15 +705,31 @@ def prune(body: dict[str, Any], path: str) -> None:
             body[key] = items if isinstance(val, list) else items[0]
 
 
-def identifier_key(body: dict[str, Any]) -> str:
+def identifier_key(body: dict[str, Any], rtype: str) -> str:
+    """``system|value`` of the identifier an id recipe reads: the first valued one of a type
+    preferred for ``rtype`` (``config.json`` → ``preferred_identifier_types``: a Patient's
+    medical record number, CX.5 MR), else the first valued one. So PID-3 sent as SSN~MRN or
+    MRN~SSN gives one Patient id."""
     ids = body.get("identifier")
     if isinstance(ids, dict):
         ids = [ids]
+    chosen = None
+    preferred = _preferred_identifier_types(rtype)
     for ident in ids or []:
-        value = ident.get("value")
-        if value:
-            return f"{ident.get('system', '')}|{value}"
-    return ""
+        if not ident.get("value"):
+            continue
+        if chosen is None:
+            chosen = ident
+        coding = (ident.get("type") or {}).get("coding") or [{}]
+        if coding[0].get("code") in preferred:
+            chosen = ident
+            break
+    return f"{chosen.get('system', '')}|{chosen['value']}" if chosen is not None else ""
+
+
+@cache
+def _preferred_identifier_types(rtype: str) -> frozenset[str]:
+    return frozenset(config()["preferred_identifier_types"].get(rtype, ()))
 
 
 def name_key(body: dict[str, Any]) -> str:

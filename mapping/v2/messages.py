@@ -574,7 +574,7 @@ class _Mapper:
         if shape is not None:
             return shapes.id_key(shape.identifier, inst.log.values), shapes.id_key(shape.name, inst.log.values)
         parts = shapes.keyed_parts(inst.node or {})
-        return identifier_key(parts), name_key(parts)
+        return identifier_key(parts, inst.type), name_key(parts)
 
     def order_number(self, inst: _Instance) -> str:
         """Filler (else placer) order number of the innermost group around ``inst`` that has one."""

@@ -198,7 +198,7 @@ def shape_of(key: tuple[Any, ...], rtype: str, log: WriteLog, links: list[Any], 
         return shape
     node = materialize(log, links, fallbacks, True)
     parts = keyed_parts(node)
-    ident, name = identifier_key(parts), name_key(parts)
+    ident, name = identifier_key(parts, rtype), name_key(parts)
     resolve = _placeholder_resolver(targets, emit)
     body = finalize(node, resolve) or {}
     missing = finish(body, rtype)
