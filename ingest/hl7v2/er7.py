@@ -12,9 +12,12 @@ Repetitions, components and subcomponents are 1-based in :meth:`Segment.get`.
 
 from __future__ import annotations
 
+import json
 import re
 from collections.abc import Iterator
 from dataclasses import dataclass
+from functools import cache
+from pathlib import Path
 
 from ingest.hl7v2.errors import ErrorCode, HL7ParseError
 
@@ -401,6 +404,8 @@ def parse_segments(lines: list[str], raw: str = "") -> Message:
 
 
 def _check_header(msg: Message) -> None:
+    """Refuse (AR) what HL7 says a receiver must not accept: required MSH fields missing, a processing id
+    (MSH-11) or version id (MSH-12) outside HL7 tables 0103 and 0104."""
     msh = msg.msh
     for field, what in ((9, "message type"), (10, "message control id"), (12, "version id")):
         if not msh.has(field):
@@ -411,6 +416,25 @@ def _check_header(msg: Message) -> None:
                 segment_seq=1,
                 field=field,
             )
+    processing_ids, versions = _header_tables()
+    for field, allowed, code, what in ((11, processing_ids, ErrorCode.UNSUPPORTED_PROCESSING_ID, "processing id"),
+                                       (12, versions, ErrorCode.UNSUPPORTED_VERSION_ID, "version id")):
+        value = msh.get(field, 1, 1)
+        if value and value not in allowed:
+            raise HL7ParseError(
+                f"MSH-{field} {what} {value!r} is not one of {', '.join(allowed)} (HL7 table "
+                f"{'0103' if field == 11 else '0104'})",
+                code=code,
+                segment_id="MSH",
+                segment_seq=1,
+                field=field,
+            )
+
+
+@cache
+def _header_tables() -> tuple[tuple[str, ...], tuple[str, ...]]:
+    tables = json.loads((Path(__file__).with_name("data") / "header_tables.json").read_text())
+    return tuple(tables["0103"]), tuple(tables["0104"])
 
 
 def parse_message(data: str | bytes) -> Message:

@@ -30,7 +30,7 @@ from ingest.hl7v2.ack import build_ack
 from ingest.hl7v2.er7 import Message, parse_segments, split_segments
 from ingest.hl7v2.errors import ErrorCode, HL7Error
 from ingest.hl7v2.inbox import Inbox, error_issue
-from ingest.hl7v2.structure import group_message, structure_of
+from ingest.hl7v2.structure import group_message, required_segments, structure_of
 from ingest.hl7v2.write_policy import create_only
 from mapping.v2 import map_grouped
 from store.prepare import PreparedBatch, prepare
@@ -48,10 +48,21 @@ class MapResult(Protocol):
 Mapper = Callable[[Message], MapResult]
 
 
+ESSENTIAL_SEGMENTS = ("PID",)
+"""Required segments a message is not mapped without (AE, HL7 code 100). Grouping is otherwise lenient:
+real feeds often leave out segments their structure requires (an ADT without EVN) and still map well,
+but every resource of a patient-centred message hangs on its PID."""
+
+
 def map_v2(msg: Message) -> MapResult:
     """The project's HL7 v2 → FHIR mapper: group by message structure, then ``mapping.v2.map_grouped``."""
     structure = structure_of(msg)
     root = group_message(msg, structure=structure)
+    required = required_segments(structure, msg.version)
+    for seg_id in ESSENTIAL_SEGMENTS:
+        if seg_id in required and msg.segment(seg_id) is None:
+            raise HL7Error(f"required segment {seg_id} missing in {structure}",
+                           code=ErrorCode.SEGMENT_SEQUENCE_ERROR, segment_id=seg_id, rejects=False)
     return map_grouped(msg, root, structure, event=f"{msg.message_type}^{msg.trigger_event}")
 
 

@@ -154,6 +154,27 @@ def structure_of(msg: Message) -> str:
     return declared or f"{msg.message_type}_{msg.trigger_event}"
 
 
+def required_segments(structure: str, version: str) -> frozenset[str]:
+    """Segments every message of ``structure`` holds: required ones at its top level or inside groups
+    that are themselves required all the way up (none for an unknown structure)."""
+    return _required(structure, _family(version))
+
+
+@cache
+def _required(structure: str, family: str) -> frozenset[str]:
+    return _required_in(_definitions(family).get(structure))
+
+
+def _required_in(node: Node | None) -> frozenset[str]:
+    if node is None or node.children is None:
+        return frozenset()
+    out: set[str] = set()
+    for child in node.children:
+        if child.min > 0:
+            out |= _required_in(child) if child.is_group else {child.name}
+    return frozenset(out)
+
+
 def known_structures() -> list[str]:
     return sorted(_definitions())
 

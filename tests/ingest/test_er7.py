@@ -121,6 +121,8 @@ def test_msh18_charset_decodes_latin1_bytes() -> None:
         ("MSH|^^\\&|A|B|C|D|2020||ADT^A01|1|P|2.5", ErrorCode.DATA_TYPE_ERROR, "MSH", 1, 2),
         ("MSH|^~\\&|A|B|C|D|2020|||1|P|2.5", ErrorCode.REQUIRED_FIELD_MISSING, "MSH", 1, 9),
         ("MSH|^~\\&|A|B|C|D|2020||ADT^A01||P|2.5", ErrorCode.REQUIRED_FIELD_MISSING, "MSH", 1, 10),
+        ("MSH|^~\\&|A|B|C|D|2020||ADT^A01|1|X|2.5", ErrorCode.UNSUPPORTED_PROCESSING_ID, "MSH", 1, 11),
+        ("MSH|^~\\&|A|B|C|D|2020||ADT^A01|1|P|9.9", ErrorCode.UNSUPPORTED_VERSION_ID, "MSH", 1, 12),
         (MSH + "\rPID|1\rpv1|bad", ErrorCode.SEGMENT_SEQUENCE_ERROR, "pv1", 3, None),
         (MSH + "\rPID|1\r" + MSH, ErrorCode.SEGMENT_SEQUENCE_ERROR, "MSH", 3, None),
     ],

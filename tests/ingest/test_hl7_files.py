@@ -129,14 +129,16 @@ def test_a_bulk_import_reports_progress_per_chunk(tmp_path: Path) -> None:
 def test_text_outside_any_message_stays_one_letter_with_its_reason_on_replay(name: str) -> None:
     store = Store(":memory:")
     summary = Ingestor(store).ingest_paths([HL7 / name])
-    assert summary.rejected == 1
-    (letter,) = store.dead_letters()
+    cut_short = name == "pyhl7_MALFORMED_file_nested_FHS.hl7"  # the nested FHS leaves the message before it no PID
+    assert summary.rejected == 1 + cut_short
+    (letter,) = [d for d in store.dead_letters() if "required segment PID" not in d["reason"][0]["diagnostics"]]
     for _ in range(2):
         replay = Ingestor(store).replay_dead_letters()
-        assert (replay.rejected, replay.accepted) == (1, 0)
+        assert (replay.rejected, replay.accepted) == (1 + cut_short, 0)
         reason = letter["reason"][0]["diagnostics"]
-        assert replay.errors == [f"{HL7 / name}:{letter['line']}: still unreadable: {reason}"]
-        assert store.dead_letters() == [letter]  # the same letter, its reason as the file gave it
+        assert f"{HL7 / name}:{letter['line']}: still unreadable: {reason}" in replay.errors
+        assert letter in store.dead_letters()  # the same letter, its reason as the file gave it
+        assert len(store.dead_letters()) == 1 + cut_short
 
 
 def test_a_named_file_that_is_missing_or_unreadable_is_refused_and_the_rest_goes_on(tmp_path: Path) -> None:

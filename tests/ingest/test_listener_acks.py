@@ -94,6 +94,31 @@ def test_unparseable_gets_ar_with_err_and_is_kept(store: Store) -> None:
     assert Inbox(store).counts() == {"processed": 1, "rejected": 1}
 
 
+@pytest.mark.parametrize(("header", "field", "code"), [("|X|2.5", 11, "202"), ("|P|9.9", 12, "203")])
+def test_a_processing_or_version_id_outside_hl7_tables_gets_ar_and_nothing_is_mapped(
+    store: Store, header: str, field: int, code: str
+) -> None:
+    bad = f"MSH|^~\\&|LAB|HOSP|R|RF|20240101||ADT^A01|H1{header}\rPID|1||H1||Doe^Jane".encode()
+    acks = run(store, [bad, adt("H2", "302")])
+    assert msa(acks[0])[1:3] == ["AR", "H1"]
+    e = err(acks[0])
+    assert e[2] == f"MSH^1^{field}" and e[3].startswith(f"{code}^")
+    assert msa(acks[1])[1:3] == ["AA", "H2"]
+    assert Inbox(store).counts() == {"processed": 1, "rejected": 1} and store.count("Patient") == 1
+
+
+@pytest.mark.parametrize("pid", ["", "P1D|1||M1||Doe^Jane\r"])
+def test_an_admission_without_its_pid_gets_ae_and_is_kept_not_mapped(store: Store, pid: str) -> None:
+    bad = f"MSH|^~\\&|LAB|HOSP|R|RF|20240101||ADT^A01|N1|P|2.5\rEVN|A01|20240101\r{pid}PV1|1|I\r".encode()
+    acks = run(store, [bad, adt("N2", "303")])
+    assert msa(acks[0])[1:3] == ["AE", "N1"]
+    e = err(acks[0])
+    assert e[2].startswith("PID") and e[3].startswith("100^") and "required segment PID missing" in acks[0].decode()
+    assert msa(acks[1])[1:3] == ["AA", "N2"]
+    assert Inbox(store).counts() == {"processed": 1, "dead": 1} and store.count("Patient") == 1
+    assert len(store.dead_letters()) == 1  # kept for a replay once the sender's message is fixed
+
+
 def test_enhanced_mode_ca_then_application_ack(store: Store) -> None:
     acks = run(store, [adt("E1", "400", ack_fields="|||AL|AL"), adt("E2", "401", ack_fields="|||AL|AL")], 2)
     assert [msa(a)[1:3] for a in acks] == [["CA", "E1"], ["AA", "E1"], ["CA", "E2"], ["AA", "E2"]]
