@@ -42,7 +42,13 @@ from fhir_server.responses import (
 from fhir_server.service import FhirService, Written, check_type
 from fhir_server.simulate import register_simulate
 from fhir_server.transaction import process_bundle
-from fhir_server.versioning import if_match_version, not_modified, parse_instant, version_headers
+from fhir_server.versioning import (
+    if_match_version,
+    not_modified,
+    parse_instant,
+    parse_period,
+    version_headers,
+)
 
 _RESOURCE_BODY: dict[str, Any] = {
     "requestBody": {
@@ -148,7 +154,7 @@ def history_response(service: FhirService, request: Request, url: str, rtype: st
         if name == "_since":
             since = parse_instant(value, "_since")
         elif name == "_at":
-            at = parse_instant(value, "_at")
+            at = parse_period(value, "_at")
     if rtype is not None and rid is not None and service.store.current(rtype, rid) is None:
         raise FHIRError(404, f"{rtype}/{rid} not found", code="not-found")
     total, rows = service.store.history(rtype, rid, since=since, at=at, limit=count, offset=offset)

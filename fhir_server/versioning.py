@@ -7,6 +7,7 @@ from datetime import UTC, datetime
 from email.utils import format_datetime, parsedate_to_datetime
 
 from fhir_server.responses import FHIRError
+from store.search_values import parse_date
 
 _ETAG = re.compile(r'^\s*(?:W/)?"?([^"\s]+)"?\s*$')
 
@@ -56,6 +57,16 @@ def not_modified(if_none_match: str | None, if_modified_since: str | None, versi
             since = since.replace(tzinfo=UTC)
         return last_updated.replace(microsecond=0) <= since
     return False
+
+
+def parse_period(value: str, name: str) -> tuple[datetime, datetime]:
+    """A FHIR date/dateTime query value (``_at``) as the half-open period its precision covers:
+    ``2026-11-22`` is the whole day, an instant one microsecond (or the second or minute it names)."""
+    try:
+        found = parse_date(value.strip().replace(" ", "+"))
+    except ValueError as exc:
+        raise FHIRError(400, f"{name}: {exc}", code="invalid") from None
+    return found.lo, found.hi
 
 
 def parse_instant(value: str, name: str) -> datetime:

@@ -162,6 +162,25 @@ def test_history_type_and_system_with_since(http: httpx.Client, patient: Any, ob
     assert http.get("Patient/_history", params={"_since": "yesterday"}).status_code == 400
 
 
+def test_history_at_lists_the_versions_current_then(http: httpx.Client, patient: Any) -> None:
+    body = http.post("Patient", json=patient("At")).json()
+    pid, first = body["id"], body["meta"]["lastUpdated"]
+    second = http.put(f"Patient/{pid}", json={**body, "gender": "male"}).json()["meta"]["lastUpdated"]
+    third = http.put(f"Patient/{pid}", json={**body, "gender": "other"}).json()["meta"]["lastUpdated"]
+
+    def versions(at: str) -> list[str]:
+        answer = http.get(f"Patient/{pid}/_history", params={"_at": at})
+        assert answer.status_code == 200, answer.text
+        return [e["resource"]["meta"]["versionId"] for e in answer.json().get("entry", [])]
+
+    assert versions(third) == ["3"] and versions(datetime.now(UTC).isoformat()) == ["3"]
+    assert versions(second) == ["2"] and versions(first) == ["1"]
+    assert versions(first[:10]) == ["3", "2", "1"]  # a day: every version current at some time in it
+    assert versions("2000-01-01") == []
+    answer = http.get(f"Patient/{pid}/_history", params={"_at": "yesterday"})
+    assert answer.status_code == 400 and "_at" in answer.text
+
+
 def test_capability_statement_lists_what_is_implemented(http: httpx.Client, patient: Any, observation: Any) -> None:
     cap = http.get("metadata").json()
     assert cap["fhirVersion"] == "4.0.1"
