@@ -4,9 +4,10 @@ Design (see docs/architecture.md, "reads vs writes"): DuckDB holds every
 version, the search index and the feature views. Because a DuckDB point lookup
 costs ~0.5 ms, the writer also keeps a hot map of the *current* version of
 every resource (serialized JSON bytes), updated only after the DuckDB
-transaction commits. All writes go through this one object, so a read after a
-successful write always sees it: the map is a write-through cache of the file,
-never a second source of truth.
+transaction commits, within a memory budget (``store.current_cache``: the
+versions written longest ago are read from the file once it is full). All writes
+go through this one object, so a read after a successful write always sees it:
+the map is a write-through cache of the file, never a second source of truth.
 """
 
 from __future__ import annotations
