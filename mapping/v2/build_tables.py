@@ -303,6 +303,28 @@ def parse_path(path: str) -> tuple[list[list[Any]], str | None, int | None]:
     return steps, ref_type, output
 
 
+def parse_concatenation(text: str) -> list[Any] | None:
+    """A datatype sheet's ``"+"+XTN.5+" "+XTN.6+" "+XTN.7``: literal texts and components of
+    the same value (``[component, subcomponent]``) joined in order; ``None`` for anything else,
+    and for joins with a delimiter (NA's ``NA.1+"^"+NA.2``: the value as sent, which the built-in
+    conversion gives with the message's own delimiters)."""
+    items: list[Any] = []
+    for token in re.findall(r'"[^"]*"|[^+\s"]+|\S', text.strip()):
+        if token == "+":
+            continue
+        if token.startswith('"'):
+            items.append(token[1:-1])
+            continue
+        ref = _dt_ref(token)
+        if ref is None:
+            return None
+        items.append([ref[1], ref[2]])
+    if any(isinstance(i, str) and set(i) & set("|^~\\&") for i in items):
+        return None
+    joined = any(isinstance(i, list) for i in items) and any(isinstance(i, str) for i in items)
+    return items if joined else None
+
+
 def parse_assignment(text: str) -> str | None:
     """Only literal assignments (``"home"``) are executable; expressions are skipped."""
     if not text:
@@ -433,7 +455,8 @@ def compile_rules(
             if datatype:
                 steps = _strip_type_prefix(steps, name)
             cond = parse_condition(_cell(row, cols, "cond"), datatype=datatype)
-            assign = parse_assignment(_cell(row, cols, "assign"))
+            concat = parse_concatenation(_cell(row, cols, "assign")) if datatype else None
+            assign = parse_assignment(_cell(row, cols, "assign")) if concat is None else None
             steps, leaf = r4.resolve(root, steps)
         except _Unsupported:
             skipped[f"{name}: {ident} -> {target}"] += 1
@@ -471,6 +494,8 @@ def compile_rules(
                 "when_empty": assign is not None and _tests_empty(cond, own),
             }
         )
+        if concat is not None:
+            rules[-1]["concat"] = concat
     return rules
 
 

@@ -648,6 +648,10 @@ def apply_datatype(mapname: str, raw: str, level: int, d: DelimitersLike, ctx: C
             continue
         if rule["cond"] is not None and not eval_cond(rule["cond"], lookup, lambda _r: 1):
             continue
+        concat = rule.get("concat")
+        if concat is not None:  # "+"+XTN.5+" "+XTN.6+" "+XTN.7
+            _place(node, rule, "".join(p if p.__class__ is str else lookup(["", *p]).strip() for p in concat), 0)
+            continue
         value = convert(rule, praw, plevel, d, ctx)
         if value is None:
             continue
