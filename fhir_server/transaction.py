@@ -21,6 +21,7 @@ from urllib.parse import parse_qsl
 import orjson
 
 from fhir_server.bundles import searchset
+from fhir_server.links import LinkRewriter
 from fhir_server.patch import apply_patch
 from fhir_server.responses import FHIRError, operation_outcome, outcome_issue
 from fhir_server.service import FhirService, Written, check_id, check_type, new_id
@@ -129,22 +130,8 @@ def _resolve_target(service: FhirService, step: Step) -> None:
         step.target = step.rid
 
 
-def _rewrite(value: Any, ids: dict[str, str], service: FhirService, where: str) -> Any:
-    """References through fullUrls become ``Type/id``; conditional references are searched."""
-    if isinstance(value, dict):
-        out = {}
-        for key, sub in value.items():
-            if key == "reference" and isinstance(sub, str):
-                out[key] = _resolve_reference(sub, ids, service, where)
-            else:
-                out[key] = _rewrite(sub, ids, service, where)
-        return out
-    if isinstance(value, list):
-        return [_rewrite(v, ids, service, where) for v in value]
-    return value
-
-
 def _resolve_reference(ref: str, ids: dict[str, str], service: FhirService, where: str) -> str:
+    """A reference through a fullUrl becomes ``Type/id``; a conditional reference is searched."""
     if ref in ids:
         return ids[ref]
     if ref.startswith(("urn:uuid:", "urn:oid:")):
@@ -181,11 +168,14 @@ def _prepared(service: FhirService, step: Step, ids: dict[str, str]) -> dict[str
     if_match = step.request.get("ifMatch")
     if isinstance(if_match, str):
         service.check_version(step.rtype, step.target, parse_version(if_match, "ifMatch"))
+    links = LinkRewriter(ids, lambda ref: _resolve_reference(ref, ids, service, where))
     if step.method == "PATCH":
         current = orjson.loads(service.current(step.rtype, step.target).json or b"{}")
-        resource = apply_patch(current, _rewrite(_patch_body(step), ids, service, where))
+        patched = apply_patch(current, links.walk(_patch_body(step), None))
+        # The stored part of a patched resource is not the Bundle's: only fullUrls are replaced there.
+        resource = LinkRewriter(ids, lambda ref: ids.get(ref, ref)).resource(patched)
     else:
-        resource = _rewrite(step.resource, ids, service, where)
+        resource = links.resource(step.resource or {})
     if step.method == "PUT" and step.criteria is not None and "id" not in resource:
         resource = {**resource, "id": step.target}
     try:

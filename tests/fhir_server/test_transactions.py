@@ -104,3 +104,31 @@ def test_bad_bundles(http: httpx.Client, patient: Any) -> None:
     assert http.post("", json=_tx([{"resource": patient("x")}])).status_code == 400
     assert http.post("", json=_tx([{"request": {"method": "POST", "url": "Nope"}, "resource": patient("x")}])
                      ).status_code == 404
+
+
+BINARY_URN = "urn:uuid:55555555-5555-4555-8555-555555555555"
+
+
+def test_transaction_replaces_full_urls_in_uri_elements_and_narrative(http: httpx.Client) -> None:
+    div = (f'<div xmlns="http://www.w3.org/1999/xhtml"><a href="{BINARY_URN}">doc</a>'
+           f'<img src=\'{BINARY_URN}\'/><a href="urn:uuid:other">x</a></div>')
+    document = {"resourceType": "DocumentReference", "status": "current",
+                "meta": {"profile": [BINARY_URN]},
+                "text": {"status": "generated", "div": div},
+                "extension": [{"url": "http://example.org/source", "valueUri": BINARY_URN}],
+                "content": [{"attachment": {"contentType": "text/plain", "url": BINARY_URN}}]}
+    bundle = _tx([
+        {"fullUrl": BINARY_URN, "resource": {"resourceType": "Binary", "contentType": "text/plain", "data": "aGVsbG8="},
+         "request": {"method": "POST", "url": "Binary"}},
+        {"fullUrl": "urn:uuid:66666666-6666-4666-8666-666666666666", "resource": document,
+         "request": {"method": "POST", "url": "DocumentReference"}},
+    ])
+    response = http.post("", json=bundle)
+    assert response.status_code == 200, response.text
+    binary = f"Binary/{response.json()['entry'][0]['resource']['id']}"
+    stored = http.get(response.json()["entry"][1]["response"]["location"]).json()
+    assert stored["content"][0]["attachment"]["url"] == binary
+    assert stored["extension"][0]["valueUri"] == binary
+    assert stored["text"]["div"] == (f'<div xmlns="http://www.w3.org/1999/xhtml"><a href="{binary}">doc</a>'
+                                     f'<img src=\'{binary}\'/><a href="urn:uuid:other">x</a></div>')
+    assert stored["meta"]["profile"] == [BINARY_URN]  # canonical: not replaced
