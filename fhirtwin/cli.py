@@ -15,6 +15,7 @@ if TYPE_CHECKING:
 from fhirtwin.settings import (
     DEFAULT_CACHE_MB,
     DEFAULT_DB,
+    DEFAULT_HL7_TIMEZONE,
     DEFAULT_HOST,
     DEFAULT_MLLP_ACK_AFTER,
     DEFAULT_MLLP_MAP_TIMEOUT_S,
@@ -24,9 +25,11 @@ from fhirtwin.settings import (
     Settings,
     env_choice,
     env_default,
+    env_hl7_timezone,
     env_megabytes,
     env_port,
     env_seconds,
+    hl7_timezone,
     megabytes,
     port,
     positive_seconds,
@@ -78,6 +81,16 @@ MLLP_ACK_AFTER_HELP = (
 )
 
 
+def _add_hl7_timezone(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--hl7-timezone", type=hl7_timezone, metavar="ZONE",
+        default=env_hl7_timezone("HL7_TIMEZONE", DEFAULT_HL7_TIMEZONE),
+        help="zone of HL7 v2 times sent without a UTC offset (and no offset in MSH-7): UTC, +hh:mm or an IANA "
+             "name such as America/Chicago, whose offset at the message's MSH-7 time applies "
+             "(env FHIRTWIN_HL7_TIMEZONE; default %(default)s)",
+    )
+
+
 def _add_mllp_options(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--mllp-ack-after", choices=MLLP_ACK_AFTER_CHOICES,
@@ -90,6 +103,7 @@ def _add_mllp_options(p: argparse.ArgumentParser) -> None:
         help="a batch whose mapping takes longer is mapped message by message, and a message whose mapping "
              "hangs is dead-lettered with AE (env FHIRTWIN_MLLP_MAP_TIMEOUT; default %(default)s)",
     )
+    _add_hl7_timezone(p)
 
 
 def _settings(args: argparse.Namespace) -> Settings:
@@ -101,6 +115,7 @@ def _settings(args: argparse.Namespace) -> Settings:
         mllp_ack_after=getattr(args, "mllp_ack_after", DEFAULT_MLLP_ACK_AFTER),
         mllp_map_timeout_s=getattr(args, "mllp_map_timeout", DEFAULT_MLLP_MAP_TIMEOUT_S),
         cache_mb=getattr(args, "cache_mb", DEFAULT_CACHE_MB),
+        hl7_timezone=getattr(args, "hl7_timezone", DEFAULT_HL7_TIMEZONE),
     )
 
 
@@ -128,6 +143,7 @@ def build_parser() -> argparse.ArgumentParser:
         "ingest", help="ingest FHIR NDJSON (.ndjson, .ndjson.gz), JSON, Bundles, FHIR XML and HL7v2 files or folders"
     )
     _add_db(ingest)
+    _add_hl7_timezone(ingest)
     ingest.add_argument("paths", nargs="+", type=Path, metavar="PATH")
 
     mllp = sub.add_parser("mllp", help="run the HL7v2 MLLP listener alone")
@@ -140,6 +156,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     replay = sub.add_parser("replay", help="re-process dead letters (refused FHIR records and HL7v2 messages)")
     _add_db(replay)
+    _add_hl7_timezone(replay)
 
     export = sub.add_parser("export", help="export current resources")
     _add_db(export)
@@ -230,7 +247,7 @@ def cmd_serve(settings: Settings, console: Console) -> int:
     console.print(f"serving {settings.db} on http://{settings.host}:{settings.port}/fhir{mllp} (Ctrl-C to stop)")
     try:
         serve(store, settings.host, settings.port, mllp_port=settings.mllp_port, mllp_ack_after=settings.mllp_ack_after,
-              mllp_map_timeout_s=settings.mllp_map_timeout_s)
+              mllp_map_timeout_s=settings.mllp_map_timeout_s, hl7_timezone=settings.hl7_timezone)
     except OSError as exc:
         console.print(f"[red]{exc}[/]", highlight=False)
         return 2
@@ -247,7 +264,7 @@ def cmd_ingest(settings: Settings, args: argparse.Namespace, console: Console) -
         console.print(f"[red]no such file or folder:[/] {', '.join(missing)}")
         return 2
     with settings.open_store() as store:
-        summary = ingest_with_progress(store, list(args.paths), console)
+        summary = ingest_with_progress(store, list(args.paths), console, hl7_timezone=settings.hl7_timezone)
         _cluster_if_needed(store, console)
     console.print(f"{summary.files} files: {summary_counts(summary)}")
     for rtype, n in sorted(summary.by_type.items()):
@@ -261,11 +278,12 @@ def cmd_ingest(settings: Settings, args: argparse.Namespace, console: Console) -
 
 def cmd_mllp(settings: Settings, console: Console) -> int:
     from ingest.hl7v2.listener import run_mllp_forever
+    from ingest.hl7v2.processor import default_mapper
 
     with settings.open_store() as store:
         try:
             run_mllp_forever(store, settings.host, settings.mllp_port, ack_after=settings.mllp_ack_after,
-                             map_timeout_s=settings.mllp_map_timeout_s)
+                             map_timeout_s=settings.mllp_map_timeout_s, mapper=default_mapper(settings.hl7_timezone))
         except OSError as exc:
             console.print(f"[red]{exc}[/]", highlight=False)
             return 2
@@ -273,14 +291,14 @@ def cmd_mllp(settings: Settings, console: Console) -> int:
 
 
 def cmd_replay(settings: Settings, console: Console) -> int:
-    from ingest.hl7v2.processor import replay_dead_letters
+    from ingest.hl7v2.processor import default_mapper, replay_dead_letters
     from ingest.pipeline import Ingestor
 
     if _missing_db(settings, console):
         return 2
     with settings.open_store() as store:
-        fhir = Ingestor(store).replay_dead_letters()
-        hl7 = replay_dead_letters(store)
+        fhir = Ingestor(store, hl7_timezone=settings.hl7_timezone).replay_dead_letters()
+        hl7 = replay_dead_letters(store, default_mapper(settings.hl7_timezone))
     console.print(f"Records from files: {fhir.accepted} now accepted, {fhir.unchanged} unchanged, "
                   f"{fhir.not_mapped} still not mapped, {fhir.rejected} still refused")
     console.print(

@@ -18,6 +18,7 @@ from rich.progress import (
 from rich.table import Table
 
 from ingest.fhir_files import detect_format, iter_files, open_file
+from ingest.hl7v2.timezone import DEFAULT_TIMEZONE
 from ingest.pipeline import Ingestor, IngestSummary
 from store.store import Store
 from twin.service import publish
@@ -55,7 +56,8 @@ def expected_records(path: Path) -> int:
     return 1
 
 
-def ingest_with_progress(store: Store, paths: list[Path], console: Console) -> IngestSummary:
+def ingest_with_progress(store: Store, paths: list[Path], console: Console, *,
+                         hl7_timezone: str = DEFAULT_TIMEZONE) -> IngestSummary:
     """Ingest files showing a progress bar; large NDJSON files go through the parallel bulk path."""
     files = list(iter_files(paths))
     expected = {path: expected_records(path) for path in files}
@@ -70,7 +72,7 @@ def ingest_with_progress(store: Store, paths: list[Path], console: Console) -> I
         def advance(path: Path, done: int) -> None:
             progress.update(task, completed=before[path] + min(done, expected[path]))
 
-        summary = Ingestor(store).ingest_paths(paths, on_progress=advance)
+        summary = Ingestor(store, hl7_timezone=hl7_timezone).ingest_paths(paths, on_progress=advance)
         progress.update(task, completed=total)
     return summary
 

@@ -15,6 +15,8 @@ import uvicorn
 
 from fhir_server.app import create_app
 from ingest.hl7v2.listener import start_mllp_server
+from ingest.hl7v2.processor import default_mapper
+from ingest.hl7v2.timezone import DEFAULT_TIMEZONE
 from store.store import Store
 from twin.service import TwinRefresher
 
@@ -36,12 +38,14 @@ async def _serve(store: Store, host: str, port: int, mllp_port: int, mllp_option
 
 def serve(
     store: Store, host: str, port: int, *, mllp_port: int = 0, mllp_ack_after: str = "processed",
-    mllp_map_timeout_s: float = 60.0, log_level: str = "warning",
+    mllp_map_timeout_s: float = 60.0, hl7_timezone: str = DEFAULT_TIMEZONE, log_level: str = "warning",
 ) -> None:
     """Serve FHIR on ``port`` (and MLLP on ``mllp_port`` unless 0) until interrupted.
 
     ``mllp_ack_after`` is the listener's original-mode ACK policy (``processed`` or ``commit``);
-    ``mllp_map_timeout_s`` how long a batch's mapping may take before it is isolated message by message.
+    ``mllp_map_timeout_s`` how long a batch's mapping may take before it is isolated message by message;
+    ``hl7_timezone`` the zone of senders' times that carry no offset (``ingest.hl7v2.timezone``).
     """
-    options = {"ack_after": mllp_ack_after, "map_timeout_s": mllp_map_timeout_s}
+    options = {"ack_after": mllp_ack_after, "map_timeout_s": mllp_map_timeout_s,
+               "mapper": default_mapper(hl7_timezone)}
     asyncio.run(_serve(store, host, port, mllp_port, options, log_level))

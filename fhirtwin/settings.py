@@ -20,6 +20,7 @@ DEFAULT_MLLP_PORT = 2575
 DEFAULT_MLLP_ACK_AFTER = "processed"
 MLLP_ACK_AFTER_CHOICES = ("processed", "commit")
 DEFAULT_MLLP_MAP_TIMEOUT_S = 60.0
+DEFAULT_HL7_TIMEZONE = "UTC"  # ingest.hl7v2.timezone.DEFAULT_TIMEZONE, checked by a test
 DEFAULT_CACHE_MB = 2048  # the store's own default (store.store.DEFAULT_CACHE_MB, checked by a test)
 
 T = TypeVar("T")
@@ -75,6 +76,18 @@ def env_megabytes(name: str, fallback: float) -> float:
     return _env_parsed(name, fallback, megabytes, "a positive number of megabytes")
 
 
+def hl7_timezone(text: str) -> str:
+    """A sender time zone (UTC, +hh:mm or an IANA name; ValueError otherwise: argparse reports it)."""
+    from ingest.hl7v2.timezone import check_timezone
+
+    return check_timezone(text)
+
+
+def env_hl7_timezone(name: str, fallback: str) -> str:
+    """A sender time zone from the environment."""
+    return _env_parsed(name, fallback, hl7_timezone, "UTC, a UTC offset (+hh:mm) or an IANA time zone name")
+
+
 def env_seconds(name: str, fallback: float) -> float:
     """A positive number of seconds from the environment."""
     return _env_parsed(name, fallback, positive_seconds, "a positive number of seconds")
@@ -99,6 +112,7 @@ class Settings:
     mllp_ack_after: str = DEFAULT_MLLP_ACK_AFTER
     mllp_map_timeout_s: float = DEFAULT_MLLP_MAP_TIMEOUT_S
     cache_mb: float = DEFAULT_CACHE_MB
+    hl7_timezone: str = DEFAULT_HL7_TIMEZONE
 
     def open_store(self, *, read_only: bool = False) -> Store:
         """The store these settings name."""

@@ -24,7 +24,8 @@ from ingest import bulk
 from ingest.fhir_files import detect_format, iter_files, read_json, read_ndjson, read_xml, resources_from_json
 from ingest.fhir_xml import FhirXmlError, xml_to_resource
 from ingest.hl7v2 import HL7Error, read_batch
-from ingest.hl7v2.processor import INBOX_LETTERS, map_v2
+from ingest.hl7v2.processor import INBOX_LETTERS, Mapper, default_mapper, map_v2
+from ingest.hl7v2.timezone import DEFAULT_TIMEZONE
 from ingest.hl7v2.write_policy import create_only
 from ingest.r4_check import r4_validator
 from ingest.records import Problem, Record
@@ -66,7 +67,7 @@ class IngestSummary:
         self.notes.extend(other.notes)
 
 
-def hl7_records(data: str | bytes, source: str) -> Iterator[Record]:
+def hl7_records(data: str | bytes, source: str, mapper: Mapper = map_v2) -> Iterator[Record]:
     """One record per message of ER7 text (a file, a batch, or one kept message), mapped to FHIR with
     the v2 mapper."""
     for entry in read_batch(data).entries:
@@ -76,7 +77,7 @@ def hl7_records(data: str | bytes, source: str) -> Iterator[Record]:
             rec.problems.append(Problem(_hl7_text(err), _hl7_location(err), "structure"))
         else:
             try:
-                result = map_v2(entry.message)
+                result = mapper(entry.message)
             except Exception as exc:  # a mapper bug must dead-letter this message only, not end the import
                 rec.problems.append(Problem(f"mapping failed: {_hl7_text(exc)}", _hl7_location(exc), "processing"))
             else:
@@ -102,7 +103,7 @@ def _hl7_location(err: object) -> str | None:
     return err.location() or None if isinstance(err, HL7Error) else None
 
 
-def _records(path: Path, resolve: Callable[[str], str | None]) -> Iterator[Record]:
+def _records(path: Path, resolve: Callable[[str], str | None], mapper: Mapper) -> Iterator[Record]:
     try:
         fmt = detect_format(path)
         if fmt == "ndjson":
@@ -112,7 +113,7 @@ def _records(path: Path, resolve: Callable[[str], str | None]) -> Iterator[Recor
         elif fmt == "xml":
             yield from read_xml(path, resolve)
         elif fmt == "hl7":
-            yield from hl7_records(path.read_bytes(), str(path))
+            yield from hl7_records(path.read_bytes(), str(path), mapper)
         elif not path.is_file():
             yield _file_problem(path, "no such file", "not-found")
         else:
@@ -156,11 +157,14 @@ class Ingestor:
         *,
         workers: int = 2,
         bulk_min_bytes: int = BULK_MIN_BYTES,
+        hl7_timezone: str = DEFAULT_TIMEZONE,
     ) -> None:
         self.store = store
         self.validator = validator
         self.workers = workers
         self.bulk_min_bytes = bulk_min_bytes
+        self.hl7_mapper = default_mapper(hl7_timezone)
+        """The HL7 v2 mapper, with the zone of senders' times that carry no offset (``ingest.hl7v2.timezone``)."""
 
     def resolve_conditional(self, reference: str) -> str | None:
         """``Type/id`` of the one stored resource a conditional reference (``Type?query``) matches."""
@@ -267,7 +271,7 @@ class Ingestor:
                     part = self.ingest_ndjson_parallel(path, pool=pool, on_lines=report)
                 else:
                     counted = None if report is None else _counting(report)
-                    part = self.ingest_records(_records(path, self.resolve_conditional), counted)
+                    part = self.ingest_records(_records(path, self.resolve_conditional, self.hl7_mapper), counted)
                 part.files = 1
                 summary.add(part)
         summary.skipped = len(skipped)
@@ -350,7 +354,7 @@ class Ingestor:
         for dl in self.store.dead_letters():
             fmt, raw = dl["format"], dl["raw"]
             if fmt == "hl7v2" and not dl["source"].startswith(INBOX_LETTERS):
-                records: Iterable[Record] = list(hl7_records(raw, dl["source"]))
+                records: Iterable[Record] = list(hl7_records(raw, dl["source"], self.hl7_mapper))
                 for rec in records:  # at the letter's place: a refusal updates that letter, never adds one
                     rec.line, rec.raw = dl["line"], raw
                 if any(p.code == "structure" for rec in records for p in rec.problems):

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Any, Protocol
 
 from ingest.hl7v2.ack import build_ack
@@ -31,6 +32,7 @@ from ingest.hl7v2.er7 import Message, parse_segments, split_segments
 from ingest.hl7v2.errors import ErrorCode, HL7Error
 from ingest.hl7v2.inbox import Inbox, error_issue
 from ingest.hl7v2.structure import group_message, required_segments, structure_of
+from ingest.hl7v2.timezone import DEFAULT_TIMEZONE, offset_at
 from ingest.hl7v2.write_policy import create_only
 from mapping.v2 import map_grouped
 from store.prepare import PreparedBatch, prepare
@@ -54,8 +56,10 @@ real feeds often leave out segments their structure requires (an ADT without EVN
 but every resource of a patient-centred message hangs on its PID."""
 
 
-def map_v2(msg: Message) -> MapResult:
-    """The project's HL7 v2 → FHIR mapper: group by message structure, then ``mapping.v2.map_grouped``."""
+def map_v2(msg: Message, timezone: str = DEFAULT_TIMEZONE) -> MapResult:
+    """The project's HL7 v2 → FHIR mapper: group by message structure, then ``mapping.v2.map_grouped``;
+    times sent without an offset (and without one in MSH-7) are in the sender's ``timezone``
+    (:mod:`ingest.hl7v2.timezone`)."""
     structure = structure_of(msg)
     root = group_message(msg, structure=structure)
     required = required_segments(structure, msg.version)
@@ -63,12 +67,13 @@ def map_v2(msg: Message) -> MapResult:
         if seg_id in required and msg.segment(seg_id) is None:
             raise HL7Error(f"required segment {seg_id} missing in {structure}",
                            code=ErrorCode.SEGMENT_SEQUENCE_ERROR, segment_id=seg_id, rejects=False)
-    return map_grouped(msg, root, structure, event=f"{msg.message_type}^{msg.trigger_event}")
+    return map_grouped(msg, root, structure, event=f"{msg.message_type}^{msg.trigger_event}",
+                       default_tz=offset_at(timezone, msg.msh.get(7)))
 
 
-def default_mapper() -> Mapper:
-    """The mapper used when the caller names none."""
-    return map_v2
+def default_mapper(timezone: str = DEFAULT_TIMEZONE) -> Mapper:
+    """The mapper used when the caller names none (a partial of :func:`map_v2`: it travels to worker processes)."""
+    return map_v2 if timezone == DEFAULT_TIMEZONE else partial(map_v2, timezone=timezone)
 
 
 @dataclass(slots=True)
