@@ -18,6 +18,7 @@ from fastapi import Request
 from fastapi.responses import Response
 
 from mapping.fhir_xml_write import FhirXmlWriteError, resource_to_xml
+from mapping.validation.structures import load_structures
 
 FHIR_JSON = "application/fhir+json"
 FHIR_XML = "application/fhir+xml"
@@ -177,6 +178,14 @@ def summary_elements() -> dict[str, frozenset[str]]:
     return {t: frozenset(names) for t, names in raw.items()}
 
 
+@cache
+def mandatory_elements(rtype: str) -> frozenset[str]:
+    """Top-level JSON properties of ``rtype`` with a minimum cardinality above 0 (each variant of a
+    mandatory choice): ``_summary=text`` and ``_elements`` keep them so the subset stays a valid resource."""
+    table = load_structures().types.get(rtype, {})
+    return frozenset(name for name, spec in table.items() if spec.minimum > 0)
+
+
 def _in_summary(key: str, keep: frozenset[str]) -> bool:
     """Whether a JSON key belongs to a summary element (``_birthDate``, choice ``valueQuantity`` → value)."""
     key = key.lstrip("_")
@@ -184,13 +193,23 @@ def _in_summary(key: str, keep: frozenset[str]) -> bool:
 
 
 def shape(resource: dict[str, Any], fmt: OutputFormat) -> dict[str, Any]:
-    """Apply ``_elements`` / ``_summary`` (data, text) to one resource, marking it SUBSETTED."""
+    """Apply ``_elements`` / ``_summary`` (data, text) to one resource, marking it SUBSETTED.
+
+    ``_summary=text`` keeps text, id, meta and the mandatory top-level elements (R4 search.html);
+    ``_elements`` keeps the mandatory ones too (a SHOULD there). A primitive's ``_name`` sibling
+    (its id and extensions) goes with it.
+    """
+    mandatory = mandatory_elements(resource.get("resourceType", ""))
+
+    def required(key: str) -> bool:
+        return key in _ALWAYS_KEPT or key.lstrip("_") in mandatory
+
     if fmt.elements:
-        out = {k: v for k, v in resource.items() if k in _ALWAYS_KEPT or k in fmt.elements}
+        out = {k: v for k, v in resource.items() if required(k) or k.lstrip("_") in fmt.elements}
     elif fmt.summary == "data":
         out = {k: v for k, v in resource.items() if k != "text"}
     elif fmt.summary == "text":
-        out = {k: v for k, v in resource.items() if k in _ALWAYS_KEPT or k == "text"}
+        out = {k: v for k, v in resource.items() if required(k) or k == "text"}
     elif fmt.summary == "true":
         keep = summary_elements().get(resource.get("resourceType", ""), frozenset())
         out = {k: v for k, v in resource.items() if k in _ALWAYS_KEPT or _in_summary(k, keep)}

@@ -143,7 +143,7 @@ def test_search_paging_post_search_and_shaping(http: httpx.Client, patient: Any,
     counted = http.get("Observation", params={"subject": f"Patient/{pid}", "_summary": "count"}).json()
     assert counted["total"] == 7 and "entry" not in counted
     elements = http.get("Observation", params={"subject": f"Patient/{pid}", "_elements": "status"}).json()
-    assert set(elements["entry"][0]["resource"]) == {"resourceType", "id", "meta", "status"}
+    assert set(elements["entry"][0]["resource"]) == {"resourceType", "id", "meta", "status", "code"}
     included = http.get("Observation", params={"subject": f"Patient/{pid}", "_include": "Observation:subject"})
     modes = {e["search"]["mode"] for e in included.json()["entry"]}
     assert modes == {"match", "include"}
@@ -230,3 +230,21 @@ def test_app_keeps_the_hot_map_out_of_full_collections(patient: Any) -> None:
         gc.unfreeze()
         create_app(store)
         assert gc.get_freeze_count() >= 50
+
+
+def test_summary_text_and_elements_keep_mandatory_elements(http: httpx.Client, patient: Any, observation: Any) -> None:
+    pid = http.post("Patient", json=patient("Mandatory")).json()["id"]
+    narrative = {"status": "generated", "div": '<div xmlns="http://www.w3.org/1999/xhtml">pulse 70</div>'}
+    oid = http.post("Observation", json={**observation(pid), "text": narrative}).json()["id"]
+    text = http.get(f"Observation/{oid}", params={"_summary": "text"}).json()
+    assert set(text) == {"resourceType", "id", "meta", "text", "status", "code"}
+    assert text["code"]["coding"][0]["code"] == "8867-4"
+    searched = http.get("Observation", params={"_id": oid, "_summary": "text"}).json()
+    assert set(searched["entry"][0]["resource"]) == set(text)
+    elements = http.get(f"Observation/{oid}", params={"_elements": "subject"}).json()
+    assert set(elements) == {"resourceType", "id", "meta", "subject", "status", "code"}
+    birth = http.put(f"Patient/{pid}", json={**patient("Mandatory"), "id": pid, "_birthDate": {
+        "extension": [{"url": "http://example.org/precision", "valueCode": "day"}]}}).json()
+    assert set(http.get(f"Patient/{pid}", params={"_elements": "birthDate"}).json()) == {
+        "resourceType", "id", "meta", "birthDate", "_birthDate"}
+    assert birth["_birthDate"]["extension"][0]["valueCode"] == "day"
