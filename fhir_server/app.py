@@ -23,8 +23,9 @@ from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from fhir_server.bodies import FORM_TYPE, media_type, parse_body, parse_form, parse_resource
-from fhir_server.bundles import history_bundle, searchset
+from fhir_server.bundles import searchset
 from fhir_server.capability import capability_statement
+from fhir_server.history import history_page
 from fhir_server.operations import register_operations
 from fhir_server.query import count_capped, criteria, paging, query_pairs, strict_handling
 from fhir_server.responses import (
@@ -43,10 +44,9 @@ from fhir_server.service import FhirService, Written, check_type
 from fhir_server.simulate import register_simulate
 from fhir_server.transaction import process_bundle
 from fhir_server.versioning import (
+    http_since,
     if_match_version,
     not_modified,
-    parse_instant,
-    parse_period,
     version_headers,
 )
 
@@ -144,23 +144,10 @@ async def search_pairs(request: Request) -> list[tuple[str, str]]:
     return pairs + (parse_form(raw) if raw.strip() else [])
 
 
-def history_response(service: FhirService, request: Request, url: str, rtype: str | None,
-                     rid: str | None) -> Response:
+def history_response(service: FhirService, request: Request, rtype: str | None, rid: str | None) -> Response:
     """Instance, type or system history, newest first, with ``_since``, ``_at`` and paging."""
     fmt = negotiate(request)
-    count, offset, params = paging(query_pairs(request))
-    since = at = None
-    for name, value in params:
-        if name == "_since":
-            since = parse_instant(value, "_since")
-        elif name == "_at":
-            at = parse_period(value, "_at")
-    if rtype is not None and rid is not None and service.store.current(rtype, rid) is None:
-        raise FHIRError(404, f"{rtype}/{rid} not found", code="not-found")
-    total, rows = service.store.history(rtype, rid, since=since, at=at, limit=count, offset=offset)
-    kept = [(n, v) for n, v in params if n in ("_since", "_at")]
-    body = history_bundle(base=base_url(request), url=url, params=kept, total=total, count=count, offset=offset,
-                          rows=rows)
+    body = history_page(service, base_url(request), rtype, rid, query_pairs(request))
     return render(body, fmt, shape_body=False)
 
 
@@ -232,13 +219,11 @@ def create_app(store: Any) -> FastAPI:
 
     @app.get("/fhir/_history")
     async def system_history(request: Request) -> Response:
-        return await in_pool(history_response, service, request, f"{base_url(request)}/_history", None, None)
+        return await in_pool(history_response, service, request, None, None)
 
     @app.get("/fhir/{rtype}/_history")
     async def type_history(rtype: str, request: Request) -> Response:
-        check_type(rtype)
-        return await in_pool(history_response, service, request, f"{base_url(request)}/{rtype}/_history",
-                             rtype, None)
+        return await in_pool(history_response, service, request, rtype, None)
 
     @app.post("/fhir/{rtype}/_search")
     async def search_post(rtype: str, request: Request) -> Response:
@@ -250,9 +235,7 @@ def create_app(store: Any) -> FastAPI:
 
     @app.get("/fhir/{rtype}/{rid}/_history")
     async def instance_history(rtype: str, rid: str, request: Request) -> Response:
-        check_type(rtype)
-        return await in_pool(history_response, service, request,
-                             f"{base_url(request)}/{rtype}/{rid}/_history", rtype, rid)
+        return await in_pool(history_response, service, request, rtype, rid)
 
     @app.get("/fhir/{rtype}/{rid}/_history/{vid}")
     async def vread(rtype: str, rid: str, vid: str, request: Request) -> Response:
@@ -276,7 +259,7 @@ def create_app(store: Any) -> FastAPI:
         cur = service.current(rtype, rid)
         headers = version_headers(cur.version_id, cur.last_updated)
         conditional = request.headers
-        if not_modified(conditional.get("if-none-match"), conditional.get("if-modified-since"),
+        if not_modified(conditional.get("if-none-match"), http_since(conditional.get("if-modified-since")),
                         cur.version_id, cur.last_updated):
             return Response(status_code=304, headers=headers)
         return render(cur.json, negotiate(request), 200, headers)

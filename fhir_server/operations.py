@@ -182,6 +182,12 @@ def meta_in_use(service: FhirService, rtype: str | None) -> dict[str, Any]:
     return _meta_parameters(meta)
 
 
+def instance_meta(service: FhirService, rtype: str, rid: str) -> dict[str, Any]:
+    """Instance ``$meta``: the current version's meta as Parameters."""
+    resource = orjson.loads(service.current(rtype, rid).json or b"{}")
+    return _meta_parameters(resource.get("meta") or {})
+
+
 def meta_change(service: FhirService, rtype: str, rid: str, body: Any, add: bool) -> dict[str, Any]:
     """``$meta-add`` / ``$meta-delete``: a new version whose meta differs only as asked."""
     if not isinstance(body, dict) or body.get("resourceType") != "Parameters":
@@ -310,9 +316,7 @@ def register_operations(app: FastAPI, service: FhirService, in_pool: InPool) -> 
 
     @app.api_route("/fhir/{rtype}/{rid}/$meta", methods=["GET", "POST"])
     async def meta(rtype: str, rid: str, request: Request) -> Response:
-        fmt = negotiate(request)
-        resource = orjson.loads(service.current(rtype, rid).json or b"{}")
-        return render(_meta_parameters(resource.get("meta") or {}), fmt, shape_body=False)
+        return render(instance_meta(service, rtype, rid), negotiate(request), shape_body=False)
 
     @app.post("/fhir/{rtype}/{rid}/$meta-add")
     async def meta_add(rtype: str, rid: str, request: Request) -> Response:

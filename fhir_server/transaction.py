@@ -21,15 +21,18 @@ from urllib.parse import parse_qsl
 import orjson
 
 from fhir_server.bundles import searchset
+from fhir_server.capability import capability_statement
+from fhir_server.history import history_page
 from fhir_server.links import LinkRewriter
+from fhir_server.operations import instance_meta, meta_in_use
 from fhir_server.patch import apply_patch
+from fhir_server.query import paging
 from fhir_server.responses import FHIRError, operation_outcome, outcome_issue
 from fhir_server.service import FhirService, Written, check_id, check_type, new_id
-from fhir_server.versioning import etag, parse_version
+from fhir_server.versioning import etag, not_modified, parse_instant, parse_version
 from store.store import fhir_instant
 
-_ORDER = {"DELETE": 0, "POST": 1, "PUT": 2, "PATCH": 3, "GET": 4, "HEAD": 4}
-_DEFAULT_COUNT = 50
+_ORDER = {"DELETE": 0, "POST": 1, "PUT": 2, "PATCH": 3, "GET": 4}
 
 
 @dataclass
@@ -46,6 +49,7 @@ class Step:
     full_url: str | None
     resource: dict[str, Any] | None
     request: dict[str, Any]
+    path: list[str] = field(default_factory=list)
     target: str | None = None
     existing: bool = False
     result: dict[str, Any] = field(default_factory=dict)
@@ -71,11 +75,20 @@ def parse_step(index: int, entry: Any, base: str) -> Step:
         raise FHIRError(400, f"{where} has no request", code="required", expression=f"{where}.request")
     request = entry["request"]
     method, url = request.get("method"), request.get("url")
+    if method == "HEAD":
+        raise FHIRError(405, f"{where}: HEAD is not supported here, as on the REST API; use GET",
+                        code="not-supported", expression=f"{where}.request.method")
     if method not in _ORDER or not isinstance(url, str) or not url:
         raise FHIRError(400, f"{where}.request needs a method (GET, POST, PUT, PATCH, DELETE) and a url",
                         code="required", expression=f"{where}.request")
     path, _, query = _relative(url, base).partition("?")
     segments = [s for s in path.split("/") if s]
+    if segments and _system_read(segments, where):
+        if method != "GET":
+            raise FHIRError(405, f"{where}: {method} {url!r} is not an interaction; use GET", code="not-supported",
+                            expression=f"{where}.request.method")
+        return Step(index, method, "", None, None, None, parse_qsl(query, keep_blank_values=True), None, None,
+                    request, segments)
     if not segments:
         raise FHIRError(400, f"{where}.request.url names no resource type", code="invalid")
     rtype = segments[0]
@@ -96,7 +109,22 @@ def parse_step(index: int, entry: Any, base: str) -> Step:
         check_id(rid)
     full_url = entry.get("fullUrl") if isinstance(entry.get("fullUrl"), str) else None
     return Step(index, method, rtype, rid, version, pairs if conditional else None, pairs, full_url,
-                resource if isinstance(resource, dict) else None, request)
+                resource if isinstance(resource, dict) else None, request, segments)
+
+
+def _system_read(segments: list[str], where: str) -> bool:
+    """Whether a url is ``metadata``, a history (system, type or instance) or an operation: reads that
+    are answered as the REST API answers them. Operations other than ``$meta`` are refused (400)."""
+    last = segments[-1]
+    if segments == ["metadata"] or (last == "_history" and len(segments) <= 3):
+        return True
+    if not last.startswith("$"):
+        return False
+    if last != "$meta" or len(segments) > 3:
+        raise FHIRError(400, f"{where}: operation {'/'.join(segments)!r} is not supported in a Bundle entry "
+                             "(only $meta is); call it on its own URL", code="not-supported",
+                        expression=f"{where}.request.url")
+    return True
 
 
 def _single_match(service: FhirService, rtype: str, pairs: list[tuple[str, str]], what: str) -> str | None:
@@ -199,14 +227,12 @@ def _written_entry(base: str, written: Written, prefer: str) -> dict[str, Any]:
 
 
 def _get_entry(service: FhirService, step: Step, base: str) -> dict[str, Any]:
-    """A GET entry: read, vread or search, answered like the REST interaction."""
+    """A GET entry: read (honouring ifNoneMatch / ifModifiedSince with a 304), vread, search, history,
+    ``metadata`` or ``$meta``, answered like the REST interaction."""
+    if not step.rtype:
+        return _system_entry(service, step, base)
     if step.rid is None:
-        count, offset, params = _DEFAULT_COUNT, 0, []
-        for name, value in step.query:
-            if name in ("_count", "_offset") and value.isdigit():
-                count, offset = (int(value), offset) if name == "_count" else (count, int(value))
-            else:
-                params.append((name, value))
+        count, offset, params = paging(step.query)
         result = service.search(step.rtype, params, count, offset)
         entries = [(t, i, raw) for t, i in result.keys if (raw := service.store.read_bytes(t, i)) is not None]
         body = searchset(base=base, url=f"{base}/{step.rtype}", params=params, total=result.total, count=count,
@@ -217,14 +243,34 @@ def _get_entry(service: FhirService, step: Step, base: str) -> dict[str, Any]:
     else:
         cur = service.current(step.rtype, step.rid)
         resource, version, ts = cur.json or b"{}", cur.version_id, cur.last_updated
+        if_none_match, since = step.request.get("ifNoneMatch"), step.request.get("ifModifiedSince")
+        modified_since = parse_instant(since, "ifModifiedSince") if isinstance(since, str) else None
+        if not_modified(if_none_match if isinstance(if_none_match, str) else None, modified_since, version, ts):
+            return {"response": {"status": _status(304), "etag": etag(version), "lastModified": fhir_instant(ts)}}
     return {"resource": orjson.loads(resource) if isinstance(resource, bytes) else resource,
             "response": {"status": _status(200), "etag": etag(version), "lastModified": fhir_instant(ts)}}
+
+
+def _system_entry(service: FhirService, step: Step, base: str) -> dict[str, Any]:
+    """``metadata``, ``[Type/[id/]]_history`` or ``[Type/[id/]]$meta``, through the REST API's functions."""
+    *owner, last = step.path
+    rtype = owner[0] if owner else None
+    rid = owner[1] if len(owner) > 1 else None
+    if last == "metadata":
+        resource = capability_statement(base)
+    elif last == "_history":
+        resource = orjson.loads(history_page(service, base, rtype, rid, step.query))
+    elif rtype is not None and rid is not None:
+        resource = instance_meta(service, rtype, rid)
+    else:
+        resource = meta_in_use(service, rtype)
+    return {"resource": resource, "response": {"status": _status(200)}}
 
 
 def run_steps(service: FhirService, steps: list[Step], base: str, prefer: str) -> dict[int, dict[str, Any]]:
     """Execute steps as one unit (caller holds the lock); returns the response entry per Bundle index."""
     ordered = sorted(steps, key=lambda s: (_ORDER[s.method], s.index))
-    writes = [s for s in ordered if s.method not in ("GET", "HEAD")]
+    writes = [s for s in ordered if s.method != "GET"]
     ids: dict[str, str] = {}
     for step in writes:
         _resolve_target(service, step)
@@ -252,7 +298,7 @@ def run_steps(service: FhirService, steps: list[Step], base: str, prefer: str) -
                 response["etag"] = etag(deleted.version_id)
             out[step.index] = {"response": response}
     for step in ordered:
-        if step.method in ("GET", "HEAD"):
+        if step.method == "GET":
             out[step.index] = _get_entry(service, step, base)
     return out
 

@@ -40,23 +40,30 @@ def if_match_version(value: str | None) -> int | None:
     return None if value is None else parse_version(value, "If-Match")
 
 
-def not_modified(if_none_match: str | None, if_modified_since: str | None, version_id: int,
+def not_modified(if_none_match: str | None, modified_since: datetime | None, version_id: int,
                  last_updated: datetime) -> bool:
-    """True when a read should answer 304 (the client's copy is current)."""
+    """True when a read should answer 304 (the client's copy is current); ``If-None-Match`` wins over
+    ``If-Modified-Since`` as in HTTP."""
     if if_none_match is not None:
         tags = [t.strip() for t in if_none_match.split(",") if t.strip()]
         if "*" in tags:
             return True
-        return any(_ETAG.match(t) and _ETAG.match(t).group(1) == str(version_id) for t in tags)
-    if if_modified_since is not None:
-        try:
-            since = parsedate_to_datetime(if_modified_since)
-        except (TypeError, ValueError):
-            return False
-        if since.tzinfo is None:
-            since = since.replace(tzinfo=UTC)
-        return last_updated.replace(microsecond=0) <= since
+        return any((m := _ETAG.match(t)) is not None and m.group(1) == str(version_id) for t in tags)
+    if modified_since is not None:
+        return last_updated.replace(microsecond=0) <= modified_since
     return False
+
+
+def http_since(value: str | None) -> datetime | None:
+    """An ``If-Modified-Since`` header (an HTTP date) as an aware datetime; an unreadable one is ignored,
+    as HTTP says."""
+    if value is None:
+        return None
+    try:
+        since = parsedate_to_datetime(value)
+    except (TypeError, ValueError):
+        return None
+    return since if since.tzinfo else since.replace(tzinfo=UTC)
 
 
 def parse_period(value: str, name: str) -> tuple[datetime, datetime]:

@@ -132,3 +132,39 @@ def test_transaction_replaces_full_urls_in_uri_elements_and_narrative(http: http
     assert stored["text"]["div"] == (f'<div xmlns="http://www.w3.org/1999/xhtml"><a href="{binary}">doc</a>'
                                      f'<img src=\'{binary}\'/><a href="urn:uuid:other">x</a></div>')
     assert stored["meta"]["profile"] == [BINARY_URN]  # canonical: not replaced
+
+
+def test_batch_get_entries_answer_as_the_rest_api(http: httpx.Client, patient: Any) -> None:
+    pid = http.put("Patient/b11", json=patient("B11") | {"id": "b11"}).json()["id"]
+    http.put(f"Patient/{pid}", json=patient("B11", value="second") | {"id": pid})
+    bundle = _tx([
+        {"request": {"method": "GET", "url": f"Patient/{pid}", "ifNoneMatch": 'W/"2"'}},
+        {"request": {"method": "GET", "url": f"Patient/{pid}", "ifNoneMatch": 'W/"1"'}},
+        {"request": {"method": "GET", "url": f"Patient/{pid}", "ifModifiedSince": "2099-01-01T00:00:00Z"}},
+        {"request": {"method": "GET", "url": f"Patient/{pid}", "ifModifiedSince": "2000-01-01T00:00:00Z"}},
+        {"request": {"method": "HEAD", "url": f"Patient/{pid}"}},
+        {"request": {"method": "GET", "url": "metadata"}},
+        {"request": {"method": "GET", "url": f"Patient/{pid}/_history?_count=1"}},
+        {"request": {"method": "GET", "url": "Patient/_history"}},
+        {"request": {"method": "GET", "url": f"Patient/{pid}/$meta"}},
+        {"request": {"method": "GET", "url": f"Patient/{pid}/$everything"}},
+        {"request": {"method": "GET", "url": "Patient/nobody/_history"}},
+    ], kind="batch")
+    entries = http.post("", json=bundle).json()["entry"]
+    statuses = [e["response"]["status"] for e in entries]
+    assert statuses == ["304 Not Modified", "200 OK", "304 Not Modified", "200 OK", "405 Method Not Allowed",
+                        "200 OK", "200 OK", "200 OK", "200 OK", "400 Bad Request", "404 Not Found"]
+    assert "resource" not in entries[0] and entries[0]["response"]["etag"] == 'W/"2"'
+    assert "resource" not in entries[2] and entries[1]["resource"]["id"] == pid
+    assert "resource" not in entries[4] and "HEAD" in entries[4]["response"]["outcome"]["issue"][0]["diagnostics"]
+    capability = http.get("metadata").json()
+    assert entries[5]["resource"] | {"date": capability["date"]} == capability  # the date may turn midnight
+    history = entries[6]["resource"]
+    assert history == http.get(f"Patient/{pid}/_history", params={"_count": "1"}).json()
+    assert history["type"] == "history" and history["total"] == 2 and len(history["entry"]) == 1
+    assert entries[7]["resource"]["total"] == http.get("Patient/_history").json()["total"]
+    assert entries[8]["resource"] == http.get(f"Patient/{pid}/$meta").json()
+    assert "$everything" in entries[9]["response"]["outcome"]["issue"][0]["diagnostics"]
+    head = _tx([{"request": {"method": "HEAD", "url": f"Patient/{pid}"}}])
+    assert http.post("", json=head).status_code == 405
+    assert http.head(f"Patient/{pid}").status_code == 405
