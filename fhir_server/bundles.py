@@ -88,7 +88,7 @@ def history_bundle(
         method = "DELETE" if deleted else ("POST" if version == 1 else "PUT")
         entry["request"] = {"method": method, "url": rtype if method == "POST" else f"{rtype}/{rid}"}
         entry["response"] = {
-            "status": "204" if deleted else ("201" if version == 1 else "200"),
+            "status": "201" if version == 1 and not deleted else "200",  # a REST delete answers 200
             "etag": etag(version),
             "lastModified": fhir_instant(ts),
         }

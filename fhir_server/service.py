@@ -225,13 +225,21 @@ class FhirService:
             return self.written(self.write([body])[0])
 
     def check_version(self, rtype: str, rid: str, if_match: int | None) -> None:
-        """412 when the client's version is not the current one (lost-update protection)."""
+        """412 when the client's version is not the current one (lost-update protection).
+
+        A resource that does not exist (or is deleted) has no version to match: 412 too, since
+        without the condition the update would have created it (RFC 9110 13.1.1, 13.2.1)."""
         if if_match is None:
             return
         cur = self.store.current(rtype, rid)
-        current = cur.version_id if cur is not None and not cur.deleted else None
-        if current != if_match:
-            raise FHIRError(412, f"{rtype}/{rid} is at version {current}, not {if_match}", code="conflict")
+        if cur is None:
+            raise FHIRError(412, f"{rtype}/{rid} does not exist: If-Match version {if_match} cannot match",
+                            code="conflict")
+        if cur.deleted:
+            raise FHIRError(412, f"{rtype}/{rid} was deleted: If-Match version {if_match} cannot match",
+                            code="conflict")
+        if cur.version_id != if_match:
+            raise FHIRError(412, f"{rtype}/{rid} is at version {cur.version_id}, not {if_match}", code="conflict")
 
     def conditional_update(self, rtype: str, criteria: list[tuple[str, str]], resource: dict[str, Any],
                            if_match: int | None = None) -> Written:
@@ -251,7 +259,7 @@ class FhirService:
             return self.update(rtype, rid, {**resource, "id": rid}, if_match)
 
     def delete(self, rtype: str, rid: str) -> Written:
-        """DELETE Type/id: idempotent (deleting a missing or deleted resource is 200/204 too)."""
+        """DELETE Type/id: idempotent (deleting a missing or deleted resource answers 200 too)."""
         check_type(rtype)
         with self.lock:
             result = self.store.delete(rtype, rid)

@@ -293,7 +293,7 @@ def run_steps(service: FhirService, steps: list[Step], base: str, prefer: str) -
             out[step.index] = _written_entry(base, service.existing(step.rtype, step.target or ""), prefer)
         elif step.method == "DELETE":
             deleted = service.delete(step.rtype, step.target) if step.target else None
-            response: dict[str, Any] = {"status": _status(200 if deleted else 204)}
+            response: dict[str, Any] = {"status": _status(200)}
             if deleted is not None and deleted.version_id:
                 response["etag"] = etag(deleted.version_id)
             out[step.index] = {"response": response}
