@@ -15,7 +15,6 @@ from functools import partial
 from typing import Any
 from urllib.parse import parse_qsl
 
-import orjson
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import Response
@@ -23,11 +22,10 @@ from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from fhir_server.bodies import FORM_TYPE, media_type, parse_body, parse_form, parse_resource
-from fhir_server.bundles import searchset
 from fhir_server.capability import capability_statement
 from fhir_server.history import history_page
 from fhir_server.operations import register_operations
-from fhir_server.query import count_capped, criteria, paging, query_pairs, strict_handling
+from fhir_server.query import criteria, query_pairs, strict_handling
 from fhir_server.responses import (
     JSON_OUTPUT,
     FHIRError,
@@ -38,8 +36,8 @@ from fhir_server.responses import (
     operation_outcome,
     outcome_issue,
     render,
-    shape,
 )
+from fhir_server.search import search_page
 from fhir_server.service import FhirService, Written, check_type
 from fhir_server.simulate import register_simulate
 from fhir_server.transaction import process_bundle
@@ -95,42 +93,11 @@ def delete_response(written: Written, fmt: OutputFormat) -> Response:
 
 def search_response(service: FhirService, request: Request, rtype: str | None, pairs: list[tuple[str, str]],
                     fmt: OutputFormat, *, memory_only: bool = False, compartment: str | None = None) -> Response | None:
-    """Run a type search (or, with no ``rtype``, a search across types) and page it as a searchset Bundle.
-
-    With ``memory_only`` the search runs only if cached patients answer it (None otherwise): the
-    route then answers on the event loop, without a thread hop, like a read. ``compartment`` (a
-    patient id) limits a type search to that Patient's compartment (``GET Patient/id/Type``).
-    """
-    count, offset, params = paging(pairs)
-    strict = strict_handling(request)
-    base = base_url(request)
-    if memory_only:
-        result = service.search_in_memory(rtype, params, count, offset, strict=strict, base=base) if rtype else None
-        if result is None:
-            return None
-    elif rtype is None:
-        result = service.search_system(params, count, offset, strict=strict, base=base)
-    else:
-        result = service.search(rtype, params, count, offset, strict=strict, base=base, compartment=compartment)
-    store = service.store
-    entries = [(t, i, raw) for t, i in result.keys if (raw := store.read_bytes(t, i)) is not None]
-    included = [(t, i, raw) for t, i in result.included if (raw := store.read_bytes(t, i)) is not None]
-    if fmt.elements or fmt.summary:
-        entries = [(t, i, orjson.dumps(shape(orjson.loads(raw), fmt))) for t, i, raw in entries]
-        included = [(t, i, orjson.dumps(shape(orjson.loads(raw), fmt))) for t, i, raw in included]
-    kept = [(n, v) for n, v in params if n not in result.ignored and f"{n}={v}" not in result.ignored]
-    notes = [f"search parameter {p!r} ignored" for p in result.ignored] + result.warnings
-    capped = count_capped(pairs)
-    if capped:
-        notes.append(capped)
-    warnings = [
-        {"resource": operation_outcome([outcome_issue("warning", "not-supported", note) for note in notes]),
-         "search": {"mode": "outcome"}}
-    ] if notes else []
-    path = f"{base}/Patient/{compartment}/{rtype}" if compartment is not None else f"{base}/{rtype}"
-    body = searchset(base=base, url=path if rtype else base, params=kept, total=result.total, count=count,
-                     offset=offset, entries=entries, included=included, extra=warnings)
-    return render(body, fmt, shape_body=False)
+    """A search request's searchset (see :func:`search_page`; None when ``memory_only`` and the caches
+    do not answer), with ``Prefer: handling`` from the request."""
+    page = search_page(service, base_url(request), rtype, pairs, fmt, strict=strict_handling(request),
+                       memory_only=memory_only, compartment=compartment)
+    return None if page is None else render(page, fmt, shape_body=False)
 
 
 async def search_pairs(request: Request) -> list[tuple[str, str]]:

@@ -53,7 +53,12 @@ def criteria(request: Request) -> list[tuple[str, str]]:
 
 def strict_handling(request: Request) -> bool:
     """``Prefer: handling=strict`` asks for unknown search parameters to be errors."""
-    return "handling=strict" in request.headers.get("prefer", "")
+    return prefers_strict(request.headers.get("prefer", ""))
+
+
+def prefers_strict(prefer: str) -> bool:
+    """Whether a ``Prefer`` header value asks for strict handling (also a Bundle's, for its entries)."""
+    return "handling=strict" in prefer
 
 
 def count_capped(pairs: list[tuple[str, str]]) -> str | None:

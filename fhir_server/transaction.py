@@ -20,14 +20,14 @@ from urllib.parse import parse_qsl
 
 import orjson
 
-from fhir_server.bundles import searchset
 from fhir_server.capability import capability_statement
 from fhir_server.history import history_page
 from fhir_server.links import LinkRewriter
 from fhir_server.operations import instance_meta, meta_in_use
 from fhir_server.patch import apply_patch
-from fhir_server.query import paging
-from fhir_server.responses import FHIRError, operation_outcome, outcome_issue
+from fhir_server.query import prefers_strict
+from fhir_server.responses import FHIRError, operation_outcome, outcome_issue, output_format
+from fhir_server.search import answer_search
 from fhir_server.service import FhirService, Written, check_id, check_type, new_id
 from fhir_server.versioning import etag, not_modified, parse_instant, parse_version
 from store.store import fhir_instant
@@ -50,6 +50,7 @@ class Step:
     resource: dict[str, Any] | None
     request: dict[str, Any]
     path: list[str] = field(default_factory=list)
+    compartment: str | None = None
     target: str | None = None
     existing: bool = False
     result: dict[str, Any] = field(default_factory=dict)
@@ -90,7 +91,14 @@ def parse_step(index: int, entry: Any, base: str) -> Step:
         return Step(index, method, "", None, None, None, parse_qsl(query, keep_blank_values=True), None, None,
                     request, segments)
     if not segments:
-        raise FHIRError(400, f"{where}.request.url names no resource type", code="invalid")
+        if method != "GET":
+            raise FHIRError(400, f"{where}.request.url names no resource type", code="invalid")
+        return Step(index, method, "", None, None, None, parse_qsl(query, keep_blank_values=True), None, None,
+                    request, segments)
+    if method == "GET" and len(segments) == 3 and segments[0] == "Patient":
+        check_type(segments[2])
+        return Step(index, method, segments[2], None, None, None, parse_qsl(query, keep_blank_values=True), None,
+                    None, request, segments, compartment=segments[1])
     rtype = segments[0]
     check_type(rtype)
     rid = segments[1] if len(segments) > 1 else None
@@ -226,18 +234,17 @@ def _written_entry(base: str, written: Written, prefer: str) -> dict[str, Any]:
     return entry
 
 
-def _get_entry(service: FhirService, step: Step, base: str) -> dict[str, Any]:
-    """A GET entry: read (honouring ifNoneMatch / ifModifiedSince with a 304), vread, search, history,
-    ``metadata`` or ``$meta``, answered like the REST interaction."""
+def _get_entry(service: FhirService, step: Step, base: str, prefer: str) -> dict[str, Any]:
+    """A GET entry: read (honouring ifNoneMatch / ifModifiedSince with a 304), vread, search (type,
+    compartment or across types: the REST search's page, ``Prefer: handling`` taken from the Bundle's
+    request since R4 entries carry no Prefer), history, ``metadata`` or ``$meta``, answered like the REST
+    interaction."""
+    if step.rid is None and (step.rtype or not step.path):
+        page = answer_search(service, base, step.rtype or None, step.query, output_format(dict(step.query), ""),
+                             strict=prefers_strict(prefer), compartment=step.compartment)
+        return {"resource": orjson.loads(page), "response": {"status": _status(200)}}
     if not step.rtype:
         return _system_entry(service, step, base)
-    if step.rid is None:
-        count, offset, params = paging(step.query)
-        result = service.search(step.rtype, params, count, offset)
-        entries = [(t, i, raw) for t, i in result.keys if (raw := service.store.read_bytes(t, i)) is not None]
-        body = searchset(base=base, url=f"{base}/{step.rtype}", params=params, total=result.total, count=count,
-                         offset=offset, entries=entries)
-        return {"resource": orjson.loads(body), "response": {"status": _status(200)}}
     if step.version is not None:
         resource, version, ts = service.vread(step.rtype, step.rid, step.version)
     else:
@@ -299,7 +306,7 @@ def run_steps(service: FhirService, steps: list[Step], base: str, prefer: str) -
             out[step.index] = {"response": response}
     for step in ordered:
         if step.method == "GET":
-            out[step.index] = _get_entry(service, step, base)
+            out[step.index] = _get_entry(service, step, base, prefer)
     return out
 
 

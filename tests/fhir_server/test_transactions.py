@@ -168,3 +168,43 @@ def test_batch_get_entries_answer_as_the_rest_api(http: httpx.Client, patient: A
     head = _tx([{"request": {"method": "HEAD", "url": f"Patient/{pid}"}}])
     assert http.post("", json=head).status_code == 405
     assert http.head(f"Patient/{pid}").status_code == 405
+
+
+def test_batch_search_entries_answer_as_the_rest_search(http: httpx.Client, patient: Any,
+                                                         observation: Any) -> None:
+    pid = http.post("Patient", json=patient("Sbatch", value="sbatch")).json()["id"]
+    for value in (60, 61):
+        http.post("Observation", json=observation(pid, value=value))
+    http.post("MedicationRequest", json={
+        "resourceType": "MedicationRequest", "status": "active", "intent": "order",
+        "statusReason": {"text": "kept only in full"}, "subject": {"reference": f"Patient/{pid}"},
+        "medicationCodeableConcept": {"text": "aspirin"}})
+    urls = [
+        f"Observation?subject=Patient/{pid}&_include=Observation:subject",
+        f"Patient?_id={pid}&_revinclude=Observation:subject",
+        "Patient?family=Sbatch&famly=Sbatch",
+        f"Observation?subject=Patient/{pid}&_include=Observation:nothing",
+        f"Observation?subject=Patient/{pid}&_elements=value",
+        f"MedicationRequest?subject=Patient/{pid}&_summary=true",
+        "Patient?family=Sbatch&_summary=count",
+        f"Patient/{pid}/Observation?_count=1",
+        "?_type=Patient&family=Sbatch",
+        "Patient?family=Sbatch&_count=5000",
+    ]
+    bundle = _tx([{"request": {"method": "GET", "url": url}} for url in urls], kind="batch")
+    entries = http.post("", json=bundle).json()["entry"]
+    for url, entry in zip(urls, entries, strict=True):
+        assert entry["response"]["status"] == "200 OK", url
+        assert entry["resource"] == http.get(url).json(), url
+    assert len(entries[0]["resource"]["entry"]) == 3  # two Observations and their subject
+    assert entries[2]["resource"]["entry"][-1]["search"]["mode"] == "outcome"
+
+    strict = _tx([{"request": {"method": "GET", "url": "Patient?family=Sbatch&famly=Sbatch"}},
+                  {"request": {"method": "GET", "url": f"Patient?_id={pid}"}}], kind="batch")
+    headers = {"Prefer": "handling=strict"}
+    refused, found = http.post("", json=strict, headers=headers).json()["entry"]
+    rest = http.get("Patient?family=Sbatch&famly=Sbatch", headers=headers)
+    assert rest.status_code == 400
+    assert refused["response"] == {"status": "400 Bad Request", "outcome": rest.json()}
+    assert found["resource"]["total"] == 1
+    assert http.post("", json=_tx(strict["entry"][:1]), headers=headers).status_code == 400
