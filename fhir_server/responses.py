@@ -186,33 +186,39 @@ def mandatory_elements(rtype: str) -> frozenset[str]:
     return frozenset(name for name, spec in table.items() if spec.minimum > 0)
 
 
-def _in_summary(key: str, keep: frozenset[str]) -> bool:
-    """Whether a JSON key belongs to a summary element (``_birthDate``, choice ``valueQuantity`` → value)."""
-    key = key.lstrip("_")
-    return key in keep or any(key.startswith(n) and key[len(n):][:1].isupper() for n in keep)
+@lru_cache(maxsize=1024)
+def element_keys(rtype: str, names: frozenset[str]) -> frozenset[str]:
+    """The JSON properties of ``rtype``'s elements ``names``: each name itself and, for a choice element
+    (``value``), exactly its variants in the R4 tables (``valueQuantity``, …), never another element that
+    merely starts with the name (``statusReason`` is not ``status``)."""
+    table = load_structures().types.get(rtype, {})
+    return names | {key for key, spec in table.items() if spec.choice in names}
 
 
 def shape(resource: dict[str, Any], fmt: OutputFormat) -> dict[str, Any]:
     """Apply ``_elements`` / ``_summary`` (data, text) to one resource, marking it SUBSETTED.
 
     ``_summary=text`` keeps text, id, meta and the mandatory top-level elements (R4 search.html);
-    ``_elements`` keeps the mandatory ones too (a SHOULD there). A primitive's ``_name`` sibling
-    (its id and extensions) goes with it.
+    ``_elements`` keeps the mandatory ones too (a SHOULD there). Element names match exactly, a choice
+    element by its variants (``_elements=value`` keeps ``valueQuantity``); a primitive's ``_name``
+    sibling (its id and extensions) goes with it.
     """
-    mandatory = mandatory_elements(resource.get("resourceType", ""))
+    rtype = resource.get("resourceType", "")
+    mandatory = mandatory_elements(rtype)
 
     def required(key: str) -> bool:
         return key in _ALWAYS_KEPT or key.lstrip("_") in mandatory
 
     if fmt.elements:
-        out = {k: v for k, v in resource.items() if required(k) or k.lstrip("_") in fmt.elements}
+        asked = element_keys(rtype, fmt.elements)
+        out = {k: v for k, v in resource.items() if required(k) or k.lstrip("_") in asked}
     elif fmt.summary == "data":
         out = {k: v for k, v in resource.items() if k != "text"}
     elif fmt.summary == "text":
         out = {k: v for k, v in resource.items() if required(k) or k == "text"}
     elif fmt.summary == "true":
-        keep = summary_elements().get(resource.get("resourceType", ""), frozenset())
-        out = {k: v for k, v in resource.items() if k in _ALWAYS_KEPT or _in_summary(k, keep)}
+        keep = element_keys(rtype, summary_elements().get(rtype, frozenset()))
+        out = {k: v for k, v in resource.items() if k in _ALWAYS_KEPT or k.lstrip("_") in keep}
     else:
         return resource
     meta = dict(out.get("meta") or {})

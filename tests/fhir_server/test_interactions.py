@@ -203,6 +203,29 @@ def test_summary_true_keeps_summary_elements_only(http: httpx.Client, patient: A
     assert any(t["code"] == "SUBSETTED" for t in body["meta"]["tag"])
 
 
+def test_summary_and_elements_match_names_exactly_and_choices_by_their_variants(
+        http: httpx.Client, patient: Any, observation: Any) -> None:
+    pid = http.post("Patient", json=patient("Choices")).json()["id"]
+    order = {"resourceType": "MedicationRequest", "status": "stopped", "statusReason": {"text": "side effects"},
+             "intent": "order", "reportedBoolean": True, "medicationCodeableConcept": {"text": "aspirin"},
+             "subject": {"reference": f"Patient/{pid}"}, "courseOfTherapyType": {"text": "acute"}}
+    mid = http.post("MedicationRequest", json=order).json()["id"]
+    summary = http.get(f"MedicationRequest/{mid}", params={"_summary": "true"}).json()
+    assert set(summary) == {"resourceType", "id", "meta", "status", "intent", "reportedBoolean",
+                            "medicationCodeableConcept", "subject"}
+    searched = http.get("MedicationRequest", params={"_id": mid, "_summary": "true"}).json()
+    assert searched["entry"][0]["resource"] == summary
+    status = http.get(f"MedicationRequest/{mid}", params={"_elements": "status"}).json()
+    assert "statusReason" not in status and status["status"] == "stopped"
+    oid = http.post("Observation", json=observation(pid, value=72)).json()["id"]
+    value = http.get(f"Observation/{oid}", params={"_elements": "value"}).json()
+    assert set(value) == {"resourceType", "id", "meta", "status", "code", "valueQuantity"}
+    assert value["valueQuantity"]["value"] == 72
+    effective = http.get("Observation", params={"_id": oid, "_elements": "effective,subject"}).json()
+    assert set(effective["entry"][0]["resource"]) == {"resourceType", "id", "meta", "status", "code",
+                                                      "effectiveDateTime", "subject"}
+
+
 def test_count_above_the_page_limit_is_said_not_silently_cut(http: httpx.Client) -> None:
     bundle = http.get("Patient", params={"_count": "5000"}).json()
     outcomes = [e["resource"] for e in bundle.get("entry", []) if e.get("search", {}).get("mode") == "outcome"]
