@@ -23,6 +23,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from fhir_server.bodies import FORM_TYPE, media_type, parse_body, parse_form, parse_resource
 from fhir_server.capability import capability_statement
+from fhir_server.cors import add_cors
 from fhir_server.history import history_page
 from fhir_server.operations import register_operations
 from fhir_server.query import criteria, query_pairs, strict_handling
@@ -157,6 +158,7 @@ def create_app(store: Any) -> FastAPI:
     app.state.store = store
     app.state.service = service
     install_error_handlers(app)
+    add_cors(app)
 
     async def in_pool(fn: Callable[..., Any], *args: Any) -> Any:
         return await run_in_threadpool(fn, *args)

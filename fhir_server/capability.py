@@ -72,6 +72,7 @@ def capability_statement(base: str) -> dict[str, Any]:
         "patchFormat": table["patch_formats"],
         "rest": [{
             "mode": "server",
+            "security": table["security"],
             "resource": list(_resources()),
             "interaction": [{"code": code} for code in table["system_interactions"]],
             "searchParam": [{"name": n, "type": t, "documentation": d} for n, t, d in table["system_search_params"]],
