@@ -518,6 +518,36 @@ def _tests_empty(cond: Any, own: list[Any]) -> bool:
     return False
 
 
+def keep_both_numbers(segments: dict[str, list[dict[str, Any]]]) -> None:
+    """Drop the IG's mutual exclusions between two segments filling one resource.
+
+    ORC[ServiceRequest] writes ORC-2 ``IF OBR-2 NOT VALUED`` and OBR[ServiceRequest] writes
+    OBR-2 ``IF ORC-2 NOT VALUED``: meant as "write the order number once", it writes it
+    never when both segments send it. Each such mirrored pair of rows is compiled without
+    its condition: finishing joins the two identifiers when they are equal (same slot of two
+    sheets), and keeps both when they differ.
+    """
+    def exclusion(rule: dict[str, Any], own: str) -> tuple[str, int] | None:
+        cond = rule["cond"]
+        if cond and cond[0] == "not_valued" and cond[1][0] != own and cond[1][1] == rule["f"] and not any(cond[1][2:]):
+            return cond[1][0], rule["f"]
+        return None
+
+    mirrored = []
+    for name, rules in segments.items():
+        own, _, target = name.partition("[")
+        for rule in rules:
+            other = exclusion(rule, own)
+            if other is None:
+                continue
+            mirror = segments.get(f"{other[0]}[{target}", [])
+            if any(exclusion(r, other[0]) == (own, rule["f"]) for r in mirror):
+                mirrored.append(rule)
+    for rule in mirrored:
+        rule["cond"] = None
+        rule["when_empty"] = False
+
+
 def compile_vocab(path: Path) -> dict[str, list[str]]:
     cols, rows = read_sheet(path)
     out: dict[str, list[str]] = {}
@@ -638,6 +668,7 @@ def build(source: Path, fhir_r4: Path = FHIR_R4) -> tuple[dict[str, Any], Counte
                 if path.stem.endswith("- additions"):  # local rows placed before the IG's (first wins)
                     rules = rules + tables[kind].get(name, [])
                 tables[kind][name] = rules
+    keep_both_numbers(tables["segments"])
     for base in (source / "codesystems", LOCAL / "codesystems"):
         for path in sorted(base.glob("*.csv")):
             tables["vocab"][sheet_name(path)] = compile_vocab(path)

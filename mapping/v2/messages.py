@@ -14,6 +14,7 @@ a Provenance naming the source message.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from functools import cache
@@ -653,6 +654,7 @@ def forget() -> None:
     _PLANS.clear()
 
 
+_NAMED_FIELD = re.compile(r"^[A-Z][A-Z0-9]{2}-\d+(?:\.\d+)?$")
 IdFunction = Callable[[_Instance, "_Mapper", bool], str]
 
 
@@ -662,7 +664,8 @@ def _id_function(rtype: str) -> IdFunction:
     generated function: the first alternative whose tokens are all valued gives the id.
 
     Tokens: ``seg:3.1`` (that value of the creating segment, named, so an empty one still
-    counts), ``order`` (order number of the enclosing group), ``patient`` (the Patient's id),
+    counts), ``OBR-4.1`` (that value of the group's OBR, whichever segment created the resource;
+    named too), ``order`` (order number of the enclosing group), ``patient`` (the Patient's id),
     ``raw`` (the creating segment as sent), ``identifier``/``name`` (keys of the resource's
     finished identifier or name).
     """
@@ -683,6 +686,10 @@ def _id_function(rtype: str) -> IdFunction:
                               f"        {var} = {tok + '='!r} + {var}"]
                 else:
                     lines.append(f"        {var} = {tok + '='!r} + first_value(creator, {f}, {c}, standard)")
+            elif _NAMED_FIELD.match(tok):
+                seg_id, spec = tok.split("-")
+                f, c = (int(x) for x in (spec.split(".") + ["1"])[:2])
+                lines.append(f"        {var} = {tok + '='!r} + named_value(inst, mapper.root, {seg_id!r}, {f}, {c})")
             elif tok == "order":
                 lines += [f"        {var} = mapper.order_number(inst)", f"        if not {var}: break"]
             elif tok == "patient":
@@ -698,27 +705,45 @@ def _id_function(rtype: str) -> IdFunction:
             parts.append(var)
         lines.append(f"        return stable_id({rtype!r}, {', '.join(parts)})")
     lines.append(f"    return stable_id({rtype!r}, creator.raw)")
-    scope: dict[str, Any] = {"stable_id": stable_id, "first_value": _first_value, "PLAIN": PLAIN}
+    scope: dict[str, Any] = {"stable_id": stable_id, "first_value": _first_value, "PLAIN": PLAIN,
+                             "named_value": _named_value}
     exec("\n".join(lines), scope)  # the source is built above from the id recipes only
     return scope["make_id"]
 
 
 @cache
 def _order_specs() -> tuple[frozenset[str], tuple[tuple[str, str, int], ...]]:
-    """The segments that carry order numbers, and ``(spec, segment, field)`` in priority order."""
-    specs = tuple((spec, *spec.split("-")) for spec in config()["order_numbers"])
-    return frozenset(s for _, s, _ in specs), tuple((spec, s, int(f)) for spec, s, f in specs)
+    """The segments that carry order numbers, and ``(label, segment, field)`` in priority order
+    (``config.json`` → ``order_numbers``: ORC-3 and OBR-3 are both ``filler``)."""
+    specs = tuple((label, *spec.split("-"))
+                  for label, fields in config()["order_numbers"].items() if not label.startswith("_")
+                  for spec in fields)
+    return frozenset(s for _, s, _ in specs), tuple((label, s, int(f)) for label, s, f in specs)
 
 
 def _order_number_in(group: Any) -> str:
     carriers, specs = _order_specs()
     segs = [item for item in _segments_in(group) if item.id in carriers]
-    for spec, seg_id, fno in specs:
+    for label, seg_id, fno in specs:
         for item in segs:
             if item.id == seg_id:
                 v = item.get(fno, 1, 1) + "|" + item.get(fno, 1, 2)
                 if v.strip("|"):
-                    return f"{spec}:{v}"
+                    return f"{label}:{v}"
+    return ""
+
+
+def _named_value(inst: _Instance, root: Any, seg_id: str, f: int, c: int) -> str:
+    """``SEG-f.c`` of the creating segment if it is a ``seg_id``, else of the first ``seg_id``
+    of the resource's group (its innermost repeating group, with non-repeating subgroups):
+    OBR-4 whether ORC or OBR created the DiagnosticReport."""
+    creator = inst.creator
+    if creator.id == seg_id:
+        return creator.get(f, 1, c)
+    scope = _scope(inst.chain, root)
+    for item in _segments_in(scope):
+        if item.id == seg_id:
+            return item.get(f, 1, c)
     return ""
 
 

@@ -91,8 +91,10 @@ def test_orders_become_service_requests(name: str) -> None:
 
 
 def test_vxu_immunization() -> None:
+    """Three ORDER groups share one order number and hold three administrations: three Immunizations."""
     result = map_v2_fixture("v2tofhir_VXU_V04.hl7")
-    [imm] = result.of_type("Immunization")
+    imm, *historical = result.of_type("Immunization")
+    assert [h["occurrenceDateTime"] for h in historical] == ["2014-10-12", "2013-11-12"]
     assert imm["vaccineCode"]["coding"][0]["code"] == "49281-0215-88"
     assert imm["occurrenceDateTime"] == "2015-06-24T08:30:00-05:00"
     assert imm["doseQuantity"] == {"value": 0.5, "code": "mL", "unit": "mL", "system": UCUM}
