@@ -31,6 +31,7 @@ from mapping.v2.engine import (
     Node,
     Ref,
     finalize,
+    has_element,
     identifier_key,
     missing_required,
     name_key,
@@ -170,11 +171,31 @@ def finish(body: dict[str, Any], rtype: str) -> list[str]:
     """Defaults, pruning and the required-element check on a finalized body; what it lacks."""
     cfg = config()
     _element_defaults(body, rtype, cfg["element_defaults"])
+    _drop_absent_reasons(body, rtype, cfg["data_absent_reason"])
     prune(body, rtype)
     for k, v in cfg["defaults"].get(rtype, {}).items():
         if k not in body:  # a copy: resources must not share mutable default objects
             body[k] = copy.deepcopy(v)
     return missing_required(body, rtype)
+
+
+def _drop_absent_reasons(body: dict[str, Any], rtype: str, paths: list[str]) -> None:
+    """A ``valueQuantity`` with units but no number (OBX-6 sent, OBX-5 empty or not a number)
+    is no value; and no ``dataAbsentReason`` beside a ``value[x]`` (R4 obs-6, obs-7): the IG
+    writes one for OBX-11 = N whatever OBX-5 holds, and a value that was sent is not absent."""
+    for path in paths:
+        head, _, element = path.partition(".")
+        if head != rtype:
+            continue
+        items = [body] if not element else body.get(element) or []
+        for item in items if isinstance(items, list) else [items]:
+            if not isinstance(item, dict):
+                continue
+            quantity = item.get("valueQuantity")
+            if isinstance(quantity, dict) and "value" not in quantity:
+                del item["valueQuantity"]
+            if "dataAbsentReason" in item and has_element(item, "value"):
+                del item["dataAbsentReason"]
 
 
 def _element_defaults(body: dict[str, Any], rtype: str, defaults: dict[str, dict[str, Any]]) -> None:
