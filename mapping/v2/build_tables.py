@@ -450,8 +450,13 @@ def compile_rules(
         if ref is None:
             skipped[f"{name}: identifier {ident}"] += 1
             continue
+        this_map = _this_map(ident, target, _cell(row, cols, "dtmap"), _cell(row, cols, "v2type"), root, datatype)
+        if this_map:  # SCH-11 -> $this: TQ[Appointment] fills the Appointment itself (start, end)
+            target = ""
         try:
             steps, ref_type, output = parse_path(target)
+            if this_map:
+                output = 1
             if datatype:
                 steps = _strip_type_prefix(steps, name)
             cond = parse_condition(_cell(row, cols, "cond"), datatype=datatype)
@@ -467,7 +472,7 @@ def compile_rules(
         if output not in (None, 1) or (not steps and ref_type is None and output is None):
             skipped[f"{name}: {ident} -> {target}"] += 1
             continue
-        dtmap = _canonical_map(_cell(row, cols, "dtmap").split(" ")[0]) or None
+        dtmap = this_map or _canonical_map(_cell(row, cols, "dtmap").split(" ")[0]) or None
         if dtmap and leaf == "Reference" and ref_type is None:
             target = sheet_target(dtmap)
             if target in r4.resources:
@@ -500,6 +505,20 @@ def compile_rules(
 
 
 _MAP_CASE: dict[str, str] = {}
+
+
+THIS_ROWS = frozenset({"SCH-11"})
+"""``$this`` rows compiled so far; the others (ORC-7/OBR-27 TQ[ServiceRequest] turning an
+occurrenceDateTime into a date-only Timing, NK1, SPM …) change resources in ways not reviewed yet."""
+
+
+def _this_map(ident: str, target: str, dtmap: str, v2type: str, root: str, datatype: bool) -> str | None:
+    """The datatype map a segment row targeting ``$this`` (the resource itself) applies: the one it
+    names, else the sheet of its v2 type for this resource (``TQ[Appointment]`` for SCH-11)."""
+    if datatype or target.strip() != "$this" or ident not in THIS_ROWS:
+        return None
+    name = _canonical_map(dtmap.split(" ")[0] or f"{v2type.strip()}[{root}]")
+    return name if name.lower() in _MAP_CASE else None
 
 
 def _canonical_map(name: str) -> str:

@@ -549,6 +549,8 @@ class _Mapper:
             for inst in reversed(candidates):
                 if gid in inst.chain_ids:
                     return inst
+        if not near.chain and len(candidates) == 1:
+            return candidates[0]  # a message-level resource (SIU's Appointment) and the only Patient
         return None
 
     def patient(self, near: _Instance) -> _Instance | None:

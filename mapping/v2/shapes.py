@@ -176,7 +176,15 @@ def finish(body: dict[str, Any], rtype: str) -> list[str]:
     for k, v in cfg["defaults"].get(rtype, {}).items():
         if k not in body:  # a copy: resources must not share mutable default objects
             body[k] = copy.deepcopy(v)
+    _status_without(body, cfg["status_without"].get(rtype))
     return missing_required(body, rtype)
+
+
+def _status_without(body: dict[str, Any], rule: dict[str, Any] | None) -> None:
+    """A status R4 allows only with elements the message did not give is replaced (app-3: an
+    Appointment without start and end can only be proposed, cancelled or waitlist)."""
+    if rule and not all(k in body for k in rule["elements"]) and body.get("status") not in rule["allowed"]:
+        body["status"] = rule["status"]
 
 
 def _drop_absent_reasons(body: dict[str, Any], rtype: str, paths: list[str]) -> None:
