@@ -43,6 +43,9 @@ def _add_db(p: argparse.ArgumentParser) -> None:
     p.add_argument("--cache-mb", type=megabytes, metavar="MB", default=env_megabytes("CACHE_MB", DEFAULT_CACHE_MB),
                    help="memory for current versions kept for fast reads; beyond it the oldest are read from the "
                         "database (env FHIRTWIN_CACHE_MB; default %(default)s)")
+    p.add_argument("--db-memory-mb", type=megabytes, metavar="MB", default=env_megabytes("DB_MEMORY_MB", None),
+                   help="DuckDB's memory limit; its buffer of table blocks grows with the database up to it "
+                        "(env FHIRTWIN_DB_MEMORY_MB; default: half of physical memory)")
 
 
 def _positive_int(text: str) -> int:
@@ -115,6 +118,7 @@ def _settings(args: argparse.Namespace) -> Settings:
         mllp_ack_after=getattr(args, "mllp_ack_after", DEFAULT_MLLP_ACK_AFTER),
         mllp_map_timeout_s=getattr(args, "mllp_map_timeout", DEFAULT_MLLP_MAP_TIMEOUT_S),
         cache_mb=getattr(args, "cache_mb", DEFAULT_CACHE_MB),
+        db_memory_mb=getattr(args, "db_memory_mb", None),
         hl7_timezone=getattr(args, "hl7_timezone", DEFAULT_HL7_TIMEZONE),
     )
 

@@ -71,7 +71,7 @@ def megabytes(text: str) -> float:
     return value
 
 
-def env_megabytes(name: str, fallback: float) -> float:
+def env_megabytes(name: str, fallback: float | None) -> float | None:
     """A positive amount of memory in MB from the environment."""
     return _env_parsed(name, fallback, megabytes, "a positive number of megabytes")
 
@@ -112,10 +112,11 @@ class Settings:
     mllp_ack_after: str = DEFAULT_MLLP_ACK_AFTER
     mllp_map_timeout_s: float = DEFAULT_MLLP_MAP_TIMEOUT_S
     cache_mb: float = DEFAULT_CACHE_MB
+    db_memory_mb: float | None = None
     hl7_timezone: str = DEFAULT_HL7_TIMEZONE
 
     def open_store(self, *, read_only: bool = False) -> Store:
         """The store these settings name."""
         from store.store import Store
 
-        return Store(self.db, read_only=read_only, cache_mb=self.cache_mb)
+        return Store(self.db, read_only=read_only, cache_mb=self.cache_mb, db_memory_mb=self.db_memory_mb)

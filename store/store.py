@@ -12,6 +12,7 @@ the map is a write-through cache of the file, never a second source of truth.
 
 from __future__ import annotations
 
+import os
 import threading
 from collections.abc import Collection, Iterable, Iterator, Sequence
 from contextlib import contextmanager
@@ -43,6 +44,12 @@ __all__ = ["DEFAULT_CACHE_MB", "Current", "PreparedBatch", "Store", "StoreError"
 
 DEFAULT_CACHE_MB = 2048
 """Memory for the map of current versions (``store.current_cache``): ~1.5 million Synthea-sized resources."""
+
+
+def default_db_memory_mb() -> float:
+    """DuckDB's memory limit unless one is given: half of physical memory (DuckDB's own default, 80 %,
+    leaves too little beside the map of current versions and a bulk import's open transaction)."""
+    return os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE") / 2**20 / 2
 
 
 @dataclass(frozen=True, slots=True)
@@ -165,9 +172,12 @@ class Store:
     """Single-writer store over one DuckDB database file (or ``:memory:``)."""
 
     def __init__(self, path: str | Path = ":memory:", *, read_only: bool = False,
-                 cache_mb: float = DEFAULT_CACHE_MB) -> None:
+                 cache_mb: float = DEFAULT_CACHE_MB, db_memory_mb: float | None = None) -> None:
+        """``cache_mb``: memory for the map of current versions; ``db_memory_mb``: DuckDB's memory limit
+        (its buffer pool of table blocks grows with the database up to it; see docs/architecture.md)."""
         self.path = str(path)
-        self._con = duckdb.connect(self.path, read_only=read_only)
+        limit_mb = default_db_memory_mb() if db_memory_mb is None else db_memory_mb
+        self._con = duckdb.connect(self.path, read_only=read_only, config={"memory_limit": f"{limit_mb:.0f}MiB"})
         if not read_only:
             ensure_schema(self._con)
             search_index.install(self._con)

@@ -57,9 +57,12 @@ def test_a_store_with_little_memory_still_knows_a_replayed_file(tmp_path: Path) 
     assert first.returncode == 0 and "1019 accepted" in first.stdout, first.stdout
     again = run("ingest", "--db", str(db), encounters, env={"FHIRTWIN_CACHE_MB": "0.05"})
     assert again.returncode == 0 and "0 accepted" in again.stdout and "1019 unchanged" in again.stdout, again.stdout
-    for bad in ("0", "-1", "x", "nan"):
-        out = run("ingest", "--db", str(db), "--cache-mb", bad, encounters)
-        assert out.returncode == 2 and "--cache-mb: invalid megabytes value" in out.stderr, out.stderr
+    for flag in ("--cache-mb", "--db-memory-mb"):
+        for bad in ("0", "-1", "x", "nan"):
+            out = run("ingest", "--db", str(db), flag, bad, encounters)
+            assert out.returncode == 2 and f"{flag}: invalid megabytes value" in out.stderr, out.stderr
+    limited = run("ingest", "--db", str(db), "--db-memory-mb", "256", encounters)
+    assert limited.returncode == 0 and "1019 unchanged" in limited.stdout
     out = run("ingest", "--db", str(db), encounters, env={"FHIRTWIN_CACHE_MB": "lots"})
     assert out.returncode != 0 and "FHIRTWIN_CACHE_MB must be a positive number of megabytes" in out.stderr + out.stdout
 

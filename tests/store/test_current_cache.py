@@ -11,7 +11,7 @@ from typing import Any
 from fhirtwin.settings import DEFAULT_CACHE_MB as SETTINGS_DEFAULT
 from store.current_cache import ENTRY_OVERHEAD_BYTES, Current, CurrentCache, entry_bytes
 from store.search import SearchRequest, search
-from store.store import DEFAULT_CACHE_MB, Store
+from store.store import DEFAULT_CACHE_MB, Store, default_db_memory_mb
 
 SMALL_MB = 0.05  # ~50 KB: a few dozen Synthea resources
 
@@ -107,3 +107,15 @@ def test_a_store_with_room_for_a_few_resources_answers_as_one_holding_them_all(
     assert seen["few reopened"] == seen["all reopened"] == seen["all"][1]
     assert ("deleted", f"{deleted[0][0]}/{deleted[0][1]}/2") in seen["few"][0]
     assert ("unchanged", f"{deleted[0][0]}/{deleted[0][1]}") in seen["few"][0]
+
+
+def test_duckdb_memory_is_limited_to_half_of_physical_memory_or_as_given() -> None:
+    def limit_mib(store: Store) -> float:
+        text = store.cursor().execute("SELECT current_setting('memory_limit')").fetchone()[0]
+        number, unit = text.split()
+        return float(number) * {"MiB": 1, "GiB": 1024}[unit]
+
+    with Store(db_memory_mb=300) as given:
+        assert limit_mib(given) == 300
+    with Store() as default:
+        assert abs(limit_mib(default) - default_db_memory_mb()) < 0.01 * default_db_memory_mb()
