@@ -9,7 +9,6 @@ from typing import Any
 
 import pytest
 
-import ingest.pipeline as pipeline
 from fhirtwin.demo import expected_records
 from ingest.hl7v2 import read_batch
 from ingest.pipeline import Ingestor
@@ -45,21 +44,20 @@ def test_a_message_without_a_map_is_kept_raw_not_rejected_and_stays_so_on_replay
         assert [d["dl_id"] for d in store.dead_letters()] == [letter["dl_id"]]
 
 
-def test_a_mapper_bug_dead_letters_one_message_and_replay_maps_it_after_the_fix(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
+def test_a_mapper_bug_dead_letters_one_message_and_replay_maps_it_after_the_fix(tmp_path: Path) -> None:
     src = tmp_path / "feed.hl7"
     src.write_bytes(ADMIT + UPDATE)
-    real = pipeline.map_v2
+    store = Store(":memory:")
+    ingestor = Ingestor(store)
+    real = ingestor.hl7_mapper
 
     def buggy(msg: Any) -> Any:
         if msg.control_id == "CTRL-A08-1":
             raise KeyError("PV1-3 table")
         return real(msg)
 
-    monkeypatch.setattr(pipeline, "map_v2", buggy)
-    store = Store(":memory:")
-    summary = Ingestor(store).ingest_paths([src])  # the import goes on past the bug
+    ingestor.hl7_mapper = buggy
+    summary = ingestor.ingest_paths([src])  # the import goes on past the bug
     line = _lines(ADMIT + UPDATE)[1]
     assert summary.rejected == 1 and summary.accepted > 0
     assert summary.errors == [f"{src}:{line}: mapping failed: KeyError: 'PV1-3 table'"]
@@ -67,8 +65,7 @@ def test_a_mapper_bug_dead_letters_one_message_and_replay_maps_it_after_the_fix(
     assert letter["line"] == line and "CTRL-A08-1" in letter["raw"]
     provenances = store.count("Provenance")
 
-    monkeypatch.setattr(pipeline, "map_v2", real)  # the fix
-    replay = Ingestor(store).replay_dead_letters()
+    replay = Ingestor(store).replay_dead_letters()  # the fix: the real mapper
     assert (replay.rejected, replay.not_mapped) == (0, 0) and replay.accepted > 0
     assert store.dead_letters() == []
     assert store.dead_letters(include_replayed=True)[0]["replayed"]
