@@ -116,8 +116,9 @@ def everything(service: FhirService, request: Request, rid: str) -> bytes:
         if param in compartment_params(rt):
             keys.add((rt, rid_))
     rows = []
+    found = service.store.current_many(keys)
     for rt, i in keys:
-        current = service.store.current(rt, i)
+        current = found.get((rt, i))
         if current is None or current.deleted or (types is not None and rt not in types):
             continue
         if since is not None and current.last_updated < since:
@@ -125,7 +126,7 @@ def everything(service: FhirService, request: Request, rid: str) -> bytes:
         rows.append((rt != "Patient", rt, current.last_updated, i))
     rows.sort()
     page = rows[offset: offset + count]
-    entries = [(t, i, raw) for _, t, _, i in page if (raw := service.store.read_bytes(t, i)) is not None]
+    entries = service.store.read_many([(t, i) for _, t, _, i in page])
     base = base_url(request)
     return searchset(base=base, url=f"{base}/Patient/{rid}/$everything", params=kept, total=len(rows),
                      count=count, offset=offset, entries=entries)

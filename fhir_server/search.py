@@ -77,8 +77,8 @@ def _page(query: _Query, pairs: list[tuple[str, str]], fmt: OutputFormat, result
     """The searchset Bundle of one result page: shaped resources, includes, and an outcome entry for
     ignored parameters, warnings and a capped ``_count``."""
     store, base, rtype = query.service.store, query.base, query.rtype
-    entries = [(t, i, raw) for t, i in result.keys if (raw := store.read_bytes(t, i)) is not None]
-    included = [(t, i, raw) for t, i in result.included if (raw := store.read_bytes(t, i)) is not None]
+    entries = store.read_many(result.keys)
+    included = store.read_many(result.included)
     if fmt.elements or fmt.summary:
         entries = [(t, i, orjson.dumps(shape(orjson.loads(raw), fmt))) for t, i, raw in entries]
         included = [(t, i, orjson.dumps(shape(orjson.loads(raw), fmt))) for t, i, raw in included]

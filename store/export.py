@@ -7,6 +7,9 @@ from pathlib import Path
 from mapping.fhirpath.values import sql_string
 from store.store import Store
 
+_READ_AT_ONCE = 10_000
+"""Resources read per call: one database query for those the map of current versions does not hold."""
+
 
 def export_parquet(store: Store, out_dir: Path) -> dict[str, int]:
     """``out_dir/resource_type=<Type>/*.parquet`` with id, version, lastUpdated, patient and the JSON."""
@@ -27,8 +30,7 @@ def export_ndjson(store: Store, out_dir: Path) -> dict[str, int]:
             "SELECT id FROM resources WHERE resource_type = ? ORDER BY id", [rtype]
         ).fetchall()
         with (out_dir / f"{rtype}.ndjson").open("wb") as fh:
-            for (rid,) in rows:
-                raw = store.read_bytes(rtype, rid)
-                if raw is not None:
-                    fh.write(raw + b"\n")
+            for start in range(0, len(rows), _READ_AT_ONCE):
+                keys = [(rtype, rid) for (rid,) in rows[start:start + _READ_AT_ONCE]]
+                fh.writelines(raw + b"\n" for _, _, raw in store.read_many(keys))
     return counts

@@ -922,9 +922,10 @@ def _index_only(store: Store, rtype: str, positive: list[str], sort: str) -> lis
     ids = _capped_ids(store, "SELECT DISTINCT * FROM (" + " INTERSECT ".join(f"({sub})" for sub in positive) + ")")
     if ids is None:
         return None
+    current = store.current_many([(rtype, rid) for rid in ids])
     found = []
     for rid in ids:
-        cur = store.current(rtype, rid)
+        cur = current.get((rtype, rid))
         if cur is not None and not cur.deleted:
             found.append((cur.last_updated, rid))
     found.sort()
@@ -944,12 +945,8 @@ def _exact_ids(store: Store, rtype: str, where: str, positive: list[str],
     ids = _capped_ids(store, sql)
     if ids is None:
         return None
-    out = []
-    for rid in ids:
-        raw = store.read_bytes(rtype, rid)
-        if raw is not None and all(check(orjson.loads(raw)) for check in checks):
-            out.append(rid)
-    return out
+    return [rid for _, rid, raw in store.read_many([(rtype, rid) for rid in ids])
+            if all(check(orjson.loads(raw)) for check in checks)]
 
 
 MAX_CACHED_PATIENTS = MAX_HINT_PATIENTS  # patients a search may span on the in-memory path (loaded together)
@@ -1087,9 +1084,10 @@ def search_system(store: Store, params: list[tuple[str, str]], count: int = 50, 
     if summary_count:
         return SearchResult(total=total, keys=[], ignored=ignored, summary_count=True)
     merged = []
+    current = store.current_many([key for _, r in per_type for key in r.keys])
     for t, r in per_type:
         for key in r.keys:
-            cur = store.current(*key)
+            cur = current.get(key)
             if cur is not None:
                 merged.append((cur.last_updated, t, key[1]))
     merged.sort()

@@ -267,6 +267,17 @@ class Store:
         cur = self._current.get((resource_type, rid))
         return cur.json if cur and not cur.deleted else None
 
+    def current_many(self, keys: Iterable[tuple[str, str]]) -> dict[tuple[str, str], Current]:
+        """Current version records of ``keys`` that exist (deleted ones included); one database query for
+        those the map does not hold."""
+        return self._current.get_many(keys)
+
+    def read_many(self, keys: Sequence[tuple[str, str]]) -> list[tuple[str, str, bytes]]:
+        """``(type, id, JSON)`` of the ``keys`` that exist and are not deleted, in their order."""
+        found = self._current.get_many(keys)
+        return [(t, i, cur.json) for t, i in keys
+                if (cur := found.get((t, i))) is not None and not cur.deleted and cur.json is not None]
+
     def read(self, resource_type: str, rid: str) -> dict[str, Any] | None:
         """Current version as a dict, or None when absent or deleted."""
         raw = self.read_bytes(resource_type, rid)

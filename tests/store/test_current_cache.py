@@ -8,9 +8,12 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+import orjson
+
 from fhirtwin.settings import DEFAULT_CACHE_MB as SETTINGS_DEFAULT
 from store.current_cache import ENTRY_OVERHEAD_BYTES, Current, CurrentCache, entry_bytes
-from store.search import SearchRequest, search
+from store.export import export_ndjson
+from store.search import SearchRequest, search, search_system
 from store.store import DEFAULT_CACHE_MB, Store, default_db_memory_mb
 
 SMALL_MB = 0.05  # ~50 KB: a few dozen Synthea resources
@@ -50,15 +53,24 @@ def test_the_command_line_default_is_the_store_default() -> None:
     assert SETTINGS_DEFAULT == DEFAULT_CACHE_MB
 
 
-def _observable(store: Store, keys: list[tuple[str, str]]) -> dict[str, Any]:
-    """What a client sees: reads, versions, counts and a search page."""
+def _without_stamp(resource: dict[str, Any] | None) -> dict[str, Any] | None:
+    if resource is not None:
+        del resource["meta"]["lastUpdated"]  # the time of the write: another in each store
+    return resource
+
+
+def _observable(store: Store, keys: list[tuple[str, str]], out: Path) -> dict[str, Any]:
+    """What a client sees: reads, versions, counts, search pages (SQL, index-only, across types), an export."""
     found = search(store, SearchRequest("Observation", [("_sort", "_id")], count=50, offset=0))
     by_code = search(store, SearchRequest("Observation", [("code", "http://loinc.org|8302-2")], count=500, offset=0))
-    reads = [store.read(t, i) for t, i in keys]
-    for r in reads:
-        if r is not None:
-            del r["meta"]["lastUpdated"]  # the time of the write: another in each store
+    across = search_system(store, [("_type", "Observation,Encounter"), ("_sort", "-_lastUpdated")], 30, 0, False)
+    reads = [_without_stamp(store.read(t, i)) for t, i in keys]
+    export_ndjson(store, out)
+    exported = {p.name: [_without_stamp(orjson.loads(line)) for line in p.read_bytes().splitlines()]
+                for p in sorted(out.iterdir())}
     return {
+        "across": across.keys,
+        "export": exported,
         "reads": reads,
         "versions": [(c.version_id, c.content_hash, c.deleted) if (c := store.current(t, i)) else None for t, i in keys],
         "counts": store.counts_by_type(),
@@ -96,11 +108,11 @@ def test_a_store_with_room_for_a_few_resources_answers_as_one_holding_them_all(
             assert store.cache.complete is (name == "all")
             assert store.cache.held_bytes <= SMALL_MB * 2**20 or name == "all"
             history = _history(store, updated, deleted)
-            seen[name] = (history, _observable(store, keys))
+            seen[name] = (history, _observable(store, keys, tmp_path / f"{name}-export"))
         with Store(path, cache_mb=cache_mb) as reopened:  # filled from the file: all of it, or the newest
             assert reopened.cache.complete is (name == "all")
             assert reopened.current(*deleted[0]).deleted  # the newest are kept: the deletions
-            seen[name + " reopened"] = _observable(reopened, keys)
+            seen[name + " reopened"] = _observable(reopened, keys, tmp_path / f"{name}-export-again")
             (again,) = reopened.write([copy.deepcopy(resources[0])])  # an old one, only in the file
             assert again.outcome == "unchanged"
     assert seen["few"] == seen["all"]
