@@ -23,15 +23,24 @@ def search_page(service: FhirService, base: str, rtype: str | None, pairs: list[
                 compartment: str | None = None) -> bytes | None:
     """Run a type search (or, with no ``rtype``, a search across types) and page it as a searchset Bundle.
 
-    With ``memory_only`` the search runs only if cached patients answer it (None otherwise): a
-    caller on the event loop then answers without a thread hop, like a read. ``compartment`` (a
+    With ``memory_only`` the search runs only if cached patients answer it and the map of current
+    versions holds the page's resources (None otherwise): a caller on the event loop then answers
+    without a thread hop or a DuckDB query, like a read. ``compartment`` (a
     patient id) limits a type search to that Patient's compartment (``GET Patient/id/Type``).
     ``strict`` is ``Prefer: handling=strict``: unknown parameters are a 400 instead of a warning.
     """
     count, offset, params = paging(pairs)
     query = _Query(service, base, rtype, params, count, offset, strict, compartment)
     result = query.in_memory() if memory_only else query.run()
-    return None if result is None else _page(query, pairs, fmt, result)
+    if result is None or (memory_only and not _held(service, result)):
+        return None
+    return _page(query, pairs, fmt, result)
+
+
+def _held(service: FhirService, result: SearchResult) -> bool:
+    """Whether the page's resources can be read without DuckDB."""
+    cache = service.store.cache
+    return cache.complete or all(cache.peek(key) is not None for key in (*result.keys, *result.included))
 
 
 def answer_search(service: FhirService, base: str, rtype: str | None, pairs: list[tuple[str, str]],

@@ -9,22 +9,26 @@ outgrow the budget, the versions written longest ago are dropped and a miss read
 ``resources_current`` (one query for a whole batch of keys). An import of a file larger than
 memory thus keeps the resources it writes last, and the process does not grow with the file.
 
-Only the writer (under the store's write lock) adds or drops entries; readers look up. A miss is
-answered from the database and not added: a reader's row could be older than a version the
-writer commits meanwhile, and the map must never go back in time.
+Only the writer (under the store's write lock) adds or drops entries; readers look up, on other
+threads, without a lock. So an entry is replaced by one assignment (never removed and added
+again), the order of writes is kept apart (an ``OrderedDict`` of keys only the writer touches),
+and the map says it is incomplete before it drops anything: a reader never takes an existing
+resource for absent. A miss is answered from the database and not added: a reader's row could be
+older than a version the writer commits meanwhile, and the map must never go back in time.
 """
 
 from __future__ import annotations
 
+from collections import OrderedDict
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from datetime import datetime
 
 Key = tuple[str, str]
 
-ENTRY_OVERHEAD_BYTES = 400
+ENTRY_OVERHEAD_BYTES = 500
 """Memory of one entry besides its JSON: key tuple, record, hash string, timestamp and dict slot (~310 bytes
-by tracemalloc) and a UUID id string (~85)."""
+by tracemalloc), a UUID id string (~85) and its place in the order of writes (~105)."""
 EVICT_TO = 0.9
 """After an eviction the map holds at most this share of its budget (evictions come in batches)."""
 
@@ -55,6 +59,8 @@ class CurrentCache:
         self.budget_bytes = budget_bytes
         self.complete = True
         self._map: dict[Key, Current] = {}
+        self._written: OrderedDict[Key, None] = OrderedDict()
+        """The keys, written longest ago first (the writer's alone)."""
         self._bytes = 0
         self._load = load
 
@@ -65,6 +71,10 @@ class CurrentCache:
     def held_bytes(self) -> int:
         """The memory the entries are counted for."""
         return self._bytes
+
+    def peek(self, key: Key) -> Current | None:
+        """The entry if the map holds it, without asking the database (a cheap check for event loops)."""
+        return self._map.get(key)
 
     def get(self, key: Key) -> Current | None:
         cur = self._map.get(key)
@@ -89,10 +99,13 @@ class CurrentCache:
 
     def put(self, key: Key, cur: Current) -> None:
         """Record a committed version (writer only)."""
-        old = self._map.pop(key, None)  # popped: the entry moves to the newest end
+        old = self._map.get(key)
+        self._map[key] = cur  # one assignment: readers see the old version or the new one
         if old is not None:
             self._bytes -= entry_bytes(old)
-        self._map[key] = cur
+            self._written.move_to_end(key)
+        else:
+            self._written[key] = None
         self._bytes += entry_bytes(cur)
         if self._bytes > self.budget_bytes:
             self._evict()
@@ -105,17 +118,11 @@ class CurrentCache:
 
     def _evict(self) -> None:
         """Drop the entries written longest ago until the map holds ``EVICT_TO`` of its budget."""
-        target = self.budget_bytes * EVICT_TO
-        held = self._map
-        dropped = 0
-        over = self._bytes - target
-        doomed: list[Key] = []
-        for key in held:
-            if dropped >= over:
-                break
-            dropped += entry_bytes(held[key])
-            doomed.append(key)
-        for key in doomed:
-            del held[key]
-        self._bytes -= dropped
-        self.complete = False
+        self.complete = False  # first: from now on a miss is read from the database
+        held, written = self._map, self._written
+        over = self._bytes - self.budget_bytes * EVICT_TO
+        while over > 0 and written:
+            key, _ = written.popitem(last=False)
+            size = entry_bytes(held.pop(key))
+            self._bytes -= size
+            over -= size

@@ -12,10 +12,12 @@ from fhir_server.app import create_app
 from store.store import Store
 
 
-@pytest.fixture(scope="module")
-def server() -> Iterator[tuple[Store, str]]:
-    """(store, base URL) of a live server over an in-memory store, shared by a module's tests."""
-    store = Store()
+@pytest.fixture(scope="module", params=["all in memory", "few in memory"])
+def server(request: pytest.FixtureRequest) -> Iterator[tuple[Store, str]]:
+    """(store, base URL) of a live server over an in-memory store, shared by a module's tests; every
+    test runs twice: with every current version in the store's map, and with room there for ~15 only
+    (so most reads, searches and conditional writes find what they need in DuckDB)."""
+    store = Store() if request.param == "all in memory" else Store(cache_mb=0.02)
     with live_server(create_app(store)) as base:
         yield store, base
     store.close()

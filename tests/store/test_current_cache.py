@@ -4,6 +4,8 @@ exactly as one holding them all, and does not grow with the database."""
 from __future__ import annotations
 
 import copy
+import sys
+import threading
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -131,3 +133,73 @@ def test_duckdb_memory_is_limited_to_half_of_physical_memory_or_as_given() -> No
         assert limit_mib(given) == 300
     with Store() as default:
         assert abs(limit_mib(default) - default_db_memory_mb()) < 0.01 * default_db_memory_mb()
+
+
+def test_readers_never_take_a_stored_resource_for_absent_while_the_writer_updates_and_evicts() -> None:
+    """Readers run on other threads without a lock: an update must not open a moment without the entry,
+    nor an eviction a moment in which the map still says it is complete."""
+    database: dict[tuple[str, str], Current] = {}
+    cache = CurrentCache(200 * (ENTRY_OVERHEAD_BYTES + 100), lambda keys: {k: database[k] for k in keys if k in database})
+    writing: list[tuple[str, str]] = [("Patient", "0")]
+    stored: list[tuple[str, str]] = []
+    wrong: list[tuple[str, str]] = []
+    done = threading.Event()
+
+    def read() -> None:  # the key the writer is at, and every stored one in turn (evictions)
+        n = 0
+        while not done.is_set():
+            n += 1
+            for key in (writing[0], stored[n % len(stored)] if stored else writing[0]):
+                if key in database and cache.get(key) is None:
+                    wrong.append(key)
+
+    interval = sys.getswitchinterval()
+    sys.setswitchinterval(1e-6)  # switch threads as often as possible
+    readers = [threading.Thread(target=read) for _ in range(2)]
+    for t in readers:
+        t.start()
+    try:
+        for n in range(60_000):
+            key = ("Patient", str(n % 400))  # updates of 400 resources, more than the map holds: evictions too
+            cur = _entry(n)
+            database[key] = cur  # committed first, then put: as the store does
+            writing[0] = key
+            if n < 400:
+                stored.append(key)
+            cache.put(key, cur)
+    finally:
+        done.set()
+        for t in readers:
+            t.join()
+        sys.setswitchinterval(interval)
+    assert not wrong and not cache.complete
+
+
+def test_readers_never_see_the_first_eviction_half_done() -> None:
+    """The map must say it is incomplete before it drops its first entries, not after."""
+    size = 20_000
+    database = {("Patient", str(n)): _entry(n) for n in range(size + 1)}
+    oldest = ("Patient", "0")  # the first entry the first eviction drops
+    wrong = 0
+    interval = sys.getswitchinterval()
+    sys.setswitchinterval(1e-6)
+    try:
+        for _ in range(5):
+            cache = CurrentCache(size * (ENTRY_OVERHEAD_BYTES + 100), lambda keys: {k: database[k] for k in keys})
+            cache.fill(list(database.items())[:size], complete=True)
+            done = threading.Event()
+
+            def read(cache: CurrentCache = cache, done: threading.Event = done) -> None:
+                nonlocal wrong
+                while not done.is_set():
+                    wrong += cache.get(oldest) is None
+
+            reader = threading.Thread(target=read)
+            reader.start()
+            cache.put(("Patient", str(size)), database[("Patient", str(size))])  # over budget: ~2,000 dropped
+            done.set()
+            reader.join()
+            assert not cache.complete
+    finally:
+        sys.setswitchinterval(interval)
+    assert wrong == 0
