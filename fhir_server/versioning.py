@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import re
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from email.utils import format_datetime, parsedate_to_datetime
 
 from fhir_server.responses import FHIRError
@@ -50,20 +50,21 @@ def not_modified(if_none_match: str | None, modified_since: datetime | None, ver
             return True
         return any((m := _ETAG.match(t)) is not None and m.group(1) == str(version_id) for t in tags)
     if modified_since is not None:
-        return last_updated.replace(microsecond=0) <= modified_since
+        return last_updated <= modified_since
     return False
 
 
 def http_since(value: str | None) -> datetime | None:
-    """An ``If-Modified-Since`` header (an HTTP date) as an aware datetime; an unreadable one is ignored,
-    as HTTP says."""
+    """An ``If-Modified-Since`` header (an HTTP date) as an aware datetime: the last instant of the second
+    it names, since an HTTP date cannot say more (a version written later in that second counts as
+    seen). An unreadable one is ignored, as HTTP says."""
     if value is None:
         return None
     try:
         since = parsedate_to_datetime(value)
     except (TypeError, ValueError):
         return None
-    return since if since.tzinfo else since.replace(tzinfo=UTC)
+    return (since if since.tzinfo else since.replace(tzinfo=UTC)) + timedelta(microseconds=999_999)
 
 
 def parse_period(value: str, name: str) -> tuple[datetime, datetime]:

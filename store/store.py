@@ -46,10 +46,22 @@ DEFAULT_CACHE_MB = 2048
 """Memory for the map of current versions (``store.current_cache``): ~1.5 million Synthea-sized resources."""
 
 
+_CGROUP_LIMITS = (Path("/sys/fs/cgroup/memory.max"), Path("/sys/fs/cgroup/memory/memory.limit_in_bytes"))
+
+
 def default_db_memory_mb() -> float:
-    """DuckDB's memory limit unless one is given: half of physical memory (DuckDB's own default, 80 %,
-    leaves too little beside the map of current versions and a bulk import's open transaction)."""
-    return os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE") / 2**20 / 2
+    """DuckDB's memory limit unless one is given: half of the memory this process may use, physical or
+    its container's (cgroup v2 or v1) limit. DuckDB's own default, 80 %, leaves too little beside the
+    map of current versions and a bulk import's open transaction."""
+    available = os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    for path in _CGROUP_LIMITS:
+        try:
+            text = path.read_text().strip()
+        except OSError:
+            continue
+        if text.isdigit():  # "max" means none
+            available = min(available, int(text))
+    return available / 2**20 / 2
 
 
 @dataclass(frozen=True, slots=True)
@@ -225,6 +237,8 @@ class Store:
             for row in chunk:
                 newest.append(_current_row(row))
                 room -= entry_bytes(newest[-1][1])
+                if room <= 0:
+                    break
         cache.fill(reversed(newest), complete=False)
 
     def _load_rows(self, keys: list[tuple[str, str]]) -> dict[tuple[str, str], Current]:

@@ -170,6 +170,17 @@ def test_batch_get_entries_answer_as_the_rest_api(http: httpx.Client, patient: A
     assert http.head(f"Patient/{pid}").status_code == 405
 
 
+def test_batch_if_modified_since_is_a_fhir_instant_compared_to_the_microsecond(http: httpx.Client,
+                                                                               patient: Any) -> None:
+    first = http.put("Patient/ims1", json=patient("Ims") | {"id": "ims1"}).json()["meta"]["lastUpdated"]
+    later = http.put("Patient/ims1", json=patient("Ims", value="2") | {"id": "ims1"}).json()["meta"]["lastUpdated"]
+    assert later[:19] == first[:19] or later > first  # often the same second: the fraction decides
+    entries = http.post("", json=_tx([{"request": {"method": "GET", "url": "Patient/ims1", "ifModifiedSince": t}}
+                                      for t in (first, later)], kind="batch")).json()["entry"]
+    assert [e["response"]["status"] for e in entries] == ["200 OK", "304 Not Modified"]
+    assert entries[0]["resource"]["meta"]["versionId"] == "2"
+
+
 def test_batch_search_entries_answer_as_the_rest_search(http: httpx.Client, patient: Any,
                                                          observation: Any) -> None:
     pid = http.post("Patient", json=patient("Sbatch", value="sbatch")).json()["id"]

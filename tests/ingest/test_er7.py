@@ -122,7 +122,7 @@ def test_msh18_charset_decodes_latin1_bytes() -> None:
         ("MSH|^~\\&|A|B|C|D|2020|||1|P|2.5", ErrorCode.REQUIRED_FIELD_MISSING, "MSH", 1, 9),
         ("MSH|^~\\&|A|B|C|D|2020||ADT^A01||P|2.5", ErrorCode.REQUIRED_FIELD_MISSING, "MSH", 1, 10),
         ("MSH|^~\\&|A|B|C|D|2020||ADT^A01|1|X|2.5", ErrorCode.UNSUPPORTED_PROCESSING_ID, "MSH", 1, 11),
-        ("MSH|^~\\&|A|B|C|D|2020||ADT^A01|1|P|9.9", ErrorCode.UNSUPPORTED_VERSION_ID, "MSH", 1, 12),
+        ("MSH|^~\\&|A|B|C|D|2020||ADT^A01|1|P|3.0", ErrorCode.UNSUPPORTED_VERSION_ID, "MSH", 1, 12),
         (MSH + "\rPID|1\rpv1|bad", ErrorCode.SEGMENT_SEQUENCE_ERROR, "pv1", 3, None),
         (MSH + "\rPID|1\r" + MSH, ErrorCode.SEGMENT_SEQUENCE_ERROR, "MSH", 3, None),
     ],
@@ -162,3 +162,8 @@ def test_versions_23_to_28_all_parse() -> None:
             if entry.message is not None:
                 versions.add(entry.message.version[:3])
     assert {"2.3", "2.4", "2.5", "2.6", "2.7", "2.8"} <= versions
+
+
+@pytest.mark.parametrize("version", ["2.3", "2.5.1", "2.8.2", "2.9", "2.9.1"])
+def test_versions_of_table_0104_are_accepted(version: str) -> None:
+    assert parse_message(f"MSH|^~\\&|A|B|C|D|2020||ADT^A01|1|P|{version}\rPID|1").version == version

@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 import orjson
+import pytest
 
 from fhirtwin.settings import DEFAULT_CACHE_MB as SETTINGS_DEFAULT
 from store.current_cache import ENTRY_OVERHEAD_BYTES, Current, CurrentCache, entry_bytes
@@ -135,44 +136,32 @@ def test_duckdb_memory_is_limited_to_half_of_physical_memory_or_as_given() -> No
         assert abs(limit_mib(default) - default_db_memory_mb()) < 0.01 * default_db_memory_mb()
 
 
-def test_readers_never_take_a_stored_resource_for_absent_while_the_writer_updates_and_evicts() -> None:
-    """Readers run on other threads without a lock: an update must not open a moment without the entry,
-    nor an eviction a moment in which the map still says it is complete."""
-    database: dict[tuple[str, str], Current] = {}
-    cache = CurrentCache(200 * (ENTRY_OVERHEAD_BYTES + 100), lambda keys: {k: database[k] for k in keys if k in database})
-    writing: list[tuple[str, str]] = [("Patient", "0")]
-    stored: list[tuple[str, str]] = []
-    wrong: list[tuple[str, str]] = []
+def test_readers_never_take_a_stored_resource_for_absent_while_the_writer_updates_it() -> None:
+    """Readers run on other threads without a lock: an update must not open a moment without the entry."""
+    key = ("Patient", "p1")
+    cache = CurrentCache(10**9, lambda keys: {})
+    cache.put(key, _entry(0))
+    cache.put(("Patient", "p2"), _entry(0))  # a newer one: each update moves p1 to the newest end
+    misses = 0
     done = threading.Event()
 
-    def read() -> None:  # the key the writer is at, and every stored one in turn (evictions)
-        n = 0
+    def read() -> None:
+        nonlocal misses
         while not done.is_set():
-            n += 1
-            for key in (writing[0], stored[n % len(stored)] if stored else writing[0]):
-                if key in database and cache.get(key) is None:
-                    wrong.append(key)
+            misses += cache.get(key) is None
 
     interval = sys.getswitchinterval()
-    sys.setswitchinterval(1e-6)  # switch threads as often as possible
-    readers = [threading.Thread(target=read) for _ in range(2)]
-    for t in readers:
-        t.start()
+    sys.setswitchinterval(1e-6)
+    reader = threading.Thread(target=read)
+    reader.start()
     try:
-        for n in range(60_000):
-            key = ("Patient", str(n % 400))  # updates of 400 resources, more than the map holds: evictions too
-            cur = _entry(n)
-            database[key] = cur  # committed first, then put: as the store does
-            writing[0] = key
-            if n < 400:
-                stored.append(key)
-            cache.put(key, cur)
+        for n in range(1, 100_000):
+            cache.put(key if n % 2 else ("Patient", "p2"), _entry(n))
     finally:
         done.set()
-        for t in readers:
-            t.join()
+        reader.join()
         sys.setswitchinterval(interval)
-    assert not wrong and not cache.complete
+    assert misses == 0 and cache.complete and list(cache._written) == [("Patient", "p2"), key]
 
 
 def test_readers_never_see_the_first_eviction_half_done() -> None:
@@ -203,3 +192,15 @@ def test_readers_never_see_the_first_eviction_half_done() -> None:
     finally:
         sys.setswitchinterval(interval)
     assert wrong == 0
+
+
+def test_the_default_duckdb_limit_respects_a_container_limit(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from store import store as store_module
+
+    unlimited, limited = tmp_path / "memory.max", tmp_path / "memory.limit_in_bytes"
+    unlimited.write_text("max\n")
+    limited.write_text(f"{2**30}\n")
+    monkeypatch.setattr(store_module, "_CGROUP_LIMITS", (unlimited,))
+    physical = default_db_memory_mb()
+    monkeypatch.setattr(store_module, "_CGROUP_LIMITS", (unlimited, limited))
+    assert default_db_memory_mb() == min(physical, 512)  # half of the container's 1 GiB
