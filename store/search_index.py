@@ -108,11 +108,14 @@ def install(con: duckdb.DuckDBPyConnection) -> None:
             )
 
 
-def cluster(con: duckdb.DuckDBPyConnection) -> None:
-    """Rewrite the index tables (and current resources) sorted by patient, then type and value."""
-    for table, order in {**_CLUSTER, "resources_current": "patient_id, resource_type, id"}.items():
-        con.execute(f"CREATE OR REPLACE TABLE {table} AS SELECT * FROM {table} ORDER BY {order}")
-        con.execute(f"CREATE INDEX IF NOT EXISTS {table}_id ON {table} (id)")
+CLUSTERED = {**_CLUSTER, "resources_current": "patient_id, resource_type, id"}
+"""Tables :func:`cluster` rewrites, and their order: patient, then type and value."""
+
+
+def cluster(con: duckdb.DuckDBPyConnection, table: str) -> None:
+    """Rewrite ``table`` (one of :data:`CLUSTERED`) sorted by patient, then type and value."""
+    con.execute(f"CREATE OR REPLACE TABLE {table} AS SELECT * FROM {table} ORDER BY {CLUSTERED[table]}")
+    con.execute(f"CREATE INDEX IF NOT EXISTS {table}_id ON {table} (id)")
 
 
 # Indexed from the commit timestamp by the writer (``stamp_rows``), not from the resource: prepared rows

@@ -576,13 +576,19 @@ class Store:
 
         Appends land unsorted; after a bulk import (or at server start when the
         unsorted tail is large) this rewrite restores the clustering. It holds the
-        writer lock; readers keep their snapshot.
+        writer lock; readers keep their snapshot. One transaction per table: a rewrite
+        is held in DuckDB's memory until it commits, and all of them at once outgrew
+        a modest memory limit (``db_memory_mb``) at a million resources; the order of
+        rows is no part of the data, so a stop half-way loses nothing.
         """
-        with self._write_lock, self._transaction() as con:
-            search_index.cluster(con)
-            con.execute(
-                "INSERT OR REPLACE INTO store_meta VALUES ('clustered_rows', ?)", [str(self._current_rows())]
-            )
+        with self._write_lock:
+            for table in search_index.CLUSTERED:
+                with self._transaction() as con:
+                    search_index.cluster(con, table)
+            with self._transaction() as con:
+                con.execute(
+                    "INSERT OR REPLACE INTO store_meta VALUES ('clustered_rows', ?)", [str(self._current_rows())]
+                )
 
     # -- dead letters -------------------------------------------------------
     def dead_letter(
