@@ -1,5 +1,5 @@
-"""OBX-11 (HL7 table 0085) → Observation.status through the IG's vocabulary map, completed where
-the shared sheet leaves codes without a FHIR code; a value that was sent is never also absent."""
+"""OBX-11 (HL7 table 0085) → Observation.status through the IG's vocabulary map (codes the IG leaves
+unmapped are ``unknown``); a value that was sent is never also absent."""
 
 from __future__ import annotations
 
@@ -24,8 +24,8 @@ def _observation(obx: str) -> dict[str, Any]:
 @pytest.mark.parametrize(("code", "status"), [
     ("F", "final"), ("P", "preliminary"), ("C", "corrected"), ("A", "amended"), ("D", "entered-in-error"),
     ("W", "entered-in-error"), ("X", "cancelled"),
-    ("I", "registered"), ("R", "preliminary"), ("S", "preliminary"), ("U", "final"), ("V", "final"),
-    ("B", "amended"),
+    ("I", "unknown"), ("R", "unknown"), ("S", "unknown"), ("U", "unknown"), ("V", "unknown"),
+    ("B", "unknown"),  # "not mapped" in the IG's ConceptMap table-hl70085-to-observation-status 1.0.0
 ])
 def test_result_status(code: str, status: str) -> None:
     observation = _observation(f"OBX|1|NM|2345-7^Glucose^LN||95|mg/dL|70-99|N|||{code}")
