@@ -95,8 +95,9 @@ def phase_times(msgs: list[str]) -> dict[str, float]:
         structure = structure_of(msg)
         root = group_message(msg, structure=structure)
         t2 = clock()
-        mapper = m2._Mapper(msg, root, structure, "+00:00")
-        mapper.run(m2._rows_for(structure))  # type: ignore[arg-type]
+        family = m2._family(msg.msh.get(12, 1, 1))
+        mapper = m2._Mapper(msg, root, structure, family, "+00:00")
+        mapper.run(m2._rows_for(structure, family))  # type: ignore[arg-type]
         t3 = clock()
         mapper.assign_ids()
         t4 = clock()
