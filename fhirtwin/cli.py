@@ -233,10 +233,17 @@ CLUSTER_AFTER_ROWS = 50_000
 
 def _cluster_if_needed(store: Store, console: Console) -> None:
     """Re-sort the search index by patient when many rows arrived since the last time."""
+    import duckdb
+
     tail = store.unclustered_rows()
     if tail >= CLUSTER_AFTER_ROWS:
         with console.status(f"clustering the search index by patient ({tail:,} new resources)"):
-            store.optimize()
+            try:
+                store.optimize()
+            except duckdb.Error as exc:  # the data is committed; only the faster layout is missing
+                console.print(f"[yellow]clustering the search index stopped:[/] {str(exc).splitlines()[0]} "
+                              "(searches stay correct; it is tried again at the next import or start; "
+                              "a larger --db-memory-mb helps)", highlight=False)
 
 
 def cmd_serve(settings: Settings, console: Console) -> int:

@@ -144,3 +144,23 @@ def test_a_taken_mllp_port_is_a_clear_error(tmp_path: Path, command: str) -> Non
 def test_demo_with_a_missing_data_folder_says_so(tmp_path: Path) -> None:
     out = run("demo", "--no-serve", "--db", str(tmp_path / "d.duckdb"), "--data", str(tmp_path / "nope"))
     assert out.returncode == 2 and f"no such file or folder: {tmp_path / 'nope'}" in out.stdout.replace("\n", "")
+
+
+def test_an_import_whose_clustering_fails_keeps_its_data_and_says_so(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                                     capsys: pytest.CaptureFixture[str]) -> None:
+    import duckdb
+
+    from fhirtwin import cli
+    from store.store import Store
+
+    def out_of_memory(store: Store) -> None:
+        raise duckdb.OutOfMemoryException("Out of Memory Error: failed to pin block\nPossible solutions: …")
+
+    monkeypatch.setattr(cli, "CLUSTER_AFTER_ROWS", 1)
+    monkeypatch.setattr(Store, "optimize", out_of_memory)
+    db, patients = tmp_path / "t.duckdb", FIXTURES / "synthea" / "ndjson" / "Patient.ndjson"
+    assert cli.main(["ingest", "--db", str(db), str(patients)]) == 0
+    out = capsys.readouterr().out
+    assert "clustering the search index stopped: Out of Memory Error: failed to pin block (searches stay" in out
+    with Store(db, read_only=True) as store:
+        assert store.count("Patient") == len(patients.read_text().splitlines())
