@@ -95,7 +95,7 @@ def phase_times(msgs: list[str]) -> dict[str, float]:
         structure = structure_of(msg)
         root = group_message(msg, structure=structure)
         t2 = clock()
-        family = m2._family(msg.msh.get(12, 1, 1))
+        family = root.family
         mapper = m2._Mapper(msg, root, structure, family, "+00:00")
         mapper.run(m2._rows_for(structure, family))  # type: ignore[arg-type]
         t3 = clock()

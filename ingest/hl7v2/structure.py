@@ -51,6 +51,9 @@ class Group:
     items: list[Segment | Group] = field(default_factory=list)
     unexpected: list[Segment] = field(default_factory=list)
     repeats: bool = False  # the structure allows several instances: each one scopes its own resources
+    family: str = ""
+    """On the root: the version family whose structure definitions grouped the message (the mapper
+    reads its tables for the same family)."""
 
     def segment(self, seg_id: str) -> Segment | None:
         """First direct child segment with this id."""
@@ -265,8 +268,10 @@ def group_message(msg: Message, *, strict: bool = False, structure: str | None =
         if len(_RECIPES) >= _RECIPE_LIMIT:
             _RECIPES.clear()
         _RECIPES[key] = _recipe(root, {id(s): i for i, s in enumerate(segments)})
-        return root
-    return _rebuild(recipe, segments)
+    else:
+        root = _rebuild(recipe, segments)
+    root.family = family
+    return root
 
 
 _Recipe = tuple[str, bool, tuple[Any, ...], tuple[int, ...]]

@@ -61,6 +61,8 @@ class GroupLike(Protocol):
     name: str
     items: Sequence[Any]
     repeats: bool
+    family: str
+    """On the root: the version family of the structure definitions that grouped the message."""
 
 
 class MessageLike(Protocol):
@@ -244,16 +246,6 @@ def _rows_for(structure: str, family: str) -> _Rows | None:
         return None
     groups = structure_groups()[family].get(structure)
     return _Rows(rows, frozenset(groups) if groups is not None else None)
-
-
-@cache
-def _family(version: str) -> str:
-    """The structure family a message of this MSH-12 version is grouped by: the grouping
-    reads v2.7 and later with the v2.8 structures (PRT, ARV, COMMON_ORDER …), older
-    versions with v2.5.1."""
-    parts = version.split(".")
-    minor = int(parts[1]) if len(parts) > 1 and parts[1].isdigit() else 5
-    return "2.8" if minor >= 7 else "2.5.1"
 
 
 def _scope(chain: tuple[Any, ...], root: GroupLike) -> Any:
@@ -829,7 +821,7 @@ def map_grouped(
 
     ``default_tz`` is used for times sent without an offset when MSH-7 has none either.
     """
-    family = _family(msg.msh.get(12, 1, 1))
+    family = root.family
     rows = _rows_for(structure, family)
     if rows is None or not is_mapped(structure, event):
         return MappingResult(structure, False, notes=[f"{event or structure} is not mapped"])
