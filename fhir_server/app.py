@@ -225,9 +225,10 @@ def create_app(store: Any) -> FastAPI:
 
     @app.get("/fhir/{rtype}/{rid}")
     async def read(rtype: str, rid: str, request: Request) -> Response:
-        cache = store.cache  # the map answers on the event loop; what it may not hold is read in the pool
-        held = cache.complete or cache.peek((rtype, rid)) is not None
-        cur = service.current(rtype, rid) if held else await in_pool(service.current, rtype, rid)
+        if store.cache.holds((rtype, rid)):  # the map answers on the event loop, DuckDB in the pool
+            cur = service.current(rtype, rid)
+        else:
+            cur = await in_pool(service.current, rtype, rid)
         headers = version_headers(cur.version_id, cur.last_updated)
         conditional = request.headers
         if not_modified(conditional.get("if-none-match"), http_since(conditional.get("if-modified-since")),

@@ -39,8 +39,8 @@ def search_page(service: FhirService, base: str, rtype: str | None, pairs: list[
 
 def _held(service: FhirService, result: SearchResult) -> bool:
     """Whether the page's resources can be read without DuckDB."""
-    cache = service.store.cache
-    return cache.complete or all(cache.peek(key) is not None for key in (*result.keys, *result.included))
+    holds = service.store.cache.holds
+    return all(holds(key) for key in (*result.keys, *result.included))
 
 
 def answer_search(service: FhirService, base: str, rtype: str | None, pairs: list[tuple[str, str]],

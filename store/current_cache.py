@@ -72,9 +72,9 @@ class CurrentCache:
         """The memory the entries are counted for."""
         return self._bytes
 
-    def peek(self, key: Key) -> Current | None:
-        """The entry if the map holds it, without asking the database (a cheap check for event loops)."""
-        return self._map.get(key)
+    def holds(self, key: Key) -> bool:
+        """Whether :meth:`get` answers ``key`` without asking the database (a check for event loops)."""
+        return self.complete or key in self._map
 
     def get(self, key: Key) -> Current | None:
         cur = self._map.get(key)
