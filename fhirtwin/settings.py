@@ -55,20 +55,21 @@ def env_port(name: str, fallback: int) -> int:
     return _env_parsed(name, fallback, port, "a port number from 0 to 65535")
 
 
+def _positive(text: str, unit: str, *, finite: bool) -> float:
+    value = float(text)
+    if not value > 0 or (finite and value == float("inf")):  # "not >" also refuses nan
+        raise ValueError(f"not a positive number of {unit}: {text!r}")
+    return value
+
+
 def positive_seconds(text: str) -> float:
     """A positive number of seconds (ValueError otherwise: argparse reports it for flags)."""
-    value = float(text)
-    if not value > 0:  # also refuses nan
-        raise ValueError(f"not a positive number of seconds: {text!r}")
-    return value
+    return _positive(text, "seconds", finite=False)
 
 
 def megabytes(text: str) -> float:
     """A positive amount of memory in MB (ValueError otherwise: argparse reports it for flags)."""
-    value = float(text)
-    if not 0 < value < float("inf"):  # also refuses nan
-        raise ValueError(f"not a positive number of megabytes: {text!r}")
-    return value
+    return _positive(text, "megabytes", finite=True)
 
 
 def env_megabytes(name: str, fallback: float | None) -> float | None:
