@@ -26,7 +26,7 @@ from ingest.fhir_xml import FhirXmlError, xml_to_resource
 from ingest.hl7v2 import HL7Error, read_batch
 from ingest.hl7v2.processor import INBOX_LETTERS, Mapper, default_mapper, map_v2
 from ingest.hl7v2.timezone import DEFAULT_TIMEZONE
-from ingest.hl7v2.write_policy import create_only
+from ingest.hl7v2.write_policy import create_only, in_one_write
 from ingest.r4_check import r4_validator
 from ingest.records import Problem, Record
 from store.prepare import PreparedBatch
@@ -210,10 +210,7 @@ class Ingestor:
         return summary
 
     def _flush(self, batch: list[Record], summary: IngestSummary) -> None:
-        creates, start = set(), 0
-        for rec in batch:
-            creates.update(start + k for k in rec.create_only)
-            start += len(rec.resources)
+        creates = in_one_write((len(rec.resources), rec.create_only) for rec in batch)
         try:
             results = self.store.write([res for rec in batch for res in rec.resources], if_absent=creates)
         except StoreError:

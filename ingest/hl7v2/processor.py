@@ -33,7 +33,7 @@ from ingest.hl7v2.errors import ErrorCode, HL7Error
 from ingest.hl7v2.inbox import Inbox, error_issue
 from ingest.hl7v2.structure import group_message, required_segments, structure_of
 from ingest.hl7v2.timezone import DEFAULT_TIMEZONE, offset_at
-from ingest.hl7v2.write_policy import create_only
+from ingest.hl7v2.write_policy import create_only, in_one_write
 from mapping.v2 import map_grouped
 from store.prepare import PreparedBatch, prepare
 from store.store import Store, StoreError
@@ -202,10 +202,7 @@ def map_batch(works: list[Work], mapper: Mapper | None = None) -> Mapped:
     while True:
         flat = [r for res in resources for r in res]
         owner = [i for i, res in enumerate(resources) for _ in res]
-        starts = [0]
-        for res in resources:
-            starts.append(starts[-1] + len(res))
-        prepared, refused = prepare(flat, {starts[i] + k for i, only in enumerate(creates) for k in only})
+        prepared, refused = prepare(flat, in_one_write(zip(map(len, resources), creates, strict=True)))
         if not refused:
             break
         for pos, exc in refused:  # rare: drop the messages concerned and prepare the rest again

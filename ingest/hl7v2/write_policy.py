@@ -12,6 +12,7 @@ when it is missing, and otherwise leave the stored one as it is.
 from __future__ import annotations
 
 import json
+from collections.abc import Collection, Iterable
 from functools import cache
 from pathlib import Path
 from typing import Any
@@ -30,3 +31,14 @@ def create_only(message_type: str, resources: list[dict[str, Any]]) -> frozenset
     owners = _owners()
     return frozenset(i for i, res in enumerate(resources)
                      if (owned := owners.get(res.get("resourceType", ""))) is not None and message_type not in owned)
+
+
+def in_one_write(parts: Iterable[tuple[int, Collection[int]]]) -> set[int]:
+    """The create-only positions of several messages' resources written as one list; ``parts`` holds,
+    per message in order, its number of resources and its :func:`create_only` positions."""
+    out: set[int] = set()
+    start = 0
+    for count, positions in parts:
+        out.update(start + k for k in positions)
+        start += count
+    return out
