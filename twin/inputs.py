@@ -61,13 +61,19 @@ class InputSet:
 
     references: list[str] = field(default_factory=list)
     versions: list[str] = field(default_factory=list)
+    _seen: set[str] = field(default_factory=set, repr=False)
 
-    def add(self, store: Store, rtype: str, rid: str) -> None:
-        cur = store.current(rtype, rid)
-        ref = f"{rtype}/{rid}"
-        if ref not in self.references:
-            self.references.append(ref)
-            self.versions.append(f"{ref}/_history/{cur.version_id if cur else 0}")
+    def add(self, store: Store, rtype: str, *rids: str) -> None:
+        """Record resources of one type the fit used (their versions read at once: a fit over 14 days
+        of CGM uses thousands)."""
+        current = store.current_many([(rtype, rid) for rid in rids])
+        for rid in rids:
+            ref = f"{rtype}/{rid}"
+            if ref not in self._seen:
+                self._seen.add(ref)
+                cur = current.get((rtype, rid))
+                self.references.append(ref)
+                self.versions.append(f"{ref}/_history/{cur.version_id if cur else 0}")
 
     @property
     def fingerprint(self) -> str:
@@ -127,13 +133,11 @@ def glucose_inputs(store: Store, patient_id: str, origin: datetime) -> tuple[Glu
     def minutes(t: datetime) -> float:
         return (t - start).total_seconds() / 60.0
 
-    for _, r in readings:
-        used.add(store, "Observation", r["id"])
+    used.add(store, "Observation", *(r["id"] for _, r in readings))
     carbs = [(t, r) for t, r in _timed(view_rows(store, "carbohydrate_intake", patient_id), "effective_time", origin)
              if t >= start and _plausible(r, "carbs_g")]
-    for _, r in carbs:
-        used.add(store, "Observation", r["id"])
-    boluses, basal = [], []
+    used.add(store, "Observation", *(r["id"] for _, r in carbs))
+    boluses, basal, insulin = [], [], []
     for t, r in _timed(view_rows(store, "insulin_administrations", patient_id), "start_time", origin):
         end = parse_time(r.get("end_time"))
         if r.get("kind") == "basal" and _plausible(r, "rate_u_per_h"):
@@ -145,7 +149,8 @@ def glucose_inputs(store: Store, patient_id: str, origin: datetime) -> tuple[Glu
             boluses.append((t, float(r["dose_u"])))
         else:
             continue
-        used.add(store, "MedicationAdministration", r["id"])
+        insulin.append(r["id"])
+    used.add(store, "MedicationAdministration", *insulin)
     data = GlucoseData(
         t_min=np.array([minutes(t) for t, _ in readings]),
         glucose_mg_dl=np.array([float(r["glucose_mg_dl"]) for _, r in readings]),
@@ -232,9 +237,8 @@ def dosing_inputs(store: Store, patient_id: str, origin: datetime) -> tuple[Dosi
     for t, r in doses:
         end = parse_time(r.get("end_time"))
         infusion.append(max((end - t).total_seconds() / 3600.0, 1.0 / 60.0) if end else 1.0)
-        used.add(store, "MedicationAdministration", r["id"])
-    for _, r in levels:
-        used.add(store, "Observation", r["id"])
+    used.add(store, "MedicationAdministration", *(r["id"] for _, r in doses))
+    used.add(store, "Observation", *(r["id"] for _, r in levels))
     data = DosingData(
         dose_start_h=np.array([hours(t) for t, _ in doses]),
         dose_mg=np.array([float(r["dose_mg"]) for _, r in doses]),
