@@ -26,7 +26,7 @@ from ingest.fhir_xml import FhirXmlError, xml_to_resource
 from ingest.hl7v2 import HL7Error, read_batch
 from ingest.hl7v2.processor import INBOX_LETTERS, Mapper, default_mapper, map_v2
 from ingest.hl7v2.timezone import DEFAULT_TIMEZONE
-from ingest.hl7v2.write_policy import create_only, in_one_write
+from ingest.hl7v2.write_policy import create_only, in_one_write, merges
 from ingest.r4_check import r4_validator
 from ingest.records import Problem, Record
 from store.prepare import PreparedBatch
@@ -84,6 +84,7 @@ def hl7_records(data: str | bytes, source: str, mapper: Mapper = map_v2) -> Iter
                 if result.mapped:
                     rec.resources = result.resources
                     rec.create_only = create_only(entry.message.message_type, result.resources)
+                    rec.merges = merges(result.resources)
                 else:
                     msg = entry.message
                     rec.problems.append(Problem(f"{msg.message_type}^{msg.trigger_event} is not mapped to FHIR",
@@ -211,13 +212,15 @@ class Ingestor:
 
     def _flush(self, batch: list[Record], summary: IngestSummary) -> None:
         creates = in_one_write((len(rec.resources), rec.create_only) for rec in batch)
+        merged = in_one_write((len(rec.resources), rec.merges) for rec in batch)
         try:
-            results = self.store.write([res for rec in batch for res in rec.resources], if_absent=creates)
+            results = self.store.write([res for rec in batch for res in rec.resources], if_absent=creates,
+                                       merge=merged)
         except StoreError:
             # One bad resource must not sink the batch: retry record by record to isolate it.
             for rec in batch:
                 try:
-                    results = self.store.write(rec.resources, if_absent=rec.create_only)
+                    results = self.store.write(rec.resources, if_absent=rec.create_only, merge=rec.merges)
                 except StoreError as exc:
                     rec.problems.append(Problem(str(exc), exc.expression, exc.code))
                     self._refuse(rec, summary)

@@ -5,6 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+from store.merge import Merge
+
 
 @dataclass(slots=True)
 class Problem:
@@ -35,6 +37,8 @@ class Record:
     format: str = "json"
     create_only: frozenset[int] = frozenset()
     """Positions of ``resources`` written only when missing (``Store.write(if_absent=…)``)."""
+    merges: dict[int, Merge] = field(default_factory=dict)
+    """Positions of ``resources`` combined with their stored version (``Store.write(merge=…)``)."""
 
     @property
     def ok(self) -> bool:

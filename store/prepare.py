@@ -9,7 +9,7 @@ timestamp) and the DuckDB transaction. Small writes run the same steps in proces
 
 from __future__ import annotations
 
-from collections.abc import Collection
+from collections.abc import Collection, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -19,6 +19,7 @@ import pyarrow as pa
 from store import search_index
 from store.compartment import patients_of
 from store.ids import FHIR_ID, assign_id, content_hash
+from store.merge import Merge
 
 # Stand-ins for the store meta in a prepared body; orjson writes the NUL as ``\u0000``.
 _VERSION_MARK = "\x00fhirtwin:versionId"
@@ -91,6 +92,8 @@ class PreparedBatch:
     index: dict[str, pa.Table] = field(default_factory=dict)
     if_absent: frozenset[int] = frozenset()
     """Positions written only when the resource has no current version (see :meth:`Store.write`)."""
+    merges: dict[int, Merge] = field(default_factory=dict)
+    """Positions combined with the version they update (see :meth:`Store.write`)."""
 
     def __len__(self) -> int:
         return len(self.ids)
@@ -105,6 +108,10 @@ class PreparedBatch:
         head, middle, tail = parts
         return b"".join((head, orjson.dumps(version_id), middle, orjson.dumps(last_updated), tail))
 
+    def resources(self) -> list[dict[str, Any]]:
+        """The prepared resources again, as dicts (their store meta is set again when written)."""
+        return [orjson.loads(self.body(i, "", "")) for i in range(len(self))]
+
 
 def _split_at_marks(marked: bytes) -> tuple[bytes, bytes, bytes] | bytes:
     """The serialized body around its two marks, or the whole body when a mark's text occurs elsewhere."""
@@ -115,10 +122,11 @@ def _split_at_marks(marked: bytes) -> tuple[bytes, bytes, bytes] | bytes:
     return head, middle, tail
 
 
-def prepare(resources: list[dict[str, Any]], if_absent: Collection[int] = ()
-            ) -> tuple[PreparedBatch, list[tuple[int, StoreError]]]:
+def prepare(resources: list[dict[str, Any]], if_absent: Collection[int] = (),
+            merges: Mapping[int, Merge] | None = None) -> tuple[PreparedBatch, list[tuple[int, StoreError]]]:
     """Prepare resources (modified in place: ids assigned, store meta stamped with marks); those at the
-    positions ``if_absent`` are to be written only when missing (see :meth:`Store.write`).
+    positions ``if_absent`` are to be written only when missing, those in ``merges`` combined with the
+    version they update (see :meth:`Store.write`).
 
     The ones the store would refuse are left out and returned as (position, error).
     """
@@ -134,6 +142,8 @@ def prepare(resources: list[dict[str, Any]], if_absent: Collection[int] = ()
             continue
         if i in if_absent:
             absent.add(len(kept))
+        if merges and i in merges:
+            batch.merges[len(kept)] = merges[i]
         kept.append(res)
         batch.types.append(rtype)
         batch.ids.append(rid)

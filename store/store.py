@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import os
 import threading
-from collections.abc import Collection, Iterable, Iterator, Sequence
+from collections.abc import Collection, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -30,12 +30,14 @@ from store import search_index
 from store.compartment import patients_of
 from store.current_cache import ENTRY_OVERHEAD_BYTES, EVICT_TO, Current, CurrentCache, entry_bytes
 from store.ids import stable_id
+from store.merge import Merge, merged
 from store.prepare import (
     PreparedBatch,
     StoreError,
     first_patient,
     identify,
     load_arrow_conversions,
+    prepare,
     stamp_meta,
 )
 from store.schema import ensure_schema
@@ -410,18 +412,23 @@ class Store:
         with self._write_lock, self._transaction() as con:
             yield con
 
-    def write(self, resources: Iterable[dict[str, Any]], *, if_absent: Collection[int] = ()) -> list[WriteResult]:
+    def write(self, resources: Iterable[dict[str, Any]], *, if_absent: Collection[int] = (),
+              merge: Mapping[int, Merge] | None = None) -> list[WriteResult]:
         """Write resources as one all-or-nothing batch; identical content makes no new version.
 
         The resources at the positions ``if_absent`` are written only when they have no current version
         (stored, or earlier in the batch); otherwise the stored one stays, as if they were unchanged (a
         lab message's Patient, say, must not replace the demographics an admission message wrote).
+        Those at the positions of ``merge`` are combined, by its rule, with the version they update
+        (:mod:`store.merge`: an HL7 merge names the record merged away without its demographics).
 
-        Resources are modified in place: ``id`` assigned if missing and ``meta``
+        Resources are modified in place: ``id`` assigned if missing, merged content, and ``meta``
         versionId/lastUpdated set for those that changed.
         """
         with self._write_lock:
             batch = list(resources)
+            if merge:
+                self._merge_bases(batch, merge, if_absent, {})
             keys = [identify(res) for res in batch]
             patients = [tuple(patients_of(res)) for res in batch]
             ts = self._next_timestamp()
@@ -460,6 +467,8 @@ class Store:
             overlay: dict[tuple[str, str], Current] = {}
             out: list[list[WriteResult]] = []
             for batch in batches:
+                if batch.merges:
+                    batch = self._merged_batch(batch, rows)
                 ts = self._next_timestamp()
                 staged, results, replaced = self._stage(list(zip(batch.types, batch.ids, batch.hashes, strict=True)),
                                                         ts, overlay, batch.patients, batch.if_absent)
@@ -478,6 +487,50 @@ class Store:
             for results in out:
                 self._notify(results)
             return out
+
+    def _merged_batch(self, batch: PreparedBatch, pending: _Rows) -> PreparedBatch:
+        """``batch`` with its ``merges`` applied (prepared again: rare, a merge has a stored base only
+        after the records it merges were written); ``pending`` holds the transaction's earlier rows."""
+        written = {key: pending.blobs[i] for key, i in pending.latest.items()}
+        keys = {(batch.types[pos], batch.ids[pos]) for pos in batch.merges}
+        last = max(batch.merges)
+        if not (keys & {key for key, blob in written.items() if blob is not None}
+                or keys & set(zip(batch.types[:last], batch.ids[:last], strict=True))
+                or any(not cur.deleted for cur in self._current.get_many(keys - written.keys()).values())):
+            return batch
+        resources = batch.resources()
+        if not self._merge_bases(resources, batch.merges, batch.if_absent, written):
+            return batch
+        again, refused = prepare(resources, batch.if_absent)
+        if refused:
+            raise refused[0][1]
+        return again
+
+    def _merge_bases(self, resources: list[dict[str, Any]], merge: Mapping[int, Merge], if_absent: Collection[int],
+                     written: Mapping[tuple[str, str], bytes | None]) -> bool:
+        """Combine, in place, each resource at a ``merge`` position with the version it updates: the
+        latest one of its key earlier in ``resources`` (that is written), else one ``written`` earlier in
+        the transaction, else the stored one; without any it stays as given. True when one changed."""
+        keys = {(resources[pos].get("resourceType"), resources[pos].get("id")) for pos in merge}
+        stored = self._current.get_many(k for k in keys if k not in written)
+        latest: dict[Any, Any] = {k: written[k] if k in written else (stored[k].json if k in stored else None)
+                                  for k in keys}
+        changed = False
+        for pos, res in enumerate(resources):
+            key = (res.get("resourceType"), res.get("id"))
+            if key not in latest:
+                continue
+            base = latest[key]
+            if pos in if_absent and base is not None:
+                continue
+            rule = merge.get(pos)
+            if rule is not None and base is not None:
+                combined = merged(orjson.loads(base) if isinstance(base, bytes) else base, res, rule)
+                res.clear()
+                res.update(combined)
+                changed = True
+            latest[key] = res
+        return changed
 
     def _stage(
         self, keys: list[tuple[str, str, str]], ts: datetime, overlay: dict[tuple[str, str], Current],

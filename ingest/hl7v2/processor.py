@@ -33,7 +33,7 @@ from ingest.hl7v2.errors import ErrorCode, HL7Error
 from ingest.hl7v2.inbox import Inbox, error_issue
 from ingest.hl7v2.structure import group_message, required_segments, structure_of
 from ingest.hl7v2.timezone import DEFAULT_TIMEZONE, offset_at
-from ingest.hl7v2.write_policy import create_only, in_one_write
+from ingest.hl7v2.write_policy import create_only, in_one_write, merges
 from mapping.v2 import map_grouped
 from store.prepare import PreparedBatch, prepare
 from store.store import Store, StoreError
@@ -202,7 +202,9 @@ def map_batch(works: list[Work], mapper: Mapper | None = None) -> Mapped:
     while True:
         flat = [r for res in resources for r in res]
         owner = [i for i, res in enumerate(resources) for _ in res]
-        prepared, refused = prepare(flat, in_one_write(zip(map(len, resources), creates, strict=True)))
+        counts = list(map(len, resources))
+        prepared, refused = prepare(flat, in_one_write(zip(counts, creates, strict=True)),
+                                    in_one_write((n, merges(res)) for n, res in zip(counts, resources, strict=True)))
         if not refused:
             break
         for pos, exc in refused:  # rare: drop the messages concerned and prepare the rest again
@@ -262,7 +264,8 @@ def _write_one_by_one(
         msg = parse_stored(works[i].raw)
         try:
             resources = mapper(msg).resources
-            written = store.write(resources, if_absent=create_only(msg.message_type, resources))
+            written = store.write(resources, if_absent=create_only(msg.message_type, resources),
+                                  merge=merges(resources))
         except StoreError as exc:
             outcomes[i] = _failure(works[i].inbox_id, msg, _store_error(exc))
             continue

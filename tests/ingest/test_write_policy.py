@@ -113,3 +113,95 @@ def test_prepared_batches_carry_their_positions_past_refused_resources() -> None
     kept, created = store.write_prepared(prepared)
     assert (kept.outcome, created.outcome) == ("unchanged", "created")
     assert store.read("Patient", "p1")["name"][0]["family"] == "Full"
+
+
+# Resources sent in part are combined with what is stored (``merges`` in the policy's data file).
+OLD_ADMIT = ("MSH|^~\\&|ADT|H|EHR|H|20190401090000||ADT^A01^ADT_A01|adm-56789|P|2.8\r"
+             "EVN|A01|20190401090000\r"
+             "PID|1||56789^^^BCBS^MR||Berry^Alice^M||19700102|F|||9 Old Road^^Cary^NC^27511\r"
+             "PV1|1|I|W1^101^1\r")
+MERGE = (FIXTURES / "ADT-A40-01.hl7").read_text().replace("\n", "\r")
+
+
+def _patients_by_mrn(store: Store) -> dict[str, dict[str, Any]]:
+    rows = store.cursor().execute(
+        "SELECT id FROM resources_current WHERE resource_type = 'Patient' AND NOT deleted").fetchall()
+    out = {}
+    for (rid,) in rows:
+        res = store.read("Patient", rid)
+        out[res["identifier"][0]["value"]] = res
+    return out
+
+
+def _assert_merged_away_keeps_its_demographics(store: Store) -> None:
+    patients = _patients_by_mrn(store)
+    old, survivor = patients["56789"], patients["12345"]
+    assert old["name"][0]["family"] == "Berry" and old["birthDate"] == "1970-01-02"
+    assert old["address"][0]["city"] == "Cary"
+    assert old["active"] is False
+    assert old["link"] == [{"type": "replaced-by", "other": {"reference": f"Patient/{survivor['id']}"}}]
+    assert survivor["link"] == [{"type": "replaces", "other": {"reference": f"Patient/{old['id']}"}}]
+
+
+def test_files_a_merge_keeps_the_demographics_of_the_record_it_retires(tmp_path: Path) -> None:
+    admit, merge = tmp_path / "admit.hl7", tmp_path / "merge.hl7"
+    admit.write_text(OLD_ADMIT)
+    merge.write_text(MERGE)
+    store = Store()
+    Ingestor(store).ingest_paths([admit])
+    Ingestor(store).ingest_paths([merge])
+    _assert_merged_away_keeps_its_demographics(store)
+    Ingestor(store).ingest_paths([merge])  # the merge sent again changes nothing
+    assert _patients_by_mrn(store)["56789"]["meta"]["versionId"] == "2"
+    # one file holding both: the merge applies to the admission written just before it
+    both = tmp_path / "both.hl7"
+    both.write_text(OLD_ADMIT + MERGE)
+    store = Store()
+    Ingestor(store).ingest_paths([both])
+    _assert_merged_away_keeps_its_demographics(store)
+
+
+def test_files_a_merge_of_an_unknown_record_writes_what_the_message_says(tmp_path: Path) -> None:
+    merge = tmp_path / "merge.hl7"
+    merge.write_text(MERGE)
+    store = Store()
+    Ingestor(store).ingest_paths([merge])
+    old = _patients_by_mrn(store)["56789"]
+    assert old["active"] is False and "name" not in old
+
+
+@pytest.mark.parametrize("together", [True, False])
+def test_mllp_a_merge_keeps_the_demographics_of_the_record_it_retires(together: bool) -> None:
+    store = Store()
+    works = [Work(1, OLD_ADMIT), Work(2, MERGE)]
+    batches = [works] if together else [[w] for w in works]
+    for batch in batches:
+        assert [o.status for o in write_mapped(store, batch, map_batch(batch))] == ["processed"] * len(batch)
+    _assert_merged_away_keeps_its_demographics(store)
+
+
+def _result(control: str, obx5: str, units: str, status: str) -> str:
+    return (f"MSH|^~\\&|LAB|H|EHR|H|20260301120000||ORU^R01^ORU_R01|{control}|P|2.5.1\r"
+            "PID|1||555^^^H^MR||Doe^Jane\r"
+            "OBR|1|P1|F1|2345-7^Glucose^LN|||20260301110000\r"
+            f"OBX|1|NM|2345-7^Glucose^LN|1|{obx5}|{units}|||||{status}|||20260301110000\r")
+
+
+@pytest.mark.parametrize("path", ["files", "mllp"])
+def test_a_status_change_without_the_value_keeps_the_value(path: str, tmp_path: Path) -> None:
+    store = Store()
+    messages = [_result("r1", "105", "mg/dL^mg/dL^UCUM", "P"), _result("r2", "", "", "U")]
+    for i, text in enumerate(messages):
+        if path == "files":
+            f = tmp_path / f"{i}.hl7"
+            f.write_text(text)
+            Ingestor(store).ingest_paths([f])
+        else:
+            write_mapped(store, [Work(i + 1, text)], map_batch([Work(i + 1, text)]))
+    observation = _one(store, "Observation")
+    assert observation["valueQuantity"]["value"] == 105 and observation["meta"]["versionId"] == "2"
+    assert observation["status"] != "preliminary"  # the status is the new message's
+    # a corrected value still replaces it
+    text = _result("r3", "110", "mg/dL^mg/dL^UCUM", "C")
+    write_mapped(store, [Work(3, text)], map_batch([Work(3, text)]))
+    assert _one(store, "Observation")["valueQuantity"]["value"] == 110
