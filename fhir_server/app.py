@@ -25,6 +25,7 @@ from fhir_server.bodies import FORM_TYPE, media_type, parse_body, parse_form, pa
 from fhir_server.capability import capability_statement
 from fhir_server.cors import add_cors
 from fhir_server.history import history_page
+from fhir_server.internal_errors import InternalErrors
 from fhir_server.operations import register_operations
 from fhir_server.query import criteria, query_pairs, strict_handling
 from fhir_server.responses import (
@@ -119,32 +120,30 @@ def history_response(service: FhirService, request: Request, rtype: str | None, 
     return render(body, fmt, shape_body=False)
 
 
-def install_error_handlers(app: FastAPI) -> None:
-    """Every error leaves as an OperationOutcome in the format the client asked for."""
+def error_format(request: Request) -> OutputFormat:
+    """The format an error answers in: the client's, or JSON when its request names none we write."""
+    try:
+        return negotiate(request)
+    except FHIRError:
+        return JSON_OUTPUT
 
-    def fmt_of(request: Request) -> OutputFormat:
-        try:
-            return negotiate(request)
-        except FHIRError:
-            return JSON_OUTPUT
+
+def install_error_handlers(app: FastAPI) -> None:
+    """Every error leaves as an OperationOutcome in the format the client asked for (unexpected
+    exceptions through :class:`InternalErrors`, which ``create_app`` puts inside the CORS layer)."""
 
     @app.exception_handler(FHIRError)
     async def _fhir_error(request: Request, exc: FHIRError) -> Response:
-        return error_response(exc, fmt_of(request))
+        return error_response(exc, error_format(request))
 
     @app.exception_handler(StarletteHTTPException)
     async def _http_error(request: Request, exc: StarletteHTTPException) -> Response:
         code = {404: "not-found", 405: "not-supported"}.get(exc.status_code, "processing")
-        return error_response(FHIRError(exc.status_code, str(exc.detail), code=code), fmt_of(request))
+        return error_response(FHIRError(exc.status_code, str(exc.detail), code=code), error_format(request))
 
     @app.exception_handler(RequestValidationError)
     async def _validation_error(request: Request, exc: RequestValidationError) -> Response:
-        return error_response(FHIRError(400, str(exc.errors()), code="invalid"), fmt_of(request))
-
-    @app.exception_handler(Exception)
-    async def _unexpected(request: Request, exc: Exception) -> Response:
-        return error_response(FHIRError(500, f"internal error: {type(exc).__name__}", code="exception"),
-                              fmt_of(request))
+        return error_response(FHIRError(400, str(exc.errors()), code="invalid"), error_format(request))
 
 
 def create_app(store: Any) -> FastAPI:
@@ -158,7 +157,8 @@ def create_app(store: Any) -> FastAPI:
     app.state.store = store
     app.state.service = service
     install_error_handlers(app)
-    add_cors(app)
+    app.add_middleware(InternalErrors, fmt_of=lambda scope: error_format(Request(scope)))
+    add_cors(app)  # added last: the outermost layer, so every answer carries its headers
 
     async def in_pool(fn: Callable[..., Any], *args: Any) -> Any:
         return await run_in_threadpool(fn, *args)

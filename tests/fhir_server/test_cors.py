@@ -5,6 +5,10 @@ from __future__ import annotations
 from typing import Any
 
 import httpx
+from support import live_server
+
+from fhir_server.app import create_app
+from store.store import Store
 
 ORIGIN = "https://app.example.org"
 
@@ -43,3 +47,21 @@ def test_no_smart_configuration_and_capability_says_open_with_cors(http: httpx.C
     security = http.get("metadata").json()["rest"][0]["security"]
     assert security["cors"] is True
     assert "no authorization server" in security["description"].lower()
+
+
+
+def test_an_unexpected_failure_answers_500_with_cors_headers_and_the_server_keeps_serving() -> None:
+    store = Store()
+    store.write([{"resourceType": "Patient", "id": "p1", "active": True}])
+
+    def broken(*_args: Any) -> None:
+        raise RuntimeError("disk on fire")
+
+    with live_server(create_app(store)) as base, httpx.Client(base_url=base + "/", timeout=30) as client:
+        working, store.current = store.current, broken  # a fault inside the store, as a failing disk would raise
+        r = client.get("Patient/p1", headers={"Origin": ORIGIN, "Accept": "application/fhir+xml"})
+        assert r.status_code == 500 and r.headers["access-control-allow-origin"] == "*"
+        assert r.headers["content-type"].startswith("application/fhir+xml")  # the format the client asked for
+        assert "internal error: RuntimeError" in r.text and "disk on fire" not in r.text
+        store.current = working
+        assert client.get("Patient/p1", headers={"Origin": ORIGIN}).json()["active"] is True
