@@ -9,6 +9,7 @@ keys ``_include``/``_revinclude`` add; bodies come from the store's hot map.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -220,6 +221,21 @@ def _string_cond(q: _Sql, value: str, modifier: str | None) -> str:
     return f"starts_with(value, {q.arg(norm(value))})"
 
 
+_JSON_STRING_CHAR = r'(?:[^"\\]|\\.)*'
+"""A character of a JSON string's text, as RE2 reads it (an escape is one)."""
+
+
+def _text_cond(q: _Sql, code: str, value: str) -> str:
+    """``_text``: the narrative's text, its markup left out; ``_content``: the resource's string values
+    (a term that is only an element's name, ``status`` say, matches nothing). Case-insensitive."""
+    if code == "_text":
+        return (f"regexp_replace(json ->> '$.text.div', '<[^>]*>', ' ', 'g') "
+                f"ILIKE {q.arg('%' + _like_escape(value) + '%')} ESCAPE '\\'")
+    # a string value ends before , ] or }; a property name before :
+    pattern = f'(?i)"{_JSON_STRING_CHAR}{re.escape(value)}{_JSON_STRING_CHAR}"\\s*[,\\]}}]'
+    return f"regexp_matches(json::VARCHAR, {q.arg(pattern)})"
+
+
 def _like_escape(text: str) -> str:
     return text.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
 
@@ -409,11 +425,7 @@ class _Builder:
                 for v in split_or(value)
             ) + ")"
         if code in ("_text", "_content"):
-            path = "json ->> '$.text.div'" if code == "_text" else "json::VARCHAR"
-            return (
-                f"id IN (SELECT id FROM resources WHERE resource_type = {q.arg(rtype)} AND "
-                f"{path} ILIKE {q.arg('%' + _like_escape(value) + '%')} ESCAPE '\\')"
-            )
+            return f"id IN (SELECT id FROM resources WHERE resource_type = {q.arg(rtype)} AND {_text_cond(q, code, value)})"
         p = self.param(rtype, code)
         if chain:
             return self._chain(rtype, p, modifier, chain, value)

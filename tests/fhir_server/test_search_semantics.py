@@ -50,6 +50,26 @@ def test_text_search_on_the_in_memory_paths(http: httpx.Client, written: dict[st
     assert matches(found) == [written["pid"] if who == "pid" else written["oids"][0]]
 
 
+@pytest.mark.parametrize(("params", "found"), [
+    ({"_content": "family"}, False),  # only a property name
+    ({"_content": "FAMILY", "_id": "{pid}"}, False),
+    ({"_content": "timbuk"}, True),  # part of a value, any case
+    ({"_text": "xmlns"}, False),  # markup, not the narrative's text
+    ({"_text": "w3.org"}, False),
+    ({"_text": "ZEBRAFISH KEEP"}, True),
+])
+def test_text_search_reads_text_not_names_or_markup(http: httpx.Client, written: dict[str, Any],
+                                                   params: dict[str, str], found: bool) -> None:
+    asked = {k: v.format(**written) for k, v in params.items()}
+    for path, query in (("Patient", asked), ("Observation", {**asked, "patient": written["pid"]})):
+        hits = matches(http.get(path, params=query).json())
+        if path == "Patient":
+            assert hits == ([written["pid"]] if found else []), (path, query)
+        else:  # the Observations hold no such text, and "subject" and "status" are names only
+            assert hits == [], (path, query)
+    assert matches(http.get("Observation", params={"_content": "status", "patient": written["pid"]}).json()) == []
+
+
 def test_text_search_across_types(http: httpx.Client, written: dict[str, Any]) -> None:
     found = http.get("", params={"_content": "Timbuktu"}).json()
     assert matches(found) == [written["pid"]]
