@@ -184,13 +184,14 @@ class _CondParser:
         ref = self.ref(word)
         if ref is None:
             raise _Unsupported
-        if self.eat("LST.COUNT"):
-            op = self.comparison()
-            kind, num = self.peek()
-            if kind != "num":
-                raise _Unsupported
-            self.i += 1
-            return ["count", ref, op, float(num)]
+        for word, op_name in (("LST.COUNT", "count"), ("LENGTH", "length")):  # PID-7 LENGTH GREATER THAN 8
+            if self.eat(word):
+                op = self.comparison()
+                kind, num = self.peek()
+                if kind != "num":
+                    raise _Unsupported
+                self.i += 1
+                return [op_name, ref, op, float(num)]
         negate = False
         self.eat("IS")
         if self.eat("NOT"):

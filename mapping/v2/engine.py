@@ -170,8 +170,8 @@ def eval_cond(cond: Any, lookup: Callable[[list[Any]], str], count: Callable[[li
         return eval_cond(cond[1], lookup, count) and eval_cond(cond[2], lookup, count)
     if op == "or":
         return eval_cond(cond[1], lookup, count) or eval_cond(cond[2], lookup, count)
-    if op == "count":
-        n = count(cond[1])
+    if op in ("count", "length"):
+        n = count(cond[1]) if op == "count" else len(lookup(cond[1]))
         limit = cond[3]
         return {"<": n < limit, ">": n > limit, "<=": n <= limit, ">=": n >= limit}[cond[2]]
     value = lookup(cond[1])

@@ -402,6 +402,8 @@ def compared_texts(fp: FieldPlan, seg_id: str, field: int) -> frozenset[str] | N
             return walk(cond[1]) and walk(cond[2])
         if op in ("eqref", "neref"):
             return not (first(cond[1]) or first(cond[2]))
+        if op == "length":  # holds for some plain texts and not others
+            return not first(cond[1])
         if first(cond[1]):
             if op in ("eq", "ne"):
                 found.add(cond[2])
@@ -442,10 +444,10 @@ def condition_expression(cond: Any, refs: dict[tuple[str, int, int, int], int], 
     if op in ("and", "or"):
         return f"({condition_expression(cond[1], refs, scope)} {op} {condition_expression(cond[2], refs, scope)})"
     k = refs[tuple(cond[1])]
-    if op == "count":
+    if op in ("count", "length"):
         if cond[2] not in ("<", ">", "<=", ">="):
             raise ValueError(f"unknown comparison {cond[2]}")
-        return f"(float(c{k}) {cond[2]} {float(cond[3])!r})"
+        return f"({'float(c' if op == 'count' else 'len(v'}{k}) {cond[2]} {float(cond[3])!r})"
     if op == "valued":
         return f"bool(v{k})"
     if op == "not_valued":

@@ -130,3 +130,21 @@ def test_v28_rich_message_escapes_and_offsets() -> None:
     assert patient["name"][0]["family"] == "EVERYMAN"
     [prov] = result.of_type("Provenance")
     assert prov["recorded"] == "1989-08-18T11:26:00+02:15"
+
+
+@pytest.mark.parametrize(("pid7", "birth_time"), [
+    ("20180205", None),  # a date: no time to keep
+    ("201802051430", "2018-02-05T14:30:00Z"),
+    ("20180205143015+0100", "2018-02-05T14:30:15+01:00"),
+])
+def test_birth_time_goes_to_the_patient_birth_time_extension(pid7: str, birth_time: str | None) -> None:
+    """PID-7 longer than a date: the IG's row IF PID-7 LENGTH GREATER THAN 8 (patient-birthTime)."""
+    admit = f"MSH|^~\\&|A|B|C|D|20260301||ADT^A01^ADT_A01|9|P|2.5\rEVN|A01\rPID|1||5^^^H^MR||X^Y||{pid7}\rPV1|1|I"
+    [patient] = map_message(admit).of_type("Patient")
+    assert patient["birthDate"] == "2018-02-05"
+    if birth_time is None:
+        assert "_birthDate" not in patient
+    else:
+        assert patient["_birthDate"] == {"extension": [
+            {"url": "http://hl7.org/fhir/StructureDefinition/patient-birthTime", "valueDateTime": birth_time}]}
+    FHIRElementFactory.instantiate("Patient", patient)
