@@ -28,13 +28,13 @@ from functools import partial
 from typing import Any, Protocol
 
 from ingest.hl7v2.ack import build_ack
+from ingest.hl7v2.convert import map_message
 from ingest.hl7v2.er7 import Message, parse_segments, split_segments
 from ingest.hl7v2.errors import ErrorCode, HL7Error
 from ingest.hl7v2.inbox import Inbox, error_issue
-from ingest.hl7v2.structure import group_message, required_segments, structure_of
+from ingest.hl7v2.structure import required_segments, structure_of
 from ingest.hl7v2.timezone import DEFAULT_TIMEZONE, offset_at
 from ingest.hl7v2.write_policy import create_only, in_one_write, merges
-from mapping.v2 import map_grouped
 from store.prepare import PreparedBatch, prepare
 from store.store import Store, StoreError
 
@@ -61,14 +61,12 @@ def map_v2(msg: Message, timezone: str = DEFAULT_TIMEZONE) -> MapResult:
     times sent without an offset (and without one in MSH-7) are in the sender's ``timezone``
     (:mod:`ingest.hl7v2.timezone`)."""
     structure = structure_of(msg)
-    root = group_message(msg, structure=structure)
     required = required_segments(structure, msg.version)
     for seg_id in ESSENTIAL_SEGMENTS:
         if seg_id in required and msg.segment(seg_id) is None:
             raise HL7Error(f"required segment {seg_id} missing in {structure}",
                            code=ErrorCode.SEGMENT_SEQUENCE_ERROR, segment_id=seg_id, rejects=False)
-    return map_grouped(msg, root, structure, event=f"{msg.message_type}^{msg.trigger_event}",
-                       default_tz=offset_at(timezone, msg.msh.get(7)))
+    return map_message(msg, default_tz=offset_at(timezone, msg.msh.get(7)))
 
 
 def default_mapper(timezone: str = DEFAULT_TIMEZONE) -> Mapper:
@@ -167,7 +165,8 @@ def _map_one(work: Work, mapper: Mapper) -> tuple[Outcome, list[dict[str, Any]],
     notes = [_note_text(n) for n in result.notes or []]
     if not result.mapped:
         return _not_mapped(work.inbox_id, msg, notes), [], frozenset()
-    ack = "" if work.answered else build_ack(msg, mode="original")
+    warnings = [n for n in result.notes or [] if isinstance(n, HL7Error)]
+    ack = "" if work.answered else build_ack(msg, errors=warnings, mode="original")
     resources = list(result.resources)
     return (Outcome(work.inbox_id, "processed", ack, notes=notes), resources,
             create_only(msg.message_type, resources))
