@@ -282,6 +282,8 @@ def cmd_ingest(settings: Settings, args: argparse.Namespace, console: Console) -
         console.print(f"  {rtype}: {n}")
     for note in summary.notes:
         console.print(f"[yellow]not mapped[/] {note}", highlight=False)
+    for warning in summary.warnings:
+        console.print(f"[yellow]warning[/] {warning}", highlight=False)
     for err in summary.errors:
         console.print(f"[red]rejected[/] {err}", highlight=False)
     return 1 if summary.rejected else 0

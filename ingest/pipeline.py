@@ -54,6 +54,8 @@ class IngestSummary:
     errors: list[str] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
     """Where and why each not-mapped message was kept."""
+    warnings: list[str] = field(default_factory=list)
+    """Where and what was accepted with a caveat (``Record.warnings``)."""
 
     def add(self, other: IngestSummary) -> None:
         self.files += other.files
@@ -65,6 +67,7 @@ class IngestSummary:
         self.by_type.update(other.by_type)
         self.errors.extend(other.errors)
         self.notes.extend(other.notes)
+        self.warnings.extend(other.warnings)
 
 
 def hl7_records(data: str | bytes, source: str, mapper: Mapper = map_v2) -> Iterator[Record]:
@@ -85,6 +88,8 @@ def hl7_records(data: str | bytes, source: str, mapper: Mapper = map_v2) -> Iter
                     rec.resources = result.resources
                     rec.create_only = create_only(entry.message.message_type, result.resources)
                     rec.merges = merges(result.resources)
+                    rec.warnings = [f"{rec.where()}: {_hl7_text(n)} at {_hl7_location(n)}"
+                                    for n in result.notes if isinstance(n, HL7Error)]
                 else:
                     msg = entry.message
                     rec.problems.append(Problem(f"{msg.message_type}^{msg.trigger_event} is not mapped to FHIR",
@@ -226,8 +231,11 @@ class Ingestor:
                     self._refuse(rec, summary)
                     continue
                 self._tally(results, summary)
+                summary.warnings.extend(rec.warnings)
             return
         self._tally(results, summary)
+        for rec in batch:
+            summary.warnings.extend(rec.warnings)
 
     @staticmethod
     def _tally(results: list[Any], summary: IngestSummary) -> None:

@@ -39,6 +39,8 @@ class Record:
     """Positions of ``resources`` written only when missing (``Store.write(if_absent=…)``)."""
     merges: dict[int, Merge] = field(default_factory=dict)
     """Positions of ``resources`` combined with their stored version (``Store.write(merge=…)``)."""
+    warnings: list[str] = field(default_factory=list)
+    """What was accepted with a caveat (a value type the sender left out, inferred), for people."""
 
     @property
     def ok(self) -> bool:

@@ -164,3 +164,14 @@ def test_an_import_whose_clustering_fails_keeps_its_data_and_says_so(tmp_path: P
     assert "clustering the search index stopped: Out of Memory Error: failed to pin block (searches stay" in out
     with Store(db, read_only=True) as store:
         assert store.count("Patient") == len(patients.read_text().splitlines())
+
+
+def test_ingest_warns_with_file_and_line_when_a_result_type_is_inferred(tmp_path: Path) -> None:
+    batch = tmp_path / "results.hl7"
+    header = "MSH|^~\\&|LAB|H|EHR|H|20260301120000||ORU^R01^ORU_R01|{}|P|2.5.1\r"
+    body = "PID|1||555^^^H^MR||Doe^Jane\rOBR|1|P1|F1|2345-7^Glucose^LN\rOBX|1|{}|2345-7^Glucose^LN|1|105|mg/dL|||||F\r"
+    batch.write_text(header.format("typed") + body.format("NM") + header.format("untyped") + body.format(""))
+    out = run("ingest", "--db", str(tmp_path / "t.duckdb"), str(batch), env={"COLUMNS": "400"})
+    assert out.returncode == 0, out.stdout + out.stderr
+    [warning] = [line for line in out.stdout.splitlines() if line.startswith("warning")]
+    assert f"{batch}:5:" in warning and "OBX-2 is empty: OBX-5 read as NM" in warning and "OBX[4]-2" in warning
