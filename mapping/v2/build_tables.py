@@ -433,6 +433,10 @@ def sheet_target(name: str) -> str:
 # --- sheets -----------------------------------------------------------------------
 
 
+_ASSIGNED_TARGET = re.compile(r'(?P<path>[^="]+)="(?P<value>[^"]*)"')
+"""A target written with its value (``status="finished"``) instead of in the assignment column."""
+
+
 def compile_rules(
     path: Path, *, datatype: bool, skipped: Counter[str], r4: R4Elements
 ) -> list[dict[str, Any]]:
@@ -451,6 +455,11 @@ def compile_rules(
         if ref is None:
             skipped[f"{name}: identifier {ident}"] += 1
             continue
+        assigned = _ASSIGNED_TARGET.fullmatch(target.strip())
+        assignment = _cell(row, cols, "assign")
+        literal = f'"{assigned["value"]}"' if assigned else None
+        if literal and assignment.strip() in ("", literal):  # status="finished": the value in the path column
+            target, assignment = assigned["path"], literal
         this_map = _this_map(ident, target, _cell(row, cols, "dtmap"), _cell(row, cols, "v2type"), root, datatype)
         if this_map:  # SCH-11 -> $this: TQ[Appointment] fills the Appointment itself (start, end)
             target = ""
@@ -461,8 +470,8 @@ def compile_rules(
             if datatype:
                 steps = _strip_type_prefix(steps, name)
             cond = parse_condition(_cell(row, cols, "cond"), datatype=datatype)
-            concat = parse_concatenation(_cell(row, cols, "assign")) if datatype else None
-            assign = parse_assignment(_cell(row, cols, "assign")) if concat is None else None
+            concat = parse_concatenation(assignment) if datatype else None
+            assign = parse_assignment(assignment) if concat is None else None
             steps, leaf = r4.resolve(root, steps)
         except _Unsupported:
             skipped[f"{name}: {ident} -> {target}"] += 1

@@ -148,3 +148,18 @@ def test_birth_time_goes_to_the_patient_birth_time_extension(pid7: str, birth_ti
         assert patient["_birthDate"] == {"extension": [
             {"url": "http://hl7.org/fhir/StructureDefinition/patient-birthTime", "valueDateTime": birth_time}]}
     FHIRElementFactory.instantiate("Patient", patient)
+
+
+def test_discharge_finishes_the_encounter_the_admission_began() -> None:
+    """PV1-45 valued: the IG's row writes status="finished" in its path column; the visit number keeps
+    one Encounter across A01 and A03."""
+    pv1 = ["PV1", "1", "I", "W1^101^1", *[""] * 3, "1234^Smith^John", "", "", "MED", *[""] * 8, "V100^^^H^VN",
+           *[""] * 24, "20260301080000", "{discharge}"]
+    message = ("MSH|^~\\&|ADT|H|EHR|H|20260301090000||ADT^{event}^ADT_A01|c{event}|P|2.5.1\r"
+               "EVN|{event}|20260301090000\rPID|1||555^^^H^MR||Doe^Jane||19700101|F\r" + "|".join(pv1) + "\r")
+    [admitted] = map_message(message.format(event="A01", discharge="")).of_type("Encounter")
+    [discharged] = map_message(message.format(event="A03", discharge="20260305100000")).of_type("Encounter")
+    assert admitted["id"] == discharged["id"]
+    assert (admitted["status"], admitted["period"]) == ("in-progress", {"start": "2026-03-01T08:00:00Z"})
+    assert discharged["status"] == "finished"
+    assert discharged["period"] == {"start": "2026-03-01T08:00:00Z", "end": "2026-03-05T10:00:00Z"}
