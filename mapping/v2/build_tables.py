@@ -514,6 +514,21 @@ def compile_rules(
     return rules
 
 
+def this_component(path: Path) -> int | None:
+    """The component a primitive target's sheet (``MSG[code]``: ``MSG.2 → $this``) converts, when it
+    names one: the built-in conversion reads that component instead of the first."""
+    name = sheet_name(path)
+    root = sheet_target(name)
+    if not (root[:1].islower() or root.lower() in {p.lower() for p in PRIMITIVES}):
+        return None
+    cols, rows = read_sheet(path)
+    for row in rows:
+        ref = _dt_ref(_cell(row, cols, "id"))
+        if ref is not None and _cell(row, cols, "path").strip() == "$this":
+            return int(ref[1])
+    return None
+
+
 _MAP_CASE: dict[str, str] = {}
 
 
@@ -688,7 +703,8 @@ def build(source: Path, fhir_r4: Path = FHIR_R4) -> tuple[dict[str, Any], Counte
     for base in (source / "datatypes", LOCAL / "datatypes"):
         for path in base.glob("*.csv"):
             _MAP_CASE[sheet_name(path).lower()] = sheet_name(path)
-    tables: dict[str, Any] = {"segments": {}, "datatypes": {}, "vocab": {}, "messages": {}}
+    tables: dict[str, Any] = {"segments": {}, "datatypes": {}, "vocab": {}, "messages": {},
+                              "primitive_components": {}}
     for kind, folder in (("segments", "segments"), ("datatypes", "datatypes")):
         for base in (source / folder, LOCAL / folder):
             for path in sorted(base.glob("*.csv")):
@@ -697,6 +713,11 @@ def build(source: Path, fhir_r4: Path = FHIR_R4) -> tuple[dict[str, Any], Counte
                 if path.stem.endswith("- additions"):  # local rows placed before the IG's (first wins)
                     rules = rules + tables[kind].get(name, [])
                 tables[kind][name] = rules
+    for base in (source / "datatypes", LOCAL / "datatypes"):
+        for path in sorted(base.glob("*.csv")):
+            component = this_component(path)
+            if component not in (None, 1):
+                tables["primitive_components"][sheet_name(path)] = component
     keep_both_numbers(tables["segments"])
     for base in (source / "codesystems", LOCAL / "codesystems"):
         for path in sorted(base.glob("*.csv")):

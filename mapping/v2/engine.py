@@ -26,7 +26,14 @@ from typing import Any, Protocol
 import orjson
 
 from mapping.v2 import values
-from mapping.v2.tables import config, datatype_maps, required_children, segment_maps, vocabularies
+from mapping.v2.tables import (
+    config,
+    datatype_maps,
+    primitive_components,
+    required_children,
+    segment_maps,
+    vocabularies,
+)
 
 NULL = '""'
 _BASE64 = re.compile(r"^[A-Za-z0-9+/]*={0,2}$")
@@ -458,6 +465,10 @@ def builtin(
         return _hd_uri(raw, level, d)
     if mapname == "NA[SampledData]":
         return _sampled_data(raw, level, d)
+    component = primitive_components().get(mapname) if mapname else None
+    if component is not None:
+        parts = split(raw, level, d)
+        raw, level = (parts[component - 1] if len(parts) >= component else ""), level + 1
     text = leaf(raw, level, d).strip()  # v2 pads; FHIR codes, ids and dates may not
     if not text:
         return None
@@ -578,8 +589,9 @@ def _convert(rule: dict[str, Any], raw: str, level: int, d: DelimitersLike, ctx:
         result = apply_datatype(mapname, raw, level, d, ctx)
     else:
         result = builtin(fhir_type, mapname, raw, level, d, ctx, rule.get("dt"))
-    if rule["vocab"]:
-        result = _apply_vocab(result, rule["vocab"], leaf(raw, level, d).strip(), fhir_type)
+    if rule["vocab"]:  # a code looks up what it converted (MSG[code]: the trigger event, not the first component)
+        text = result if fhir_type == "code" and isinstance(result, str) else leaf(raw, level, d).strip()
+        result = _apply_vocab(result, rule["vocab"], text, fhir_type)
     if fhir_type in QUANTITY_TYPES and isinstance(result, dict):
         result = values.normalize_quantity(result)
     return result

@@ -25,6 +25,11 @@ def datatype_maps() -> dict[str, list[dict[str, Any]]]:
     return _load("datatypes")
 
 
+def primitive_components() -> dict[str, int]:
+    """Built-in conversions of a component other than the first (``MSG[code]`` → 2: the trigger event)."""
+    return _load("primitive_components")
+
+
 def vocabularies() -> dict[str, dict[str, list[str]]]:
     """ConceptMap name → v2 code → ``[fhir code, display, system]``."""
     return _load("vocab")

@@ -163,3 +163,17 @@ def test_discharge_finishes_the_encounter_the_admission_began() -> None:
     assert (admitted["status"], admitted["period"]) == ("in-progress", {"start": "2026-03-01T08:00:00Z"})
     assert discharged["status"] == "finished"
     assert discharged["period"] == {"start": "2026-03-01T08:00:00Z", "end": "2026-03-05T10:00:00Z"}
+
+
+@pytest.mark.parametrize("header", ["ADT^A11^ADT_A09", "ADT^A11"])
+def test_cancelled_admission_cancels_the_encounter(header: str) -> None:
+    """A11 is grouped as ADT_A09; the IG's ADT_A11 table sets the Encounter's status from the trigger
+    event (MSH-9.2 through MSG[code] and Event[EncounterStatus]: A11 → cancelled)."""
+    pv1 = ["PV1", "1", "I", "W1^101^1", *[""] * 15, "V100^^^H^VN"]
+    text = (f"MSH|^~\\&|ADT|H|EHR|H|20260301090000||{header}|c1|P|2.5.1\rEVN|A11|20260301090000\r"
+            "PID|1||555^^^H^MR||Doe^Jane||19700101|F\r" + "|".join(pv1) + "\r")
+    [encounter] = map_message(text).of_type("Encounter")
+    admit = text.replace(header, "ADT^A01^ADT_A01").replace("EVN|A11", "EVN|A01")
+    [admitted] = map_message(admit).of_type("Encounter")
+    assert (encounter["status"], admitted["status"]) == ("cancelled", "in-progress")
+    assert encounter["id"] == admitted["id"]
