@@ -66,3 +66,47 @@ def test_mllp_send_to_fhirtwin_serve_then_read_over_rest(tmp_path: Path, ack_aft
     finally:
         proc.terminate()
         proc.wait(timeout=30)
+
+
+ADMIT_OLD = ("MSH|^~\\&|ADT|H|EHR|H|20190401090000||ADT^A01^ADT_A01|adm-old|P|2.8\r"
+             "EVN|A01|20190401090000\r"
+             "PID|1||56789^^^BCBS^MR||Berry^Alice^M||19700102|F|||9 Old Road^^Cary^NC^27511\r"
+             "PV1|1|I|W1^101^1|||||||||||||||||V200^^^H^VN\r")
+CANCEL = ADMIT_OLD.replace("ADT^A01^ADT_A01|adm-old", "ADT^A11^ADT_A09|cancel-old").replace("EVN|A01", "EVN|A11")
+UNTYPED = ("MSH|^~\\&|LAB|H|EHR|H|20260301120000||ORU^R01^ORU_R01|lab-untyped|P|2.5.1\r"
+           "PID|1||56789^^^BCBS^MR||Berry^Alice\rOBR|1|P9|F9|2345-7^Glucose^LN|||20260301110000\r"
+           "OBX|1||2345-7^Glucose^LN|1|131|mg/dL|||||F\r")
+
+
+@pytest.mark.parametrize("ack_after", ["processed", "commit"])
+def test_a_merge_a_cancelled_admission_and_an_untyped_result_over_mllp(tmp_path: Path, ack_after: str) -> None:
+    """Through the listener (under ``commit`` mapping runs in a worker process): A40 keeps the retired
+    record's demographics, A11 cancels the Encounter, an OBX without OBX-2 keeps its value with a W ERR."""
+    feed = tmp_path / "feed.hl7"
+    merge = (FIXTURES / "hl7v2" / "ADT-A40-01.hl7").read_text().replace("\n", "\r").strip("\r") + "\r"
+    merge = merge.replace("|||NE|NE", "")  # the sample asks for no ACK at all (enhanced mode, NE/NE)
+    feed.write_bytes(b"\n".join(m.encode() for m in (ADMIT_OLD, CANCEL, merge, UNTYPED)))
+    port, mllp_port = free_port(), free_port()
+    proc = subprocess.Popen(
+        [*FHIRTWIN, "serve", "--db", str(tmp_path / "f.duckdb"), "--port", str(port), "--mllp-port", str(mllp_port)],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env={**os.environ, "FHIRTWIN_MLLP_ACK_AFTER": ack_after},
+    )
+    try:
+        wait_for_serve(proc, port, mllp_port)
+        out = subprocess.run([str(MLLP_SEND), "--loose", "-f", str(feed), "-p", str(mllp_port), "127.0.0.1"],
+                             capture_output=True, timeout=60, check=True).stdout
+        acks = [a.strip(b"\x0b\r\n").decode() for a in out.split(b"\x1c") if a.strip(b"\x0b\r\n")]
+        assert [next(s for s in a.split("\r") if s.startswith("MSA")).split("|")[1] for a in acks] == ["AA"] * 4
+        if ack_after == "processed":  # under commit the AA went out before mapping found the missing type
+            assert "OBX^4^2" in acks[3] and "OBX-2 is empty" in acks[3]
+        base = f"http://127.0.0.1:{port}/fhir"
+        found = search(base, "Observation", {"code": "2345-7"}, wait_for=1)
+        assert found["entry"][0]["resource"]["valueQuantity"]["value"] == 131
+        old = search(base, "Patient", {"identifier": "56789", "active": "false"}, wait_for=1)["entry"][0]["resource"]
+        assert old["name"][0]["family"] == "Berry" and old["birthDate"] == "1970-01-02"
+        assert old["link"][0]["type"] == "replaced-by"
+        encounters = search(base, "Encounter", {"subject": f"Patient/{old['id']}"}, wait_for=1)
+        assert [e["resource"]["status"] for e in encounters["entry"]] == ["cancelled"]
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
