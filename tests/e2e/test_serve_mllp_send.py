@@ -10,6 +10,8 @@ import os
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import httpx
@@ -31,8 +33,10 @@ def search(base: str, rtype: str, params: dict[str, object], *, wait_for: int = 
         time.sleep(0.1)
 
 
-@pytest.mark.parametrize("ack_after", ["processed", "commit"])
-def test_mllp_send_to_fhirtwin_serve_then_read_over_rest(tmp_path: Path, ack_after: str) -> None:
+@contextmanager
+def serving_a_feed(tmp_path: Path, ack_after: str, feed: Path) -> Iterator[tuple[str, list[bytes]]]:
+    """A ``fhirtwin serve`` under the ACK policy ``ack_after`` that ``mllp_send`` sent ``feed`` to:
+    (FHIR base URL, the ACKs in order). The server is stopped afterwards."""
     port, mllp_port = free_port(), free_port()
     proc = subprocess.Popen(
         [*FHIRTWIN, "serve", "--db", str(tmp_path / "feed.duckdb"), "--port", str(port), "--mllp-port", str(mllp_port)],
@@ -41,15 +45,25 @@ def test_mllp_send_to_fhirtwin_serve_then_read_over_rest(tmp_path: Path, ack_aft
     try:
         wait_for_serve(proc, port, mllp_port)
         out = subprocess.run(  # mllp_send has no timeout of its own
-            [str(MLLP_SEND), "--loose", "-f", str(FEED), "-p", str(mllp_port), "127.0.0.1"],
+            [str(MLLP_SEND), "--loose", "-f", str(feed), "-p", str(mllp_port), "127.0.0.1"],
             capture_output=True, timeout=60, check=True,
         ).stdout
-        acks = [a.strip(b"\x0b\r\n") for a in out.split(b"\x1c") if a.strip(b"\x0b\r\n")]
-        msa = [next(s for s in a.split(b"\r") if s.startswith(b"MSA")).split(b"|")[1].decode() for a in acks]
-        assert msa == ["AA", "AA", "AA", "CA", "AR", "AA", "AA", "AE"]
+        yield f"http://127.0.0.1:{port}/fhir", [a.strip(b"\x0b\r\n") for a in out.split(b"\x1c") if a.strip(b"\x0b\r\n")]
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
+
+
+def msa_codes(acks: list[bytes]) -> list[str]:
+    return [next(s for s in a.split(b"\r") if s.startswith(b"MSA")).split(b"|")[1].decode() for a in acks]
+
+
+@pytest.mark.parametrize("ack_after", ["processed", "commit"])
+def test_mllp_send_to_fhirtwin_serve_then_read_over_rest(tmp_path: Path, ack_after: str) -> None:
+    with serving_a_feed(tmp_path, ack_after, FEED) as (base, acks):
+        assert msa_codes(acks) == ["AA", "AA", "AA", "CA", "AR", "AA", "AA", "AE"]
         # Unmapped type: processed says so in MSA-3 (and ERR severity I); commit answered before mapping.
         assert (b"not mapped" in acks[5]) == (ack_after == "processed")
-        base = f"http://127.0.0.1:{port}/fhir"
         # Every mapped message names its source message in a Provenance (under commit: once mapping has run).
         background = ack_after == "commit"
         assert search(base, "Provenance", {"_count": 50}, wait_for=4 if background else 0)["total"] >= 4
@@ -63,9 +77,6 @@ def test_mllp_send_to_fhirtwin_serve_then_read_over_rest(tmp_path: Path, ack_aft
         subject = obs["entry"][0]["resource"]["subject"]["reference"]
         assert subject in {f"Patient/{e['resource']['id']}" for e in patients["entry"]}
         assert httpx.get(f"{base}/Observation", params={"subject": subject, "code": "1554-5"}).json()["total"] >= 1
-    finally:
-        proc.terminate()
-        proc.wait(timeout=30)
 
 
 ADMIT_OLD = ("MSH|^~\\&|ADT|H|EHR|H|20190401090000||ADT^A01^ADT_A01|adm-old|P|2.8\r"
@@ -86,20 +97,11 @@ def test_a_merge_a_cancelled_admission_and_an_untyped_result_over_mllp(tmp_path:
     merge = (FIXTURES / "hl7v2" / "ADT-A40-01.hl7").read_text().replace("\n", "\r").strip("\r") + "\r"
     merge = merge.replace("|||NE|NE", "")  # the sample asks for no ACK at all (enhanced mode, NE/NE)
     feed.write_bytes(b"\n".join(m.encode() for m in (ADMIT_OLD, CANCEL, merge, UNTYPED)))
-    port, mllp_port = free_port(), free_port()
-    proc = subprocess.Popen(
-        [*FHIRTWIN, "serve", "--db", str(tmp_path / "f.duckdb"), "--port", str(port), "--mllp-port", str(mllp_port)],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env={**os.environ, "FHIRTWIN_MLLP_ACK_AFTER": ack_after},
-    )
-    try:
-        wait_for_serve(proc, port, mllp_port)
-        out = subprocess.run([str(MLLP_SEND), "--loose", "-f", str(feed), "-p", str(mllp_port), "127.0.0.1"],
-                             capture_output=True, timeout=60, check=True).stdout
-        acks = [a.strip(b"\x0b\r\n").decode() for a in out.split(b"\x1c") if a.strip(b"\x0b\r\n")]
-        assert [next(s for s in a.split("\r") if s.startswith("MSA")).split("|")[1] for a in acks] == ["AA"] * 4
+    with serving_a_feed(tmp_path, ack_after, feed) as (base, raw_acks):
+        acks = [a.decode() for a in raw_acks]
+        assert msa_codes(raw_acks) == ["AA"] * 4
         if ack_after == "processed":  # under commit the AA went out before mapping found the missing type
             assert "OBX^4^2" in acks[3] and "OBX-2 is empty" in acks[3]
-        base = f"http://127.0.0.1:{port}/fhir"
         found = search(base, "Observation", {"code": "2345-7"}, wait_for=1)
         assert found["entry"][0]["resource"]["valueQuantity"]["value"] == 131
         old = search(base, "Patient", {"identifier": "56789", "active": "false"}, wait_for=1)["entry"][0]["resource"]
@@ -107,6 +109,3 @@ def test_a_merge_a_cancelled_admission_and_an_untyped_result_over_mllp(tmp_path:
         assert old["link"][0]["type"] == "replaced-by"
         encounters = search(base, "Encounter", {"subject": f"Patient/{old['id']}"}, wait_for=1)
         assert [e["resource"]["status"] for e in encounters["entry"]] == ["cancelled"]
-    finally:
-        proc.terminate()
-        proc.wait(timeout=30)
