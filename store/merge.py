@@ -58,20 +58,18 @@ def _group(name: str, choices: dict[str, str]) -> str:
 
 
 def merged(stored: dict[str, Any], incoming: dict[str, Any], rule: Merge) -> dict[str, Any]:
-    """``incoming`` combined with ``stored`` by ``rule``; ``resourceType``, ``id`` from ``incoming``,
-    ``meta`` without the store's own ``versionId``/``lastUpdated`` (the write sets them)."""
+    """``incoming`` combined with ``stored`` by ``rule``; ``resourceType``, ``id`` from ``incoming``;
+    ``meta`` is an element like the others, without the store's ``versionId``/``lastUpdated``."""
     choices = {m["base"]: name for name in rule.elements if (m := _CHOICE.match(name))}
     groups: dict[str, tuple[dict[str, Any], dict[str, Any]]] = {}
     for side, res in ((0, stored), (1, incoming)):
         for name, value in res.items():
-            if name in ("resourceType", "id", "meta"):
+            if name == "meta" and isinstance(value, dict):  # the store's versionId, lastUpdated: set by the write
+                value = {k: v for k, v in value.items() if k not in ("versionId", "lastUpdated")} or None
+            if name in ("resourceType", "id") or value is None:
                 continue
             groups.setdefault(_group(name, choices), ({}, {}))[side][name] = value
     out: dict[str, Any] = {"resourceType": incoming["resourceType"], "id": incoming["id"]}
-    meta = {k: v for k, v in (incoming.get("meta") or stored.get("meta") or {}).items()
-            if k not in ("versionId", "lastUpdated")}
-    if meta:
-        out["meta"] = meta
     for group, (old, new) in groups.items():
         policy = rule.elements.get(group, rule.default)
         if policy == "replace":

@@ -223,17 +223,32 @@ def _string_cond(q: _Sql, value: str, modifier: str | None) -> str:
 
 _JSON_STRING_CHAR = r'(?:[^"\\]|\\.)*'
 """A character of a JSON string's text, as RE2 reads it (an escape is one)."""
+_NUMBER_CHAR = r"[0-9.eE+-]*"
+_ENTITIES = (("&lt;", "<"), ("&gt;", ">"), ("&quot;", '"'), ("&apos;", "'"), ("&#39;", "'"), ("&nbsp;", " "),
+             ("&amp;", "&"))
+"""The XHTML entities a narrative's text is decoded from (``&amp;`` last: ``&amp;lt;`` is ``&lt;``)."""
 
 
 def _text_cond(q: _Sql, code: str, value: str) -> str:
-    """``_text``: the narrative's text, its markup left out; ``_content``: the resource's string values
-    (a term that is only an element's name, ``status`` say, matches nothing). Case-insensitive."""
+    """``_text``: the narrative's text, its markup left out and entities decoded; ``_content``: the
+    resource's string and number values (a term that is only an element's name, ``status`` say, matches
+    nothing). Case-insensitive."""
     if code == "_text":
-        return (f"regexp_replace(json ->> '$.text.div', '<[^>]*>', ' ', 'g') "
-                f"ILIKE {q.arg('%' + _like_escape(value) + '%')} ESCAPE '\\'")
-    # a string value ends before , ] or }; a property name before :
-    pattern = f'(?i)"{_JSON_STRING_CHAR}{re.escape(value)}{_JSON_STRING_CHAR}"\\s*[,\\]}}]'
-    return f"regexp_matches(json::VARCHAR, {q.arg(pattern)})"
+        like = f"ILIKE {q.arg('%' + _like_escape(value) + '%')} ESCAPE '\\'"
+        texts = []
+        for gap in ("' '", "''"):  # tags as a space (<p>a</p><p>b</p>) or as nothing (x<b>y</b>)
+            text = f"regexp_replace(json ->> '$.text.div', '<[^>]*>', {gap}, 'g')"
+            for entity, char in _ENTITIES:  # after the tags: &lt;tag&gt; is text
+                text = f"replace({text}, {q.arg(entity)}, {q.arg(char)})"
+            texts.append(f"{text} {like}")
+        return f"({' OR '.join(texts)})"
+    # a value ends before , ] or }; a property name before :
+    as_json = orjson.dumps(value).decode()[1:-1]  # the term as the stored JSON spells it (\\" for ", \\n…)
+    pattern = f'"{_JSON_STRING_CHAR}{re.escape(as_json)}{_JSON_STRING_CHAR}"'
+    if re.fullmatch(_NUMBER_CHAR, value) and value:
+        pattern = f"(?:{pattern}|[:,\\[]\\s*{_NUMBER_CHAR}{re.escape(value)}{_NUMBER_CHAR})"
+    value_end = r"\s*[,\]}]"
+    return f"regexp_matches(json::VARCHAR, {q.arg('(?i)' + pattern + value_end)})"
 
 
 def _like_escape(text: str) -> str:

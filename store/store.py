@@ -426,9 +426,9 @@ class Store:
         versionId/lastUpdated set for those that changed.
         """
         with self._write_lock:
-            batch = list(resources)
-            if merge:
-                self._merge_bases(batch, merge, if_absent, {})
+            given = batch = list(resources)
+            if merge:  # on copies: a refused batch must leave the caller's resources as they were
+                batch = self._merge_bases(batch, merge, if_absent, {})
             keys = [identify(res) for res in batch]
             patients = [tuple(patients_of(res)) for res in batch]
             ts = self._next_timestamp()
@@ -443,6 +443,10 @@ class Store:
                     rows.add(key, version, keys[pos][2], first_patient(patients[pos]), orjson.dumps(res), ts)
                 rows.index.append(search_index.index_tables(chosen, rows.pids))
                 self._commit(rows)
+            for res, written in zip(given, batch, strict=True):
+                if res is not written:  # merged: the caller's resource becomes what was written
+                    res.clear()
+                    res.update(written)
             self._notify(results)
             return results
 
@@ -499,23 +503,26 @@ class Store:
                 or any(not cur.deleted for cur in self._current.get_many(keys - written.keys()).values())):
             return batch
         resources = batch.resources()
-        if not self._merge_bases(resources, batch.merges, batch.if_absent, written):
+        combined = self._merge_bases(resources, batch.merges, batch.if_absent, written)
+        if all(a is b for a, b in zip(resources, combined, strict=True)):
             return batch
-        again, refused = prepare(resources, batch.if_absent)
+        again, refused = prepare(combined, batch.if_absent)
         if refused:
             raise refused[0][1]
         return again
 
     def _merge_bases(self, resources: list[dict[str, Any]], merge: Mapping[int, Merge], if_absent: Collection[int],
-                     written: Mapping[tuple[str, str], bytes | None]) -> bool:
-        """Combine, in place, each resource at a ``merge`` position with the version it updates: the
+                     written: Mapping[tuple[str, str], bytes | None]) -> list[dict[str, Any]]:
+        """``resources`` with each one at a ``merge`` position combined with the version it updates: the
         latest one of its key earlier in ``resources`` (that is written), else one ``written`` earlier in
-        the transaction, else the stored one; without any it stays as given. True when one changed."""
-        keys = {(resources[pos].get("resourceType"), resources[pos].get("id")) for pos in merge}
+        the transaction, else the stored one; without any it stays as given. Combined resources are new
+        dicts; the others are those given (a resource without an id has nothing stored to combine with)."""
+        out = list(resources)
+        keys = {(resources[pos].get("resourceType"), resources[pos].get("id")) for pos in merge
+                if resources[pos].get("id")}
         stored = self._current.get_many(k for k in keys if k not in written)
         latest: dict[Any, Any] = {k: written[k] if k in written else (stored[k].json if k in stored else None)
                                   for k in keys}
-        changed = False
         for pos, res in enumerate(resources):
             key = (res.get("resourceType"), res.get("id"))
             if key not in latest:
@@ -525,12 +532,9 @@ class Store:
                 continue
             rule = merge.get(pos)
             if rule is not None and base is not None:
-                combined = merged(orjson.loads(base) if isinstance(base, bytes) else base, res, rule)
-                res.clear()
-                res.update(combined)
-                changed = True
-            latest[key] = res
-        return changed
+                out[pos] = merged(orjson.loads(base) if isinstance(base, bytes) else base, res, rule)
+            latest[key] = out[pos]
+        return out
 
     def _stage(
         self, keys: list[tuple[str, str, str]], ts: datetime, overlay: dict[tuple[str, str], Current],

@@ -433,6 +433,14 @@ def sheet_target(name: str) -> str:
 # --- sheets -----------------------------------------------------------------------
 
 
+def _path_note_assignment(row: list[str], cols: dict[str, int]) -> str:
+    """``assign: "SHIP"`` written in the column beside the path (SPM-32) instead of the assignment column."""
+    i = cols.get("path")
+    note = row[i + 1].strip() if i is not None and i + 1 < len(row) else ""
+    m = re.fullmatch(r'assign:\s*("[^"]*")', note)
+    return m.group(1) if m else ""
+
+
 _ASSIGNED_TARGET = re.compile(r'(?P<path>[^="]+)="(?P<value>[^"]*)"')
 """A target written with its value (``status="finished"``) instead of in the assignment column."""
 
@@ -456,7 +464,7 @@ def compile_rules(
             skipped[f"{name}: identifier {ident}"] += 1
             continue
         assigned = _ASSIGNED_TARGET.fullmatch(target.strip())
-        assignment = _cell(row, cols, "assign")
+        assignment = _cell(row, cols, "assign") or _path_note_assignment(row, cols)
         literal = f'"{assigned["value"]}"' if assigned else None
         if literal and assignment.strip() in ("", literal):  # status="finished": the value in the path column
             target, assignment = assigned["path"], literal

@@ -33,7 +33,7 @@ from mapping.v2.engine import (
     ref_value,
     writer_for,
 )
-from mapping.v2.tables import config, datatype_maps, segment_maps
+from mapping.v2.tables import config, datatype_maps, primitive_components, segment_maps
 
 
 class FieldMemo(dict):
@@ -365,8 +365,8 @@ def direct_function(fp: FieldPlan, holds: tuple[bool, ...] | None) -> Callable[.
             continue
         expression = _DIRECT.get(rule["type"])
         if (expression is None or rule["c"] or rule["ref"] or rule["assign"] is not None or rule["vocab"]
-                or (rule["map"] and datatype_maps().get(rule["map"]))):
-            break
+                or (rule["map"] and (datatype_maps().get(rule["map"]) or rule["map"] in primitive_components()))):
+            break  # primitive_components: a conversion of another component than the plain text's
         number = writer_number(rule.get("w") or writer_for(rule, ""))
         lines += [f"    v = {expression}", "    if v is not None:",
                   f"        log.append(({VALUE}, {number}, rep_base))", "        log.values.append(v)"]

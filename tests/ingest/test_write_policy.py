@@ -205,3 +205,20 @@ def test_a_status_change_without_the_value_keeps_the_value(path: str, tmp_path: 
     text = _result("r3", "110", "mg/dL^mg/dL^UCUM", "C")
     write_mapped(store, [Work(3, text)], map_batch([Work(3, text)]))
     assert _one(store, "Observation")["valueQuantity"]["value"] == 110
+
+
+@pytest.mark.parametrize(("obx2", "obx5", "status"), [
+    ("NM", '""', "C"),  # the explicit null: the sender deletes the value
+    ("NM", "", "C"),  # a correction without a value
+    ("", "NEG^Negative^L", "C"),  # a value that cannot be read without its type (warned)
+    ("NM", "", "W"),  # posted as wrong
+])
+def test_a_correction_without_a_readable_value_replaces_the_value(obx2: str, obx5: str, status: str) -> None:
+    """Only a status change (OBX-11 = U: status unknown) keeps the value sent before."""
+    store = Store()
+    for i, text in enumerate([_result("r1", "105", "mg/dL^mg/dL^UCUM", "F"),
+                              _result("r2", obx5, "", status).replace("|NM|", f"|{obx2}|")]):
+        write_mapped(store, [Work(i + 1, text)], map_batch([Work(i + 1, text)]))
+    observation = _one(store, "Observation")
+    assert observation["meta"]["versionId"] == "2"
+    assert "valueQuantity" not in observation and "valueCodeableConcept" not in observation

@@ -162,3 +162,14 @@ def test_lri_cbc_20_obx() -> None:
         "value": 4.41, "code": "10*6/uL", "unit": "million per microliter", "system": "http://unitsofmeasure.org"
     }
     assert rbc["effectiveDateTime"] == "2011-01-03T14:34:28-08:00"
+
+
+def test_specimen_shipment_id_is_typed_ship() -> None:
+    """SPM-32: the IG's sheet writes the type code in the column beside the path (assign: "SHIP")
+    and the system in the path itself (system="…v2-0203")."""
+    msg = ("MSH|^~\\&|LAB|H|EHR|H|20260301120000||ORU^R01^ORU_R01|c1|P|2.5.1\rPID|1||555^^^H^MR||Doe^Jane\r"
+           "OBR|1|P1|F1|2345-7^Glucose^LN|||20260301110000\rOBX|1|NM|2345-7^Glucose^LN|1|105|mg/dL|||||F\r"
+           "SPM|1|SP1||BLD" + "|" * 28 + "SHIP123^LAB\r")
+    identifiers = [i for s in map_message(msg).of_type("Specimen") for i in s.get("identifier", [])]
+    [shipment] = [i for i in identifiers if i["value"] == "SHIP123"]
+    assert shipment["type"] == {"coding": [{"code": "SHIP", "system": "http://terminology.hl7.org/CodeSystem/v2-0203"}]}

@@ -10,7 +10,7 @@ import pytest
 from store.merge import Merge, merged, present
 from store.prepare import prepare
 from store.search import SearchRequest, search
-from store.store import Store
+from store.store import Store, StoreError
 
 RETIRE = Merge("stored", {"active": "incoming", "link": "union", "identifier": "union"})
 KEEP_VALUE = Merge("replace", {"value[x]": "incoming"})
@@ -88,3 +88,28 @@ def test_prepared_batches_merge_at_write_time_also_within_one_transaction() -> N
     assert search(store, SearchRequest("Patient", [("active", "false"), ("birthdate", "1970-01-02")])).total == 1
     unchanged, _ = prepare([dict(STUB)], merges={0: RETIRE})
     assert store.write_prepared(unchanged)[0].outcome == "unchanged"
+
+
+def test_a_refused_batch_leaves_the_callers_resources_as_given() -> None:
+    store = Store()
+    store.write([dict(FULL)])
+    stub = dict(STUB)
+    with pytest.raises(StoreError):
+        store.write([{"resourceType": "Basic", "id": "bad id"}, stub], merge={1: RETIRE})
+    assert stub == STUB  # not merged with the stored record while the batch failed
+    assert "link" not in store.read("Patient", "old")
+    store.write([stub], merge={0: RETIRE})  # written: the caller's dict is what was stored
+    assert stub["name"] == [{"family": "Berry"}] and stub["meta"]["versionId"] == "2"
+
+
+def test_resources_without_ids_have_nothing_to_merge_with() -> None:
+    store = Store()
+    first, second = ({"resourceType": "Patient", "name": [{"family": n}]} for n in ("A", "B"))
+    results = store.write([first, second], merge={0: RETIRE, 1: RETIRE})
+    assert [r.outcome for r in results] == ["created", "created"] and results[0].id != results[1].id
+
+
+def test_meta_follows_the_default_policy() -> None:
+    stored = {**FULL, "meta": {"tag": [{"code": "old"}]}}
+    assert "meta" not in merged(stored, {"resourceType": "Patient", "id": "old"}, KEEP_VALUE)
+    assert merged(stored, STUB, RETIRE)["meta"] == {"tag": [{"code": "old"}]}
