@@ -418,6 +418,16 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     settings = _settings(args)
     console = Console(soft_wrap=True)
+    from store.store import StoreInUse
+
+    try:
+        return _run(args, settings, console)
+    except StoreInUse as exc:
+        console.print(f"[red]{exc}[/]", highlight=False)
+        return 1
+
+
+def _run(args: argparse.Namespace, settings: Settings, console: Console) -> int:
     if args.command == "demo":
         return cmd_demo(settings, args, console)
     if args.command == "serve":

@@ -13,6 +13,7 @@ the map is a write-through cache of the file, never a second source of truth.
 from __future__ import annotations
 
 import os
+import re
 import threading
 from collections.abc import Collection, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
@@ -42,7 +43,8 @@ from store.prepare import (
 )
 from store.schema import ensure_schema
 
-__all__ = ["DEFAULT_CACHE_MB", "Current", "PreparedBatch", "Store", "StoreError", "WriteResult", "fhir_instant"]
+__all__ = ["DEFAULT_CACHE_MB", "Current", "PreparedBatch", "Store", "StoreError", "StoreInUse", "WriteResult",
+           "fhir_instant"]
 
 DEFAULT_CACHE_MB = 2048
 """Memory for the map of current versions (``store.current_cache``): ~1.5 million Synthea-sized resources."""
@@ -182,6 +184,19 @@ class _Rows:
         return out
 
 
+_LOCK_HOLDER = re.compile(r"Conflicting lock is held in .* \(PID (?P<pid>\d+)\)")
+
+
+class StoreInUse(RuntimeError):
+    """The database file is open for writing in another process (DuckDB lets one process write)."""
+
+    def __init__(self, path: str, pid: int) -> None:
+        super().__init__(f"{path} is in use by process {pid} (a running fhirtwin serve or import?): "
+                         "use its REST API, or stop it first")
+        self.path = path
+        self.pid = pid
+
+
 class Store:
     """Single-writer store over one DuckDB database file (or ``:memory:``)."""
 
@@ -191,7 +206,13 @@ class Store:
         (its buffer pool of table blocks grows with the database up to it; see docs/architecture.md)."""
         self.path = str(path)
         limit_mb = default_db_memory_mb() if db_memory_mb is None else db_memory_mb
-        self._con = duckdb.connect(self.path, read_only=read_only, config={"memory_limit": f"{limit_mb:.0f}MiB"})
+        try:
+            self._con = duckdb.connect(self.path, read_only=read_only, config={"memory_limit": f"{limit_mb:.0f}MiB"})
+        except duckdb.IOException as exc:
+            holder = _LOCK_HOLDER.search(str(exc))
+            if holder is None:
+                raise
+            raise StoreInUse(self.path, int(holder["pid"])) from exc
         if not read_only:
             ensure_schema(self._con)
             search_index.install(self._con)

@@ -100,6 +100,12 @@ def test_serve_answers_fhir_until_stopped(tmp_path: Path) -> None:
         missing = httpx.get(f"{base}/Patient/does-not-exist")
         assert missing.status_code == 404
         assert missing.json()["resourceType"] == "OperationOutcome"
+        # the served file is locked to this process: other commands say so in one line, no traceback
+        for command in (("ingest", "--db", str(db), str(FIXTURES / "synthea" / "ndjson" / "Patient.ndjson")),
+                        ("twin", "list", "--db", str(db))):
+            refused = run(*command, env={"COLUMNS": "400"})
+            assert refused.returncode == 1, refused.stdout + refused.stderr
+            assert f"is in use by process {proc.pid}" in refused.stdout and "Traceback" not in refused.stderr
     finally:
         proc.terminate()
         proc.wait(timeout=20)
