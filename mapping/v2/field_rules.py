@@ -90,11 +90,24 @@ class FieldMemo(dict):
         self[key] = entry
 
 
+class SegmentMemo(FieldMemo):
+    """A segment map's memo (``segment_functions``): the segment's texts → its steps. ``masks``
+    says which of the map's fields had stopped remembering when ``stops`` read :data:`STOPS`."""
+
+    __slots__ = ("masks", "stops")
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.masks: tuple[bool, ...] = ()
+        self.stops = -1
+
+
 class MemoTable(dict):
-    """Field plan number → its :class:`FieldMemo`, for one delimiter set and time zone."""
+    """Field plan number → its :class:`FieldMemo`, for one delimiter set and time zone; a
+    negative number names a segment map's :class:`SegmentMemo`."""
 
     def __missing__(self, number: int) -> FieldMemo:
-        memo = self[number] = FieldMemo()
+        memo = self[number] = FieldMemo() if number >= 0 else SegmentMemo()
         return memo
 
 
@@ -329,7 +342,13 @@ def _remember(memo: FieldMemo, key: Any, writes: bytes, made: bytes | None) -> N
     memo.misses += 1
     if memo.keep and memo.misses >= 256 and memo.hits + memo.aliases < memo.misses:  # most texts are new
         memo.keep = False
+        STOPS[0] += 1
     memo.store(key, writes if made is None else (made, writes))
+
+
+STOPS = [0]
+"""How many field memos stopped remembering (segment memos read their fields' ``keep`` again
+when it changed)."""
 
 
 STANDARD = "^~\\&"

@@ -49,7 +49,7 @@ from mapping.v2.field_rules import (
     memo_table,
     writer_number,
 )
-from mapping.v2.segment_functions import RowsFunction, apply_segment, row_condition, rows_condition
+from mapping.v2.segment_functions import RowsFunction, row_condition, rows_condition, segment_function
 from mapping.v2.tables import config, message_maps, structure_groups
 
 PROVENANCE_SOURCE_SYSTEM = "urn:fhirtwin:v2:message-control-id"
@@ -90,44 +90,60 @@ class MappingResult:
         return [r for r in self.resources if r["resourceType"] == resource_type]
 
 
-@dataclass(eq=False, slots=True)
 class _Instance:
-    key: str
-    type: str
-    creator: SegmentLike
-    chain: tuple[Any, ...]
-    log: WriteLog = field(default_factory=WriteLog)
+    """A resource under construction."""
+
+    __slots__ = ("key", "type", "creator", "chain", "log", "links", "links_key", "node", "fallbacks", "shape",
+                 "shaped", "targets", "patient", "order_depths", "reference", "id", "alias", "merges", "bases",
+                 "chain_ids")
+
+    log: WriteLog
     """What the segment maps write (``field_rules.LOG_KINDS``), in order."""
-    links: list[Any] = field(default_factory=list)
+    links: list[Any] | tuple[()]
     """``(LINK, writer, target)`` or ``(ENTRY, a literal's write, None)``, written after the log."""
-    links_key: tuple[Any, ...] = ()
+    links_key: tuple[Any, ...]
     """The links and fallback references as the plan numbers their targets (part of the shape key)."""
-    node: Node | None = None
+    node: Node | None
     """The resource tree, built from the log only when the resource is finished the long way."""
-    fallbacks: tuple[Any, ...] = ()
+    fallbacks: tuple[Any, ...]
     """``(element, target instance)`` or ``None``: the patient and encounter references the
     resource gets when nothing else wrote them."""
-    shape: shapes.Shape | None = None
-    shaped: bool = False
-    targets: list[Any] = field(default_factory=list)
+    shape: shapes.Shape | None
+    shaped: bool
+    targets: list[Any] | tuple[()]
     """The distinct resources it refers to, in the order the shape numbers them."""
-    patient: _Instance | None = None
+    patient: _Instance | None
     """The Patient the ``patient`` id token reads (not the resource itself)."""
-    order_depths: tuple[int, ...] | None = None
+    order_depths: tuple[int, ...] | None
     """The enclosing groups (innermost first, by depth) holding a segment that carries order
     numbers: the only ones the ``order`` id token has to read (``None``: all of them)."""
-    reference: bytes | None = None
+    reference: bytes | None
     """``"Type/id"`` as JSON, once the id is known (what templates put in for a reference)."""
-    id: str | None = None
-    alias: _Instance | None = None
-    merges: int = 0
-    bases: dict[str, int] = field(default_factory=dict)
-    chain_ids: frozenset[int] = frozenset()  # groups are compared by identity, never by value
+    id: str | None
+    alias: _Instance | None
+    merges: int
+    bases: dict[str, int] | None
+    chain_ids: frozenset[int]
+
+    def __init__(self, key: str, rtype: str, creator: SegmentLike, chain: tuple[Any, ...]) -> None:
+        self.key = key
+        self.type = rtype
+        self.creator = creator
+        self.chain = chain
+        self.log = WriteLog()
+        self.links = self.links_key = self.fallbacks = self.targets = ()
+        self.node = self.shape = self.patient = self.order_depths = self.reference = self.id = self.alias = None
+        self.bases = None
+        self.shaped = False
+        self.merges = 0
+        self.chain_ids = frozenset()
 
     def base_of(self, mapname: str) -> int:
         """List offset of a segment map's elements. The IG numbers list slots per sheet:
         PD1[Patient]'s ``extension[1]`` is not PID[Patient]'s, while RXR[MedicationRequest]'s
         ``dosageInstruction[1]`` completes RXE's. ``finalize`` joins such elements when they agree."""
+        if self.bases is None:
+            self.bases = {}
         base = self.bases.get(mapname)
         if base is None:
             base = self.bases[mapname] = len(self.bases) * SHEET_STRIDE
@@ -314,6 +330,9 @@ class _Plan:
     targets: list[list[int]]
     keys: list[tuple[Any, ...]]
     order_depths: list[tuple[int, ...]]
+    follow: Callable[..., list[_Instance]] | None = None
+    """``follow(segs, chains, ctx, others)``: the instances with their logs written and their
+    links, fallbacks, targets and keys set (:func:`_follow_function`)."""
 
 
 @dataclass(eq=False)
@@ -322,6 +341,43 @@ class _ShapePlans:
 
     conditions: list[tuple[int, RowsFunction]]
     plans: dict[tuple[tuple[bool, ...], ...], _Plan]
+
+
+def _follow_function(plan: _Plan, seg_ids: list[str]) -> Callable[..., list[_Instance]]:
+    """The plan as one generated function of the message's segments: create the resources,
+    apply the segment maps (their generated functions called directly), then give every
+    resource its links, fallback references, targets, Patient and keys, all by constant
+    positions."""
+    scope: dict[str, Any] = {"Instance": _Instance}
+    lines = ["def follow(segs, chains, ctx, others):"]
+    for k, (key, rtype, i) in enumerate(plan.instances):
+        lines.append(f"    i{k} = Instance({key!r}, {rtype!r}, segs[{i}], chains[{i}])")
+    for n, (i, mapname, k, base) in enumerate(plan.steps):
+        fn = segment_function(mapname, seg_ids[i])
+        if fn is None:
+            lines.append(f"    ctx.notes.append({f'no segment map {mapname}'!r})")
+        else:
+            scope[f"S{n}"] = fn
+            lines.append(f"    S{n}(segs[{i}], i{k}.log, ctx, others, {base})")
+    for k, (links, (pf, ef), p, targets, key, depths) in enumerate(
+            zip(plan.links, plan.fallbacks, plan.patients, plan.targets, plan.keys, plan.order_depths, strict=True)):
+        if links:
+            items = []
+            for j, (kind, what, t) in enumerate(links):
+                scope[f"W{k}_{j}"] = what
+                items.append(f"({kind}, W{k}_{j}, {f'i{t}' if t >= 0 else 'None'})")
+            lines.append(f"    i{k}.links = [{', '.join(items)}]")
+        fallbacks = [f"({f[0]!r}, i{f[1]})" if f else "None" for f in (pf, ef)]
+        if pf or ef:
+            lines.append(f"    i{k}.fallbacks = ({', '.join(fallbacks)})")
+        if p >= 0:
+            lines.append(f"    i{k}.patient = i{p}")
+        scope[f"K{k}"], scope[f"D{k}"] = key, depths
+        lines += [f"    i{k}.targets = [{', '.join(f'i{t}' for t in targets)}]",
+                  f"    i{k}.links_key = K{k}", f"    i{k}.order_depths = D{k}"]
+    lines.append(f"    return [{', '.join(f'i{k}' for k in range(len(plan.instances)))}]")
+    exec("\n".join(lines), scope)  # the source is built above from the plan only
+    return scope["follow"]
 
 
 _PLANS: dict[tuple[Any, ...], _ShapePlans] = {}
@@ -459,22 +515,9 @@ class _Mapper:
         return plan
 
     def _follow(self, plan: _Plan, segs: list[SegmentLike], chains: list[tuple[Any, ...]]) -> None:
-        others = self.first_seg.get
-        ctx = self.ctx
-        insts = self.instances = [_Instance(key, rtype, segs[i], chains[i]) for key, rtype, i in plan.instances]
-        for i, mapname, k, base in plan.steps:
-            apply_segment(mapname, segs[i], insts[k].log, ctx, others, base)
-        for inst, links, (pf, ef), p, targets, key, depths in zip(insts, plan.links, plan.fallbacks, plan.patients,
-                                                                  plan.targets, plan.keys, plan.order_depths,
-                                                                  strict=True):
-            inst.order_depths = depths
-            if links:
-                inst.links = [(kind, what, insts[t] if t >= 0 else None) for kind, what, t in links]
-            inst.fallbacks = ((pf[0], insts[pf[1]]) if pf else None, (ef[0], insts[ef[1]]) if ef else None)
-            if p >= 0:
-                inst.patient = insts[p]
-            inst.targets = [insts[t] for t in targets]
-            inst.links_key = key
+        if plan.follow is None:
+            plan.follow = _follow_function(plan, [seg.id for seg in segs])
+        self.instances = plan.follow(segs, chains, self.ctx, self.first_seg.get)
 
     def _instance(self, row: dict[str, Any], seg: SegmentLike, chain: tuple[Any, ...]) -> tuple[_Instance, int]:
         """The instance this row fills, and the list offset for its repeated elements.
@@ -496,7 +539,8 @@ class _Mapper:
             if found is not None and found.creator.id != seg.id and (outer is self.root or id(outer) in found.chain_ids):
                 found.merges += 1
                 return found, found.merges * 1000
-        inst = _Instance(row["key"], row["type"], seg, chain, chain_ids=frozenset(map(id, chain)))
+        inst = _Instance(row["key"], row["type"], seg, chain)
+        inst.chain_ids = frozenset(map(id, chain))
         self.by_scope[k] = inst
         self.by_key.setdefault(inst.key, []).append(inst)
         self.instances.append(inst)
@@ -624,8 +668,8 @@ class _Mapper:
             shape = inst.shape
             if shape is not None:
                 missing: list[str] | tuple[str, ...] = shape.missing
-                if shape.parts is not None:
-                    out.append(shapes.fill(shape, inst.id or "", inst.log.values, inst.targets))
+                if shape.fill is not None:
+                    out.append(shape.fill(inst.id or "", inst.log.values, inst.targets))
                     continue
             else:
                 body = finalize(inst.node, self.resolve) or {}

@@ -27,8 +27,9 @@ from mapping.v2.field_rules import (
     ENVELOPE_SEGMENTS,
     PLAIN,
     STANDARD,
-    FieldMemo,
+    STOPS,
     FieldPlan,
+    SegmentMemo,
     WriteLog,
     compared_texts,
     cond_refs,
@@ -230,13 +231,19 @@ def _segment_key(plan: tuple[FieldPlan, ...], seg_id: str, masks: dict[int, froz
     numbers = {fp.field: fp.number for fp in plan}
     lines = []
     parts = ["rep_base"]
+    masked = [f for f in fields if f in masks]
+    if masked:
+        scope["STOPS"] = STOPS
+        scope["MASKED"] = MASKED
+        lines += ["if whole.stops != STOPS[0]:",
+                  "    whole.stops = STOPS[0]",
+                  f"    whole.masks = ({', '.join(f'not memos[{numbers[f]}].keep' for f in masked)},)",
+                  f"{', '.join(f'm{f}' for f in masked)}, = whole.masks"]
     for f in fields:
         lines.append(f"t{f} = fields[{f}] if n > {f} else ''")
         if f in masks:
             scope[f"U{f}"] = masks[f]
-            scope["MASKED"] = MASKED
-            lines.append(f"if not memos[{numbers[f]}].keep and t{f} not in U{f} and PLAIN(t{f}) is not None: "
-                         f"t{f} = MASKED")
+            lines.append(f"if m{f} and t{f} not in U{f} and PLAIN(t{f}) is not None: t{f} = MASKED")
         parts.append(f"t{f}")
     for k, ref in enumerate(foreign):
         scope[f"SKREF{k}"] = ref
@@ -245,7 +252,7 @@ def _segment_key(plan: tuple[FieldPlan, ...], seg_id: str, masks: dict[int, froz
     return lines
 
 
-def _remember_segment(whole: FieldMemo, skey: tuple[Any, ...], rec: list[Any], rep_base: int) -> None:
+def _remember_segment(whole: SegmentMemo, skey: tuple[Any, ...], rec: list[Any], rep_base: int) -> None:
     """Store a segment's steps: runs of memo entries as ready log items, primitive conversions
     as (function, field), entries that created resources as (``CREATED``, entry)."""
     whole.misses += 1

@@ -80,6 +80,8 @@ class Shape:
     identifier: str
     name: str
     missing: tuple[str, ...]
+    fill: Callable[[str, list[Any], list[Any]], dict[str, Any]] | None
+    """The finished resource from its id, values and reference targets (:func:`_filler`)."""
 
 
 SHAPES: dict[tuple[Any, ...], Shape] = {}
@@ -236,7 +238,7 @@ def shape_of(key: tuple[Any, ...], rtype: str, log: WriteLog, links: list[Any], 
     if not _only_placeholders(ident, placeholders) or not _only_placeholders(name, placeholders):
         return None
     if missing:
-        shape = Shape(None, ident, name, tuple(missing))
+        shape = Shape(None, ident, name, tuple(missing), None)
     else:
         template = orjson.dumps({"resourceType": rtype, "id": ID_PLACEHOLDER, **body})
         placeholders.append((ID_PLACEHOLDER, _ID, 0))
@@ -247,7 +249,7 @@ def shape_of(key: tuple[Any, ...], rtype: str, log: WriteLog, links: list[Any], 
             parts.append(piece if k % 2 == 0 else where.get(piece))
         if _MARK_BYTES in b"".join(pieces[::2]) or None in parts:  # the character came from the message
             return None
-        shape = Shape(tuple(parts), ident, name, ())
+        shape = Shape(tuple(parts), ident, name, (), _filler(tuple(parts)))
     if len(SHAPES) >= SHAPE_LIMIT:
         SHAPES.clear()
     SHAPES[key] = shape
@@ -283,29 +285,27 @@ def id_key(text: str, values: list[Any]) -> str:
     return text
 
 
-_dumps = orjson.dumps
-_loads = orjson.loads
+def _reference(target: Any) -> bytes:
+    """``"Type/id"`` of a reference target as JSON, made once per target."""
+    reference = target.reference = orjson.dumps(f"{target.type}/{target.id}")
+    return reference
 
 
-def fill(shape: Shape, rid: str, values: list[Any], targets: list[Any]) -> dict[str, Any]:
-    """The finished resource: the shape's template with this resource's values, reference
-    targets and id."""
-    parts = shape.parts
-    assert parts is not None
-    out = []
-    for part in parts:
+def _filler(parts: tuple[Any, ...]) -> Callable[[str, list[Any], list[Any]], dict[str, Any]]:
+    """Generated ``fill(id, values, targets)``: the finished resource, the template's bytes
+    joined with this resource's values, reference targets and id as JSON, then parsed."""
+    scope: dict[str, Any] = {"dumps": orjson.dumps, "loads": orjson.loads, "reference": _reference}
+    pieces = []
+    for k, part in enumerate(parts):
         if part.__class__ is bytes:
-            out.append(part)
+            scope[f"P{k}"] = part
+            pieces.append(f"P{k}")
+        elif part[0] == _VALUE:
+            pieces.append(f"dumps(values[{part[1]}])")
+        elif part[0] == _REFERENCE:
+            pieces.append(f"(targets[{part[1]}].reference or reference(targets[{part[1]}]))")
         else:
-            what, n = part
-            if what == _VALUE:
-                out.append(_dumps(values[n]))
-            elif what == _REFERENCE:
-                target = targets[n]
-                reference = target.reference
-                if reference is None:
-                    reference = target.reference = _dumps(f"{target.type}/{target.id}")
-                out.append(reference)
-            else:
-                out.append(_dumps(rid))
-    return _loads(b"".join(out))
+            pieces.append("dumps(rid)")
+    source = f"def fill(rid, values, targets):\n    return loads(b''.join(({', '.join(pieces)},)))"
+    exec(source, scope)  # the source is built above from the template's parts only
+    return scope["fill"]
