@@ -117,8 +117,8 @@ class _Instance:
     order_depths: tuple[int, ...] | None
     """The enclosing groups (innermost first, by depth) holding a segment that carries order
     numbers: the only ones the ``order`` id token has to read (``None``: all of them)."""
-    reference: bytes | None
-    """``"Type/id"`` as JSON, once the id is known (what templates put in for a reference)."""
+    reference: str | None
+    """``Type/id``, once the id is known (what templates put in for a reference)."""
     id: str | None
     alias: _Instance | None
     merges: int
@@ -293,10 +293,14 @@ def _flatten(group: GroupLike, chain: tuple[Any, ...], segs: list[SegmentLike], 
             sig.append(item.id)
 
 
-def _rooted(links_key: tuple[Any, ...], roots: list[Any]) -> tuple[tuple[Any, ...], list[Any]]:
-    """A shape key's links and the targets with merged resources as one target."""
-    targets: list[Any] = []
-    number: dict[int, int] = {}  # by identity: instances are never compared by value
+def _rooted(links_key: tuple[Any, ...], roots: list[Any], number: dict[int, int] | None = None,
+            targets: list[Any] | None = None) -> tuple[tuple[Any, ...], list[Any]]:
+    """A shape key's links and the targets with merged resources as one target (numbered after
+    ``targets`` and ``number``, by identity, when given: the parts of a merged resource share them)."""
+    if targets is None:
+        targets = []
+    if number is None:
+        number = {}  # by identity: instances are never compared by value
     renumber = []
     for r in roots:
         k = number.get(id(r))
@@ -633,24 +637,47 @@ class _Mapper:
         for inst in ordered:
             inst.id = _id_function(inst.type)(inst, self, standard)
         seen: dict[tuple[str, str], _Instance] = {}
-        merged = False
+        merged: dict[int, list[_Instance]] = {}  # by identity of the first: resources with one id
         for inst in self.instances:
             other = seen.get((inst.type, inst.id or ""))
             if other is None:
                 seen[(inst.type, inst.id or "")] = inst
                 continue
-            for each in (other, inst):  # resources with one id are merged as trees
-                each.shape, each.shaped = None, True
-                if each.node is None:
-                    each.node = shapes.materialize(each.log, each.links, each.fallbacks, False)
-            merge(other.node, inst.node)  # type: ignore[arg-type]
             inst.alias = other
-            self.merged = merged = True
+            merged.setdefault(id(other), [other]).append(inst)
+        if merged:
+            self.merged = True
+            for parts in merged.values():
+                self._merge(parts)
         for inst in self.instances:
             if merged and inst.shape is not None and any(t.alias is not None for t in inst.targets):
                 inst.shape, inst.shaped = None, False  # shaped again with references to merged resources
             if not inst.shaped:
                 self._shape(inst)
+
+    def _merge(self, parts: list[_Instance]) -> None:
+        """Merge resources with one id into the first: by a merged shape when every part has a
+        plain log, else as trees (finished the long way)."""
+        for each in parts:
+            each.shape, each.shaped = None, True
+        first = parts[0]
+        logs = [shapes.key_of(each.type, each.log, ()) if not each.log.groups else None for each in parts]
+        if None not in logs:
+            number: dict[int, int] = {}
+            targets: list[_Instance] = []
+            keyed = tuple((_rooted(each.links_key, [t.root() for t in each.targets], number, targets)[0], log[2])
+                          for each, log in zip(parts, logs, strict=True))  # type: ignore[index]
+            shape = shapes.merged_shape((first.type, None, keyed), first.type,
+                                        [(each.log, each.links, each.fallbacks) for each in parts], targets, self.emit)
+            if shape is not None:
+                first.shape, first.targets = shape, targets
+                first.log.values = [v for each in parts for v in each.log.values]  # numbered as the shape numbers them
+                return
+        for each in parts:
+            if each.node is None:
+                each.node = shapes.materialize(each.log, each.links, each.fallbacks, False)
+        for each in parts[1:]:
+            merge(first.node, each.node)  # type: ignore[arg-type]
 
     def resolve(self, ref: Ref) -> dict[str, Any] | None:
         if isinstance(ref.target, str):

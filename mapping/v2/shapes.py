@@ -33,6 +33,7 @@ from mapping.v2.engine import (
     finalize,
     has_element,
     identifier_key,
+    merge,
     missing_required,
     name_key,
     prune,
@@ -81,7 +82,8 @@ class Shape:
     name: str
     missing: tuple[str, ...]
     fill: Callable[[str, list[Any], list[Any]], dict[str, Any]] | None
-    """The finished resource from its id, values and reference targets (:func:`_filler`)."""
+    """The finished resource from its id, values and reference targets (:func:`_filler`): the
+    same as ``parts`` joined and parsed."""
 
 
 SHAPES: dict[tuple[Any, ...], Shape] = {}
@@ -114,9 +116,10 @@ def _holes_apart(log: WriteLog, groups: list[tuple[str, ...]]) -> bool:
     return not any(b'"' + text.encode() + b'"' in others for group in groups for text in group)
 
 
-def materialize(log: WriteLog, links: list[Any], fallbacks: tuple[Any, ...], placeholders: bool) -> Node:
+def materialize(log: WriteLog, links: list[Any] | tuple[()], fallbacks: tuple[Any, ...], placeholders: bool,
+                first: int = 0) -> Node:
     """The resource tree a write log and the links after it build; with ``placeholders``,
-    single values stand in as :func:`value_placeholder` strings."""
+    single values stand in as :func:`value_placeholder` strings (numbered from ``first``)."""
     node = Node()
     values = log.values
     i = 0
@@ -127,11 +130,11 @@ def materialize(log: WriteLog, links: list[Any], fallbacks: tuple[Any, ...], pla
             for w, value, j in orjson.loads(item[1]):
                 WRITERS[w](node, value, base + j)
         elif kind in (VALUE, VALUE_IN_LIST):
-            WRITERS[item[1]](node, value_placeholder(i) if placeholders else values[i], item[2])
+            WRITERS[item[1]](node, value_placeholder(first + i) if placeholders else values[i], item[2])
             i += 1
         elif kind == HOLED:
             n = item[3]
-            texts = [value_placeholder(k) for k in range(i, i + n)] if placeholders else values[i:i + n]
+            texts = [value_placeholder(first + k) for k in range(i, i + n)] if placeholders else values[i:i + n]
             i += n
             base = item[2]
             for w, value, j in orjson.loads(holes.fill(item[1], texts)):
@@ -227,13 +230,41 @@ def shape_of(key: tuple[Any, ...], rtype: str, log: WriteLog, links: list[Any], 
     shape = SHAPES.get(key)
     if shape is not None:
         return shape
-    node = materialize(log, links, fallbacks, True)
+    return _made(key, rtype, materialize(log, links, fallbacks, True), len(log.values), targets, emit)
+
+
+def merged_shape(key: tuple[Any, ...], rtype: str, parts: list[tuple[WriteLog, Any, tuple[Any, ...]]],
+                 targets: list[Any], emit: frozenset[str]) -> Shape | None:
+    """The shape of resources with one id merged into the first (``engine.merge``), from their
+    logs, links and fallbacks in message order: the values are all parts' values one after
+    the other, ``targets`` the references of all parts (merged resources as one). ``key``
+    holds every part's shape key; the logs must be plain and without left-out texts, so no
+    list element holds a value (merging and finishing never compare one)."""
+    shape = SHAPES.get(key)
+    if shape is not None:
+        return shape
+    node: Node | None = None
+    first = 0
+    for log, links, fallbacks in parts:
+        part = materialize(log, links, fallbacks, True, first)
+        first += len(log.values)
+        if node is None:
+            node = part
+        else:
+            merge(node, part)
+    assert node is not None
+    return _made(key, rtype, node, first, targets, emit)
+
+
+def _made(key: tuple[Any, ...], rtype: str, node: Node, n_values: int, targets: list[Any],
+          emit: frozenset[str]) -> Shape | None:
+    """The shape of a resource tree with placeholders, kept under ``key``."""
     parts = keyed_parts(node)
     ident, name = identifier_key(parts, rtype), name_key(parts)
     resolve = _placeholder_resolver(targets, emit)
     body = finalize(node, resolve) or {}
     missing = finish(body, rtype)
-    placeholders = [(value_placeholder(i), _VALUE, i) for i in range(len(log.values))]
+    placeholders = [(value_placeholder(i), _VALUE, i) for i in range(n_values)]
     placeholders += [(reference_placeholder(k), _REFERENCE, k) for k in range(len(targets))]
     if not _only_placeholders(ident, placeholders) or not _only_placeholders(name, placeholders):
         return None
@@ -249,7 +280,8 @@ def shape_of(key: tuple[Any, ...], rtype: str, log: WriteLog, links: list[Any], 
             parts.append(piece if k % 2 == 0 else where.get(piece))
         if _MARK_BYTES in b"".join(pieces[::2]) or None in parts:  # the character came from the message
             return None
-        shape = Shape(tuple(parts), ident, name, (), _filler(tuple(parts)))
+        fill = _filler(orjson.loads(template), {p: (what, n) for p, what, n in placeholders})
+        shape = Shape(tuple(parts), ident, name, (), fill)
     if len(SHAPES) >= SHAPE_LIMIT:
         SHAPES.clear()
     SHAPES[key] = shape
@@ -285,27 +317,46 @@ def id_key(text: str, values: list[Any]) -> str:
     return text
 
 
-def _reference(target: Any) -> bytes:
-    """``"Type/id"`` of a reference target as JSON, made once per target."""
-    reference = target.reference = orjson.dumps(f"{target.type}/{target.id}")
+def _reference(target: Any) -> str:
+    """``Type/id`` of a reference target, made once per target."""
+    reference = target.reference = f"{target.type}/{target.id}"
     return reference
 
 
-def _filler(parts: tuple[Any, ...]) -> Callable[[str, list[Any], list[Any]], dict[str, Any]]:
-    """Generated ``fill(id, values, targets)``: the finished resource, the template's bytes
-    joined with this resource's values, reference targets and id as JSON, then parsed."""
-    scope: dict[str, Any] = {"dumps": orjson.dumps, "loads": orjson.loads, "reference": _reference}
-    pieces = []
-    for k, part in enumerate(parts):
-        if part.__class__ is bytes:
-            scope[f"P{k}"] = part
-            pieces.append(f"P{k}")
-        elif part[0] == _VALUE:
-            pieces.append(f"dumps(values[{part[1]}])")
-        elif part[0] == _REFERENCE:
-            pieces.append(f"(targets[{part[1]}].reference or reference(targets[{part[1]}]))")
-        else:
-            pieces.append("dumps(rid)")
-    source = f"def fill(rid, values, targets):\n    return loads(b''.join(({', '.join(pieces)},)))"
-    exec(source, scope)  # the source is built above from the template's parts only
+def _as_json(value: Any) -> Any:
+    """A value as the template's JSON carries it: what orjson writes, read back (a number that is
+    not finite becomes ``None``; text orjson cannot write fails here as it would there)."""
+    return orjson.loads(orjson.dumps(value))
+
+
+def _filler(template: dict[str, Any], where: dict[str, tuple[int, int]]
+            ) -> Callable[[str, list[Any], list[Any]], dict[str, Any]]:
+    """Generated ``fill(id, values, targets)``: the finished resource as one Python display of
+    the template (read back from its JSON), this resource's values, references and id put in
+    where the template has placeholders; cheaper than joining JSON bytes and parsing them."""
+    scope: dict[str, Any] = {"as_json": _as_json, "reference": _reference}
+    lines = ["def fill(rid, values, targets):"]
+    used: set[str] = set()
+
+    def display(obj: Any) -> str:
+        if obj.__class__ is dict:
+            return "{" + ", ".join(f"{k!r}: {display(v)}" for k, v in obj.items()) + "}"
+        if obj.__class__ is list:
+            return "[" + ", ".join(display(v) for v in obj) + "]"
+        if obj.__class__ is str and obj in where:
+            what, n = where[obj]
+            name = "rid" if what == _ID else f"{'v' if what == _VALUE else 'r'}{n}"
+            if name not in used:
+                used.add(name)
+                if what == _VALUE:
+                    lines.extend([f"    v{n} = values[{n}]",
+                                  f"    if v{n}.__class__ is not str or not v{n}.isascii(): v{n} = as_json(v{n})"])
+                elif what == _REFERENCE:
+                    lines.append(f"    r{n} = targets[{n}].reference or reference(targets[{n}])")
+            return name
+        return repr(obj)
+
+    body = display(template)
+    lines.append(f"    return {body}")
+    exec("\n".join(lines), scope)  # the source is built above from the template only
     return scope["fill"]
