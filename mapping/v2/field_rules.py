@@ -151,8 +151,7 @@ class WriteLog(list):
 
     __slots__ = ("values", "plain", "groups")
 
-    def __init__(self) -> None:
-        super().__init__()
+    def __init__(self) -> None:  # starts empty: list.__new__ made it so, no list.__init__ needed
         self.values: list[Any] = []
         self.plain = True
         self.groups: list[tuple[str, ...]] = []

@@ -25,6 +25,7 @@ import orjson
 from mapping.v2 import shapes, values
 from mapping.v2.engine import (
     CONVERSIONS,
+    ID_SEPARATOR,
     SHEET_STRIDE,
     Context,
     Node,
@@ -35,6 +36,7 @@ from mapping.v2.engine import (
     identifier_key,
     merge,
     name_key,
+    stable_digest,
     stable_id,
     writer,
 )
@@ -596,12 +598,13 @@ class _Mapper:
     def patient(self, near: _Instance) -> _Instance | None:
         return self._find("Patient[1]", near)
 
-    def _shape(self, inst: _Instance) -> None:
+    def _shape(self, inst: _Instance, rooted: bool = False) -> None:
         """Find (or make) the resource's shape; without one, build its tree. References are
-        numbered by the resource they end at (two merged resources are one target)."""
+        numbered by the resource they end at (two merged resources are one target: ``rooted``,
+        when some of its targets were merged into another)."""
         inst.shaped = True
         links_key = inst.links_key
-        if self.merged and any(t.alias is not None for t in inst.targets):
+        if rooted:
             links_key, inst.targets = _rooted(links_key, [t.root() for t in inst.targets])
         key = shapes.key_of(inst.type, inst.log, links_key)
         if key is not None:
@@ -622,8 +625,8 @@ class _Mapper:
     def order_number(self, inst: _Instance) -> str:
         """Filler (else placer) order number of the innermost group around ``inst`` that has one."""
         chain = inst.chain
-        groups = reversed(chain) if inst.order_depths is None else [chain[d] for d in inst.order_depths]
-        for g in groups:
+        depths = inst.order_depths
+        for g in reversed(chain) if depths is None else map(chain.__getitem__, depths):
             found = self.orders.get(id(g))
             if found is None:
                 found = self.orders[id(g)] = _order_number_in(g)
@@ -650,10 +653,11 @@ class _Mapper:
             for parts in merged.values():
                 self._merge(parts)
         for inst in self.instances:
-            if merged and inst.shape is not None and any(t.alias is not None for t in inst.targets):
+            rooted = bool(merged) and any(t.alias is not None for t in inst.targets)
+            if rooted and inst.shape is not None:
                 inst.shape, inst.shaped = None, False  # shaped again with references to merged resources
             if not inst.shaped:
-                self._shape(inst)
+                self._shape(inst, rooted)
 
     def _merge(self, parts: list[_Instance]) -> None:
         """Merge resources with one id into the first: by a merged shape when every part has a
@@ -746,8 +750,11 @@ def _id_function(rtype: str) -> IdFunction:
                 spec = tok[4:].split(".")
                 f, c = int(spec[0]), int(spec[1]) if len(spec) > 1 else 1
                 if c == 1 and f > 2:  # _first_value(), inlined (MSH-1/MSH-2 are not split as other fields)
+                    # a plain text before the first component separator is the first component
                     lines += [f"        {var} = fields[{f}] if n > {f} else ''",
-                              f"        if {var} and not (standard and PLAIN({var})): {var} = creator.get({f}, 1, 1)",
+                              f"        if {var} and not (standard and PLAIN({var})):",
+                              f"            first = {var}.partition('^')[0] if standard else ''",
+                              f"            {var} = first if first and PLAIN(first) else creator.get({f}, 1, 1)",
                               f"        {var} = {tok + '='!r} + {var}"]
                 else:
                     lines.append(f"        {var} = {tok + '='!r} + first_value(creator, {f}, {c}, standard)")
@@ -768,9 +775,10 @@ def _id_function(rtype: str) -> IdFunction:
             else:
                 raise ValueError(f"unknown id token {tok}")
             parts.append(var)
-        lines.append(f"        return stable_id({rtype!r}, {', '.join(parts)})")
+        lines.append(f"        return digest({rtype!r} {' '.join(f'+ SEP + {p}' for p in parts)})")
     lines.append(f"    return stable_id({rtype!r}, creator.raw)")
     scope: dict[str, Any] = {"stable_id": stable_id, "first_value": _first_value, "PLAIN": PLAIN,
+                             "digest": stable_digest, "SEP": ID_SEPARATOR,
                              "named_value": _named_value}
     exec("\n".join(lines), scope)  # the source is built above from the id recipes only
     return scope["make_id"]

@@ -349,8 +349,10 @@ def _filler(template: dict[str, Any], where: dict[str, tuple[int, int]]
             if name not in used:
                 used.add(name)
                 if what == _VALUE:
-                    lines.extend([f"    v{n} = values[{n}]",
-                                  f"    if v{n}.__class__ is not str or not v{n}.isascii(): v{n} = as_json(v{n})"])
+                    # what JSON carries unchanged stays as it is (ASCII text, finite float, 64-bit int)
+                    lines.extend([f"    v{n} = values[{n}]", f"    c = v{n}.__class__",
+                                  f"    if not ((c is str and v{n}.isascii()) or (c is float and v{n} - v{n} == 0.0) "
+                                  f"or (c is int and {-2**63} <= v{n} < {2**64})): v{n} = as_json(v{n})"])
                 elif what == _REFERENCE:
                     lines.append(f"    r{n} = targets[{n}].reference or reference(targets[{n}])")
             return name
