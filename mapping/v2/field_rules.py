@@ -386,10 +386,12 @@ def direct_function(fp: FieldPlan, holds: tuple[bool, ...] | None) -> Callable[.
                 or (rule["map"] and datatype_maps().get(rule["map"]))):
             break
         number = writer_number(rule.get("w") or writer_for(rule, ""))
+        kind = VALUE_IN_LIST if any(step[2] for step in rule["steps"]) else VALUE  # in a list: may be joined
+        scope[f"ITEM{j}"] = (kind, number, 0)  # one object for every such value: shapes are found by identity
         lines += [f"    v = {expression}", "    if v is not None:",
-                  f"        log.append(({VALUE}, {number}, rep_base))", "        log.values.append(v)"]
-        if any(step[2] for step in rule["steps"]):  # inside a list: equal values may be joined
-            lines[-2] = f"        log.append(({VALUE_IN_LIST}, {number}, rep_base))"
+                  f"        log.append(ITEM{j} if rep_base == 0 else ({kind}, {number}, rep_base))",
+                  "        log.values.append(v)"]
+        if kind == VALUE_IN_LIST:
             lines.append("        log.plain = False")
     else:
         lines.append("    return None")

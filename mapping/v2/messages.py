@@ -310,6 +310,10 @@ def _rooted(links_key: tuple[Any, ...], roots: list[Any], number: dict[int, int]
             k = number[id(r)] = len(targets)
             targets.append(r)
         renumber.append(k)
+    done = (id(links_key), *renumber)
+    hit = _ROOTED.get(done)
+    if hit is not None:
+        return hit[1], targets
     items = []
     for item in links_key:
         if item is not None and item[0] == LINK:
@@ -317,7 +321,15 @@ def _rooted(links_key: tuple[Any, ...], roots: list[Any], number: dict[int, int]
         elif item is not None and len(item) == 3:  # a fallback reference
             item = (item[0], renumber[item[1]], item[2])
         items.append(item)
-    return tuple(items), targets
+    if len(_ROOTED) >= _PLAN_LIMIT:
+        _ROOTED.clear()
+    rooted = _ROOTED[done] = (links_key, tuple(items))
+    return rooted[1], targets
+
+
+_ROOTED: dict[tuple[int, ...], tuple[tuple[Any, ...], tuple[Any, ...]]] = {}
+"""Links key identity and renumbering → the links key (kept alive, so no other object takes its
+identity while the entry exists) and the renumbered one, the same object every time."""
 
 
 @dataclass(eq=False)
@@ -606,9 +618,8 @@ class _Mapper:
         links_key = inst.links_key
         if rooted:
             links_key, inst.targets = _rooted(links_key, [t.root() for t in inst.targets])
-        key = shapes.key_of(inst.type, inst.log, links_key)
-        if key is not None:
-            inst.shape = shapes.shape_of(key, inst.type, inst.log, inst.links, inst.fallbacks, inst.targets, self.emit)
+        inst.shape = shapes.shape_for(inst.type, inst.log, links_key, inst.links, inst.fallbacks, inst.targets,
+                                      self.emit)
         if inst.shape is None:
             inst.node = shapes.materialize(inst.log, inst.links, inst.fallbacks, False)
 
@@ -719,8 +730,9 @@ def forget() -> None:
     for table in MEMO_TABLES.values():
         table.clear()
     CONVERSIONS.clear()
-    shapes.SHAPES.clear()
+    shapes.forget()
     _PLANS.clear()
+    _ROOTED.clear()
 
 
 _NAMED_FIELD = re.compile(r"^[A-Z][A-Z0-9]{2}-\d+(?:\.\d+)?$")

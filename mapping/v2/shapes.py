@@ -87,21 +87,56 @@ class Shape:
 
 
 SHAPES: dict[tuple[Any, ...], Shape] = {}
+_BY_IDENTITY: dict[tuple[Any, ...], tuple[Shape, tuple[Any, ...]]] = {}
+"""The type, the identities of the links key and log items → shape and the key (which keeps
+those objects alive, so no other object can take their identities while the entry exists)."""
+
+
+def shape_for(rtype: str, log: WriteLog, links_key: tuple[Any, ...], links: list[Any] | tuple[()],
+              fallbacks: tuple[Any, ...], targets: list[Any], emit: frozenset[str]) -> Shape | None:
+    """:func:`shape_of` the resource's :func:`key_of`, found first by the identities of the key's
+    parts: replayed segments log the same item objects, and plans and the merged-target
+    numbering keep their links keys, so most resources are found without hashing their logs."""
+    if not log.plain:
+        return None
+    ident = (rtype, id(links_key), *map(id, log))
+    hit = _BY_IDENTITY.get(ident)
+    if hit is not None:
+        return hit[0] if _values_apart(log) else None
+    key = key_of(rtype, log, links_key)
+    if key is None:
+        return None
+    shape = shape_of(key, rtype, log, links, fallbacks, targets, emit)
+    if shape is not None:
+        if len(_BY_IDENTITY) >= SHAPE_LIMIT:
+            _BY_IDENTITY.clear()
+        _BY_IDENTITY[ident] = (shape, key)
+    return shape
+
+
+def forget() -> None:
+    """Drop every template."""
+    SHAPES.clear()
+    _BY_IDENTITY.clear()
 
 
 def key_of(rtype: str, log: WriteLog, links_key: tuple[Any, ...]) -> tuple[Any, ...] | None:
     """The shape key of a resource: its type, its links (as the message plan numbers them)
     and its write log without the values; ``None`` when the log holds what only the long
     way finishes (values the interpreter just wrote, values inside lists)."""
-    if not log.plain:
-        return None
-    for v in log.values:
-        if v.__class__ is str and MARK in v:
-            return None
-    groups = log.groups
-    if groups and not _holes_apart(log, groups):
+    if not log.plain or not _values_apart(log):
         return None
     return rtype, links_key, tuple(log)
+
+
+def _values_apart(log: WriteLog) -> bool:
+    """True when the log's values cannot be taken for placeholders or be joined with other
+    list elements: what a template needs besides the log's items."""
+    for v in log.values:
+        if v.__class__ is str and MARK in v:
+            return False
+    groups = log.groups
+    return not groups or _holes_apart(log, groups)
 
 
 def _holes_apart(log: WriteLog, groups: list[tuple[str, ...]]) -> bool:
@@ -283,7 +318,7 @@ def _made(key: tuple[Any, ...], rtype: str, node: Node, n_values: int, targets: 
         fill = _filler(orjson.loads(template), {p: (what, n) for p, what, n in placeholders})
         shape = Shape(tuple(parts), ident, name, (), fill)
     if len(SHAPES) >= SHAPE_LIMIT:
-        SHAPES.clear()
+        forget()
     SHAPES[key] = shape
     return shape
 
