@@ -97,7 +97,7 @@ class _Instance:
 
     __slots__ = ("key", "type", "creator", "chain", "log", "links", "links_key", "node", "fallbacks", "shape",
                  "shaped", "targets", "patient", "order_depths", "reference", "id", "alias", "merges", "bases",
-                 "chain_ids")
+                 "chain_ids", "referrers")
 
     log: WriteLog
     """What the segment maps write (``field_rules.LOG_KINDS``), in order."""
@@ -114,6 +114,9 @@ class _Instance:
     shaped: bool
     targets: list[Any] | tuple[()]
     """The distinct resources it refers to, in the order the shape numbers them."""
+    referrers: tuple[int, ...]
+    """The positions of the resources whose ``targets`` (as the plan made them) hold this one (not
+    the resources: references both ways would make cycles only the garbage collector frees)."""
     patient: _Instance | None
     """The Patient the ``patient`` id token reads (not the resource itself)."""
     order_depths: tuple[int, ...] | None
@@ -133,7 +136,7 @@ class _Instance:
         self.creator = creator
         self.chain = chain
         self.log = WriteLog()
-        self.links = self.links_key = self.fallbacks = self.targets = ()
+        self.links = self.links_key = self.fallbacks = self.targets = self.referrers = ()
         self.node = self.shape = self.patient = self.order_depths = self.reference = self.id = self.alias = None
         self.bases = None
         self.shaped = False
@@ -348,9 +351,9 @@ class _Plan:
     targets: list[list[int]]
     keys: list[tuple[Any, ...]]
     order_depths: list[tuple[int, ...]]
-    follow: Callable[..., list[_Instance]] | None = None
+    follow: Callable[..., tuple[list[_Instance], list[_Instance]]] | None = None
     """``follow(segs, chains, ctx, others)``: the instances with their logs written and their
-    links, fallbacks, targets and keys set (:func:`_follow_function`)."""
+    links, fallbacks, targets and keys set, and in id order (:func:`_follow_function`)."""
 
 
 @dataclass(eq=False)
@@ -361,11 +364,12 @@ class _ShapePlans:
     plans: dict[tuple[tuple[bool, ...], ...], _Plan]
 
 
-def _follow_function(plan: _Plan, seg_ids: list[str]) -> Callable[..., list[_Instance]]:
+def _follow_function(plan: _Plan, seg_ids: list[str]
+                     ) -> Callable[..., tuple[list[_Instance], list[_Instance]]]:
     """The plan as one generated function of the message's segments: create the resources,
     apply the segment maps (their generated functions called directly), then give every
-    resource its links, fallback references, targets, Patient and keys, all by constant
-    positions."""
+    resource its links, fallback references, targets, referrers, Patient and keys, all by
+    constant positions. Returns the resources in message order and in the order ids are made."""
     scope: dict[str, Any] = {"Instance": _Instance}
     lines = ["def follow(segs, chains, ctx, others):"]
     for k, (key, rtype, i) in enumerate(plan.instances):
@@ -393,7 +397,14 @@ def _follow_function(plan: _Plan, seg_ids: list[str]) -> Callable[..., list[_Ins
         scope[f"K{k}"], scope[f"D{k}"] = key, depths
         lines += [f"    i{k}.targets = [{', '.join(f'i{t}' for t in targets)}]",
                   f"    i{k}.links_key = K{k}", f"    i{k}.order_depths = D{k}"]
-    lines.append(f"    return [{', '.join(f'i{k}' for k in range(len(plan.instances)))}]")
+    referrers: dict[int, list[int]] = {}
+    for k, targets in enumerate(plan.targets):
+        for t in targets:
+            referrers.setdefault(t, []).append(k)
+    lines += [f"    i{t}.referrers = {tuple(ks)!r}" for t, ks in referrers.items()]
+    types = [rtype for _, rtype, _ in plan.instances]  # ids: Patients first (the patient token reads theirs)
+    ordered = sorted(range(len(types)), key=lambda k: types[k] != "Patient")
+    lines.append(f"    return [{', '.join(f'i{k}' for k in range(len(types)))}], [{', '.join(f'i{k}' for k in ordered)}]")
     exec("\n".join(lines), scope)  # the source is built above from the plan only
     return scope["follow"]
 
@@ -411,6 +422,8 @@ class _Mapper:
         self.family = family
         self.emit = _emitted()
         self.instances: list[_Instance] = []
+        self.ordered: list[_Instance] = []
+        """The instances in the order their ids are made."""
         self.by_scope: dict[tuple[str, int], _Instance] = {}
         self.refs: list[tuple[_Instance, dict[str, Any]]] = []
         self.first_seg: dict[str, SegmentLike] = {}
@@ -535,7 +548,7 @@ class _Mapper:
     def _follow(self, plan: _Plan, segs: list[SegmentLike], chains: list[tuple[Any, ...]]) -> None:
         if plan.follow is None:
             plan.follow = _follow_function(plan, [seg.id for seg in segs])
-        self.instances = plan.follow(segs, chains, self.ctx, self.first_seg.get)
+        self.instances, self.ordered = plan.follow(segs, chains, self.ctx, self.first_seg.get)
 
     def _instance(self, row: dict[str, Any], seg: SegmentLike, chain: tuple[Any, ...]) -> tuple[_Instance, int]:
         """The instance this row fills, and the list offset for its repeated elements.
@@ -646,9 +659,8 @@ class _Mapper:
         return ""
 
     def assign_ids(self) -> None:
-        ordered = sorted(self.instances, key=lambda i: i.type != "Patient")
         standard = self.ctx.delimiters[1:5] == STANDARD
-        for inst in ordered:
+        for inst in self.ordered:
             inst.id = _id_function(inst.type)(inst, self, standard)
         seen: dict[tuple[str, str], _Instance] = {}
         merged: dict[int, list[_Instance]] = {}  # by identity of the first: resources with one id
@@ -659,12 +671,14 @@ class _Mapper:
                 continue
             inst.alias = other
             merged.setdefault(id(other), [other]).append(inst)
+        rooted_at: set[int] = set()  # the positions of resources referring to a merged one
         if merged:
             self.merged = True
             for parts in merged.values():
                 self._merge(parts)
-        for inst in self.instances:
-            rooted = bool(merged) and any(t.alias is not None for t in inst.targets)
+            rooted_at = {k for parts in merged.values() for alias in parts[1:] for k in alias.referrers}
+        for k, inst in enumerate(self.instances):
+            rooted = k in rooted_at and id(inst) not in merged  # a first part refers to the merged whole
             if rooted and inst.shape is not None:
                 inst.shape, inst.shaped = None, False  # shaped again with references to merged resources
             if not inst.shaped:
@@ -859,14 +873,16 @@ def _segments_in(group: Any) -> Iterator[SegmentLike]:
             yield from _segments_in(item)
 
 
-def _provenance(msg: MessageLike, targets: list[dict[str, Any]], default_tz: str | None) -> dict[str, Any]:
+def _provenance(msg: MessageLike, targets: list[dict[str, Any]], tz: str | None) -> dict[str, Any]:
+    """The Provenance of a mapped message; ``tz``: the message's own offset (MSH-7), else the default."""
     msh = msg.msh
     sender = " ".join(p for p in (msh.get(3), msh.get(4)) if p) or "unknown sender"
     control_id = msg.control_id
-    recorded = values.dtm(msh.get(7), "instant", values.tz_of(msh.get(7)) or default_tz)
+    msh7 = msh.get(7)
+    recorded = values.dtm(msh7, "instant", tz)
     prov: dict[str, Any] = {
         "resourceType": "Provenance",
-        "id": stable_id("Provenance", sender, control_id, msh.get(7)),
+        "id": stable_id("Provenance", sender, control_id, msh7),
         "target": [{"reference": f"{r['resourceType']}/{r['id']}"} for r in targets],
         "recorded": recorded or "1970-01-01T00:00:00Z",
         "activity": {

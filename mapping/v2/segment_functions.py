@@ -19,6 +19,7 @@ from __future__ import annotations
 import itertools
 from collections.abc import Callable
 from functools import cache
+from operator import itemgetter
 from typing import Any
 
 from mapping.v2.engine import NULL, Context, SegmentLike, ref_value
@@ -229,8 +230,10 @@ def _segment_key(plan: tuple[FieldPlan, ...], seg_id: str, masks: dict[int, froz
     fields = sorted({fp.field for fp in plan} | {ref[1] for fp in plan for ref in fp.deps if ref[0] == seg_id})
     foreign = sorted({ref for fp in plan for ref in fp.deps if ref[0] != seg_id})
     numbers = {fp.field: fp.number for fp in plan}
-    lines = []
-    parts = ["rep_base"]
+    top = max(fields, default=0)
+    scope["FETCH"] = itemgetter(*fields, 0)  # field 0 too: a tuple however few fields the map reads
+    scope["PAD"] = [""] * (top + 1)
+    lines = [f"texts = FETCH(fields if n > {top} else fields + PAD[n:])"]
     masked = [f for f in fields if f in masks]
     if masked:
         scope["STOPS"] = STOPS
@@ -238,13 +241,16 @@ def _segment_key(plan: tuple[FieldPlan, ...], seg_id: str, masks: dict[int, froz
         lines += ["if whole.stops != STOPS[0]:",
                   "    whole.stops = STOPS[0]",
                   f"    whole.masks = ({', '.join(f'not memos[{numbers[f]}].keep' for f in masked)},)",
-                  f"{', '.join(f'm{f}' for f in masked)}, = whole.masks"]
-    for f in fields:
-        lines.append(f"t{f} = fields[{f}] if n > {f} else ''")
-        if f in masks:
+                  f"{', '.join(f'm{f}' for f in masked)}, = whole.masks",
+                  f"if {' or '.join(f'm{f}' for f in masked)}:",
+                  "    texts = list(texts)"]
+        for f in masked:
+            k = fields.index(f)
             scope[f"U{f}"] = masks[f]
-            lines.append(f"if m{f} and t{f} not in U{f} and PLAIN(t{f}) is not None: t{f} = MASKED")
-        parts.append(f"t{f}")
+            lines.append(f"    if m{f} and texts[{k}] not in U{f} and PLAIN(texts[{k}]) is not None: "
+                         f"texts[{k}] = MASKED")
+        lines.append("    texts = tuple(texts)")
+    parts = ["rep_base", "texts"]
     for k, ref in enumerate(foreign):
         scope[f"SKREF{k}"] = ref
         parts.append(f"ref_value(seg, others, SKREF{k})")
