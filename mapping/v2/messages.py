@@ -65,6 +65,9 @@ class GroupLike(Protocol):
     repeats: bool
     family: str
     """On the root: the version family of the structure definitions that grouped the message."""
+    flat: tuple[list[Any], list[tuple[Any, ...]], Any] | None
+    """On the root, when the grouping has it: segments in message order, their enclosing groups,
+    and a key the same for every message grouped alike (else the mapper walks the groups)."""
 
 
 class MessageLike(Protocol):
@@ -447,11 +450,15 @@ class _Mapper:
         so it is decided once per such shape (:class:`_Plan`) and followed by every later
         message of that shape.
         """
-        segs: list[SegmentLike] = []
-        chains: list[tuple[Any, ...]] = []
-        sig: list[Any] = [self.structure, self.family]  # the rows that apply differ by family
-        _flatten(self.root, (), segs, chains, sig)
-        key = tuple(sig)
+        flat = getattr(self.root, "flat", None)
+        if flat is not None:  # the grouping's own walk and key (the same grouping, the same key)
+            segs, chains, grouping = flat
+            key: tuple[Any, ...] = (self.structure, self.family, grouping)
+        else:
+            segs, chains = [], []
+            sig: list[Any] = [self.structure, self.family]  # the rows that apply differ by family
+            _flatten(self.root, (), segs, chains, sig)
+            key = tuple(sig)
         shaped = _PLANS.get(key)
         if shaped is None:
             if len(_PLANS) >= _PLAN_LIMIT:
