@@ -21,6 +21,7 @@ import copy
 import re
 from collections.abc import Callable
 from dataclasses import dataclass
+from functools import lru_cache
 from typing import Any
 
 import orjson
@@ -346,10 +347,20 @@ def _placeholder_resolver(targets: list[Any], emit: frozenset[str]) -> Callable[
 
 def id_key(text: str, values: list[Any]) -> str:
     """An id recipe's identifier or name key with this resource's values put in."""
-    if MARK in text:
-        for i, v in enumerate(values):
-            text = text.replace(value_placeholder(i), str(v))
-    return text
+    if MARK not in text:
+        return text
+    n = len(values)
+    return "".join([part if part.__class__ is str else str(values[part]) if part < n else value_placeholder(part)
+                    for part in _key_parts(text)])
+
+
+_VALUE_PLACEHOLDER = re.compile(f"{MARK}([0-9]+)v{MARK}")
+
+
+@lru_cache(maxsize=4096)
+def _key_parts(text: str) -> tuple[str | int, ...]:
+    """An identifier or name key cut at its value placeholders: texts, and value numbers between."""
+    return tuple(int(piece) if k % 2 else piece for k, piece in enumerate(_VALUE_PLACEHOLDER.split(text)))
 
 
 def _reference(target: Any) -> str:
