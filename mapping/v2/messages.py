@@ -789,6 +789,11 @@ def _id_function(rtype: str) -> IdFunction:
                               f"            first = {var}.partition('^')[0] if standard else ''",
                               f"            {var} = first if first and PLAIN(first) else creator.get({f}, 1, 1)",
                               f"        {var} = {tok + '='!r} + {var}"]
+                elif c == 1:  # MSH-1 and MSH-2 are taken as sent
+                    lines += [f"        {var} = fields[{f}] if n > {f} else ''",
+                              f"        if {var} and (creator.id in ENVELOPE or not (standard and PLAIN({var}))): "
+                              f"{var} = creator.get({f}, 1, 1)",
+                              f"        {var} = {tok + '='!r} + {var}"]
                 else:
                     lines.append(f"        {var} = {tok + '='!r} + first_value(creator, {f}, {c}, standard)")
             elif _NAMED_FIELD.match(tok):
@@ -811,7 +816,7 @@ def _id_function(rtype: str) -> IdFunction:
         lines.append(f"        return digest({rtype!r} {' '.join(f'+ SEP + {p}' for p in parts)})")
     lines.append(f"    return stable_id({rtype!r}, creator.raw)")
     scope: dict[str, Any] = {"stable_id": stable_id, "first_value": _first_value, "PLAIN": PLAIN,
-                             "digest": stable_digest, "SEP": ID_SEPARATOR,
+                             "digest": stable_digest, "SEP": ID_SEPARATOR, "ENVELOPE": ENVELOPE_SEGMENTS,
                              "named_value": _named_value}
     exec("\n".join(lines), scope)  # the source is built above from the id recipes only
     return scope["make_id"]
