@@ -149,13 +149,16 @@ class WriteLog(list):
     single values apart. ``plain``: only memo entries and values outside lists, so the log
     without its values is the resource's shape (``shapes``)."""
 
-    __slots__ = ("values", "plain", "groups")
+    __slots__ = ("values", "plain", "groups", "fresh")
 
     def __init__(self) -> None:  # starts empty: list.__new__ made it so, no list.__init__ needed
         self.values: list[Any] = []
         self.plain = True
         self.groups: list[tuple[str, ...]] = []
         """The left-out texts of ``HOLED`` entries, by repetition."""
+        self.fresh = False
+        """Some item was made for this log alone (not one a replayed segment or a primitive
+        conversion shares): its shape is not worth remembering by the items' identities."""
 
 
 WRITERS: list[Writer] = []
@@ -314,6 +317,7 @@ def _from_masked(fp: FieldPlan, raw: str, key: Any, holds: tuple[bool, ...] | No
     if not entry:
         return False
     log.append((HOLED, entry, rep_base, len(texts)))
+    log.fresh = True
     log.values.extend(texts)
     log.groups.extend(groups)
     if memo.keep:
@@ -389,7 +393,8 @@ def direct_function(fp: FieldPlan, holds: tuple[bool, ...] | None) -> Callable[.
         kind = VALUE_IN_LIST if any(step[2] for step in rule["steps"]) else VALUE  # in a list: may be joined
         scope[f"ITEM{j}"] = (kind, number, 0)  # one object for every such value: shapes are found by identity
         lines += [f"    v = {expression}", "    if v is not None:",
-                  f"        log.append(ITEM{j} if rep_base == 0 else ({kind}, {number}, rep_base))",
+                  f"        if rep_base == 0: log.append(ITEM{j})",
+                  f"        else: log.append(({kind}, {number}, rep_base)); log.fresh = True",
                   "        log.values.append(v)"]
         if kind == VALUE_IN_LIST:
             lines.append("        log.plain = False")
@@ -557,11 +562,13 @@ def replay_created(hit: tuple[bytes, bytes], log: WriteLog, ctx: Context, rep_ba
     for rtype, rid, body in orjson.loads(made):
         ctx.add_resource(rtype, rid, body)
     log.append((ENTRY, writes, rep_base))
+    log.fresh = True
 
 
 def replay(hit: bytes | tuple[bytes, bytes], log: WriteLog, ctx: Context, rep_base: int) -> None:
     """Do again what a field's rules did before (what the generated functions inline)."""
     if hit.__class__ is bytes:
         log.append((ENTRY, hit, rep_base))
+        log.fresh = True
     else:
         replay_created(hit, log, ctx, rep_base)  # type: ignore[arg-type]

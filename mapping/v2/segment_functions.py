@@ -112,6 +112,7 @@ def segment_function(mapname: str, seg_id: str) -> SegmentFunction | None:
         inline_replay = ["elif hit.__class__ is bytes:",  # replay(), inlined
                   "    memo.hits += 1",
                   "    log.append((ENTRY, hit, rep_base))",
+                  "    log.fresh = True",
                   "    rec.append(hit)",
                   "else:",
                   "    memo.hits += 1",

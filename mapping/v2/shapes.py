@@ -97,9 +97,14 @@ def shape_for(rtype: str, log: WriteLog, links_key: tuple[Any, ...], links: list
               fallbacks: tuple[Any, ...], targets: list[Any], emit: frozenset[str]) -> Shape | None:
     """:func:`shape_of` the resource's :func:`key_of`, found first by the identities of the key's
     parts: replayed segments log the same item objects, and plans and the merged-target
-    numbering keep their links keys, so most resources are found without hashing their logs."""
+    numbering keep their links keys, so most resources are found without hashing their logs.
+    A log with items of its own (``fresh``) is looked up by value only: remembering it by
+    identities would only fill the table (and the garbage collector's passes)."""
     if not log.plain:
         return None
+    if log.fresh:
+        key = key_of(rtype, log, links_key)
+        return None if key is None else shape_of(key, rtype, log, links, fallbacks, targets, emit)
     ident = (rtype, id(links_key), *map(id, log))
     hit = _BY_IDENTITY.get(ident)
     if hit is not None:
