@@ -53,7 +53,7 @@ class FieldMemo(dict):
     values are converted directly loses little when its texts start repeating.
     """
 
-    __slots__ = ("hits", "misses", "keep", "aliases", "keep_aliases", "holed")
+    __slots__ = ("hits", "misses", "keep", "aliases", "keep_aliases", "holed", "segment")
 
     def __init__(self) -> None:
         super().__init__()
@@ -65,6 +65,9 @@ class FieldMemo(dict):
         self.keep = True
         self.aliases = 0
         self.keep_aliases = True
+        self.segment: FieldMemo | None = None
+        """The memo of the segment map the field belongs to: a segment found there again found
+        this field's text again too (counted as a hit of this memo when it decides ``keep``)."""
 
     def alias(self, key: Any, entry: bytes | tuple[bytes, bytes]) -> None:
         """Remember an entry found by which conditions held under the field's inputs too, unless
@@ -94,12 +97,14 @@ class SegmentMemo(FieldMemo):
     """A segment map's memo (``segment_functions``): the segment's texts → its steps. ``masks``
     says which of the map's fields had stopped remembering when ``stops`` read :data:`STOPS`."""
 
-    __slots__ = ("masks", "stops")
+    __slots__ = ("masks", "stops", "linked")
 
     def __init__(self) -> None:
         super().__init__()
         self.masks: tuple[bool, ...] = ()
         self.stops = -1
+        self.linked = False
+        """The map's field memos know this memo (``FieldMemo.segment``)."""
 
 
 class MemoTable(dict):
@@ -343,7 +348,8 @@ def _masked_entry(fp: FieldPlan, raw: str, holds: tuple[bool, ...] | None, seg: 
 
 def _remember(memo: FieldMemo, key: Any, writes: bytes, made: bytes | None) -> None:
     memo.misses += 1
-    if memo.keep and memo.misses >= 256 and memo.hits + memo.aliases < memo.misses:  # most texts are new
+    replayed = memo.segment.hits if memo.segment is not None else 0
+    if memo.keep and memo.misses >= 256 and memo.hits + memo.aliases + replayed < memo.misses:  # most texts are new
         memo.keep = False
         STOPS[0] += 1
     memo.store(key, writes if made is None else (made, writes))

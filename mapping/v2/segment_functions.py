@@ -30,6 +30,7 @@ from mapping.v2.field_rules import (
     STANDARD,
     STOPS,
     FieldPlan,
+    MemoTable,
     SegmentMemo,
     WriteLog,
     compared_texts,
@@ -82,7 +83,7 @@ def segment_function(mapname: str, seg_id: str) -> SegmentFunction | None:
                              "replay_created": replay_created, "replay": replay, "PLAIN": PLAIN,
                              "STANDARD": STANDARD, "direct_function": direct_function, "MISS": _MISS,
                              "DIRECT_KEYS": DIRECT_KEYS, "plain_key": plain_key, "remember": _remember_segment,
-                             "CREATED": CREATED}
+                             "CREATED": CREATED, "LINK": _linker(plan)}
     masks = _maskable(plan, seg_id)
     lines = ["def apply(seg, log, ctx, others, rep_base):",
              "    fields = seg.fields",
@@ -103,7 +104,8 @@ def segment_function(mapname: str, seg_id: str) -> SegmentFunction | None:
              "            return",
              "    else:",
              "        skey = None",
-             "    rec = []"]
+             "    rec = []",
+             "    if not whole.linked: LINK(memos, whole)"]
     for i, fp in enumerate(plan):
         scope[f"FP{i}"] = fp
         f = fp.field
@@ -257,6 +259,17 @@ def _segment_key(plan: tuple[FieldPlan, ...], seg_id: str, masks: dict[int, froz
         parts.append(f"ref_value(seg, others, SKREF{k})")
     lines.append(f"skey = ({', '.join(parts)})")
     return lines
+
+
+def _linker(plan: tuple[FieldPlan, ...]) -> Callable[[MemoTable, SegmentMemo], None]:
+    """Tell the map's field memos their segment memo (its replays count as their hits)."""
+    numbers = [fp.number for fp in plan]
+
+    def link(memos: MemoTable, whole: SegmentMemo) -> None:
+        for number in numbers:
+            memos[number].segment = whole
+        whole.linked = True
+    return link
 
 
 def _remember_segment(whole: SegmentMemo, skey: tuple[Any, ...], rec: list[Any], rep_base: int) -> None:
