@@ -72,7 +72,7 @@ _PLACEHOLDER = re.compile(b'("\xef\xbf\xbf(?:[0-9]+[vr]|id)\xef\xbf\xbf")')
 """A placeholder as a JSON string in a template (split keeps it: it is a group)."""
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Shape:
     """A finished resource with placeholders, and what its id recipe reads."""
 
@@ -83,7 +83,7 @@ class Shape:
     name: str
     missing: tuple[str, ...]
     fill: Callable[[str, list[Any], list[Any]], dict[str, Any]] | None
-    """The finished resource from its id, values and reference targets (:func:`_filler`): the
+    """The finished resource from its id, values and reference targets (:func:`_lazy_fill`): the
     same as ``parts`` joined and parsed."""
 
 
@@ -321,8 +321,8 @@ def _made(key: tuple[Any, ...], rtype: str, node: Node, n_values: int, targets: 
             parts.append(piece if k % 2 == 0 else where.get(piece))
         if _MARK_BYTES in b"".join(pieces[::2]) or None in parts:  # the character came from the message
             return None
-        fill = _filler(orjson.loads(template), {p: (what, n) for p, what, n in placeholders})
-        shape = Shape(tuple(parts), ident, name, (), fill)
+        shape = Shape(tuple(parts), ident, name, (), None)
+        shape.fill = _lazy_fill(shape, template, {p: (what, n) for p, what, n in placeholders})
     if len(SHAPES) >= SHAPE_LIMIT:
         forget()
     SHAPES[key] = shape
@@ -378,6 +378,38 @@ def _as_json(value: Any) -> Any:
     """A value as the template's JSON carries it: what orjson writes, read back (a number that is
     not finite becomes ``None``; text orjson cannot write fails here as it would there)."""
     return orjson.loads(orjson.dumps(value))
+
+
+def _lazy_fill(shape: Shape, template: bytes, where: dict[str, tuple[int, int]]
+               ) -> Callable[[str, list[Any], list[Any]], dict[str, Any]]:
+    """A shape's fill: the first time its parts joined and parsed, from the second on its
+    generated function (:func:`_filler`). Compiling one costs what some hundred fills save, and
+    a feed whose identifiers and names repeat makes a Patient shape per patient, most used once."""
+    def compile_and_fill(rid: str, values: list[Any], targets: list[Any]) -> dict[str, Any]:
+        shape.fill = _filler(orjson.loads(template), where)
+        return shape.fill(rid, values, targets)
+
+    def first_fill(rid: str, values: list[Any], targets: list[Any]) -> dict[str, Any]:
+        shape.fill = compile_and_fill
+        return _joined(shape.parts or (), rid, values, targets)
+    return first_fill
+
+
+def _joined(parts: tuple[Any, ...], rid: str, values: list[Any], targets: list[Any]) -> dict[str, Any]:
+    """The finished resource: the template's parts with this resource's values, references and id
+    as JSON between them, parsed."""
+    out = []
+    for part in parts:
+        if part.__class__ is bytes:
+            out.append(part)
+        elif part[0] == _VALUE:
+            out.append(orjson.dumps(values[part[1]]))
+        elif part[0] == _REFERENCE:
+            target = targets[part[1]]
+            out.append(orjson.dumps(target.reference or _reference(target)))
+        else:
+            out.append(orjson.dumps(rid))
+    return orjson.loads(b"".join(out))
 
 
 def _filler(template: dict[str, Any], where: dict[str, tuple[int, int]]
