@@ -382,17 +382,22 @@ def _as_json(value: Any) -> Any:
 
 def _lazy_fill(shape: Shape, template: bytes, where: dict[str, tuple[int, int]]
                ) -> Callable[[str, list[Any], list[Any]], dict[str, Any]]:
-    """A shape's fill: the first time its parts joined and parsed, from the second on its
-    generated function (:func:`_filler`). Compiling one costs what some hundred fills save, and
-    a feed whose identifiers and names repeat makes a Patient shape per patient, most used once."""
-    def compile_and_fill(rid: str, values: list[Any], targets: list[Any]) -> dict[str, Any]:
-        shape.fill = _filler(orjson.loads(template), where)
-        return shape.fill(rid, values, targets)
+    """A shape's fill: its parts joined and parsed, and from its :data:`COMPILE_AFTER`-th use on
+    its generated function (:func:`_filler`). Compiling one costs what some hundreds of fills
+    save, and a feed whose identifiers and names repeat makes a Patient shape per patient."""
+    uses = 0
 
-    def first_fill(rid: str, values: list[Any], targets: list[Any]) -> dict[str, Any]:
-        shape.fill = compile_and_fill
+    def fill(rid: str, values: list[Any], targets: list[Any]) -> dict[str, Any]:
+        nonlocal uses
+        uses += 1
+        if uses >= COMPILE_AFTER:
+            shape.fill = _filler(orjson.loads(template), where)
         return _joined(shape.parts or (), rid, values, targets)
-    return first_fill
+    return fill
+
+
+COMPILE_AFTER = 256
+"""Fills of a shape before its fill function is generated."""
 
 
 def _joined(parts: tuple[Any, ...], rid: str, values: list[Any], targets: list[Any]) -> dict[str, Any]:
