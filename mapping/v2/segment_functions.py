@@ -51,21 +51,6 @@ SegmentFunction = Callable[
 ]
 
 
-def apply_segment(mapname: str, seg: SegmentLike, log: WriteLog, ctx: Context,
-                  others: Callable[[str], SegmentLike | None], rep_base: int = 0) -> None:
-    """Apply a segment map (``OBX[Observation]``) to a resource under construction: add its
-    writes to the resource's write log (``field_rules.LOG_KINDS``).
-
-    ``rep_base`` separates the list elements of several segments feeding one resource
-    (each AIP of an SIU adds its own Appointment.participant).
-    """
-    fn = segment_function(mapname, seg.id)
-    if fn is None:
-        ctx.notes.append(f"no segment map {mapname}")
-        return
-    fn(seg, log, ctx, others, rep_base)
-
-
 @cache
 def segment_function(mapname: str, seg_id: str) -> SegmentFunction | None:
     """The generated function applying ``mapname`` to a segment with id ``seg_id``.
