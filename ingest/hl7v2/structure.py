@@ -54,6 +54,9 @@ class Group:
     family: str = ""
     """On the root: the version family whose structure definitions grouped the message (the mapper
     reads its tables for the same family)."""
+    flat: tuple[list[Segment], list[tuple[Group, ...]], tuple[Any, ...]] | None = None
+    """On a root rebuilt from a recipe: its segments in message order, the groups around each
+    (outermost first, the root left out), and a key equal for every message grouped alike."""
 
     def segment(self, seg_id: str) -> Segment | None:
         """First direct child segment with this id."""
@@ -262,20 +265,22 @@ def group_message(msg: Message, *, strict: bool = False, structure: str | None =
     family = _family(msg.version)
     segments = msg.segments
     key = (family, name, strict, tuple(s.id for s in segments))
-    recipe = _RECIPES.get(key)
-    if recipe is None:
+    build = _RECIPES.get(key)
+    if build is None:
         root = _match(segments, name, family, strict)
         if len(_RECIPES) >= _RECIPE_LIMIT:
             _RECIPES.clear()
-        _RECIPES[key] = _recipe(root, {id(s): i for i, s in enumerate(segments)})
+        _RECIPES[key] = _builder(_recipe(root, {id(s): i for i, s in enumerate(segments)}), key)
     else:
-        root = _rebuild(recipe, segments)
+        root = build(segments)
     root.family = family
     return root
 
 
 _Recipe = tuple[str, bool, tuple[Any, ...], tuple[int, ...]]
-_RECIPES: dict[tuple[Any, ...], _Recipe] = {}
+_RECIPES: dict[tuple[Any, ...], Any] = {}
+"""Grouping key (family, structure, strictness, segment ids) → the generated function rebuilding
+such a grouping from a message's segments (:func:`_builder`)."""
 _RECIPE_LIMIT = 10_000
 
 
@@ -285,10 +290,36 @@ def _recipe(group: Group, index: dict[int, int]) -> _Recipe:
     return group.name, group.repeats, items, tuple(index[id(seg)] for seg in group.unexpected)
 
 
-def _rebuild(recipe: _Recipe, segments: list[Segment]) -> Group:
-    name, repeats, items, unexpected = recipe
-    return Group(name, [segments[item] if item.__class__ is int else _rebuild(item, segments) for item in items],
-                 [segments[i] for i in unexpected], repeats)
+def _builder(recipe: _Recipe, key: tuple[Any, ...]) -> Any:
+    """The recipe as one generated function of the segments: every group made with its items by
+    position, the root given its ``flat`` view (``key`` as the grouping's key), no recursion."""
+    lines: list[str] = []
+    walk: list[str] = []
+    chains: list[str] = []
+
+    def make(recipe: _Recipe, chain: tuple[str, ...]) -> str:
+        name, repeats, items, unexpected = recipe
+        var = f"g{len(lines)}"
+        lines.append("")  # this group's line, filled once its subgroups exist
+        parts = []
+        for item in items:
+            if item.__class__ is int:
+                parts.append(f"S[{item}]")
+                walk.append(f"S[{item}]")
+                chains.append(f"({''.join(f'{g}, ' for g in chain)})")
+            else:
+                parts.append(make(item, (*chain, f"g{len(lines)}")))
+        lines[int(var[1:])] = (f"    {var} = Group({name!r}, [{', '.join(parts)}], "
+                               f"[{', '.join(f'S[{i}]' for i in unexpected)}], {repeats!r})")
+        return var
+
+    make(recipe, ())
+    lines.reverse()  # subgroups before the groups holding them
+    source = "\n".join(["def build(S):", *lines, f"    g0.flat = ([{', '.join(walk)}], [{', '.join(chains)}], KEY)",
+                         "    return g0"])
+    scope: dict[str, Any] = {"Group": Group, "KEY": key}
+    exec(source, scope)  # the source is built above from the recipe only
+    return scope["build"]
 
 
 def _match(segments: list[Segment], name: str, family: str, strict: bool) -> Group:

@@ -757,7 +757,15 @@ def name_key(body: dict[str, Any]) -> str:
     return name or ""
 
 
+ID_SEPARATOR = "\x1f"
+"""Between the type and each part of a resource id's text (US)."""
+
+
 def stable_id(resource_type: str, *parts: str) -> str:
     """Deterministic resource id: same source record, same id, on every replay."""
-    text = "\x1f".join((resource_type, *parts))  # the type and each part, separated by US
+    return stable_digest(ID_SEPARATOR.join((resource_type, *parts)))
+
+
+def stable_digest(text: str) -> str:
+    """The id of a resource id's text (the type and its parts joined by :data:`ID_SEPARATOR`)."""
     return hashlib.blake2b(text.encode(), digest_size=16).hexdigest()

@@ -53,7 +53,7 @@ class FieldMemo(dict):
     values are converted directly loses little when its texts start repeating.
     """
 
-    __slots__ = ("hits", "misses", "keep", "aliases", "keep_aliases", "holed")
+    __slots__ = ("hits", "misses", "keep", "aliases", "keep_aliases", "holed", "segment")
 
     def __init__(self) -> None:
         super().__init__()
@@ -65,6 +65,9 @@ class FieldMemo(dict):
         self.keep = True
         self.aliases = 0
         self.keep_aliases = True
+        self.segment: FieldMemo | None = None
+        """The memo of the segment map the field belongs to: a segment found there again found
+        this field's text again too (counted as a hit of this memo when it decides ``keep``)."""
 
     def alias(self, key: Any, entry: bytes | tuple[bytes, bytes]) -> None:
         """Remember an entry found by which conditions held under the field's inputs too, unless
@@ -90,11 +93,26 @@ class FieldMemo(dict):
         self[key] = entry
 
 
+class SegmentMemo(FieldMemo):
+    """A segment map's memo (``segment_functions``): the segment's texts → its steps. ``masks``
+    says which of the map's fields had stopped remembering when ``stops`` read :data:`STOPS`."""
+
+    __slots__ = ("masks", "stops", "linked")
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.masks: tuple[bool, ...] = ()
+        self.stops = -1
+        self.linked = False
+        """The map's field memos know this memo (``FieldMemo.segment``)."""
+
+
 class MemoTable(dict):
-    """Field plan number → its :class:`FieldMemo`, for one delimiter set and time zone."""
+    """Field plan number → its :class:`FieldMemo`, for one delimiter set and time zone; a
+    negative number names a segment map's :class:`SegmentMemo`."""
 
     def __missing__(self, number: int) -> FieldMemo:
-        memo = self[number] = FieldMemo()
+        memo = self[number] = FieldMemo() if number >= 0 else SegmentMemo()
         return memo
 
 
@@ -136,14 +154,16 @@ class WriteLog(list):
     single values apart. ``plain``: only memo entries and values outside lists, so the log
     without its values is the resource's shape (``shapes``)."""
 
-    __slots__ = ("values", "plain", "groups")
+    __slots__ = ("values", "plain", "groups", "fresh")
 
-    def __init__(self) -> None:
-        super().__init__()
+    def __init__(self) -> None:  # starts empty: list.__new__ made it so, no list.__init__ needed
         self.values: list[Any] = []
         self.plain = True
         self.groups: list[tuple[str, ...]] = []
         """The left-out texts of ``HOLED`` entries, by repetition."""
+        self.fresh = False
+        """Some item was made for this log alone (not one a replayed segment or a primitive
+        conversion shares): its shape is not worth remembering by the items' identities."""
 
 
 WRITERS: list[Writer] = []
@@ -302,6 +322,7 @@ def _from_masked(fp: FieldPlan, raw: str, key: Any, holds: tuple[bool, ...] | No
     if not entry:
         return False
     log.append((HOLED, entry, rep_base, len(texts)))
+    log.fresh = True
     log.values.extend(texts)
     log.groups.extend(groups)
     if memo.keep:
@@ -327,9 +348,16 @@ def _masked_entry(fp: FieldPlan, raw: str, holds: tuple[bool, ...] | None, seg: 
 
 def _remember(memo: FieldMemo, key: Any, writes: bytes, made: bytes | None) -> None:
     memo.misses += 1
-    if memo.keep and memo.misses >= 256 and memo.hits + memo.aliases < memo.misses:  # most texts are new
+    replayed = memo.segment.hits if memo.segment is not None else 0
+    if memo.keep and memo.misses >= 256 and memo.hits + memo.aliases + replayed < memo.misses:  # most texts are new
         memo.keep = False
+        STOPS[0] += 1
     memo.store(key, writes if made is None else (made, writes))
+
+
+STOPS = [0]
+"""How many field memos stopped remembering (segment memos read their fields' ``keep`` again
+when it changed)."""
 
 
 STANDARD = "^~\\&"
@@ -368,10 +396,13 @@ def direct_function(fp: FieldPlan, holds: tuple[bool, ...] | None) -> Callable[.
                 or (rule["map"] and (datatype_maps().get(rule["map"]) or rule["map"] in primitive_components()))):
             break  # primitive_components: a conversion of another component than the plain text's
         number = writer_number(rule.get("w") or writer_for(rule, ""))
+        kind = VALUE_IN_LIST if any(step[2] for step in rule["steps"]) else VALUE  # in a list: may be joined
+        scope[f"ITEM{j}"] = (kind, number, 0)  # one object for every such value: shapes are found by identity
         lines += [f"    v = {expression}", "    if v is not None:",
-                  f"        log.append(({VALUE}, {number}, rep_base))", "        log.values.append(v)"]
-        if any(step[2] for step in rule["steps"]):  # inside a list: equal values may be joined
-            lines[-2] = f"        log.append(({VALUE_IN_LIST}, {number}, rep_base))"
+                  f"        if rep_base == 0: log.append(ITEM{j})",
+                  f"        else: log.append(({kind}, {number}, rep_base)); log.fresh = True",
+                  "        log.values.append(v)"]
+        if kind == VALUE_IN_LIST:
             lines.append("        log.plain = False")
     else:
         lines.append("    return None")
@@ -539,11 +570,13 @@ def replay_created(hit: tuple[bytes, bytes], log: WriteLog, ctx: Context, rep_ba
     for rtype, rid, body in orjson.loads(made):
         ctx.add_resource(rtype, rid, body)
     log.append((ENTRY, writes, rep_base))
+    log.fresh = True
 
 
 def replay(hit: bytes | tuple[bytes, bytes], log: WriteLog, ctx: Context, rep_base: int) -> None:
     """Do again what a field's rules did before (what the generated functions inline)."""
     if hit.__class__ is bytes:
         log.append((ENTRY, hit, rep_base))
+        log.fresh = True
     else:
         replay_created(hit, log, ctx, rep_base)  # type: ignore[arg-type]

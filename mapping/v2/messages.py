@@ -25,6 +25,7 @@ import orjson
 from mapping.v2 import shapes, values
 from mapping.v2.engine import (
     CONVERSIONS,
+    ID_SEPARATOR,
     SHEET_STRIDE,
     Context,
     Node,
@@ -35,6 +36,7 @@ from mapping.v2.engine import (
     identifier_key,
     merge,
     name_key,
+    stable_digest,
     stable_id,
     writer,
 )
@@ -49,7 +51,7 @@ from mapping.v2.field_rules import (
     memo_table,
     writer_number,
 )
-from mapping.v2.segment_functions import RowsFunction, apply_segment, row_condition, rows_condition
+from mapping.v2.segment_functions import RowsFunction, row_condition, rows_condition, segment_function
 from mapping.v2.tables import config, message_maps, structure_groups
 
 PROVENANCE_SOURCE_SYSTEM = "urn:fhirtwin:v2:message-control-id"
@@ -63,6 +65,9 @@ class GroupLike(Protocol):
     repeats: bool
     family: str
     """On the root: the version family of the structure definitions that grouped the message."""
+    flat: tuple[list[Any], list[tuple[Any, ...]], Any] | None
+    """On the root, when the grouping has it: segments in message order, their enclosing groups,
+    and a key the same for every message grouped alike (else the mapper walks the groups)."""
 
 
 class MessageLike(Protocol):
@@ -90,44 +95,63 @@ class MappingResult:
         return [r for r in self.resources if r["resourceType"] == resource_type]
 
 
-@dataclass(eq=False, slots=True)
 class _Instance:
-    key: str
-    type: str
-    creator: SegmentLike
-    chain: tuple[Any, ...]
-    log: WriteLog = field(default_factory=WriteLog)
+    """A resource under construction."""
+
+    __slots__ = ("key", "type", "creator", "chain", "log", "links", "links_key", "node", "fallbacks", "shape",
+                 "shaped", "targets", "patient", "order_depths", "reference", "id", "alias", "merges", "bases",
+                 "chain_ids", "referrers")
+
+    log: WriteLog
     """What the segment maps write (``field_rules.LOG_KINDS``), in order."""
-    links: list[Any] = field(default_factory=list)
+    links: list[Any] | tuple[()]
     """``(LINK, writer, target)`` or ``(ENTRY, a literal's write, None)``, written after the log."""
-    links_key: tuple[Any, ...] = ()
+    links_key: tuple[Any, ...]
     """The links and fallback references as the plan numbers their targets (part of the shape key)."""
-    node: Node | None = None
+    node: Node | None
     """The resource tree, built from the log only when the resource is finished the long way."""
-    fallbacks: tuple[Any, ...] = ()
+    fallbacks: tuple[Any, ...]
     """``(element, target instance)`` or ``None``: the patient and encounter references the
     resource gets when nothing else wrote them."""
-    shape: shapes.Shape | None = None
-    shaped: bool = False
-    targets: list[Any] = field(default_factory=list)
+    shape: shapes.Shape | None
+    shaped: bool
+    targets: list[Any] | tuple[()]
     """The distinct resources it refers to, in the order the shape numbers them."""
-    patient: _Instance | None = None
+    referrers: tuple[int, ...]
+    """The positions of the resources whose ``targets`` (as the plan made them) hold this one (not
+    the resources: references both ways would make cycles only the garbage collector frees)."""
+    patient: _Instance | None
     """The Patient the ``patient`` id token reads (not the resource itself)."""
-    order_depths: tuple[int, ...] | None = None
+    order_depths: tuple[int, ...] | None
     """The enclosing groups (innermost first, by depth) holding a segment that carries order
     numbers: the only ones the ``order`` id token has to read (``None``: all of them)."""
-    reference: bytes | None = None
-    """``"Type/id"`` as JSON, once the id is known (what templates put in for a reference)."""
-    id: str | None = None
-    alias: _Instance | None = None
-    merges: int = 0
-    bases: dict[str, int] = field(default_factory=dict)
-    chain_ids: frozenset[int] = frozenset()  # groups are compared by identity, never by value
+    reference: str | None
+    """``Type/id``, once the id is known (what templates put in for a reference)."""
+    id: str | None
+    alias: _Instance | None
+    merges: int
+    bases: dict[str, int] | None
+    chain_ids: frozenset[int]
+
+    def __init__(self, key: str, rtype: str, creator: SegmentLike, chain: tuple[Any, ...]) -> None:
+        self.key = key
+        self.type = rtype
+        self.creator = creator
+        self.chain = chain
+        self.log = WriteLog()
+        self.links = self.links_key = self.fallbacks = self.targets = self.referrers = ()
+        self.node = self.shape = self.patient = self.order_depths = self.reference = self.id = self.alias = None
+        self.bases = None
+        self.shaped = False
+        self.merges = 0
+        self.chain_ids = frozenset()
 
     def base_of(self, mapname: str) -> int:
         """List offset of a segment map's elements. The IG numbers list slots per sheet:
         PD1[Patient]'s ``extension[1]`` is not PID[Patient]'s, while RXR[MedicationRequest]'s
         ``dosageInstruction[1]`` completes RXE's. ``finalize`` joins such elements when they agree."""
+        if self.bases is None:
+            self.bases = {}
         base = self.bases.get(mapname)
         if base is None:
             base = self.bases[mapname] = len(self.bases) * SHEET_STRIDE
@@ -277,10 +301,14 @@ def _flatten(group: GroupLike, chain: tuple[Any, ...], segs: list[SegmentLike], 
             sig.append(item.id)
 
 
-def _rooted(links_key: tuple[Any, ...], roots: list[Any]) -> tuple[tuple[Any, ...], list[Any]]:
-    """A shape key's links and the targets with merged resources as one target."""
-    targets: list[Any] = []
-    number: dict[int, int] = {}  # by identity: instances are never compared by value
+def _rooted(links_key: tuple[Any, ...], roots: list[Any], number: dict[int, int] | None = None,
+            targets: list[Any] | None = None) -> tuple[tuple[Any, ...], list[Any]]:
+    """A shape key's links and the targets with merged resources as one target (numbered after
+    ``targets`` and ``number``, by identity, when given: the parts of a merged resource share them)."""
+    if targets is None:
+        targets = []
+    if number is None:
+        number = {}  # by identity: instances are never compared by value
     renumber = []
     for r in roots:
         k = number.get(id(r))
@@ -288,6 +316,10 @@ def _rooted(links_key: tuple[Any, ...], roots: list[Any]) -> tuple[tuple[Any, ..
             k = number[id(r)] = len(targets)
             targets.append(r)
         renumber.append(k)
+    done = (id(links_key), *renumber)
+    hit = _ROOTED.get(done)
+    if hit is not None:
+        return hit[1], targets
     items = []
     for item in links_key:
         if item is not None and item[0] == LINK:
@@ -295,7 +327,15 @@ def _rooted(links_key: tuple[Any, ...], roots: list[Any]) -> tuple[tuple[Any, ..
         elif item is not None and len(item) == 3:  # a fallback reference
             item = (item[0], renumber[item[1]], item[2])
         items.append(item)
-    return tuple(items), targets
+    if len(_ROOTED) >= _PLAN_LIMIT:
+        _ROOTED.clear()
+    rooted = _ROOTED[done] = (links_key, tuple(items))
+    return rooted[1], targets
+
+
+_ROOTED: dict[tuple[int, ...], tuple[tuple[Any, ...], tuple[Any, ...]]] = {}
+"""Links key identity and renumbering → the links key (kept alive, so no other object takes its
+identity while the entry exists) and the renumbered one, the same object every time."""
 
 
 @dataclass(eq=False)
@@ -314,6 +354,9 @@ class _Plan:
     targets: list[list[int]]
     keys: list[tuple[Any, ...]]
     order_depths: list[tuple[int, ...]]
+    follow: Callable[..., tuple[list[_Instance], list[_Instance]]] | None = None
+    """``follow(segs, chains, ctx, others)``: the instances with their logs written and their
+    links, fallbacks, targets and keys set, and in id order (:func:`_follow_function`)."""
 
 
 @dataclass(eq=False)
@@ -322,6 +365,51 @@ class _ShapePlans:
 
     conditions: list[tuple[int, RowsFunction]]
     plans: dict[tuple[tuple[bool, ...], ...], _Plan]
+
+
+def _follow_function(plan: _Plan, seg_ids: list[str]
+                     ) -> Callable[..., tuple[list[_Instance], list[_Instance]]]:
+    """The plan as one generated function of the message's segments: create the resources,
+    apply the segment maps (their generated functions called directly), then give every
+    resource its links, fallback references, targets, referrers, Patient and keys, all by
+    constant positions. Returns the resources in message order and in the order ids are made."""
+    scope: dict[str, Any] = {"Instance": _Instance}
+    lines = ["def follow(segs, chains, ctx, others):"]
+    for k, (key, rtype, i) in enumerate(plan.instances):
+        lines.append(f"    i{k} = Instance({key!r}, {rtype!r}, segs[{i}], chains[{i}])")
+    for n, (i, mapname, k, base) in enumerate(plan.steps):
+        fn = segment_function(mapname, seg_ids[i])
+        if fn is None:
+            lines.append(f"    ctx.notes.append({f'no segment map {mapname}'!r})")
+        else:
+            scope[f"S{n}"] = fn
+            lines.append(f"    S{n}(segs[{i}], i{k}.log, ctx, others, {base})")
+    for k, (links, (pf, ef), p, targets, key, depths) in enumerate(
+            zip(plan.links, plan.fallbacks, plan.patients, plan.targets, plan.keys, plan.order_depths, strict=True)):
+        if links:
+            items = []
+            for j, (kind, what, t) in enumerate(links):
+                scope[f"W{k}_{j}"] = what
+                items.append(f"({kind}, W{k}_{j}, {f'i{t}' if t >= 0 else 'None'})")
+            lines.append(f"    i{k}.links = [{', '.join(items)}]")
+        fallbacks = [f"({f[0]!r}, i{f[1]})" if f else "None" for f in (pf, ef)]
+        if pf or ef:
+            lines.append(f"    i{k}.fallbacks = ({', '.join(fallbacks)})")
+        if p >= 0:
+            lines.append(f"    i{k}.patient = i{p}")
+        scope[f"K{k}"], scope[f"D{k}"] = key, depths
+        lines += [f"    i{k}.targets = [{', '.join(f'i{t}' for t in targets)}]",
+                  f"    i{k}.links_key = K{k}", f"    i{k}.order_depths = D{k}"]
+    referrers: dict[int, list[int]] = {}
+    for k, targets in enumerate(plan.targets):
+        for t in targets:
+            referrers.setdefault(t, []).append(k)
+    lines += [f"    i{t}.referrers = {tuple(ks)!r}" for t, ks in referrers.items()]
+    types = [rtype for _, rtype, _ in plan.instances]  # ids: Patients first (the patient token reads theirs)
+    ordered = sorted(range(len(types)), key=lambda k: types[k] != "Patient")
+    lines.append(f"    return [{', '.join(f'i{k}' for k in range(len(types)))}], [{', '.join(f'i{k}' for k in ordered)}]")
+    exec("\n".join(lines), scope)  # the source is built above from the plan only
+    return scope["follow"]
 
 
 _PLANS: dict[tuple[Any, ...], _ShapePlans] = {}
@@ -337,6 +425,8 @@ class _Mapper:
         self.family = family
         self.emit = _emitted()
         self.instances: list[_Instance] = []
+        self.ordered: list[_Instance] = []
+        """The instances in the order their ids are made."""
         self.by_scope: dict[tuple[str, int], _Instance] = {}
         self.refs: list[tuple[_Instance, dict[str, Any]]] = []
         self.first_seg: dict[str, SegmentLike] = {}
@@ -360,11 +450,15 @@ class _Mapper:
         so it is decided once per such shape (:class:`_Plan`) and followed by every later
         message of that shape.
         """
-        segs: list[SegmentLike] = []
-        chains: list[tuple[Any, ...]] = []
-        sig: list[Any] = [self.structure, self.family]  # the rows that apply differ by family
-        _flatten(self.root, (), segs, chains, sig)
-        key = tuple(sig)
+        flat = getattr(self.root, "flat", None)
+        if flat is not None:  # the grouping's own walk and key (the same grouping, the same key)
+            segs, chains, grouping = flat
+            key: tuple[Any, ...] = (self.structure, self.family, grouping)
+        else:
+            segs, chains = [], []
+            sig: list[Any] = [self.structure, self.family]  # the rows that apply differ by family
+            _flatten(self.root, (), segs, chains, sig)
+            key = tuple(sig)
         shaped = _PLANS.get(key)
         if shaped is None:
             if len(_PLANS) >= _PLAN_LIMIT:
@@ -459,22 +553,9 @@ class _Mapper:
         return plan
 
     def _follow(self, plan: _Plan, segs: list[SegmentLike], chains: list[tuple[Any, ...]]) -> None:
-        others = self.first_seg.get
-        ctx = self.ctx
-        insts = self.instances = [_Instance(key, rtype, segs[i], chains[i]) for key, rtype, i in plan.instances]
-        for i, mapname, k, base in plan.steps:
-            apply_segment(mapname, segs[i], insts[k].log, ctx, others, base)
-        for inst, links, (pf, ef), p, targets, key, depths in zip(insts, plan.links, plan.fallbacks, plan.patients,
-                                                                  plan.targets, plan.keys, plan.order_depths,
-                                                                  strict=True):
-            inst.order_depths = depths
-            if links:
-                inst.links = [(kind, what, insts[t] if t >= 0 else None) for kind, what, t in links]
-            inst.fallbacks = ((pf[0], insts[pf[1]]) if pf else None, (ef[0], insts[ef[1]]) if ef else None)
-            if p >= 0:
-                inst.patient = insts[p]
-            inst.targets = [insts[t] for t in targets]
-            inst.links_key = key
+        if plan.follow is None:
+            plan.follow = _follow_function(plan, [seg.id for seg in segs])
+        self.instances, self.ordered = plan.follow(segs, chains, self.ctx, self.first_seg.get)
 
     def _instance(self, row: dict[str, Any], seg: SegmentLike, chain: tuple[Any, ...]) -> tuple[_Instance, int]:
         """The instance this row fills, and the list offset for its repeated elements.
@@ -496,7 +577,8 @@ class _Mapper:
             if found is not None and found.creator.id != seg.id and (outer is self.root or id(outer) in found.chain_ids):
                 found.merges += 1
                 return found, found.merges * 1000
-        inst = _Instance(row["key"], row["type"], seg, chain, chain_ids=frozenset(map(id, chain)))
+        inst = _Instance(row["key"], row["type"], seg, chain)
+        inst.chain_ids = frozenset(map(id, chain))
         self.by_scope[k] = inst
         self.by_key.setdefault(inst.key, []).append(inst)
         self.instances.append(inst)
@@ -548,16 +630,16 @@ class _Mapper:
     def patient(self, near: _Instance) -> _Instance | None:
         return self._find("Patient[1]", near)
 
-    def _shape(self, inst: _Instance) -> None:
+    def _shape(self, inst: _Instance, rooted: bool = False) -> None:
         """Find (or make) the resource's shape; without one, build its tree. References are
-        numbered by the resource they end at (two merged resources are one target)."""
+        numbered by the resource they end at (two merged resources are one target: ``rooted``,
+        when some of its targets were merged into another)."""
         inst.shaped = True
         links_key = inst.links_key
-        if self.merged and any(t.alias is not None for t in inst.targets):
+        if rooted:
             links_key, inst.targets = _rooted(links_key, [t.root() for t in inst.targets])
-        key = shapes.key_of(inst.type, inst.log, links_key)
-        if key is not None:
-            inst.shape = shapes.shape_of(key, inst.type, inst.log, inst.links, inst.fallbacks, inst.targets, self.emit)
+        inst.shape = shapes.shape_for(inst.type, inst.log, links_key, inst.links, inst.fallbacks, inst.targets,
+                                      self.emit)
         if inst.shape is None:
             inst.node = shapes.materialize(inst.log, inst.links, inst.fallbacks, False)
 
@@ -574,8 +656,8 @@ class _Mapper:
     def order_number(self, inst: _Instance) -> str:
         """Filler (else placer) order number of the innermost group around ``inst`` that has one."""
         chain = inst.chain
-        groups = reversed(chain) if inst.order_depths is None else [chain[d] for d in inst.order_depths]
-        for g in groups:
+        depths = inst.order_depths
+        for g in reversed(chain) if depths is None else map(chain.__getitem__, depths):
             found = self.orders.get(id(g))
             if found is None:
                 found = self.orders[id(g)] = _order_number_in(g)
@@ -584,29 +666,54 @@ class _Mapper:
         return ""
 
     def assign_ids(self) -> None:
-        ordered = sorted(self.instances, key=lambda i: i.type != "Patient")
         standard = self.ctx.delimiters[1:5] == STANDARD
-        for inst in ordered:
+        for inst in self.ordered:
             inst.id = _id_function(inst.type)(inst, self, standard)
         seen: dict[tuple[str, str], _Instance] = {}
-        merged = False
+        merged: dict[int, list[_Instance]] = {}  # by identity of the first: resources with one id
         for inst in self.instances:
             other = seen.get((inst.type, inst.id or ""))
             if other is None:
                 seen[(inst.type, inst.id or "")] = inst
                 continue
-            for each in (other, inst):  # resources with one id are merged as trees
-                each.shape, each.shaped = None, True
-                if each.node is None:
-                    each.node = shapes.materialize(each.log, each.links, each.fallbacks, False)
-            merge(other.node, inst.node)  # type: ignore[arg-type]
             inst.alias = other
-            self.merged = merged = True
-        for inst in self.instances:
-            if merged and inst.shape is not None and any(t.alias is not None for t in inst.targets):
+            merged.setdefault(id(other), [other]).append(inst)
+        rooted_at: set[int] = set()  # the positions of resources referring to a merged one
+        if merged:
+            self.merged = True
+            for parts in merged.values():
+                self._merge(parts)
+            rooted_at = {k for parts in merged.values() for alias in parts[1:] for k in alias.referrers}
+        for k, inst in enumerate(self.instances):
+            rooted = k in rooted_at and id(inst) not in merged  # a first part refers to the merged whole
+            if rooted and inst.shape is not None:
                 inst.shape, inst.shaped = None, False  # shaped again with references to merged resources
             if not inst.shaped:
-                self._shape(inst)
+                self._shape(inst, rooted)
+
+    def _merge(self, parts: list[_Instance]) -> None:
+        """Merge resources with one id into the first: by a merged shape when every part has a
+        plain log, else as trees (finished the long way)."""
+        for each in parts:
+            each.shape, each.shaped = None, True
+        first = parts[0]
+        logs = [shapes.key_of(each.type, each.log, ()) if not each.log.groups else None for each in parts]
+        if None not in logs:
+            number: dict[int, int] = {}
+            targets: list[_Instance] = []
+            keyed = tuple((_rooted(each.links_key, [t.root() for t in each.targets], number, targets)[0], log[2])
+                          for each, log in zip(parts, logs, strict=True))  # type: ignore[index]
+            shape = shapes.merged_shape((first.type, None, keyed), first.type,
+                                        [(each.log, each.links, each.fallbacks) for each in parts], targets, self.emit)
+            if shape is not None:
+                first.shape, first.targets = shape, targets
+                first.log.values = [v for each in parts for v in each.log.values]  # numbered as the shape numbers them
+                return
+        for each in parts:
+            if each.node is None:
+                each.node = shapes.materialize(each.log, each.links, each.fallbacks, False)
+        for each in parts[1:]:
+            merge(first.node, each.node)  # type: ignore[arg-type]
 
     def resolve(self, ref: Ref) -> dict[str, Any] | None:
         if isinstance(ref.target, str):
@@ -624,8 +731,8 @@ class _Mapper:
             shape = inst.shape
             if shape is not None:
                 missing: list[str] | tuple[str, ...] = shape.missing
-                if shape.parts is not None:
-                    out.append(shapes.fill(shape, inst.id or "", inst.log.values, inst.targets))
+                if shape.fill is not None:
+                    out.append(shape.fill(inst.id or "", inst.log.values, inst.targets))
                     continue
             else:
                 body = finalize(inst.node, self.resolve) or {}
@@ -644,8 +751,9 @@ def forget() -> None:
     for table in MEMO_TABLES.values():
         table.clear()
     CONVERSIONS.clear()
-    shapes.SHAPES.clear()
+    shapes.forget()
     _PLANS.clear()
+    _ROOTED.clear()
 
 
 _NAMED_FIELD = re.compile(r"^[A-Z][A-Z0-9]{2}-\d+(?:\.\d+)?$")
@@ -675,8 +783,16 @@ def _id_function(rtype: str) -> IdFunction:
                 spec = tok[4:].split(".")
                 f, c = int(spec[0]), int(spec[1]) if len(spec) > 1 else 1
                 if c == 1 and f > 2:  # _first_value(), inlined (MSH-1/MSH-2 are not split as other fields)
+                    # a plain text before the first component separator is the first component
                     lines += [f"        {var} = fields[{f}] if n > {f} else ''",
-                              f"        if {var} and not (standard and PLAIN({var})): {var} = creator.get({f}, 1, 1)",
+                              f"        if {var} and not (standard and PLAIN({var})):",
+                              f"            first = {var}.partition('^')[0] if standard else ''",
+                              f"            {var} = first if first and PLAIN(first) else creator.get({f}, 1, 1)",
+                              f"        {var} = {tok + '='!r} + {var}"]
+                elif c == 1:  # MSH-1 and MSH-2 are taken as sent
+                    lines += [f"        {var} = fields[{f}] if n > {f} else ''",
+                              f"        if {var} and (creator.id in ENVELOPE or not (standard and PLAIN({var}))): "
+                              f"{var} = creator.get({f}, 1, 1)",
                               f"        {var} = {tok + '='!r} + {var}"]
                 else:
                     lines.append(f"        {var} = {tok + '='!r} + first_value(creator, {f}, {c}, standard)")
@@ -697,9 +813,10 @@ def _id_function(rtype: str) -> IdFunction:
             else:
                 raise ValueError(f"unknown id token {tok}")
             parts.append(var)
-        lines.append(f"        return stable_id({rtype!r}, {', '.join(parts)})")
+        lines.append(f"        return digest({rtype!r} {' '.join(f'+ SEP + {p}' for p in parts)})")
     lines.append(f"    return stable_id({rtype!r}, creator.raw)")
     scope: dict[str, Any] = {"stable_id": stable_id, "first_value": _first_value, "PLAIN": PLAIN,
+                             "digest": stable_digest, "SEP": ID_SEPARATOR, "ENVELOPE": ENVELOPE_SEGMENTS,
                              "named_value": _named_value}
     exec("\n".join(lines), scope)  # the source is built above from the id recipes only
     return scope["make_id"]
@@ -768,14 +885,16 @@ def _segments_in(group: Any) -> Iterator[SegmentLike]:
             yield from _segments_in(item)
 
 
-def _provenance(msg: MessageLike, targets: list[dict[str, Any]], default_tz: str | None) -> dict[str, Any]:
+def _provenance(msg: MessageLike, targets: list[dict[str, Any]], tz: str | None) -> dict[str, Any]:
+    """The Provenance of a mapped message; ``tz``: the message's own offset (MSH-7), else the default."""
     msh = msg.msh
     sender = " ".join(p for p in (msh.get(3), msh.get(4)) if p) or "unknown sender"
     control_id = msg.control_id
-    recorded = values.dtm(msh.get(7), "instant", values.tz_of(msh.get(7)) or default_tz)
+    msh7 = msh.get(7)
+    recorded = values.dtm(msh7, "instant", tz)
     prov: dict[str, Any] = {
         "resourceType": "Provenance",
-        "id": stable_id("Provenance", sender, control_id, msh.get(7)),
+        "id": stable_id("Provenance", sender, control_id, msh7),
         "target": [{"reference": f"{r['resourceType']}/{r['id']}"} for r in targets],
         "recorded": recorded or "1970-01-01T00:00:00Z",
         "activity": {

@@ -16,8 +16,10 @@ memo keys are the ones the interpreter uses, so both share one memo.
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Callable
 from functools import cache
+from operator import itemgetter
 from typing import Any
 
 from mapping.v2.engine import NULL, Context, SegmentLike, ref_value
@@ -26,6 +28,10 @@ from mapping.v2.field_rules import (
     ENVELOPE_SEGMENTS,
     PLAIN,
     STANDARD,
+    STOPS,
+    FieldPlan,
+    MemoTable,
+    SegmentMemo,
     WriteLog,
     compared_texts,
     cond_refs,
@@ -45,37 +51,46 @@ SegmentFunction = Callable[
 ]
 
 
-def apply_segment(mapname: str, seg: SegmentLike, log: WriteLog, ctx: Context,
-                  others: Callable[[str], SegmentLike | None], rep_base: int = 0) -> None:
-    """Apply a segment map (``OBX[Observation]``) to a resource under construction: add its
-    writes to the resource's write log (``field_rules.LOG_KINDS``).
-
-    ``rep_base`` separates the list elements of several segments feeding one resource
-    (each AIP of an SIU adds its own Appointment.participant).
-    """
-    fn = segment_function(mapname, seg.id)
-    if fn is None:
-        ctx.notes.append(f"no segment map {mapname}")
-        return
-    fn(seg, log, ctx, others, rep_base)
-
-
 @cache
 def segment_function(mapname: str, seg_id: str) -> SegmentFunction | None:
-    """The generated function applying ``mapname`` to a segment with id ``seg_id``."""
+    """The generated function applying ``mapname`` to a segment with id ``seg_id``.
+
+    Before the fields, the whole segment is looked up in a segment memo (:func:`_segment_key`):
+    an OBX whose coded fields, units, ranges and performers repeat one seen before, whatever
+    its new result and time, replays that segment's steps (memo entries logged, new values
+    converted) instead of one memo lookup per field. A segment is remembered only when every
+    field took a memo entry or a primitive conversion (not the interpreter, not a masked
+    field text looked up by itself)."""
     plan = segment_plan(mapname)
     if plan is None:
         return None
     scope: dict[str, Any] = {"NULL": NULL, "run_field": run_field, "ref_value": ref_value, "ENTRY": ENTRY,
                              "replay_created": replay_created, "replay": replay, "PLAIN": PLAIN,
                              "STANDARD": STANDARD, "direct_function": direct_function, "MISS": _MISS,
-                             "DIRECT_KEYS": DIRECT_KEYS, "plain_key": plain_key}
+                             "DIRECT_KEYS": DIRECT_KEYS, "plain_key": plain_key, "remember": _remember_segment,
+                             "CREATED": CREATED, "LINK": _linker(plan)}
+    masks = _maskable(plan, seg_id)
     lines = ["def apply(seg, log, ctx, others, rep_base):",
              "    fields = seg.fields",
              "    n = len(fields)",
              "    memos = ctx.memos",
              "    tz = ctx.default_tz",
-             "    standard = ctx.delimiters[1:5] == STANDARD"]
+             "    standard = ctx.delimiters[1:5] == STANDARD",
+             f"    whole = memos[{next(_SEGMENT_NUMBERS)}]",
+             "    if whole.keep and standard:",
+             *[f"        {line}" for line in _segment_key(plan, seg_id, masks, scope)],
+             "        steps = whole.get(skey)",
+             "        if steps is not None:",
+             "            whole.hits += 1",
+             "            for what, arg in steps:",
+             "                if what is None: log.extend(arg)",
+             "                elif what is CREATED: replay_created(arg, log, ctx, rep_base)",
+             "                else: what(fields[arg].strip(), log, rep_base, tz)",
+             "            return",
+             "    else:",
+             "        skey = None",
+             "    rec = []",
+             "    if not whole.linked: LINK(memos, whole)"]
     for i, fp in enumerate(plan):
         scope[f"FP{i}"] = fp
         f = fp.field
@@ -84,9 +99,12 @@ def segment_function(mapname: str, seg_id: str) -> SegmentFunction | None:
         inline_replay = ["elif hit.__class__ is bytes:",  # replay(), inlined
                   "    memo.hits += 1",
                   "    log.append((ENTRY, hit, rep_base))",
+                  "    log.fresh = True",
+                  "    rec.append(hit)",
                   "else:",
                   "    memo.hits += 1",
-                  "    replay_created(hit, log, ctx, rep_base)"]
+                  "    replay_created(hit, log, ctx, rep_base)",
+                  "    rec.append((CREATED, hit))"]
         inputs: list[str] = []
         if fp.deps:
             # the field text and the other fields its conditions read; only when that is new,
@@ -114,13 +132,15 @@ def segment_function(mapname: str, seg_id: str) -> SegmentFunction | None:
                     "    by_outcome = (raw, holds)",
                     "    hit = memo.get(by_outcome)",
                     f"    if hit is None: run_field(FP{i}, raw, by_outcome, holds, memo, seg, log, ctx, others, "
-                    "rep_base)",
-                    "    else: memo.alias(key, hit); replay(hit, log, ctx, rep_base)",
+                    "rep_base); skey = None",
+                    "    else: memo.alias(key, hit); replay(hit, log, ctx, rep_base); rec.append(hit if hit.__class__ "
+                    "is bytes else (CREATED, hit))",
                     *inline_replay]
         else:
             body = [f"memo = memos[{fp.number}]",
                     "hit = memo.get(raw)",
-                    f"if hit is None: run_field(FP{i}, raw, raw, None, memo, seg, log, ctx, others, rep_base)",
+                    f"if hit is None: run_field(FP{i}, raw, raw, None, memo, seg, log, ctx, others, rep_base); "
+                    "skey = None",
                     *inline_replay]
         if not (f <= 2 and seg_id in ENVELOPE_SEGMENTS):
             # a field whose texts stopped repeating: a plain value goes straight to its conversion
@@ -137,12 +157,15 @@ def segment_function(mapname: str, seg_id: str) -> SegmentFunction | None:
                           "    if direct is MISS:",
                           f"        if len(D{i}) >= DIRECT_KEYS: D{i}.clear()",
                           f"        direct = D{i}[dkey] = direct_function(FP{i}, OUT{i}(seg, others))"]
+            if f in masks:  # the segment key left this text out: its memo entry is no step to replay
+                choose.append("    if direct is None: skey = None")
             body = [f"memo = memos[{fp.number}]",
                     "if memo.keep or not standard or PLAIN(raw) is None: direct = None",
                     "else:",
                     *choose,
                     "if direct is not None:",
                     "    direct(raw.strip(), log, rep_base, tz)",
+                    f"    rec.append((direct, {f}))",
                     "else:",
                     *[f"    {line}" for line in body[1:]]]
         if fp.when_empty:
@@ -150,8 +173,110 @@ def segment_function(mapname: str, seg_id: str) -> SegmentFunction | None:
         else:
             lines.append("    if raw:")
             lines += [f"        {line}" for line in body]
+    lines.append("    if skey is not None: remember(whole, skey, rec, rep_base)")
     exec("\n".join(lines), scope)  # the source is built above from the compiled tables only
     return scope["apply"]
+
+
+_SEGMENT_NUMBERS = itertools.count(-1, -1)
+"""Memo table numbers of the segment memos (field plans count up from 0)."""
+CREATED = object()
+"""A replay step: a memo entry whose rules also created resources."""
+MASKED = "\uffffmasked"
+"""What a segment key holds for a plain text of a field whose texts stopped repeating."""
+SEGMENT_MISSES = 2048
+"""Segments a segment memo stores before it gives up if fewer than as many were found again."""
+
+
+def _maskable(plan: tuple[FieldPlan, ...], seg_id: str) -> dict[int, frozenset[str]]:
+    """The fields whose plain texts a segment key may leave out when their memo stopped
+    remembering them, with the texts the conditions compare them with (kept in the key):
+    for such a text, what every field of the map does depends only on that, never on the
+    text itself (see :func:`field_rules.compared_texts`)."""
+    out: dict[int, frozenset[str]] = {}
+    for fp in plan:
+        f = fp.field
+        if f <= 2 and seg_id in ENVELOPE_SEGMENTS:
+            continue
+        found: set[str] = set()
+        for other in plan:
+            if other is fp or any(ref[0] == seg_id and ref[1] == f for ref in other.deps):
+                compared = compared_texts(other, seg_id, f) if other.deps else frozenset()
+                if compared is None:
+                    break
+                found |= compared
+        else:
+            out[f] = frozenset(found)
+    return out
+
+
+def _segment_key(plan: tuple[FieldPlan, ...], seg_id: str, masks: dict[int, frozenset[str]],
+                 scope: dict[str, Any]) -> list[str]:
+    """Source lines making ``skey``: the list offset, every field the map reads (a field in
+    ``masks`` as :data:`MASKED` when its memo stopped remembering and its text is plain,
+    unless the conditions name that text) and the other segments' values conditions read."""
+    fields = sorted({fp.field for fp in plan} | {ref[1] for fp in plan for ref in fp.deps if ref[0] == seg_id})
+    foreign = sorted({ref for fp in plan for ref in fp.deps if ref[0] != seg_id})
+    numbers = {fp.field: fp.number for fp in plan}
+    top = max(fields, default=0)
+    scope["FETCH"] = itemgetter(*fields, 0)  # field 0 too: a tuple however few fields the map reads
+    scope["PAD"] = [""] * (top + 1)
+    lines = [f"texts = FETCH(fields if n > {top} else fields + PAD[n:])"]
+    masked = [f for f in fields if f in masks]
+    if masked:
+        scope["STOPS"] = STOPS
+        scope["MASKED"] = MASKED
+        lines += ["if whole.stops != STOPS[0]:",
+                  "    whole.stops = STOPS[0]",
+                  f"    whole.masks = ({', '.join(f'not memos[{numbers[f]}].keep' for f in masked)},)",
+                  f"{', '.join(f'm{f}' for f in masked)}, = whole.masks",
+                  f"if {' or '.join(f'm{f}' for f in masked)}:",
+                  "    texts = list(texts)"]
+        for f in masked:
+            k = fields.index(f)
+            scope[f"U{f}"] = masks[f]
+            lines.append(f"    if m{f} and texts[{k}] not in U{f} and PLAIN(texts[{k}]) is not None: "
+                         f"texts[{k}] = MASKED")
+        lines.append("    texts = tuple(texts)")
+    parts = ["rep_base", "texts"]
+    for k, ref in enumerate(foreign):
+        scope[f"SKREF{k}"] = ref
+        parts.append(f"ref_value(seg, others, SKREF{k})")
+    lines.append(f"skey = ({', '.join(parts)})")
+    return lines
+
+
+def _linker(plan: tuple[FieldPlan, ...]) -> Callable[[MemoTable, SegmentMemo], None]:
+    """Tell the map's field memos their segment memo (its replays count as their hits)."""
+    numbers = [fp.number for fp in plan]
+
+    def link(memos: MemoTable, whole: SegmentMemo) -> None:
+        for number in numbers:
+            memos[number].segment = whole
+        whole.linked = True
+    return link
+
+
+def _remember_segment(whole: SegmentMemo, skey: tuple[Any, ...], rec: list[Any], rep_base: int) -> None:
+    """Store a segment's steps: runs of memo entries as ready log items, primitive conversions
+    as (function, field), entries that created resources as (``CREATED``, entry)."""
+    whole.misses += 1
+    if whole.misses >= SEGMENT_MISSES and whole.hits < whole.misses:
+        whole.keep = False
+        return
+    steps: list[tuple[Any, Any]] = []
+    items: list[tuple[int, bytes, int]] = []
+    for step in rec:
+        if step.__class__ is bytes:
+            items.append((ENTRY, step, rep_base))
+            continue
+        if items:
+            steps.append((None, tuple(items)))
+            items = []
+        steps.append(step)
+    if items:
+        steps.append((None, tuple(items)))
+    whole.store(skey, tuple(steps))
 
 
 _MISS = object()

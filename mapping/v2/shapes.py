@@ -21,6 +21,7 @@ import copy
 import re
 from collections.abc import Callable
 from dataclasses import dataclass
+from functools import lru_cache
 from typing import Any
 
 import orjson
@@ -33,6 +34,7 @@ from mapping.v2.engine import (
     finalize,
     has_element,
     identifier_key,
+    merge,
     missing_required,
     name_key,
     prune,
@@ -70,7 +72,7 @@ _PLACEHOLDER = re.compile(b'("\xef\xbf\xbf(?:[0-9]+[vr]|id)\xef\xbf\xbf")')
 """A placeholder as a JSON string in a template (split keeps it: it is a group)."""
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Shape:
     """A finished resource with placeholders, and what its id recipe reads."""
 
@@ -80,24 +82,67 @@ class Shape:
     identifier: str
     name: str
     missing: tuple[str, ...]
+    fill: Callable[[str, list[Any], list[Any]], dict[str, Any]] | None
+    """The finished resource from its id, values and reference targets (:func:`_lazy_fill`): the
+    same as ``parts`` joined and parsed."""
 
 
 SHAPES: dict[tuple[Any, ...], Shape] = {}
+_BY_IDENTITY: dict[tuple[Any, ...], tuple[Shape, tuple[Any, ...]]] = {}
+"""The type, the identities of the links key and log items → shape and the key (which keeps
+those objects alive, so no other object can take their identities while the entry exists)."""
+
+
+def shape_for(rtype: str, log: WriteLog, links_key: tuple[Any, ...], links: list[Any] | tuple[()],
+              fallbacks: tuple[Any, ...], targets: list[Any], emit: frozenset[str]) -> Shape | None:
+    """:func:`shape_of` the resource's :func:`key_of`, found first by the identities of the key's
+    parts: replayed segments log the same item objects, and plans and the merged-target
+    numbering keep their links keys, so most resources are found without hashing their logs.
+    A log with items of its own (``fresh``) is looked up by value only: remembering it by
+    identities would only fill the table (and the garbage collector's passes)."""
+    if not log.plain:
+        return None
+    if log.fresh:
+        key = key_of(rtype, log, links_key)
+        return None if key is None else shape_of(key, rtype, log, links, fallbacks, targets, emit)
+    ident = (rtype, id(links_key), *map(id, log))
+    hit = _BY_IDENTITY.get(ident)
+    if hit is not None:
+        return hit[0] if _values_apart(log) else None
+    key = key_of(rtype, log, links_key)
+    if key is None:
+        return None
+    shape = shape_of(key, rtype, log, links, fallbacks, targets, emit)
+    if shape is not None:
+        if len(_BY_IDENTITY) >= SHAPE_LIMIT:
+            _BY_IDENTITY.clear()
+        _BY_IDENTITY[ident] = (shape, key)
+    return shape
+
+
+def forget() -> None:
+    """Drop every template."""
+    SHAPES.clear()
+    _BY_IDENTITY.clear()
 
 
 def key_of(rtype: str, log: WriteLog, links_key: tuple[Any, ...]) -> tuple[Any, ...] | None:
     """The shape key of a resource: its type, its links (as the message plan numbers them)
     and its write log without the values; ``None`` when the log holds what only the long
     way finishes (values the interpreter just wrote, values inside lists)."""
-    if not log.plain:
-        return None
-    for v in log.values:
-        if v.__class__ is str and MARK in v:
-            return None
-    groups = log.groups
-    if groups and not _holes_apart(log, groups):
+    if not log.plain or not _values_apart(log):
         return None
     return rtype, links_key, tuple(log)
+
+
+def _values_apart(log: WriteLog) -> bool:
+    """True when the log's values cannot be taken for placeholders or be joined with other
+    list elements: what a template needs besides the log's items."""
+    for v in log.values:
+        if v.__class__ is str and MARK in v:
+            return False
+    groups = log.groups
+    return not groups or _holes_apart(log, groups)
 
 
 def _holes_apart(log: WriteLog, groups: list[tuple[str, ...]]) -> bool:
@@ -112,9 +157,10 @@ def _holes_apart(log: WriteLog, groups: list[tuple[str, ...]]) -> bool:
     return not any(b'"' + text.encode() + b'"' in others for group in groups for text in group)
 
 
-def materialize(log: WriteLog, links: list[Any], fallbacks: tuple[Any, ...], placeholders: bool) -> Node:
+def materialize(log: WriteLog, links: list[Any] | tuple[()], fallbacks: tuple[Any, ...], placeholders: bool,
+                first: int = 0) -> Node:
     """The resource tree a write log and the links after it build; with ``placeholders``,
-    single values stand in as :func:`value_placeholder` strings."""
+    single values stand in as :func:`value_placeholder` strings (numbered from ``first``)."""
     node = Node()
     values = log.values
     i = 0
@@ -125,11 +171,11 @@ def materialize(log: WriteLog, links: list[Any], fallbacks: tuple[Any, ...], pla
             for w, value, j in orjson.loads(item[1]):
                 WRITERS[w](node, value, base + j)
         elif kind in (VALUE, VALUE_IN_LIST):
-            WRITERS[item[1]](node, value_placeholder(i) if placeholders else values[i], item[2])
+            WRITERS[item[1]](node, value_placeholder(first + i) if placeholders else values[i], item[2])
             i += 1
         elif kind == HOLED:
             n = item[3]
-            texts = [value_placeholder(k) for k in range(i, i + n)] if placeholders else values[i:i + n]
+            texts = [value_placeholder(first + k) for k in range(i, i + n)] if placeholders else values[i:i + n]
             i += n
             base = item[2]
             for w, value, j in orjson.loads(holes.fill(item[1], texts)):
@@ -225,18 +271,46 @@ def shape_of(key: tuple[Any, ...], rtype: str, log: WriteLog, links: list[Any], 
     shape = SHAPES.get(key)
     if shape is not None:
         return shape
-    node = materialize(log, links, fallbacks, True)
+    return _made(key, rtype, materialize(log, links, fallbacks, True), len(log.values), targets, emit)
+
+
+def merged_shape(key: tuple[Any, ...], rtype: str, parts: list[tuple[WriteLog, Any, tuple[Any, ...]]],
+                 targets: list[Any], emit: frozenset[str]) -> Shape | None:
+    """The shape of resources with one id merged into the first (``engine.merge``), from their
+    logs, links and fallbacks in message order: the values are all parts' values one after
+    the other, ``targets`` the references of all parts (merged resources as one). ``key``
+    holds every part's shape key; the logs must be plain and without left-out texts, so no
+    list element holds a value (merging and finishing never compare one)."""
+    shape = SHAPES.get(key)
+    if shape is not None:
+        return shape
+    node: Node | None = None
+    first = 0
+    for log, links, fallbacks in parts:
+        part = materialize(log, links, fallbacks, True, first)
+        first += len(log.values)
+        if node is None:
+            node = part
+        else:
+            merge(node, part)
+    assert node is not None
+    return _made(key, rtype, node, first, targets, emit)
+
+
+def _made(key: tuple[Any, ...], rtype: str, node: Node, n_values: int, targets: list[Any],
+          emit: frozenset[str]) -> Shape | None:
+    """The shape of a resource tree with placeholders, kept under ``key``."""
     parts = keyed_parts(node)
     ident, name = identifier_key(parts, rtype), name_key(parts)
     resolve = _placeholder_resolver(targets, emit)
     body = finalize(node, resolve) or {}
     missing = finish(body, rtype)
-    placeholders = [(value_placeholder(i), _VALUE, i) for i in range(len(log.values))]
+    placeholders = [(value_placeholder(i), _VALUE, i) for i in range(n_values)]
     placeholders += [(reference_placeholder(k), _REFERENCE, k) for k in range(len(targets))]
     if not _only_placeholders(ident, placeholders) or not _only_placeholders(name, placeholders):
         return None
     if missing:
-        shape = Shape(None, ident, name, tuple(missing))
+        shape = Shape(None, ident, name, tuple(missing), None)
     else:
         template = orjson.dumps({"resourceType": rtype, "id": ID_PLACEHOLDER, **body})
         placeholders.append((ID_PLACEHOLDER, _ID, 0))
@@ -247,9 +321,10 @@ def shape_of(key: tuple[Any, ...], rtype: str, log: WriteLog, links: list[Any], 
             parts.append(piece if k % 2 == 0 else where.get(piece))
         if _MARK_BYTES in b"".join(pieces[::2]) or None in parts:  # the character came from the message
             return None
-        shape = Shape(tuple(parts), ident, name, ())
+        shape = Shape(tuple(parts), ident, name, (), None)
+        shape.fill = _lazy_fill(shape, template, {p: (what, n) for p, what, n in placeholders})
     if len(SHAPES) >= SHAPE_LIMIT:
-        SHAPES.clear()
+        forget()
     SHAPES[key] = shape
     return shape
 
@@ -277,35 +352,101 @@ def _placeholder_resolver(targets: list[Any], emit: frozenset[str]) -> Callable[
 
 def id_key(text: str, values: list[Any]) -> str:
     """An id recipe's identifier or name key with this resource's values put in."""
-    if MARK in text:
-        for i, v in enumerate(values):
-            text = text.replace(value_placeholder(i), str(v))
-    return text
+    if MARK not in text:
+        return text
+    n = len(values)
+    return "".join([part if part.__class__ is str else str(values[part]) if part < n else value_placeholder(part)
+                    for part in _key_parts(text)])
 
 
-_dumps = orjson.dumps
-_loads = orjson.loads
+_VALUE_PLACEHOLDER = re.compile(f"{MARK}([0-9]+)v{MARK}")
 
 
-def fill(shape: Shape, rid: str, values: list[Any], targets: list[Any]) -> dict[str, Any]:
-    """The finished resource: the shape's template with this resource's values, reference
-    targets and id."""
-    parts = shape.parts
-    assert parts is not None
+@lru_cache(maxsize=4096)
+def _key_parts(text: str) -> tuple[str | int, ...]:
+    """An identifier or name key cut at its value placeholders: texts, and value numbers between."""
+    return tuple(int(piece) if k % 2 else piece for k, piece in enumerate(_VALUE_PLACEHOLDER.split(text)))
+
+
+def _reference(target: Any) -> str:
+    """``Type/id`` of a reference target, made once per target."""
+    reference = target.reference = f"{target.type}/{target.id}"
+    return reference
+
+
+def _as_json(value: Any) -> Any:
+    """A value as the template's JSON carries it: what orjson writes, read back (a number that is
+    not finite becomes ``None``; text orjson cannot write fails here as it would there)."""
+    return orjson.loads(orjson.dumps(value))
+
+
+def _lazy_fill(shape: Shape, template: bytes, where: dict[str, tuple[int, int]]
+               ) -> Callable[[str, list[Any], list[Any]], dict[str, Any]]:
+    """A shape's fill: its parts joined and parsed, and from its :data:`COMPILE_AFTER`-th use on
+    its generated function (:func:`_filler`). Compiling one costs what some hundreds of fills
+    save, and a feed whose identifiers and names repeat makes a Patient shape per patient."""
+    uses = 0
+
+    def fill(rid: str, values: list[Any], targets: list[Any]) -> dict[str, Any]:
+        nonlocal uses
+        uses += 1
+        if uses >= COMPILE_AFTER:
+            shape.fill = _filler(orjson.loads(template), where)
+        return _joined(shape.parts or (), rid, values, targets)
+    return fill
+
+
+COMPILE_AFTER = 256
+"""Fills of a shape before its fill function is generated."""
+
+
+def _joined(parts: tuple[Any, ...], rid: str, values: list[Any], targets: list[Any]) -> dict[str, Any]:
+    """The finished resource: the template's parts with this resource's values, references and id
+    as JSON between them, parsed."""
     out = []
     for part in parts:
         if part.__class__ is bytes:
             out.append(part)
+        elif part[0] == _VALUE:
+            out.append(orjson.dumps(values[part[1]]))
+        elif part[0] == _REFERENCE:
+            target = targets[part[1]]
+            out.append(orjson.dumps(target.reference or _reference(target)))
         else:
-            what, n = part
-            if what == _VALUE:
-                out.append(_dumps(values[n]))
-            elif what == _REFERENCE:
-                target = targets[n]
-                reference = target.reference
-                if reference is None:
-                    reference = target.reference = _dumps(f"{target.type}/{target.id}")
-                out.append(reference)
-            else:
-                out.append(_dumps(rid))
-    return _loads(b"".join(out))
+            out.append(orjson.dumps(rid))
+    return orjson.loads(b"".join(out))
+
+
+def _filler(template: dict[str, Any], where: dict[str, tuple[int, int]]
+            ) -> Callable[[str, list[Any], list[Any]], dict[str, Any]]:
+    """Generated ``fill(id, values, targets)``: the finished resource as one Python display of
+    the template (read back from its JSON), this resource's values, references and id put in
+    where the template has placeholders; cheaper than joining JSON bytes and parsing them."""
+    scope: dict[str, Any] = {"as_json": _as_json, "reference": _reference}
+    lines = ["def fill(rid, values, targets):"]
+    used: set[str] = set()
+
+    def display(obj: Any) -> str:
+        if obj.__class__ is dict:
+            return "{" + ", ".join(f"{k!r}: {display(v)}" for k, v in obj.items()) + "}"
+        if obj.__class__ is list:
+            return "[" + ", ".join(display(v) for v in obj) + "]"
+        if obj.__class__ is str and obj in where:
+            what, n = where[obj]
+            name = "rid" if what == _ID else f"{'v' if what == _VALUE else 'r'}{n}"
+            if name not in used:
+                used.add(name)
+                if what == _VALUE:
+                    # what JSON carries unchanged stays as it is (ASCII text, finite float, 64-bit int)
+                    lines.extend([f"    v{n} = values[{n}]", f"    c = v{n}.__class__",
+                                  f"    if not ((c is str and v{n}.isascii()) or (c is float and v{n} - v{n} == 0.0) "
+                                  f"or (c is int and {-2**63} <= v{n} < {2**64})): v{n} = as_json(v{n})"])
+                elif what == _REFERENCE:
+                    lines.append(f"    r{n} = targets[{n}].reference or reference(targets[{n}])")
+            return name
+        return repr(obj)
+
+    body = display(template)
+    lines.append(f"    return {body}")
+    exec("\n".join(lines), scope)  # the source is built above from the template only
+    return scope["fill"]

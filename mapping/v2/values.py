@@ -69,6 +69,14 @@ def dtm(value: str, fhir_type: str, default_tz: str | None) -> str | None:
         if not tz.isdecimal():
             body, tz = text, None
     if body.isdecimal() and len(body) in _DIGIT_LENGTHS:
+        if len(body) >= 12 and fhir_type != "date":  # to the minute at least: what results carry
+            if tz is not None:
+                zone = f"{text[-5:-2]}:{tz[2:]}"
+            elif default_tz is None:
+                return f"{body[:4]}-{body[4:6]}-{body[6:8]}"
+            else:
+                zone = "Z" if default_tz in ("+00:00", "-00:00") else default_tz
+            return f"{body[:4]}-{body[4:6]}-{body[6:8]}T{body[8:10]}:{body[10:12]}:{body[12:14] or '00'}{zone}"
         # the usual shapes (no fraction): the regular expression's groups are fixed slices
         y, mo, d, h, mi, s = body[:4], body[4:6], body[6:8], body[8:10], body[10:12], body[12:14]
         frac = ""
