@@ -26,6 +26,7 @@ from fhir_server.capability import capability_statement
 from fhir_server.cors import add_cors
 from fhir_server.history import history_page
 from fhir_server.internal_errors import InternalErrors
+from fhir_server.operation_definitions import register_operation_definitions
 from fhir_server.operations import register_operations
 from fhir_server.query import criteria, query_pairs, strict_handling
 from fhir_server.responses import (
@@ -201,6 +202,7 @@ def create_app(store: Any) -> FastAPI:
 
     register_operations(app, service, in_pool)
     register_simulate(app, store, in_pool)
+    register_operation_definitions(app)
 
     @app.get("/fhir/{rtype}/{rid}/_history")
     async def instance_history(rtype: str, rid: str, request: Request) -> Response:

@@ -13,10 +13,11 @@ from rich.table import Table
 
 from fhirtwin.settings import Settings
 from store.store import Store
-from twin.inputs import MissingData, glucose_inputs, latest_time
-from twin.scenario import Scenario, ScenarioError, SimulationRequest, parse_request
+from twin.inputs import MissingData, glucose_inputs, latest_time, latest_vancomycin_time
+from twin.scenario import ScenarioError, SimulationRequest, parse_request
 from twin.service import TwinRegistry, UnknownModel, publish, result_summary, simulate, simulation_bundle
 from twin.validation_report import validate_glucose, validate_vancomycin
+from twin.vocab import UCUM
 
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(min|m|h|d)\s*$")
 
@@ -38,20 +39,51 @@ def _origin(text: str | None) -> datetime | None:
     return t.replace(tzinfo=UTC) if t.tzinfo is None else t
 
 
+def default_origin(store: Store, patient_id: str, model: str) -> datetime:
+    """The CLI's origin when neither ``--origin`` nor the scenario file gives one: the patient's latest
+    relevant data (glucose: the latest reading; vancomycin: the latest dose start or level), as published
+    forecasts use; the wall clock only when there is none (``$simulate`` over HTTP defaults to now)."""
+    now = datetime.now(UTC)
+    latest = (latest_time(store, "glucose_readings", "effective_time", patient_id, now) if model == "glucose"
+              else latest_vancomycin_time(store, patient_id, now))
+    return latest or now
+
+
+def _file_value(body: dict, name: str) -> dict | None:
+    return next((p for p in body.get("parameter") or [] if isinstance(p, dict) and p.get("name") == name), None)
+
+
 def _request(store: Store, args: argparse.Namespace) -> SimulationRequest:
-    scenario = Scenario()
+    """The flags and the scenario file as one ``$simulate`` Parameters, read by the same parser as HTTP.
+
+    The file's ``model``, ``origin`` and ``horizon`` count; a flag given as well must say the same.
+    """
+    body: dict = {"resourceType": "Parameters", "parameter": []}
     if args.scenario:
         try:
             body = orjson.loads(args.scenario.read_bytes())
         except (OSError, orjson.JSONDecodeError) as exc:
             raise ValueError(f"--scenario {args.scenario}: {exc}") from None
-        scenario = parse_request(body).scenario
-    origin = _origin(args.origin)
-    if origin is None:
-        view, col = (("glucose_readings", "effective_time") if args.model == "glucose"
-                     else ("drug_levels", "effective_time"))
-        origin = latest_time(store, view, col, args.patient, datetime.now(UTC)) or datetime.now(UTC)
-    return SimulationRequest(args.model, origin, _minutes(args.horizon) if args.horizon else None, scenario)
+        if not isinstance(body, dict) or not isinstance(body.get("parameter", []), list):
+            raise ValueError(f"--scenario {args.scenario}: expected a Parameters resource")
+    flag_origin = _origin(args.origin)
+    flag_horizon = _minutes(args.horizon) if args.horizon else None
+    given = {name: _file_value(body, name) is not None for name in ("model", "origin", "horizon")}
+    if not given["model"]:
+        body.setdefault("parameter", []).insert(0, {"name": "model", "valueString": args.model})
+    if flag_horizon is not None and not given["horizon"]:
+        body.setdefault("parameter", []).append({"name": "horizon", "valueQuantity": {
+            "value": flag_horizon, "unit": "min", "system": UCUM, "code": "min"}})
+    fallback = flag_origin or (None if given["origin"] else default_origin(store, args.patient, args.model))
+    req = parse_request(body, now=fallback)
+    where = f"--scenario {args.scenario}"
+    if req.model != args.model:
+        raise ValueError(f"{where} is for model {req.model!r} but --model is {args.model!r}")
+    if given["origin"] and flag_origin is not None and req.origin != flag_origin:
+        raise ValueError(f"{where} has origin {req.origin.isoformat()} but --origin is {flag_origin.isoformat()}")
+    if given["horizon"] and flag_horizon is not None and req.horizon_min != flag_horizon:
+        raise ValueError(f"{where} has horizon {req.horizon_min:g} min but --horizon is {args.horizon}")
+    return req
 
 
 def _print_predictions(console: Console, bundle: dict) -> None:
@@ -113,7 +145,7 @@ def _validate(store: Store, args: argparse.Namespace, console: Console) -> int:
         latest = latest_time(store, "glucose_readings", "effective_time", args.patient, datetime.now(UTC))
         if latest is None:
             raise MissingData(f"Patient/{args.patient} has no glucose readings")
-        data, start, used = glucose_inputs(store, args.patient, latest + timedelta(minutes=1))
+        data, _start, used, _measure = glucose_inputs(store, args.patient, latest + timedelta(minutes=1))
         report = validate_glucose(data, args.split_days * 1440.0, out_dir=out, fingerprint=used.fingerprint)
     console.print(report.markdown_table())
     console.print(f"report written to {out}")

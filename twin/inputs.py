@@ -115,10 +115,29 @@ def latest_time(store: Store, view_name: str, column: str, patient_id: str, unti
     return rows[-1][0] if rows else None
 
 
-def glucose_inputs(store: Store, patient_id: str, origin: datetime) -> tuple[GlucoseData, datetime, InputSet]:
+@dataclass(frozen=True)
+class GlucoseMeasure:
+    """How the patient's glucose is measured (of the most recent reading): predictions are given in the
+    same LOINC code and unit, so a client charting them next to the readings needs no conversion."""
+
+    loinc: str
+    unit: str  # "mg/dL" or "mmol/L" (the glucose_readings view keeps no other)
+
+    def from_mg_dl(self, glucose_mg_dl: float) -> float:
+        return glucose_mg_dl / MG_DL_PER_MMOL_L if self.unit == "mmol/L" else glucose_mg_dl
+
+
+MG_DL_PER_MMOL_L = 18.016
+"""The glucose_readings view's factor (molar mass of glucose / 10)."""
+
+
+def glucose_inputs(
+    store: Store, patient_id: str, origin: datetime
+) -> tuple[GlucoseData, datetime, InputSet, GlucoseMeasure]:
     """CGM/glucose readings, insulin and carbohydrates of the last 14 days before ``origin``.
 
-    Times are minutes from the window start (returned too), as the glucose model expects.
+    Times are minutes from the window start (returned too), as the glucose model expects; the
+    measure is the code and unit of the most recent reading.
     """
     used = InputSet()
     start = origin - GLUCOSE_LOOKBACK
@@ -162,7 +181,8 @@ def glucose_inputs(store: Store, patient_id: str, origin: datetime) -> tuple[Glu
         carbs_t_min=np.array([minutes(t) for t, _ in carbs]),
         carbs_g=np.array([float(r["carbs_g"]) for _, r in carbs]),
     )
-    return data, start, used
+    latest = readings[-1][1]
+    return data, start, used, GlucoseMeasure(str(latest.get("loinc") or "99504-3"), str(latest.get("unit") or "mg/dL"))
 
 
 def _latest(store: Store, view: str, column: str, patient_id: str, origin: datetime, used: InputSet) -> float | None:
@@ -218,16 +238,33 @@ def covariates(store: Store, patient_id: str, origin: datetime, used: InputSet) 
     return Covariates(weight_kg=weight, age_y=age, sex=sex, creatinine_mg_dl=creat, dialysis=dialysis)
 
 
+VANCOMYCIN_RXNORM = ("11124", "1807510", "1807516", "1807513")
+
+
+def _vancomycin_history(
+    store: Store, patient_id: str, until: datetime
+) -> tuple[list[tuple[datetime, dict[str, Any]]], list[tuple[datetime, dict[str, Any]]]]:
+    """Plausible vancomycin doses and levels with clinical time ≤ ``until``, in time order."""
+    doses = [(t, r) for t, r in _timed(view_rows(store, "drug_doses", patient_id), "start_time", until)
+             if _plausible(r, "dose_mg") and ("vancomycin" in str(r.get("medication") or "").lower()
+                                              or r.get("rxnorm") in VANCOMYCIN_RXNORM)]
+    levels = [(t, r) for t, r in _timed(view_rows(store, "drug_levels", patient_id), "effective_time", until)
+              if _plausible(r, "level_mg_l")]
+    return doses, levels
+
+
+def latest_vancomycin_time(store: Store, patient_id: str, until: datetime) -> datetime | None:
+    """Clinical time of the patient's most recent vancomycin dose start or level at or before ``until``
+    (None: never given vancomycin nor measured, so there is nothing to forecast from)."""
+    doses, levels = _vancomycin_history(store, patient_id, until)
+    return max([t for t, _ in doses] + [t for t, _ in levels], default=None)
+
+
 def dosing_inputs(store: Store, patient_id: str, origin: datetime) -> tuple[DosingData, datetime, InputSet]:
     """Vancomycin doses and levels up to ``origin`` plus covariates; hours from the first dose."""
     used = InputSet()
     cov = covariates(store, patient_id, origin, used)
-    doses = [(t, r) for t, r in _timed(view_rows(store, "drug_doses", patient_id), "start_time", origin)
-             if _plausible(r, "dose_mg") and "vancomycin" in (str(r.get("medication") or "") +
-                                                                  str(r.get("rxnorm") or "")).lower()
-             or (r.get("rxnorm") in ("11124", "1807510", "1807516", "1807513"))]
-    levels = [(t, r) for t, r in _timed(view_rows(store, "drug_levels", patient_id), "effective_time", origin)
-              if _plausible(r, "level_mg_l")]
+    doses, levels = _vancomycin_history(store, patient_id, origin)
     t0 = min([t for t, _ in doses] + [t for t, _ in levels] + [origin])
 
     def hours(t: datetime) -> float:

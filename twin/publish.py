@@ -17,7 +17,7 @@ from typing import Any
 
 from store.ids import stable_id
 from store.store import fhir_instant
-from twin.vocab import OBS_CATEGORY, SIMULATED_TAG, TWIN_CATEGORY, TWIN_CS, interval_code, quantity
+from twin.vocab import OBS_CATEGORY, SIMULATED_TAG, TWIN_CATEGORY, TWIN_CS, UCUM, interval_code, quantity
 
 
 @dataclass(frozen=True)
@@ -136,16 +136,27 @@ def provenance(
     }
 
 
-def _unit_of(name: str) -> str:
-    """The unit a parameter name carries in its suffix (``cl_l_h`` → ``L/h``), as UCUM-ish text."""
-    table = {
-        "l_h": "L/h", "l": "L", "ml_per_uu_min": "mL/uU/min", "mg_dl_min": "mg/dL/min", "per_min": "/min",
-        "dl": "dL", "min": "min", "h": "h", "mg_l": "mg/L", "mg_dl": "mg/dL",
-    }
-    for suffix in sorted(table, key=len, reverse=True):
-        if name.endswith("_" + suffix):
-            return table[suffix]
-    return "1"
+PARAMETER_UNITS: dict[str, tuple[str, bool]] = {
+    "l_h": ("L/h", True), "l": ("L", True), "ml_per_uu_min": ("mL/uU/min", False), "mg_dl_min": ("mg/dL/min", True),
+    "per_min": ("/min", True), "dl": ("dL", True), "min": ("min", True), "h": ("h", True), "mg_l": ("mg/L", True),
+    "mg_dl": ("mg/dL", True),
+}
+"""Parameter-name suffix → (unit, whether it is UCUM): insulin's µU has no UCUM code ("U" is the
+enzyme unit), so insulin sensitivity keeps its unit as text only."""
+
+
+def _parameter_quantity(value: float, name: str) -> dict[str, Any]:
+    """A Quantity in the unit the parameter name carries in its suffix (``cl_l_h`` → L/h)."""
+    suffix = next((s for s in sorted(PARAMETER_UNITS, key=len, reverse=True) if name.endswith("_" + s)), None)
+    unit, ucum = PARAMETER_UNITS[suffix] if suffix else ("1", True)
+    return {"value": round(value, 8), "unit": unit, **({"system": UCUM, "code": unit} if ucum else {})}
+
+
+def full_url(resource_id: str) -> str:
+    """The ``urn:uuid`` a resource of a returned (not stored) Bundle is known by: references between
+    entries of that Bundle use it, since ``Observation/<id>`` would point into the server."""
+    h = resource_id.ljust(32, "0")[:32]
+    return f"urn:uuid:{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:32]}"
 
 
 def parameters_observation(
@@ -158,18 +169,21 @@ def parameters_observation(
         sd = float(posterior.log_cov[i, i]) ** 0.5
         mid = float(posterior.log_map[i])
         lo, hi = math.exp(mid - z * sd), math.exp(mid + z * sd)
-        unit = _unit_of(name)
         components.append({
             "code": {"coding": [{"system": f"{TWIN_CS}/parameter", "code": name}], "text": name},
-            "valueQuantity": {"value": round(math.exp(mid), 8), "unit": unit},
+            "valueQuantity": _parameter_quantity(math.exp(mid), name),
             "referenceRange": [{
-                "low": {"value": round(lo, 8), "unit": unit}, "high": {"value": round(hi, 8), "unit": unit},
+                "low": _parameter_quantity(lo, name), "high": _parameter_quantity(hi, name),
                 "text": f"95% credible interval; CV {posterior.cv[name] * 100:.1f}%",
             }],
         })
     ident = posterior.identifiability()
-    note = (f"MAP with Laplace approximation from {ident['starts']} starts "
-            f"({ident['starts_converged_to_map']} reached the MAP); data fingerprint {posterior.data_fingerprint}.")
+    if ident["starts"]:
+        note = (f"MAP with Laplace approximation from {ident['starts']} starts "
+                f"({ident['starts_converged_to_map']} reached the MAP); data fingerprint {posterior.data_fingerprint}.")
+    else:
+        note = ("Population prior only (no measurement to fit before the origin): typical values for the "
+                f"patient's covariates with the population variability; data fingerprint {posterior.data_fingerprint}.")
     if ident["poorly_identified"]:
         note += f" Poorly identified (CV > 40%): {', '.join(ident['poorly_identified'])}."
     return {
@@ -193,9 +207,11 @@ def parameters_observation(
 
 def care_plan(
     *, patient_id: str, model: ModelRef, title: str, description: str, activities: list[dict[str, Any]], key: str,
-    derived: str,
+    derived: str, period: tuple[datetime, datetime | None],
 ) -> dict[str, Any]:
-    """A proposed CarePlan holding a twin's recommendation (one activity per proposed action)."""
+    """A proposed CarePlan holding a twin's recommendation (one activity per proposed action) for the
+    ``period`` it was made for (open-ended: until the twin is refitted)."""
+    start, end = period
     return {
         "resourceType": "CarePlan",
         "id": stable_id("careplan", patient_id, model.model_id, key),
@@ -206,8 +222,9 @@ def care_plan(
         "title": title,
         "description": description,
         "subject": {"reference": f"Patient/{patient_id}"},
+        "period": {"start": fhir_instant(start), **({"end": fhir_instant(end)} if end else {})},
         "created": fhir_instant(datetime.now(UTC)),
         "author": {"reference": f"Device/{model_device(model)['id']}", "display": f"{model.model_id} {model.version}"},
         "supportingInfo": [{"reference": f"Observation/{derived}"}],
-        "activity": [{"detail": detail} for detail in activities],
+        **({"activity": [{"detail": detail} for detail in activities]} if activities else {}),
     }

@@ -10,17 +10,27 @@ patient marks them stale and a background worker refits and republishes them.
 
 from __future__ import annotations
 
+import json
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 import orjson
 
 from store.store import Store, WriteResult, fhir_instant
-from twin.inputs import InputSet, MissingData, dosing_inputs, glucose_inputs, latest_time
+from twin.inputs import (
+    GlucoseMeasure,
+    InputSet,
+    MissingData,
+    dosing_inputs,
+    glucose_inputs,
+    latest_time,
+    latest_vancomycin_time,
+)
 from twin.models.base import Posterior, Prediction
 from twin.models.glucose import HORIZON_MIN, GlucoseInsulinModel
 from twin.models.vancomycin import Buelga2005, Goti2018, Regimen, VancomycinModel
@@ -28,6 +38,7 @@ from twin.publish import (
     ModelRef,
     PredictedValue,
     care_plan,
+    full_url,
     model_device,
     parameters_observation,
     predicted_observation,
@@ -36,8 +47,6 @@ from twin.publish import (
 from twin.scenario import Scenario, SimulationRequest
 from twin.vocab import LOINC, TWIN_CS, quantity
 
-GLUCOSE_CODE = {"coding": [{"system": LOINC, "code": "99504-3",
-                            "display": "Glucose [Mass/volume] in Interstitial fluid"}], "text": "Predicted glucose"}
 VANCO_CODE = {"coding": [{"system": LOINC, "code": "20578-1",
                           "display": "Vancomycin [Mass/volume] in Serum or Plasma"}], "text": "Predicted vancomycin"}
 VANCO_TROUGH = {"coding": [{"system": LOINC, "code": "4092-3",
@@ -46,6 +55,9 @@ VANCO_PEAK = {"coding": [{"system": LOINC, "code": "4090-7",
                           "display": "Vancomycin [Mass/volume] in Serum or Plasma --peak"}]}
 VANCO_AUC = {"coding": [{"system": TWIN_CS, "code": "vancomycin-auc24",
                          "display": "Vancomycin AUC over 24 h at steady state"}], "text": "Vancomycin AUC24"}
+GLUCOSE_DISPLAYS: dict[str, str] = json.loads((Path(__file__).with_name("data") / "glucose_loinc.json").read_text())
+"""Display names of the glucose LOINC codes the twin reads (and answers in)."""
+RXNORM = "http://www.nlm.nih.gov/research/umls/rxnorm"
 BOLUS_CANDIDATES_U = np.arange(0.0, 8.01, 0.5)
 _TWIN_TAG = b"fhirtwin.org/fhir/CodeSystem/tags"
 
@@ -95,12 +107,31 @@ def _series(
     return out
 
 
-def simulate_glucose(store: Store, patient_id: str, req: SimulationRequest, *, key: str = "simulate") -> TwinResult:
-    """Fit the glucose twin on data up to the origin and forecast under the scenario."""
+def _keys(req: SimulationRequest, fingerprint: str, published: bool) -> tuple[str, Callable[[str], str]]:
+    """The id key of a result and how its predictions cite the fitted parameters.
+
+    Published output is stored under one key per twin (a refit replaces it) and cites by relative
+    reference; a simulation's ids come from the request and the data it was fitted on (the same
+    question over the same data gives the same ids, any other question other ids), and its entries
+    cite each other by the fullUrl they have in the returned Bundle.
+    """
+    if published:
+        return "published", lambda rid: f"Observation/{rid}"
+    return f"simulate|{req.digest}|{fingerprint}", full_url
+
+
+def _glucose_code(measure: GlucoseMeasure) -> dict[str, Any]:
+    display = GLUCOSE_DISPLAYS.get(measure.loinc, "Glucose")
+    return {"coding": [{"system": LOINC, "code": measure.loinc, "display": display}], "text": "Predicted glucose"}
+
+
+def simulate_glucose(store: Store, patient_id: str, req: SimulationRequest, *, published: bool = False) -> TwinResult:
+    """Fit the glucose twin on data up to the origin and forecast under the scenario, in the code and
+    unit of the patient's most recent reading."""
     horizon = req.horizon_min or 120.0
     if horizon > HORIZON_MIN:
-        raise MissingData(f"the glucose twin forecasts at most {HORIZON_MIN} minutes ahead (asked {horizon:g})")
-    data, start, used = glucose_inputs(store, patient_id, req.origin)
+        raise ValueError(f"the glucose twin forecasts at most {HORIZON_MIN} minutes ahead (asked {horizon:g})")
+    data, start, used, measure = glucose_inputs(store, patient_id, req.origin)
     model = GlucoseInsulinModel()
     posterior = model.calibrate(data, used.fingerprint)
 
@@ -119,18 +150,25 @@ def simulate_glucose(store: Store, patient_id: str, req: SimulationRequest, *, k
     idx = [int(np.argmin(np.abs(pred.t - (origin_min + s)))) for s in steps]
     sub = _finite(Prediction(pred.t[idx], pred.median[idx], pred.lo80[idx], pred.hi80[idx], pred.lo95[idx],
                              pred.hi95[idx], pred.model_id, pred.model_version, pred.data_fingerprint), patient_id)
+    in_range = float(np.mean((sub.median >= 70) & (sub.median <= 180)))
+    shown = Prediction(sub.t, *(np.array([measure.from_mg_dl(v) for v in a])
+                                for a in (sub.median, sub.lo80, sub.hi80, sub.lo95, sub.hi95)),
+                       sub.model_id, sub.model_version, sub.data_fingerprint)
     ref = _ref(model)
+    key, cite = _keys(req, used.fingerprint, published)
     params = parameters_observation(patient_id=patient_id, model=ref, posterior=posterior,
                                     derived_from=used.references, origin=req.origin, key=key)
     times = [req.origin + timedelta(minutes=float(s)) for s in steps]
-    series = _series(patient_id, ref, sub, times, GLUCOSE_CODE, "mg/dL", "laboratory",
-                     [f"Observation/{params['id']}"], req.origin, f"{key}|glucose")
-    in_range = float(np.mean((sub.median >= 70) & (sub.median <= 180)))
+    series = _series(patient_id, ref, shown, times, _glucose_code(measure), measure.unit, "laboratory",
+                     [cite(params["id"])], req.origin, f"{key}|glucose")
     return TwinResult(patient_id, ref, posterior, used, [params, *series],
-                      {"time_in_range_predicted": in_range, "data": data, "start": start, "origin_min": origin_min})
+                      {"time_in_range_predicted": in_range, "data": data, "start": start, "origin_min": origin_min,
+                       "origin": req.origin, "horizon_min": horizon})
 
 
-def simulate_vancomycin(store: Store, patient_id: str, req: SimulationRequest, *, key: str = "simulate") -> TwinResult:
+def simulate_vancomycin(
+    store: Store, patient_id: str, req: SimulationRequest, *, published: bool = False
+) -> TwinResult:
     """Bayesian MAP fit on levels and doses up to the origin; concentrations under the planned doses."""
     data, t0, used = dosing_inputs(store, patient_id, req.origin)
     model = _vanco_model(req.model)
@@ -147,13 +185,15 @@ def simulate_vancomycin(store: Store, patient_id: str, req: SimulationRequest, *
     t_h = hours(req.origin) + np.arange(1.0, horizon_h + 1e-9, 1.0)
     pred = _finite(model.predict(posterior, scenario, t_h), patient_id)
     ref = _ref(model)
+    key, cite = _keys(req, used.fingerprint, published)
     params = parameters_observation(patient_id=patient_id, model=ref, posterior=posterior,
                                     derived_from=used.references, origin=req.origin, key=key)
     times = [req.origin + timedelta(hours=float(h)) for h in np.arange(1.0, horizon_h + 1e-9, 1.0)]
     series = _series(patient_id, ref, pred, times, VANCO_CODE, "mg/L", "laboratory",
-                     [f"Observation/{params['id']}"], req.origin, f"{key}|vancomycin")
+                     [cite(params["id"])], req.origin, f"{key}|vancomycin")
     return TwinResult(patient_id, ref, posterior, used, [params, *series],
-                      {"levels_used": int(len(data.level_t_h)), "doses_used": int(len(data.dose_mg))})
+                      {"levels_used": int(len(data.level_t_h)), "doses_used": int(len(data.dose_mg)),
+                       "origin": req.origin})
 
 
 def _finite(pred: Prediction, patient_id: str) -> Prediction:
@@ -183,31 +223,38 @@ def simulation_bundle(result: TwinResult) -> dict[str, Any]:
         "resourceType": "Bundle",
         "type": "collection",
         "timestamp": fhir_instant(datetime.now(UTC)),
-        "entry": [{"fullUrl": f"urn:uuid:{_uuid(r['id'])}", "resource": r} for r in result.resources],
+        "entry": [{"fullUrl": full_url(r["id"]), "resource": r} for r in result.resources],
     }
-
-
-def _uuid(hex_id: str) -> str:
-    h = hex_id.ljust(32, "0")[:32]
-    return f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:32]}"
 
 
 def _medication_activity(
     rxnorm: str, display: str, text: str, description: str, amount: float, unit: str
 ) -> dict[str, Any]:
-    """A proposed medication activity (CarePlan.activity.detail) for an RxNorm ingredient."""
+    """A proposed medication activity (CarePlan.activity.detail) for an RxNorm ingredient: the drug is
+    the activity's product; ``code`` would say what kind of activity it is, not what is given."""
     return {
         "kind": "MedicationRequest",
-        "code": {"coding": [{"system": "http://www.nlm.nih.gov/research/umls/rxnorm", "code": rxnorm,
-                             "display": display}], "text": text},
         "status": "not-started",
         "description": description,
+        "productCodeableConcept": {"coding": [{"system": RXNORM, "code": rxnorm, "display": display}], "text": text},
         "quantity": quantity(amount, unit),
     }
 
 
+def _carbohydrate_activity(description: str) -> dict[str, Any]:
+    """Proposed carbohydrate intake (the amount is the clinician's call: the twin checked insulin only)."""
+    return {
+        "kind": "NutritionOrder",
+        "code": {"coding": [{"system": LOINC, "code": "9059-7", "display": "Carbohydrate intake Estimated"}],
+                 "text": "fast-acting carbohydrate"},
+        "status": "not-started",
+        "description": description,
+    }
+
+
 def _glucose_plan(store: Store, result: TwinResult) -> dict[str, Any]:
-    """Simulate correction boluses now and propose the one keeping the forecast in range, safely."""
+    """Simulate correction boluses now and propose the one keeping the forecast in range, safely; when even
+    no insulin leaves the lower 80% bound below 70 mg/dL, propose carbohydrates instead."""
     model = GlucoseInsulinModel()
     data, origin_min = result.summary["data"], result.summary["origin_min"]
     outcomes = []  # (dose, time in range of the median forecast, lowest lower-80% bound)
@@ -219,18 +266,24 @@ def _glucose_plan(store: Store, result: TwinResult) -> dict[str, Any]:
         if outcomes[-1][2] < 70.0:  # more insulin only lowers glucose further
             break
     safe = [o for o in outcomes if o[2] >= 70.0]
+    head = f"Glucose twin ({result.model.model_id} {result.model.version}): "
+    activities = []
     if safe:
         best_u, best_tir, _ = max(safe, key=lambda o: (round(o[1], 6), -o[0]))
-        text = (f"Glucose twin ({result.model.model_id} {result.model.version}): "
-                f"{'no correction bolus' if best_u == 0 else f'correction bolus {best_u:g} U now'} keeps the 2-h "
-                f"forecast {best_tir * 100:.0f}% of the time in 70-180 mg/dL, lower 80% bound at or above 70 mg/dL.")
+        text = (f"{head}{'no correction bolus needed' if best_u == 0 else f'correction bolus {best_u:g} U now'} keeps "
+                f"the 2-h forecast {best_tir * 100:.0f}% of the time in 70-180 mg/dL, lower 80% bound at or above "
+                "70 mg/dL.")
+        if best_u > 0:
+            activities.append(_medication_activity("5856", "insulin", "insulin correction bolus", text, best_u, "U"))
     else:
-        best_u, best_tir, low = outcomes[0]
-        text = (f"Glucose twin ({result.model.model_id} {result.model.version}): no insulin; the 2-h forecast without "
-                f"a bolus reaches a lower 80% bound of {low:.0f} mg/dL: consider carbohydrates and recheck.")
-    activity = _medication_activity("5856", "insulin", "insulin correction bolus", text, best_u, "U")
+        low = outcomes[0][2]
+        text = (f"{head}no insulin: the 2-h forecast without a bolus reaches a lower 80% bound of {low:.0f} mg/dL; "
+                "consider fast-acting carbohydrates and recheck glucose.")
+        activities.append(_carbohydrate_activity(text))
+    origin = result.summary["origin"]
     return care_plan(patient_id=result.patient_id, model=result.model, title="Glucose twin: 2-hour plan",
-                     description=text, activities=[activity], key="glucose", derived=result.resources[0]["id"])
+                     description=text, activities=activities, key="glucose", derived=result.resources[0]["id"],
+                     period=(origin, origin + timedelta(minutes=result.summary["horizon_min"])))
 
 
 def _vancomycin_plan(result: TwinResult, model: VancomycinModel) -> tuple[dict[str, Any], list[dict[str, Any]]]:
@@ -246,9 +299,10 @@ def _vancomycin_plan(result: TwinResult, model: VancomycinModel) -> tuple[dict[s
     activity["scheduledTiming"] = {"repeat": {"frequency": 1, "period": best.interval_h, "periodUnit": "h",
                                               "duration": best.infusion_h, "durationUnit": "h"}}
     activity["dailyAmount"] = quantity(best.dose_mg * 24.0 / best.interval_h, "mg")
+    origin = result.summary["origin"]
     plan = care_plan(patient_id=result.patient_id, model=result.model, title="Vancomycin dosing (AUC24 400-600 mg·h/L)",
-                     description=text, activities=[activity], key="vancomycin", derived=result.resources[0]["id"])
-    now = datetime.now(UTC)
+                     description=text, activities=[activity], key="vancomycin", derived=result.resources[0]["id"],
+                     period=(origin, None))
     exposure = []
     for code, unit, median, i80, i95, name in (
         (VANCO_TROUGH, "mg/L", best.trough_median_mg_l, best.trough_80, best.trough_95, "trough"),
@@ -258,28 +312,35 @@ def _vancomycin_plan(result: TwinResult, model: VancomycinModel) -> tuple[dict[s
         intervals = {80: i80, **({95: i95} if i95 else {})}
         exposure.append(predicted_observation(
             patient_id=result.patient_id, model=result.model, code=code, category_code="laboratory", unit=unit,
-            value=PredictedValue(now + timedelta(hours=48), median, intervals),
-            derived_from=[f"Observation/{result.resources[0]['id']}"], origin=now, key=f"plan|{name}",
+            value=PredictedValue(origin + timedelta(hours=48), median, intervals),
+            derived_from=[f"Observation/{result.resources[0]['id']}"], origin=origin, key=f"plan|{name}",
             based_on=f"CarePlan/{plan['id']}",
         ))
     return plan, exposure
 
 
 def publish(store: Store, patient_id: str, model_name: str, origin: datetime | None = None) -> list[WriteResult]:
-    """Fit the patient's twin on everything known now, store its forecast, plan and Provenance."""
+    """Fit the patient's twin and store its forecast, plan and Provenance.
+
+    The forecast starts at ``origin`` or else at the patient's latest relevant data (glucose: the latest
+    reading; vancomycin: the latest dose start or level), never at the wall clock: the same data give
+    the same forecast whenever it is refitted, and a patient without such data gets none.
+    """
     now = datetime.now(UTC)
     if model_name == "glucose":
-        # Forecast from the latest reading: the twin's "now" is the last thing it knows.
-        latest = latest_time(store, "glucose_readings", "effective_time", patient_id, origin or now)
+        latest = origin or latest_time(store, "glucose_readings", "effective_time", patient_id, now)
         if latest is None:
             raise MissingData(f"Patient/{patient_id} has no glucose readings")
-        req = SimulationRequest(model_name, origin or latest, None, Scenario())
-        result = simulate_glucose(store, patient_id, req, key="published")
+        result = simulate_glucose(store, patient_id, SimulationRequest(model_name, latest, None, Scenario()),
+                                  published=True)
         plan = _glucose_plan(store, result)
         extra: list[dict[str, Any]] = []
     else:
-        req = SimulationRequest(model_name, origin or now, None, Scenario())
-        result = simulate_vancomycin(store, patient_id, req, key="published")
+        latest = origin or latest_vancomycin_time(store, patient_id, now)
+        if latest is None:
+            raise MissingData(f"Patient/{patient_id} has no vancomycin doses or levels to forecast from")
+        result = simulate_vancomycin(store, patient_id, SimulationRequest(model_name, latest, None, Scenario()),
+                                     published=True)
         plan, extra = _vancomycin_plan(result, _vanco_model(model_name))
     for obs in result.resources[1:]:
         obs["basedOn"] = [{"reference": f"CarePlan/{plan['id']}"}]

@@ -8,11 +8,37 @@ import orjson
 import pytest
 from support import FIXTURES, run
 
+UCUM = "http://unitsofmeasure.org"
+SYNTHEA_PATIENT = "0e61c3ad-d11e-4080-a6aa-cac89cae4e37"  # never given vancomycin
+
+
+def _dose_only_patient() -> list[dict]:
+    """A patient given one vancomycin dose and never measured (no level to date the forecast from)."""
+    subject = {"reference": "Patient/dose-only"}
+    quantity = {"system": UCUM}
+    return [
+        {"resourceType": "Patient", "id": "dose-only", "gender": "male", "birthDate": "1960-01-01"},
+        {"resourceType": "Observation", "id": "dose-only-weight", "status": "final", "subject": subject,
+         "code": {"coding": [{"system": "http://loinc.org", "code": "29463-7"}]},
+         "effectiveDateTime": "2026-03-01T06:00:00Z", "valueQuantity": {**quantity, "value": 80, "code": "kg", "unit": "kg"}},
+        {"resourceType": "Observation", "id": "dose-only-creatinine", "status": "final", "subject": subject,
+         "code": {"coding": [{"system": "http://loinc.org", "code": "2160-0"}]}, "effectiveDateTime": "2026-03-01T06:00:00Z",
+         "valueQuantity": {**quantity, "value": 1.0, "code": "mg/dL", "unit": "mg/dL"}},
+        {"resourceType": "MedicationAdministration", "id": "dose-only-dose", "status": "completed", "subject": subject,
+         "medicationCodeableConcept": {"coding": [{"system": "http://www.nlm.nih.gov/research/umls/rxnorm",
+                                                   "code": "11124", "display": "vancomycin"}]},
+         "effectivePeriod": {"start": "2026-03-01T08:00:00Z", "end": "2026-03-01T09:00:00Z"},
+         "dosage": {"dose": {**quantity, "value": 1000, "code": "mg", "unit": "mg"}}},
+    ]
+
 
 @pytest.fixture(scope="module")
 def db(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    path = tmp_path_factory.mktemp("twin") / "t.duckdb"
-    assert run("ingest", "--db", str(path), str(FIXTURES / "tdm" / "fhir")).returncode == 0
+    folder = tmp_path_factory.mktemp("twin")
+    path, extra = folder / "t.duckdb", folder / "dose-only.ndjson"
+    extra.write_bytes(b"\n".join(orjson.dumps(r) for r in _dose_only_patient()) + b"\n")
+    assert run("ingest", "--db", str(path), str(FIXTURES / "tdm" / "fhir"), str(extra),
+               str(FIXTURES / "synthea" / "ndjson" / "Patient.ndjson")).returncode == 0
     return path
 
 
@@ -78,3 +104,57 @@ def test_a_scenario_file_that_is_no_r4_parameters_is_a_located_error(db: Path, t
               "--scenario", str(scenario))
     assert out.returncode == 2 and "not a valid R4 Parameters resource" in out.stdout.replace("\n", " ")
     assert "Traceback" not in out.stderr
+
+
+SCENARIO = {"resourceType": "Parameters", "parameter": [
+    {"name": "origin", "valueDateTime": "2026-03-02T23:00:00Z"},
+    {"name": "horizon", "valueQuantity": {"value": 6, "unit": "h", "system": "http://unitsofmeasure.org", "code": "h"}},
+    {"name": "scenario", "part": [{"name": "dose", "part": [
+        {"name": "time", "valueDateTime": "2026-03-03T02:00:00Z"},
+        {"name": "amount", "valueQuantity": {"value": 1000, "unit": "mg", "system": "http://unitsofmeasure.org",
+                                             "code": "mg"}}]}]}]}
+
+
+def test_simulate_honours_the_scenario_files_origin_and_horizon(db: Path, tmp_path: Path) -> None:
+    scenario, target = tmp_path / "scenario.json", tmp_path / "sim.json"
+    scenario.write_bytes(orjson.dumps(SCENARIO))
+    out = run("twin", "simulate", "--db", str(db), "--patient", "tdm-001", "--model", "vancomycin",
+              "--scenario", str(scenario), "--out", str(target))
+    assert out.returncode == 0, out.stdout + out.stderr
+    predicted = [e["resource"] for e in orjson.loads(target.read_bytes())["entry"][1:]]
+    assert len(predicted) == 6
+    assert predicted[0]["effectiveDateTime"].startswith("2026-03-03T00:00")
+
+
+@pytest.mark.parametrize(("flags", "needle"), [
+    (["--origin", "2026-03-02T22:00:00Z"], "has origin 2026-03-02T23:00:00+00:00 but --origin is"),
+    (["--horizon", "12h"], "has horizon 360 min but --horizon is 12h"),
+    (["--model", "vancomycin-buelga-2005"], "is for model 'vancomycin' but --model is 'vancomycin-buelga-2005'"),
+])
+def test_a_flag_that_contradicts_the_scenario_file_is_a_one_line_error(db: Path, tmp_path: Path, flags: list[str],
+                                                                      needle: str) -> None:
+    scenario = tmp_path / "scenario.json"
+    body = {**SCENARIO, "parameter": [{"name": "model", "valueString": "vancomycin"}, *SCENARIO["parameter"]]}
+    scenario.write_bytes(orjson.dumps(body))
+    args = ["--model", "vancomycin", *flags] if flags[0] != "--model" else flags
+    out = run("twin", "simulate", "--db", str(db), "--patient", "tdm-001", *args, "--scenario", str(scenario))
+    assert out.returncode == 2
+    assert needle in out.stdout.replace("\n", "")
+    assert "Traceback" not in out.stderr
+
+
+def test_simulate_defaults_to_the_latest_vancomycin_data(db: Path, tmp_path: Path) -> None:
+    """Without --origin the CLI forecasts from the latest dose or level (here the only dose), not from the
+    wall clock."""
+    target = tmp_path / "sim.json"
+    out = run("twin", "simulate", "--db", str(db), "--patient", "dose-only", "--model", "vancomycin",
+              "--horizon", "2h", "--out", str(target))
+    assert out.returncode == 0, out.stdout + out.stderr
+    fitted = orjson.loads(target.read_bytes())["entry"][0]["resource"]
+    assert fitted["effectiveDateTime"].startswith("2026-03-01T08:00")
+
+
+def test_fit_publishes_no_vancomycin_forecast_for_a_patient_never_given_it(db: Path) -> None:
+    out = run("twin", "fit", "--db", str(db), "--patient", SYNTHEA_PATIENT, "--model", "vancomycin")
+    assert out.returncode == 2
+    assert "no vancomycin doses or levels" in out.stdout.replace("\n", "")

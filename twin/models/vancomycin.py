@@ -101,9 +101,13 @@ class VancomycinModel:
         tau = t[:, None, :] - start[:, :, None]  # (N, D, T)
         on = np.minimum(np.maximum(tau, 0.0), dur[:, :, None])
         lam_ = lam[:, None, None, :]
-        resp = (np.exp(lam_ * np.maximum(tau, 0.0)[..., None]) - np.exp(lam_ * (np.maximum(tau, 0.0) - on)[..., None]))
-        rate = np.where(dur > 0, amt / np.where(dur > 0, dur, 1.0), 0.0)
-        amount = np.einsum("ndtk,nk,nd->nt", resp / lam_, w, rate)
+        after = np.maximum(tau, 0.0)[..., None]
+        infusing = (dur > 0)[:, :, None, None]
+        # Per mg given: an infusion's (e^(λτ) − e^(λ(τ−on)))/(λ·T); a push (T = 0) is its limit e^(λτ) once given.
+        per_mg = np.where(infusing, (np.exp(lam_ * after) - np.exp(lam_ * (after - on[..., None])))
+                          / (lam_ * np.where(infusing, dur[:, :, None, None], 1.0)),
+                          np.where((tau >= 0)[..., None], np.exp(lam_ * after), 0.0))
+        amount = np.einsum("ndtk,nk,nd->nt", per_mg, w, amt)
         return amount / vc[:, None]
 
     def modes(self, params: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
