@@ -66,7 +66,7 @@ def test_missing_data_is_a_clear_cli_error(db: Path) -> None:
 
 
 def test_validate_vancomycin_writes_a_report(db: Path, tmp_path: Path) -> None:
-    out = run("twin", "validate", "--db", str(db), "--model", "vancomycin", "--virtual", "40", "--out",
+    out = run("twin", "validate", "--db", str(db), "--model", "vancomycin", "--virtual", "10", "--out",
               str(tmp_path / "report"))
     assert out.returncode == 0, out.stdout + out.stderr
     assert (tmp_path / "report" / "report.md").exists() and (tmp_path / "report" / "report.html").exists()
