@@ -48,8 +48,15 @@ def model_device(model: ModelRef) -> dict[str, Any]:
         "deviceName": [{"name": model.title, "type": "model-name"}],
         "type": {"coding": [{"system": TWIN_CS, "code": model.model_id, "display": model.title}]},
         "version": [{"value": model.version}],
-        "identifier": [{"system": f"{TWIN_CS}/model", "value": f"{model.model_id}@{model.version}"}],
+        "identifier": [model_identifier(model)["identifier"]],
     }
+
+
+def model_identifier(model: ModelRef) -> dict[str, Any]:
+    """A logical reference to the model (its Device identifier): what a returned, unstored result cites,
+    since ``Device/<id>`` exists on the server only once a twin has been published."""
+    return {"identifier": {"system": f"{TWIN_CS}/model", "value": f"{model.model_id}@{model.version}"},
+            "display": f"{model.model_id} {model.version}"}
 
 
 def predicted_observation(

@@ -40,6 +40,7 @@ from twin.publish import (
     care_plan,
     full_url,
     model_device,
+    model_identifier,
     parameters_observation,
     predicted_observation,
     provenance,
@@ -120,6 +121,14 @@ def _keys(req: SimulationRequest, fingerprint: str, published: bool) -> tuple[st
     return f"simulate|{req.digest}|{fingerprint}", full_url
 
 
+def _unstored(resources: list[dict[str, Any]], model: ModelRef, published: bool) -> list[dict[str, Any]]:
+    """A simulation's resources cite the model by identifier: its Device may not be on the server."""
+    if not published:
+        for resource in resources:
+            resource["device"] = model_identifier(model)
+    return resources
+
+
 def _glucose_code(measure: GlucoseMeasure) -> dict[str, Any]:
     display = GLUCOSE_DISPLAYS.get(measure.loinc, "Glucose")
     return {"coding": [{"system": LOINC, "code": measure.loinc, "display": display}], "text": "Predicted glucose"}
@@ -161,9 +170,9 @@ def simulate_glucose(store: Store, patient_id: str, req: SimulationRequest, *, p
     times = [req.origin + timedelta(minutes=float(s)) for s in steps]
     series = _series(patient_id, ref, shown, times, _glucose_code(measure), measure.unit, "laboratory",
                      [cite(params["id"])], req.origin, f"{key}|glucose")
-    return TwinResult(patient_id, ref, posterior, used, [params, *series],
+    return TwinResult(patient_id, ref, posterior, used, _unstored([params, *series], ref, published),
                       {"time_in_range_predicted": in_range, "data": data, "start": start, "origin_min": origin_min,
-                       "origin": req.origin, "horizon_min": horizon})
+                       "origin": req.origin, "horizon_min": horizon, "measure": measure})
 
 
 def simulate_vancomycin(
@@ -191,7 +200,7 @@ def simulate_vancomycin(
     times = [req.origin + timedelta(hours=float(h)) for h in np.arange(1.0, horizon_h + 1e-9, 1.0)]
     series = _series(patient_id, ref, pred, times, VANCO_CODE, "mg/L", "laboratory",
                      [cite(params["id"])], req.origin, f"{key}|vancomycin")
-    return TwinResult(patient_id, ref, posterior, used, [params, *series],
+    return TwinResult(patient_id, ref, posterior, used, _unstored([params, *series], ref, published),
                       {"levels_used": int(len(data.level_t_h)), "doses_used": int(len(data.dose_mg)),
                        "origin": req.origin})
 
@@ -267,17 +276,22 @@ def _glucose_plan(store: Store, result: TwinResult) -> dict[str, Any]:
             break
     safe = [o for o in outcomes if o[2] >= 70.0]
     head = f"Glucose twin ({result.model.model_id} {result.model.version}): "
+    measure: GlucoseMeasure = result.summary["measure"]
+
+    def glucose(mg_dl: float) -> str:  # in the unit the patient's readings use
+        return f"{measure.from_mg_dl(mg_dl):.{1 if measure.unit == 'mmol/L' else 0}f}"
+
     activities = []
     if safe:
         best_u, best_tir, _ = max(safe, key=lambda o: (round(o[1], 6), -o[0]))
         text = (f"{head}{'no correction bolus needed' if best_u == 0 else f'correction bolus {best_u:g} U now'} keeps "
-                f"the 2-h forecast {best_tir * 100:.0f}% of the time in 70-180 mg/dL, lower 80% bound at or above "
-                "70 mg/dL.")
+                f"the 2-h forecast {best_tir * 100:.0f}% of the time in {glucose(70)}-{glucose(180)} {measure.unit}, "
+                f"lower 80% bound at or above {glucose(70)} {measure.unit}.")
         if best_u > 0:
             activities.append(_medication_activity("5856", "insulin", "insulin correction bolus", text, best_u, "U"))
     else:
         low = outcomes[0][2]
-        text = (f"{head}no insulin: the 2-h forecast without a bolus reaches a lower 80% bound of {low:.0f} mg/dL; "
+        text = (f"{head}no insulin: the 2-h forecast without a bolus reaches a lower 80% bound of {glucose(low)} {measure.unit}; "
                 "consider fast-acting carbohydrates and recheck glucose.")
         activities.append(_carbohydrate_activity(text))
     origin = result.summary["origin"]

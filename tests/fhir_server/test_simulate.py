@@ -61,11 +61,14 @@ def event(kind: str, time: str, **parts: dict) -> dict:
     return {"name": kind, "part": sub}
 
 
-def glucose_patient(patient_id: str, loinc: str, unit: str, low: bool = False) -> list[dict]:
-    """A day of glucose readings every 15 min (a slow wave, or a fall toward 70 mg/dL) in one code and unit."""
+def glucose_patient(patient_id: str, loinc: str, unit: str, level: str = "wave") -> list[dict]:
+    """A day of glucose readings every 15 min (a slow wave, a fall toward 70 or a rise to 260 mg/dL) in one
+    code and unit."""
+    shape = {"wave": lambda i: 140 + 40 * math.sin(i / 8), "low": lambda i: 90 - 20 * i / 95,
+             "high": lambda i: 160 + 100 * i / 95}[level]
     out: list[dict] = [{"resourceType": "Patient", "id": patient_id, "gender": "female", "birthDate": "1980-01-01"}]
     for i in range(96):
-        mg_dl = 90 - 20 * i / 95 if low else 140 + 40 * math.sin(i / 8)
+        mg_dl = shape(i)
         value = round(mg_dl / 18.016, 3) if unit == "mmol/L" else mg_dl
         out.append({"resourceType": "Observation", "id": f"{patient_id}-g{i}", "status": "final",
                     "code": {"coding": [{"system": "http://loinc.org", "code": loinc}]},
@@ -80,7 +83,8 @@ def served() -> tuple[Store, str]:
     store = Store(":memory:")
     Ingestor(store).ingest_paths([FIXTURES / "tdm" / "fhir", FIXTURES / "synthea" / "ndjson" / "Patient.ndjson"])
     store.write(glucose_patient("glu-mgdl", "2339-0", "mg/dL") + glucose_patient("glu-mmol", "15074-8", "mmol/L")
-                + glucose_patient("glu-low", "2339-0", "mg/dL", low=True))
+                + glucose_patient("glu-low", "2339-0", "mg/dL", "low")
+                + glucose_patient("glu-high", "2339-0", "mg/dL", "high"))
     with live_server(create_app(store)) as url:
         yield store, url
     store.close()
@@ -205,6 +209,9 @@ def test_predictions_cite_the_fitted_parameters_by_their_full_url_in_the_bundle(
     assert fitted_url.startswith("urn:uuid:")
     for entry in bundle["entry"][1:]:
         assert entry["resource"]["derivedFrom"] == [{"reference": fitted_url}]
+    for entry in bundle["entry"]:  # the model's Device is on the server only once a twin is published
+        assert "reference" not in entry["resource"]["device"]
+        assert entry["resource"]["device"]["identifier"]["value"].startswith("vancomycin")
 
 
 def test_a_scenario_event_before_the_origin_is_refused_where_it_is(base: str) -> None:
@@ -301,11 +308,16 @@ def test_glucose_care_plan_covers_the_forecast_and_advises_carbohydrates_as_an_a
     assert [d["kind"] for d in details] == ["NutritionOrder"]
     assert all(d.get("quantity", {}).get("value") != 0 for d in details)
 
-    publish(store, "glu-mgdl", "glucose")
-    plan = httpx.get(f"{base}/CarePlan", params={"patient": "glu-mgdl"}).json()["entry"][0]["resource"]
-    for detail in (a["detail"] for a in plan.get("activity", [])):
-        assert detail["productCodeableConcept"]["coding"][0]["code"] == "5856" and "code" not in detail
-        assert detail["quantity"]["value"] > 0
+    publish(store, "glu-mmol", "glucose")  # advice in the unit of the patient's readings
+    plan = httpx.get(f"{base}/CarePlan", params={"patient": "glu-mmol"}).json()["entry"][0]["resource"]
+    assert "mmol/L" in plan["description"] and "mg/dL" not in plan["description"]
+    assert all(a["detail"]["quantity"]["value"] > 0 for a in plan.get("activity", []))  # never "0 U of insulin"
+
+    publish(store, "glu-high", "glucose")
+    plan = httpx.get(f"{base}/CarePlan", params={"patient": "glu-high"}).json()["entry"][0]["resource"]
+    (detail,) = [a["detail"] for a in plan["activity"]]
+    assert detail["productCodeableConcept"]["coding"][0]["code"] == "5856" and "code" not in detail
+    assert detail["quantity"]["value"] > 0 and "correction bolus" in plan["description"]
 
 
 def test_published_vancomycin_starts_from_the_latest_dose_or_level(served: tuple[Store, str]) -> None:
