@@ -187,10 +187,12 @@ def build_parser() -> argparse.ArgumentParser:
         _add_db(p)
         p.add_argument("--patient", required=True, help="Patient id")
         p.add_argument("--model", required=True, choices=MODEL_CHOICES)
-        p.add_argument("--origin", help="fit on data with clinical time up to this dateTime (default: latest)")
+        p.add_argument("--origin", help="fit on data with clinical time up to this dateTime (default: the latest glucose "
+                       "reading, or the latest vancomycin dose or level)")
         if action == "simulate":
             p.add_argument("--horizon", help="e.g. 120min, 2h, 72h (default 2h glucose, 72h drugs)")
-            p.add_argument("--scenario", type=Path, help="a $simulate Parameters JSON file with scenario events")
+            p.add_argument("--scenario", type=Path, help="a $simulate Parameters JSON file with scenario events; its model, origin and "
+                                "horizon are used (a flag that contradicts them is an error)")
             p.add_argument("--out", type=Path, help="write the result Bundle (JSON) here")
     val = twin_sub.add_parser("validate", help="fit up to a split and score forecasts after it (report with plots)")
     _add_db(val)
