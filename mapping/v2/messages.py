@@ -51,7 +51,7 @@ from mapping.v2.field_rules import (
     memo_table,
     writer_number,
 )
-from mapping.v2.segment_functions import RowsFunction, row_condition, rows_condition, segment_function
+from mapping.v2.segment_functions import OutcomesFunction, outcomes_of_rows, row_condition, segment_function
 from mapping.v2.tables import config, message_maps, structure_groups
 
 PROVENANCE_SOURCE_SYSTEM = "urn:fhirtwin:v2:message-control-id"
@@ -363,7 +363,8 @@ class _Plan:
 class _ShapePlans:
     """The rows whose conditions a grouping's plan depends on, and the plan per outcome."""
 
-    conditions: list[tuple[int, RowsFunction]]
+    outcomes: OutcomesFunction
+    """Which of the rows with a condition hold, per segment position (:func:`outcomes_of_rows`)."""
     plans: dict[tuple[tuple[bool, ...], ...], _Plan]
 
 
@@ -464,22 +465,21 @@ class _Mapper:
             if len(_PLANS) >= _PLAN_LIMIT:
                 _PLANS.clear()
             shaped = _PLANS[key] = _ShapePlans(self._conditions(rows, segs), {})
-        others = self.first_seg.get
-        outcomes = tuple([holds(segs[i], others) for i, holds in shaped.conditions])
+        outcomes = shaped.outcomes(segs, self.first_seg.get)
         plan = shaped.plans.get(outcomes)
         if plan is None:
             plan = shaped.plans[outcomes] = self._decide(rows, segs)
         self._follow(plan, segs, chains)
 
-    def _conditions(self, rows: _Rows, segs: list[SegmentLike]) -> list[tuple[int, RowsFunction]]:
+    def _conditions(self, rows: _Rows, segs: list[SegmentLike]) -> OutcomesFunction:
         """The rows with a condition, by segment position: what else a plan depends on."""
         position = {id(seg): i for i, seg in enumerate(segs)}
         out = []
         for seg, _chain, path in _walk(self.root, (), ()):
             conditional = tuple(row for row in rows.find_cached(path, seg.id) if row["cond"] is not None)
             if conditional:
-                out.append((position[id(seg)], rows_condition(conditional, seg.id)))
-        return out
+                out.append((position[id(seg)], conditional))
+        return outcomes_of_rows(out, [seg.id for seg in segs])
 
     def _decide(self, rows: _Rows, segs: list[SegmentLike]) -> _Plan:
         """Work out the plan for this message's shape (the mapper's state is reset after)."""

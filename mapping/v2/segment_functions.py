@@ -302,20 +302,21 @@ def row_condition(row: dict[str, Any], seg_id: str) -> ConditionFunction:
     return fn
 
 
-RowsFunction = Callable[[SegmentLike, Callable[[str], SegmentLike | None]], tuple[bool, ...]]
-_ROWS_CONDITIONS: dict[tuple[tuple[int, ...], str], RowsFunction] = {}
+OutcomesFunction = Callable[[list[SegmentLike], Callable[[str], SegmentLike | None]], tuple[tuple[bool, ...], ...]]
 
 
-def rows_condition(rows: tuple[dict[str, Any], ...], seg_id: str) -> RowsFunction:
-    """The conditions of several message-table rows for one segment, as one generated
-    function (the values they read fetched once) telling which of them hold."""
-    key = (tuple(id(row) for row in rows), seg_id)
-    fn = _ROWS_CONDITIONS.get(key)
-    if fn is None:
-        refs = {ref: i for i, ref in enumerate(sorted({ref for row in rows for ref in cond_refs(row["cond"])}))}
-        scope: dict[str, Any] = {"ref_value": ref_value, "ROWS": rows}  # keeps the rows (and their ids) alive
+def outcomes_of_rows(conditions: list[tuple[int, tuple[dict[str, Any], ...]]], seg_ids: list[str]
+                     ) -> OutcomesFunction:
+    """The conditions of a grouping's message-table rows, ``(segment position, rows)``, as one
+    generated function of the message's segments telling, per position, which of them hold
+    (each segment's values fetched once, no call per segment)."""
+    scope: dict[str, Any] = {"ref_value": ref_value, "ROWS": conditions}  # keeps the rows alive
+    lines = ["def outcomes(segs, others):", "    d = None"]
+    for k, (i, rows) in enumerate(conditions):
+        refs = {ref: j for j, ref in enumerate(sorted({ref for row in rows for ref in cond_refs(row["cond"])}))}
         tests = ", ".join(condition_expression(row["cond"], refs, scope) for row in rows)
-        lines = ["def holds(seg, others):", *value_lines(refs, seg_id, scope, tests), f"    return ({tests},)"]
-        exec("\n".join(lines), scope)  # the source is built above from the compiled tables only
-        fn = _ROWS_CONDITIONS[key] = scope["holds"]
-    return fn
+        lines += [f"    seg = segs[{i}]", *value_lines(refs, seg_ids[i], scope, tests, f"P{k}_"),
+                  f"    o{k} = ({tests},)"]
+    lines.append(f"    return ({''.join(f'o{k}, ' for k in range(len(conditions)))})")
+    exec("\n".join(lines), scope)  # the source is built above from the compiled tables only
+    return scope["outcomes"]
