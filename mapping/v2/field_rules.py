@@ -94,14 +94,15 @@ class FieldMemo(dict):
 
 
 class SegmentMemo(FieldMemo):
-    """A segment map's memo (``segment_functions``): the segment's texts → its steps. ``masks``
-    says which of the map's fields had stopped remembering when ``stops`` read :data:`STOPS`."""
+    """A segment map's memo (``segment_functions``): the segment's texts → its steps. ``masks``:
+    the fields of the map that had stopped remembering when ``stops`` read :data:`STOPS`, as
+    (position in the segment key, texts the conditions compare them with)."""
 
     __slots__ = ("masks", "stops", "linked")
 
     def __init__(self) -> None:
         super().__init__()
-        self.masks: tuple[bool, ...] = ()
+        self.masks: tuple[tuple[int, frozenset[str]], ...] = ()
         self.stops = -1
         self.linked = False
         """The map's field memos know this memo (``FieldMemo.segment``)."""

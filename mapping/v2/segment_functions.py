@@ -226,18 +226,19 @@ def _segment_key(plan: tuple[FieldPlan, ...], seg_id: str, masks: dict[int, froz
     if masked:
         scope["STOPS"] = STOPS
         scope["MASKED"] = MASKED
+        scope["MASKABLE"] = tuple((fields.index(f), masks[f]) for f in masked)
+        # which fields to leave out changes only when a memo stops remembering: the positions
+        # (and the texts kept) of those fields are worked out then, and only they are looked at
         lines += ["if whole.stops != STOPS[0]:",
                   "    whole.stops = STOPS[0]",
-                  f"    whole.masks = ({', '.join(f'not memos[{numbers[f]}].keep' for f in masked)},)",
-                  f"{', '.join(f'm{f}' for f in masked)}, = whole.masks",
-                  f"if {' or '.join(f'm{f}' for f in masked)}:",
-                  "    texts = list(texts)"]
-        for f in masked:
-            k = fields.index(f)
-            scope[f"U{f}"] = masks[f]
-            lines.append(f"    if m{f} and texts[{k}] not in U{f} and PLAIN(texts[{k}]) is not None: "
-                         f"texts[{k}] = MASKED")
-        lines.append("    texts = tuple(texts)")
+                  "    whole.masks = tuple([at for at, stopped in zip(MASKABLE, "
+                  f"({', '.join(f'not memos[{numbers[f]}].keep' for f in masked)},)) if stopped])",
+                  "if whole.masks:",
+                  "    texts = list(texts)",
+                  "    for k, kept in whole.masks:",
+                  "        text = texts[k]",
+                  "        if text not in kept and PLAIN(text) is not None: texts[k] = MASKED",
+                  "    texts = tuple(texts)"]
     parts = ["rep_base", "texts"]
     for k, ref in enumerate(foreign):
         scope[f"SKREF{k}"] = ref

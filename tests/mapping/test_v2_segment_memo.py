@@ -201,6 +201,8 @@ def test_remembered_id_parts_and_row_conditions_map_as_a_cold_mapper() -> None:
     texts = _id_and_condition_variants(300, seed=37)
     forget_everything()
     warm = [as_json(map_message(text)) for text in texts]
+    # six ORC/OBR/SPM maps a message could replay: beyond that, OBX segments with new results
+    assert _segment_memo_hits() > 12 * len(texts), "OBX segments were replayed"
     for i in [*range(0, len(texts), 17), 298, 299]:
         forget_everything()
         assert warm[i] == as_json(map_message(texts[i])), f"variant {i} differs"
