@@ -311,7 +311,7 @@ def outcomes_of_rows(conditions: list[tuple[int, tuple[dict[str, Any], ...]]], s
     """The conditions of a grouping's message-table rows, ``(segment position, rows)``, as one
     generated function of the message's segments telling, per position, which of them hold
     (each segment's values fetched once, no call per segment)."""
-    scope: dict[str, Any] = {"ref_value": ref_value, "ROWS": conditions}  # keeps the rows alive
+    scope: dict[str, Any] = {"ref_value": ref_value}
     lines = ["def outcomes(segs, others):", "    d = None"]
     for k, (i, rows) in enumerate(conditions):
         refs = {ref: j for j, ref in enumerate(sorted({ref for row in rows for ref in cond_refs(row["cond"])}))}
