@@ -6,7 +6,9 @@ variants of two samples (ORU^R01 with 20 OBX, ADT^A01): control ids, patient ids
 names, timestamps and every numeric OBX value differ, so caches only help where a
 real feed repeats itself (codes, units, facilities), not by replaying one message.
 
-    .venv/bin/python bench/bench_hl7v2.py [--seconds 1.0] [--variants 200]
+    .venv/bin/python bench/bench_hl7v2.py [--seconds 1.0] [--variants 200] [--phases]
+    .venv/bin/python bench/bench_hl7v2.py --interleaved [--phases]  # ORU new against the floor, steadier
+    .venv/bin/python bench/bench_hl7v2.py --map-new N      # for instruction counts (valgrind)
 """
 
 from __future__ import annotations
@@ -145,12 +147,64 @@ def print_phases(sets: dict[str, list[str]], fresh: dict[str, list[str]]) -> Non
     print(f"| total | {' | '.join(f'{sum(c.values()):.0f}' for c in columns.values())} |")
 
 
+NEW_POOL = 1_000
+
+
+def interleaved(fresh: list[str], warm: list[str], phases: bool, chunk: int = 40) -> dict[str, float]:
+    """Tenth percentile of the per-message CPU µs of the floor and of parse + group + map (or of
+    each of its phases) over never-seen messages, in chunks timed one right after the other: a
+    machine whose speed changes for minutes at a time (other work, clock steps) moves both alike."""
+    for text in warm:
+        fhirtwin_parse_map(text)
+    spent: dict[str, list[float]] = {}
+    clock = time.process_time
+    for i in range(0, len(fresh) - chunk + 1, chunk):
+        part = fresh[i:i + chunk]
+        t0 = clock()
+        for text in part:
+            bare_split(text)
+        t1 = clock()
+        if phases:
+            times = phase_times(part)
+            times["total"] = sum(times.values())
+        else:
+            for text in part:
+                fhirtwin_parse_map(text)
+            times = {"total": (clock() - t1) / chunk * 1e6}
+        times["floor"] = (t1 - t0) / chunk * 1e6
+        for name, us in times.items():
+            spent.setdefault(name, []).append(us)
+    return {name: sorted(us)[len(us) // 10] for name, us in spent.items()}
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--seconds", type=float, default=1.0, help="CPU seconds per contender and message")
     ap.add_argument("--variants", type=int, default=200)
     ap.add_argument("--phases", action="store_true", help="also print CPU µs per phase of parse + map")
+    ap.add_argument("--interleaved", action="store_true",
+                    help="only ORU^R01 every message new against the floor, in interleaved chunks "
+                         "(with --phases: each phase timed)")
+    ap.add_argument("--map-new", type=int, metavar="N",
+                    help=f"only map the first N (at most {NEW_POOL:,}) of a pool of never-seen ORU^R01 variants "
+                         "after a warm-up, print nothing (for instruction counts: run with N and with 0, subtract)")
     args = ap.parse_args()
+    oru = SAMPLES["ORU^R01 (20 OBX)"].read_text()
+    if args.map_new is not None:
+        warm = variants(oru, 200) + variants(oru, 300, seed=11, first=10**6)
+        pool = variants(oru, NEW_POOL, seed=13, first=2 * 10**6)  # made whatever N: the runs differ by the mapping only
+        for text in warm + pool[:args.map_new]:
+            fhirtwin_parse_map(text)
+        return
+    if args.interleaved:
+        warm = variants(oru, 300) + variants(oru, 500, seed=11, first=10**6)
+        us = interleaved(variants(oru, 4_000, seed=13, first=2 * 10**6), warm, args.phases)
+        print(f"ORU^R01 every message new, chunks of 40 after the floor (tenth percentile): floor {us['floor']:.0f} µs, "
+              f"parse + group + map {us['total']:.0f} µs, {us['floor'] / us['total']:.3f} × floor, "
+              f"{1e6 / us['total']:,.0f}/s")
+        if args.phases:
+            print(" | ".join(f"{phase} {us[phase]:.0f}" for phase in PHASES))
+        return
     contenders: list[tuple[str, Callable[[str], object]]] = [
         ("bare str.split (floor)", bare_split),
         ("fhirtwin parse", fhirtwin_parse),

@@ -94,14 +94,15 @@ class FieldMemo(dict):
 
 
 class SegmentMemo(FieldMemo):
-    """A segment map's memo (``segment_functions``): the segment's texts → its steps. ``masks``
-    says which of the map's fields had stopped remembering when ``stops`` read :data:`STOPS`."""
+    """A segment map's memo (``segment_functions``): the segment's texts → its steps. ``masks``:
+    the fields of the map that had stopped remembering when ``stops`` read :data:`STOPS`, as
+    (position in the segment key, texts the conditions compare them with)."""
 
     __slots__ = ("masks", "stops", "linked")
 
     def __init__(self) -> None:
         super().__init__()
-        self.masks: tuple[bool, ...] = ()
+        self.masks: tuple[tuple[int, frozenset[str]], ...] = ()
         self.stops = -1
         self.linked = False
         """The map's field memos know this memo (``FieldMemo.segment``)."""
@@ -499,9 +500,10 @@ PLAIN = re.compile(r'[^\^~\\&"]+').fullmatch
 
 
 def value_lines(refs: dict[tuple[str, int, int, int], int], seg_id: str, scope: dict[str, Any],
-                expressions: str) -> list[str]:
+                expressions: str, names: str = "") -> list[str]:
     """Source lines fetching the ``v<k>``/``c<k>`` that ``expressions`` use, for a segment with
-    id ``seg_id`` (see :func:`condition_expression`).
+    id ``seg_id`` (see :func:`condition_expression`); ``names`` prefixes the names they add to
+    ``scope`` (several segments' lines in one function, which sets ``d = None`` first).
 
     A field value without delimiters, escapes or the explicit null is its own first
     component: it is taken as it is instead of through :func:`ref_value`. A count of
@@ -509,14 +511,18 @@ def value_lines(refs: dict[tuple[str, int, int, int], int], seg_id: str, scope: 
     """
     aliases = config()["value_aliases"]
     scope["PLAIN"] = PLAIN
-    lines = ["    fields = seg.fields", "    n = len(fields)", "    d = seg.delimiters",
-             "    std = d.component == '^' and d.repetition == '~' and d.escape == '\\\\' and d.subcomponent == '&'"]
+    std = "std = d.component == '^' and d.repetition == '~' and d.escape == '\\\\' and d.subcomponent == '&'"
+    lines = ["    fields = seg.fields", "    n = len(fields)"]
+    if names:  # the segments of one message share their delimiters: std is worked out again only if not
+        lines += ["    if seg.delimiters is not d:", "        d = seg.delimiters", f"        {std}"]
+    else:
+        lines += ["    d = seg.delimiters", f"    {std}"]
     fetched: set[int] = set()
     for ref, i in refs.items():
         own = ref[0] == seg_id
         if re.search(rf"\bv{i}\b", expressions):
-            scope[f"R{i}"] = ref
-            slow = f"ref_value(seg, others, R{i})"
+            scope[f"{names}R{i}"] = ref
+            slow = f"ref_value(seg, others, {names}R{i})"
             if own:
                 f, c, s = ref[1], ref[2] or 1, ref[3] or 1
                 if f not in fetched:  # each field once, and whether it is its own first component
@@ -526,8 +532,8 @@ def value_lines(refs: dict[tuple[str, int, int, int], int], seg_id: str, scope: 
                 whole = "''" if c > 1 or s > 1 else f"f{f}"
                 alias = aliases.get(f"{ref[0]}-{f}")
                 if alias:
-                    scope[f"A{i}"] = alias
-                    whole = f"A{i}.get({whole}, {whole})"
+                    scope[f"{names}A{i}"] = alias
+                    whole = f"{names}A{i}.get({whole}, {whole})"
                 lines.append(f"    v{i} = {whole} if p{f} else {slow}")
             else:
                 lines.append(f"    v{i} = {slow}")
@@ -540,7 +546,7 @@ def value_lines(refs: dict[tuple[str, int, int, int], int], seg_id: str, scope: 
             else:  # Segment.reps() counted without splitting
                 scope["NULL"] = '""'
                 lines += [f"    g{i} = fields[{f}] if n > {f} else ''",
-                          f"    c{i} = 0 if not g{i} or g{i} == NULL else g{i}.count(seg.delimiters.repetition) + 1"]
+                          f"    c{i} = 0 if not g{i} or g{i} == NULL else g{i}.count(d.repetition) + 1"]
     return lines
 
 

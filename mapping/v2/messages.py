@@ -51,7 +51,7 @@ from mapping.v2.field_rules import (
     memo_table,
     writer_number,
 )
-from mapping.v2.segment_functions import RowsFunction, row_condition, rows_condition, segment_function
+from mapping.v2.segment_functions import OutcomesFunction, outcomes_of_rows, row_condition, segment_function
 from mapping.v2.tables import config, message_maps, structure_groups
 
 PROVENANCE_SOURCE_SYSTEM = "urn:fhirtwin:v2:message-control-id"
@@ -363,7 +363,8 @@ class _Plan:
 class _ShapePlans:
     """The rows whose conditions a grouping's plan depends on, and the plan per outcome."""
 
-    conditions: list[tuple[int, RowsFunction]]
+    outcomes: OutcomesFunction
+    """Which of the rows with a condition hold, per segment position (:func:`outcomes_of_rows`)."""
     plans: dict[tuple[tuple[bool, ...], ...], _Plan]
 
 
@@ -464,22 +465,21 @@ class _Mapper:
             if len(_PLANS) >= _PLAN_LIMIT:
                 _PLANS.clear()
             shaped = _PLANS[key] = _ShapePlans(self._conditions(rows, segs), {})
-        others = self.first_seg.get
-        outcomes = tuple([holds(segs[i], others) for i, holds in shaped.conditions])
+        outcomes = shaped.outcomes(segs, self.first_seg.get)
         plan = shaped.plans.get(outcomes)
         if plan is None:
             plan = shaped.plans[outcomes] = self._decide(rows, segs)
         self._follow(plan, segs, chains)
 
-    def _conditions(self, rows: _Rows, segs: list[SegmentLike]) -> list[tuple[int, RowsFunction]]:
+    def _conditions(self, rows: _Rows, segs: list[SegmentLike]) -> OutcomesFunction:
         """The rows with a condition, by segment position: what else a plan depends on."""
         position = {id(seg): i for i, seg in enumerate(segs)}
         out = []
         for seg, _chain, path in _walk(self.root, (), ()):
             conditional = tuple(row for row in rows.find_cached(path, seg.id) if row["cond"] is not None)
             if conditional:
-                out.append((position[id(seg)], rows_condition(conditional, seg.id)))
-        return out
+                out.append((position[id(seg)], conditional))
+        return outcomes_of_rows(out, [seg.id for seg in segs])
 
     def _decide(self, rows: _Rows, segs: list[SegmentLike]) -> _Plan:
         """Work out the plan for this message's shape (the mapper's state is reset after)."""
@@ -754,6 +754,7 @@ def forget() -> None:
     shapes.forget()
     _PLANS.clear()
     _ROOTED.clear()
+    _id_function.cache_clear()  # its id part memos
 
 
 _NAMED_FIELD = re.compile(r"^[A-Z][A-Z0-9]{2}-\d+(?:\.\d+)?$")
@@ -772,30 +773,25 @@ def _id_function(rtype: str) -> IdFunction:
     finished identifier or name).
     """
     recipes = config()["ids"]
+    scope: dict[str, Any] = {"stable_id": stable_id, "first_value": _first_value, "PLAIN": PLAIN,
+                             "digest": stable_digest, "SEP": ID_SEPARATOR, "ENVELOPE": ENVELOPE_SEGMENTS,
+                             "named_value": _named_value, "ID_PARTS": ID_PARTS}
     lines = ["def make_id(inst, mapper, standard):", "    creator = inst.creator", "    keys = None",
              "    fields = creator.fields", "    n = len(fields)"]
     for alt in recipes.get(rtype, recipes["_default"]):
         parts: list[str] = []
         lines.append("    while True:")
+        runs: list[list[str]] = []  # the creating segment's fields next to each other are one part
         for tok in alt:
+            if tok.startswith("seg:") and runs and runs[-1][0].startswith("seg:"):
+                runs[-1].append(tok)
+            else:
+                runs.append([tok])
+        for run in runs:
+            tok = run[0]
             var = f"p{len(parts)}"
             if tok.startswith("seg:"):
-                spec = tok[4:].split(".")
-                f, c = int(spec[0]), int(spec[1]) if len(spec) > 1 else 1
-                if c == 1 and f > 2:  # _first_value(), inlined (MSH-1/MSH-2 are not split as other fields)
-                    # a plain text before the first component separator is the first component
-                    lines += [f"        {var} = fields[{f}] if n > {f} else ''",
-                              f"        if {var} and not (standard and PLAIN({var})):",
-                              f"            first = {var}.partition('^')[0] if standard else ''",
-                              f"            {var} = first if first and PLAIN(first) else creator.get({f}, 1, 1)",
-                              f"        {var} = {tok + '='!r} + {var}"]
-                elif c == 1:  # MSH-1 and MSH-2 are taken as sent
-                    lines += [f"        {var} = fields[{f}] if n > {f} else ''",
-                              f"        if {var} and (creator.id in ENVELOPE or not (standard and PLAIN({var}))): "
-                              f"{var} = creator.get({f}, 1, 1)",
-                              f"        {var} = {tok + '='!r} + {var}"]
-                else:
-                    lines.append(f"        {var} = {tok + '='!r} + first_value(creator, {f}, {c}, standard)")
+                lines += _segment_part_lines(run, var, scope)
             elif _NAMED_FIELD.match(tok):
                 seg_id, spec = tok.split("-")
                 f, c = (int(x) for x in (spec.split(".") + ["1"])[:2])
@@ -815,11 +811,52 @@ def _id_function(rtype: str) -> IdFunction:
             parts.append(var)
         lines.append(f"        return digest({rtype!r} {' '.join(f'+ SEP + {p}' for p in parts)})")
     lines.append(f"    return stable_id({rtype!r}, creator.raw)")
-    scope: dict[str, Any] = {"stable_id": stable_id, "first_value": _first_value, "PLAIN": PLAIN,
-                             "digest": stable_digest, "SEP": ID_SEPARATOR, "ENVELOPE": ENVELOPE_SEGMENTS,
-                             "named_value": _named_value}
     exec("\n".join(lines), scope)  # the source is built above from the id recipes only
     return scope["make_id"]
+
+
+ID_PARTS = 4096
+"""Field texts an id recipe's run of ``seg:`` tokens remembers its part for before it starts over."""
+
+
+def _segment_part_lines(tokens: list[str], var: str, scope: dict[str, Any]) -> list[str]:
+    """Source lines setting ``var`` to the id text of a run of ``seg:`` tokens (``seg:1=1``,
+    ``seg:3.1=718-7``, ``seg:4=`` joined by the id separator). The part depends only on the
+    fields' texts, the delimiters and, for MSH-1/MSH-2-numbered fields, the segment id, and
+    those texts (set ids, codes, sub-ids) repeat from message to message: it is remembered
+    by them."""
+    specs = []
+    for tok in tokens:
+        spec = tok[4:].split(".")
+        specs.append((tok, int(spec[0]), int(spec[1]) if len(spec) > 1 else 1))
+    memo = f"M{len(scope)}"
+    scope[memo] = {}
+    texts = ["mapper.ctx.delimiters", *(f"fields[{f}] if n > {f} else ''" for f in dict.fromkeys(f for _, f, _ in specs))]
+    if any(f <= 2 for _, f, _ in specs):
+        texts.append("creator.id")
+    lines = [f"        key = ({', '.join(texts)},)",
+             f"        {var} = {memo}.get(key)",
+             f"        if {var} is None:"]
+    made: list[str] = []
+    for tok, f, c in specs:
+        q = f"q{len(made)}"
+        if c == 1 and f > 2:  # _first_value(), inlined (MSH-1/MSH-2 are not split as other fields)
+            # a plain text before the first component separator is the first component
+            lines += [f"            {q} = fields[{f}] if n > {f} else ''",
+                      f"            if {q} and not (standard and PLAIN({q})):",
+                      f"                first = {q}.partition('^')[0] if standard else ''",
+                      f"                {q} = first if first and PLAIN(first) else creator.get({f}, 1, 1)"]
+        elif c == 1:  # MSH-1 and MSH-2 are taken as sent
+            lines += [f"            {q} = fields[{f}] if n > {f} else ''",
+                      f"            if {q} and (creator.id in ENVELOPE or not (standard and PLAIN({q}))): "
+                      f"{q} = creator.get({f}, 1, 1)"]
+        else:
+            lines.append(f"            {q} = first_value(creator, {f}, {c}, standard)")
+        made.append(f"{tok + '='!r} + {q}")
+    lines += [f"            {var} = {' + SEP + '.join(made)}",
+              f"            if len({memo}) >= ID_PARTS: {memo}.clear()",
+              f"            {memo}[key] = {var}"]
+    return lines
 
 
 @cache

@@ -226,18 +226,19 @@ def _segment_key(plan: tuple[FieldPlan, ...], seg_id: str, masks: dict[int, froz
     if masked:
         scope["STOPS"] = STOPS
         scope["MASKED"] = MASKED
+        scope["MASKABLE"] = tuple((fields.index(f), masks[f]) for f in masked)
+        # which fields to leave out changes only when a memo stops remembering: the positions
+        # (and the texts kept) of those fields are worked out then, and only they are looked at
         lines += ["if whole.stops != STOPS[0]:",
                   "    whole.stops = STOPS[0]",
-                  f"    whole.masks = ({', '.join(f'not memos[{numbers[f]}].keep' for f in masked)},)",
-                  f"{', '.join(f'm{f}' for f in masked)}, = whole.masks",
-                  f"if {' or '.join(f'm{f}' for f in masked)}:",
-                  "    texts = list(texts)"]
-        for f in masked:
-            k = fields.index(f)
-            scope[f"U{f}"] = masks[f]
-            lines.append(f"    if m{f} and texts[{k}] not in U{f} and PLAIN(texts[{k}]) is not None: "
-                         f"texts[{k}] = MASKED")
-        lines.append("    texts = tuple(texts)")
+                  "    whole.masks = tuple([at for at, stopped in zip(MASKABLE, "
+                  f"({', '.join(f'not memos[{numbers[f]}].keep' for f in masked)},)) if stopped])",
+                  "if whole.masks:",
+                  "    texts = list(texts)",
+                  "    for k, kept in whole.masks:",
+                  "        text = texts[k]",
+                  "        if text not in kept and PLAIN(text) is not None: texts[k] = MASKED",
+                  "    texts = tuple(texts)"]
     parts = ["rep_base", "texts"]
     for k, ref in enumerate(foreign):
         scope[f"SKREF{k}"] = ref
@@ -302,20 +303,21 @@ def row_condition(row: dict[str, Any], seg_id: str) -> ConditionFunction:
     return fn
 
 
-RowsFunction = Callable[[SegmentLike, Callable[[str], SegmentLike | None]], tuple[bool, ...]]
-_ROWS_CONDITIONS: dict[tuple[tuple[int, ...], str], RowsFunction] = {}
+OutcomesFunction = Callable[[list[SegmentLike], Callable[[str], SegmentLike | None]], tuple[tuple[bool, ...], ...]]
 
 
-def rows_condition(rows: tuple[dict[str, Any], ...], seg_id: str) -> RowsFunction:
-    """The conditions of several message-table rows for one segment, as one generated
-    function (the values they read fetched once) telling which of them hold."""
-    key = (tuple(id(row) for row in rows), seg_id)
-    fn = _ROWS_CONDITIONS.get(key)
-    if fn is None:
-        refs = {ref: i for i, ref in enumerate(sorted({ref for row in rows for ref in cond_refs(row["cond"])}))}
-        scope: dict[str, Any] = {"ref_value": ref_value, "ROWS": rows}  # keeps the rows (and their ids) alive
+def outcomes_of_rows(conditions: list[tuple[int, tuple[dict[str, Any], ...]]], seg_ids: list[str]
+                     ) -> OutcomesFunction:
+    """The conditions of a grouping's message-table rows, ``(segment position, rows)``, as one
+    generated function of the message's segments telling, per position, which of them hold
+    (each segment's values fetched once, no call per segment)."""
+    scope: dict[str, Any] = {"ref_value": ref_value}
+    lines = ["def outcomes(segs, others):", "    d = None"]
+    for k, (i, rows) in enumerate(conditions):
+        refs = {ref: j for j, ref in enumerate(sorted({ref for row in rows for ref in cond_refs(row["cond"])}))}
         tests = ", ".join(condition_expression(row["cond"], refs, scope) for row in rows)
-        lines = ["def holds(seg, others):", *value_lines(refs, seg_id, scope, tests), f"    return ({tests},)"]
-        exec("\n".join(lines), scope)  # the source is built above from the compiled tables only
-        fn = _ROWS_CONDITIONS[key] = scope["holds"]
-    return fn
+        lines += [f"    seg = segs[{i}]", *value_lines(refs, seg_ids[i], scope, tests, f"P{k}_"),
+                  f"    o{k} = ({tests},)"]
+    lines.append(f"    return ({''.join(f'o{k}, ' for k in range(len(conditions)))})")
+    exec("\n".join(lines), scope)  # the source is built above from the compiled tables only
+    return scope["outcomes"]

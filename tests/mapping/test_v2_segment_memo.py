@@ -143,3 +143,69 @@ def test_a_segment_with_a_result_conditions_name_is_not_replayed_as_another() ->
     assert observations[3]["valueQuantity"]["value"] == 7
     forget_everything()
     assert warm == as_json(map_message(text))
+
+
+OTHER_DELIMITERS = str.maketrans("|^~\\&", "!$@`;")
+
+
+def _with_other_delimiters(text: str) -> str:
+    """The same message sent with other encoding characters."""
+    assert not set("!$@`;") & set(text)
+    return text.translate(OTHER_DELIMITERS)
+
+
+def _id_and_condition_variants(n: int, seed: int) -> list[str]:
+    """Set ids, codes, sub-ids and OBX-29 changed now and then (the texts the remembered id parts
+    and the rows' conditions read), every fifth message with other encoding characters and an
+    OBX-4 that reads as one component or two depending on them."""
+    rng = random.Random(seed)
+    out = []
+    for k, text in enumerate(variants("derived_ORU_R01_LRI_CBC_first20obx.hl7", n, seed)):
+        segs = text.strip("\r").split("\r")
+        for j, seg in enumerate(segs):
+            f = seg.split("|")
+            if f[0] != "OBX":
+                continue
+            f += [""] * (30 - len(f))
+            if rng.random() < 0.1:
+                f[1] = rng.choice(["", "1", "99", "2\\T\\3"])
+            if rng.random() < 0.1:
+                f[3] = rng.choice(["718-7", "718-7^Hb^LN", "71\\S\\8-7^Hb^LN", "^Hb^LN", ""])
+            if rng.random() < 0.1:
+                f[4] = rng.choice(["1", "a^b", "\\E\\", "1~2"])
+            if rng.random() < 0.1:
+                f[29] = rng.choice(["QC", "RSLT", "SCI", "x^y", "SCI^x"])
+            segs[j] = "|".join(f)
+        text = "\r".join(segs) + "\r"
+        if k % 5 == 4:
+            text = _with_other_delimiters(text)
+            segs = text.split("\r")
+            f = segs[4].split("!")
+            f[1], f[3], f[4] = "1", "718-7", "7^1"  # the component separator is "$" here: one component
+            segs[4] = "!".join(f)
+            text = "\r".join(segs)
+        elif k % 5 == 3:
+            segs = text.split("\r")
+            f = segs[4].split("|")
+            f[1], f[3], f[4] = "1", "718-7", "7^1"  # two components, the first of which an id reads
+            segs[4] = "|".join(f)
+            text = "\r".join(segs)
+        out.append(text)
+    return out
+
+
+def test_remembered_id_parts_and_row_conditions_map_as_a_cold_mapper() -> None:
+    """Observation ids take the creating segment's run of fields (OBX-1, OBX-3.1, OBX-4) from a
+    memo keyed by their texts and the delimiters; a grouping's row conditions are one generated
+    function of the message's segments. Both must give what a cold mapper gives."""
+    texts = _id_and_condition_variants(300, seed=37)
+    forget_everything()
+    warm = [as_json(map_message(text)) for text in texts]
+    # six ORC/OBR/SPM maps a message could replay: beyond that, OBX segments with new results
+    assert _segment_memo_hits() > 12 * len(texts), "OBX segments were replayed"
+    for i in [*range(0, len(texts), 17), 298, 299]:
+        forget_everything()
+        assert warm[i] == as_json(map_message(texts[i])), f"variant {i} differs"
+    assert warm[298][0] and warm[299][0]
+    first = [[r["id"] for r in result[0] if r["resourceType"] == "Observation"][0] for result in warm[298:300]]
+    assert first[0] != first[1], "OBX-4 7^1 is one id part with other encoding characters, another with ^"
