@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import os
+import random
 import socket
 import subprocess
 import sys
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -100,3 +101,61 @@ def hanging_mapper(msg: object, hang_s: float) -> object:
     if msg.segment("PID").get(3) == "CRASH":  # type: ignore[attr-defined]
         os._exit(3)  # a worker process dying under it (a segfault, the OOM killer)
     return map_v2(msg)  # type: ignore[arg-type]
+
+
+def hl7_variants(path: Path, n: int, seed: int,
+                 edit: Callable[[list[str], random.Random], None] | None = None) -> list[str]:
+    """``n`` copies of an ER7 fixture with new control ids (MSH-10), message times (MSH-7), patient ids
+    (PID-3) and names (PID-5); ``edit(fields, rng)`` changes each segment's fields further."""
+    rng = random.Random(seed)
+    base = path.read_text().replace("\r\n", "\r").replace("\n", "\r").strip("\r")
+    out = []
+    for i in range(n):
+        segs = []
+        for seg in base.split("\r"):
+            f = seg.split("|")
+            if f[0] == "MSH":
+                f[9] = f"{f[9]}-{i}"
+                f[6] = f"2026{rng.randint(1, 12):02d}{rng.randint(1, 28):02d}{rng.randint(0, 23):02d}0000"
+            elif f[0] == "PID" and len(f) > 5:
+                f[3] = f"P{seed}{i:05d}" + f[3][f[3].find("^"):] if "^" in f[3] else f"P{i}"
+                f[5] = f"Name{rng.randint(0, 10**6)}" + f[5][f[5].find("^"):] if "^" in f[5] else f[5]
+            if edit is not None:
+                edit(f, rng)
+            segs.append("|".join(f))
+        out.append("\r".join(segs) + "\r")
+    return out
+
+
+def forget_mappings() -> None:
+    """Clear every memo, plan, template and grouping recipe of the v2 mapper: what it maps next, it
+    maps as a process that has seen nothing (the reference for its fast paths)."""
+    from ingest.hl7v2 import structure
+    from mapping.v2 import forget
+
+    forget()
+    structure._RECIPES.clear()
+
+
+def mapped_json(result: object) -> list[object]:
+    """What a mapping result holds, for equality: resources, notes, patient id."""
+    return [result.resources, result.notes, result.patient_id]
+
+
+def warm_then_results(texts: list[str], results: list[tuple[str, str]]) -> tuple[str, list[object]]:
+    """Map ``texts`` from a cold mapper, then the last of them with its first OBX segments' OBX-2 and
+    OBX-5 set to ``results``, twice (the second time warm): (that message, its :func:`mapped_json`)."""
+    from ingest.hl7v2.convert import map_message
+
+    forget_mappings()
+    for text in texts:
+        map_message(text)
+    segs = texts[-1].split("\r")
+    obx = [i for i, seg in enumerate(segs) if seg.startswith("OBX|")]
+    for i, (vtype, value) in zip(obx, results, strict=False):
+        f = segs[i].split("|")
+        f[2], f[5] = vtype, value
+        segs[i] = "|".join(f)
+    text = "\r".join(segs)
+    map_message(text)
+    return text, mapped_json(map_message(text))

@@ -14,13 +14,12 @@ from __future__ import annotations
 
 import random
 from pathlib import Path
-from typing import Any
 
 import pytest
+from support import forget_mappings, hl7_variants, mapped_json, warm_then_results
 
-from ingest.hl7v2 import structure as grouping
 from ingest.hl7v2.convert import map_message
-from mapping.v2 import field_rules, forget, shapes
+from mapping.v2 import field_rules, shapes
 
 FIXTURES = Path(__file__).resolve().parents[2] / "fixtures" / "hl7v2"
 ODD_RESULTS = ["", "12", "<>", "^12^:^3", "<>^5", "a\\F\\b", "x~y", "  ", " 7.5 ", '""', "1e999", "NaN", "12^34",
@@ -51,43 +50,24 @@ def _obx(f: list[str], rng: random.Random) -> None:
         f[3] = rng.choice([f[3] + "~" + f[3], f[3].replace("Blood", "Blood \\T\\ serum")])
 
 
+def _edit(f: list[str], rng: random.Random) -> None:
+    if f[0] == "MSH":
+        f[6] = _time(rng)[:12] + "00"
+    elif f[0] == "OBR" and len(f) > 8:  # the Specimen's collection time, merged with SPM's
+        f[7] = _time(rng)
+        f[8] = _time(rng) if rng.random() < 0.5 else f[8]
+    elif f[0] == "SPM":
+        f += [""] * (19 - len(f))
+        f[18] = _time(rng)
+    elif f[0] == "ORC" and len(f) > 12 and rng.random() < 0.1:
+        f[12] = rng.choice(["", "999^Other^Doctor", f[12]])  # OBR-16's conditions read it
+    elif f[0] == "OBX" and len(f) > 5:
+        _obx(f, rng)
+
+
 def variants(name: str, n: int, seed: int) -> list[str]:
     """``n`` copies of a fixture with new control ids, patient ids, names, times and results."""
-    rng = random.Random(seed)
-    base = (FIXTURES / name).read_text().replace("\r\n", "\r").replace("\n", "\r").strip("\r")
-    out = []
-    for i in range(n):
-        segs = []
-        for seg in base.split("\r"):
-            f = seg.split("|")
-            if f[0] == "MSH":
-                f[9] = f"{f[9]}-{i}"
-                f[6] = _time(rng)[:12] + "00"
-            elif f[0] == "PID" and len(f) > 5:
-                f[3] = f"P{seed}{i:05d}" + f[3][f[3].find("^"):] if "^" in f[3] else f"P{i}"
-                f[5] = f"Name{rng.randint(0, 10**6)}" + f[5][f[5].find("^"):] if "^" in f[5] else f[5]
-            elif f[0] == "OBR" and len(f) > 8:  # the Specimen's collection time, merged with SPM's
-                f[7] = _time(rng)
-                f[8] = _time(rng) if rng.random() < 0.5 else f[8]
-            elif f[0] == "SPM":
-                f += [""] * (19 - len(f))
-                f[18] = _time(rng)
-            elif f[0] == "ORC" and len(f) > 12 and rng.random() < 0.1:
-                f[12] = rng.choice(["", "999^Other^Doctor", f[12]])  # OBR-16's conditions read it
-            elif f[0] == "OBX" and len(f) > 5:
-                _obx(f, rng)
-            segs.append("|".join(f))
-        out.append("\r".join(segs) + "\r")
-    return out
-
-
-def forget_everything() -> None:
-    forget()
-    grouping._RECIPES.clear()
-
-
-def as_json(result: Any) -> Any:
-    return [result.resources, result.notes, result.patient_id]
+    return hl7_variants(FIXTURES / name, n, seed, _edit)
 
 
 def _segment_memo_hits() -> int:
@@ -98,18 +78,18 @@ def _segment_memo_hits() -> int:
                                      "v2tofhir_ADT_A01.hl7"])
 def test_replayed_segments_map_as_a_cold_mapper(fixture: str) -> None:
     texts = variants(fixture, 400, seed=23)
-    forget_everything()
-    warm = [as_json(map_message(text)) for text in texts]
+    forget_mappings()
+    warm = [mapped_json(map_message(text)) for text in texts]
     assert _segment_memo_hits() > len(texts), "segments were replayed"
     for i in range(0, len(texts), 23):
-        forget_everything()
-        assert warm[i] == as_json(map_message(texts[i])), f"variant {i} differs"
+        forget_mappings()
+        assert warm[i] == mapped_json(map_message(texts[i])), f"variant {i} differs"
 
 
 def test_the_specimen_obr_and_spm_describe_is_merged_by_a_template() -> None:
     texts = variants("derived_ORU_R01_LRI_CBC_first20obx.hl7", 320, seed=29)  # the times stop being remembered
-    forget_everything()
-    warm = [as_json(map_message(text)) for text in texts]
+    forget_mappings()
+    warm = [mapped_json(map_message(text)) for text in texts]
     merged = [key for key in shapes.SHAPES if key[1] is None]
     assert merged, "a merged template was made"
     every_part_valued = [all(any(item[0] == field_rules.VALUE for item in log) for _, log in key[2]) for key in merged]
@@ -117,32 +97,22 @@ def test_the_specimen_obr_and_spm_describe_is_merged_by_a_template() -> None:
     for i in (len(texts) - 3, len(texts) - 2, len(texts) - 1):
         specimens = [r for r in warm[i][0] if r["resourceType"] == "Specimen"]
         assert len(specimens) == 1
-        forget_everything()
-        assert warm[i] == as_json(map_message(texts[i]))
+        forget_mappings()
+        assert warm[i] == mapped_json(map_message(texts[i]))
 
 
 def test_a_segment_with_a_result_conditions_name_is_not_replayed_as_another() -> None:
     """OBX-5 "<>" is a text the SN conditions compare with: a segment key keeps it, while any
     other plain result of a field that stopped remembering stands for all such results."""
     texts = variants("derived_ORU_R01_LRI_CBC_first20obx.hl7", 300, seed=31)
-    forget_everything()
-    for text in texts:
-        map_message(text)
-    segs = texts[-1].split("\r")
-    for k, (vtype, value) in enumerate([("SN", "<>"), ("SN", "^12"), ("NM", "<>"), ("NM", "7")]):
-        f = segs[4 + k].split("|")
-        f[2], f[5] = vtype, value
-        segs[4 + k] = "|".join(f)
-    text = "\r".join(segs)
-    map_message(text)
-    warm = as_json(map_message(text))
+    text, warm = warm_then_results(texts, [("SN", "<>"), ("SN", "^12"), ("NM", "<>"), ("NM", "7")])
     observations = [o for o in warm[0] if o["resourceType"] == "Observation"]
     assert not any(k.startswith("value") for k in observations[0])
     assert observations[1]["valueQuantity"]["value"] == 12
     assert "value" not in observations[2].get("valueQuantity", {})
     assert observations[3]["valueQuantity"]["value"] == 7
-    forget_everything()
-    assert warm == as_json(map_message(text))
+    forget_mappings()
+    assert warm == mapped_json(map_message(text))
 
 
 OTHER_DELIMITERS = str.maketrans("|^~\\&", "!$@`;")
@@ -199,13 +169,13 @@ def test_remembered_id_parts_and_row_conditions_map_as_a_cold_mapper() -> None:
     memo keyed by their texts and the delimiters; a grouping's row conditions are one generated
     function of the message's segments. Both must give what a cold mapper gives."""
     texts = _id_and_condition_variants(300, seed=37)
-    forget_everything()
-    warm = [as_json(map_message(text)) for text in texts]
+    forget_mappings()
+    warm = [mapped_json(map_message(text)) for text in texts]
     # six ORC/OBR/SPM maps a message could replay: beyond that, OBX segments with new results
     assert _segment_memo_hits() > 12 * len(texts), "OBX segments were replayed"
     for i in [*range(0, len(texts), 17), 298, 299]:
-        forget_everything()
-        assert warm[i] == as_json(map_message(texts[i])), f"variant {i} differs"
+        forget_mappings()
+        assert warm[i] == mapped_json(map_message(texts[i])), f"variant {i} differs"
     assert warm[298][0] and warm[299][0]
     first = [[r["id"] for r in result[0] if r["resourceType"] == "Observation"][0] for result in warm[298:300]]
     assert first[0] != first[1], "OBX-4 7^1 is one id part with other encoding characters, another with ^"

@@ -14,71 +14,50 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from support import forget_mappings, hl7_variants, mapped_json, warm_then_results
 
-from ingest.hl7v2 import structure as grouping
 from ingest.hl7v2.convert import map_message
-from mapping.v2 import field_rules, forget, shapes
+from mapping.v2 import field_rules, shapes
 from mapping.v2.tables import segment_maps
 
 FIXTURES = Path(__file__).resolve().parents[2] / "fixtures" / "hl7v2"
 
 
+def _new_results(f: list[str], rng: random.Random) -> None:
+    if f[0] == "OBX" and len(f) > 5 and f[2] == "NM":
+        f[5] = rng.choice([f"{rng.uniform(0.1, 500):.2f}", str(rng.randint(0, 900)), f"-{rng.randint(1, 9)}.5"])
+        if len(f) > 14 and f[14]:
+            f[14] = f"2026{rng.randint(1, 12):02d}{rng.randint(1, 28):02d}{rng.randint(0, 23):02d}" \
+                    f"{rng.randint(0, 59):02d}" + rng.choice(["", "-0500", "+0000"])
+
+
 def variants(name: str, n: int, seed: int) -> list[str]:
     """``n`` copies of a fixture with new control ids, patient ids, names, times and results."""
-    rng = random.Random(seed)
-    base = (FIXTURES / name).read_text().replace("\r\n", "\r").replace("\n", "\r").strip("\r")
-    out = []
-    for i in range(n):
-        segs = []
-        for seg in base.split("\r"):
-            f = seg.split("|")
-            if f[0] == "MSH":
-                f[9] = f"{f[9]}-{i}"
-                f[6] = f"2026{rng.randint(1, 12):02d}{rng.randint(1, 28):02d}{rng.randint(0, 23):02d}0000"
-            elif f[0] == "PID" and len(f) > 5:
-                f[3] = f"P{seed}{i:05d}" + f[3][f[3].find("^"):] if "^" in f[3] else f"P{i}"
-                f[5] = f"Name{rng.randint(0, 10**6)}" + f[5][f[5].find("^"):] if "^" in f[5] else f[5]
-            elif f[0] == "OBX" and len(f) > 5 and f[2] == "NM":
-                f[5] = rng.choice([f"{rng.uniform(0.1, 500):.2f}", str(rng.randint(0, 900)), f"-{rng.randint(1, 9)}.5"])
-                if len(f) > 14 and f[14]:
-                    f[14] = f"2026{rng.randint(1, 12):02d}{rng.randint(1, 28):02d}{rng.randint(0, 23):02d}" \
-                            f"{rng.randint(0, 59):02d}" + rng.choice(["", "-0500", "+0000"])
-            segs.append("|".join(f))
-        out.append("\r".join(segs) + "\r")
-    return out
-
-
-def forget_everything() -> None:
-    forget()
-    grouping._RECIPES.clear()
+    return hl7_variants(FIXTURES / name, n, seed, _new_results)
 
 
 def cold(text: str) -> Any:
-    forget_everything()
+    forget_mappings()
     return map_message(text)
-
-
-def as_json(result: Any) -> Any:
-    return [result.resources, result.notes, result.patient_id]
 
 
 @pytest.mark.parametrize("fixture", ["derived_ORU_R01_LRI_CBC_first20obx.hl7", "oru_r01_value_types_2patients.hl7",
                                      "v2tofhir_ADT_A01.hl7"])
 def test_a_feed_of_new_values_maps_as_a_cold_mapper(fixture: str) -> None:
     texts = variants(fixture, 300, seed=5)
-    forget_everything()
-    warm = [as_json(map_message(text)) for text in texts]
+    forget_mappings()
+    warm = [mapped_json(map_message(text)) for text in texts]
     if "OBX" in texts[0]:
         memos = [m for table in field_rules.MEMO_TABLES.values() for m in table.values()]
         assert any(not m.keep for m in memos), "the results stopped being remembered"
     assert shapes.SHAPES, "templates were made"
     for i in range(0, len(texts), 37):
-        assert warm[i] == as_json(cold(texts[i])), f"variant {i} differs"
+        assert warm[i] == mapped_json(cold(texts[i])), f"variant {i} differs"
 
 
 def test_text_that_looks_like_a_placeholder_is_kept_as_sent() -> None:
     texts = variants("derived_ORU_R01_LRI_CBC_first20obx.hl7", 40, seed=9)
-    forget_everything()
+    forget_mappings()
     for text in texts:
         map_message(text)  # the OBX-5 results now take the primitive conversions
     odd = [shapes.value_placeholder(1), shapes.value_placeholder(0), shapes.reference_placeholder(0), shapes.ID_PLACEHOLDER,
@@ -90,29 +69,19 @@ def test_text_that_looks_like_a_placeholder_is_kept_as_sent() -> None:
         segs[4 + k] = "|".join(f)
     text = "\r".join(segs)
     map_message(text)  # ST results are new to OBX-6's memo: the second time they are templated
-    warm = as_json(map_message(text))
+    warm = mapped_json(map_message(text))
     strings = [o.get("valueString") for o in warm[0] if o["resourceType"] == "Observation"]
     assert all(value in strings for value in odd)
-    assert warm == as_json(cold(text))
+    assert warm == mapped_json(cold(text))
 
 
 def test_blank_values_of_fields_that_stopped_repeating_are_not_mapped() -> None:
     texts = variants("derived_ORU_R01_LRI_CBC_first20obx.hl7", 40, seed=13)
-    forget_everything()
-    for text in texts:
-        map_message(text)
-    segs = texts[-1].split("\r")
-    for k, (vtype, value) in enumerate([("ST", "   "), ("NM", "  "), ("ST", " padded  ")]):
-        f = segs[4 + k].split("|")
-        f[2], f[5] = vtype, value
-        segs[4 + k] = "|".join(f)
-    text = "\r".join(segs)
-    map_message(text)
-    warm = as_json(map_message(text))
+    text, warm = warm_then_results(texts, [("ST", "   "), ("NM", "  "), ("ST", " padded  ")])
     observations = [o for o in warm[0] if o["resourceType"] == "Observation"]
     assert "valueString" not in observations[0] and "value" not in observations[1].get("valueQuantity", {})
     assert observations[2]["valueString"] == "padded"
-    assert warm == as_json(cold(text))
+    assert warm == mapped_json(cold(text))
 
 
 def test_condition_inputs_that_are_plain_text_are_keyed_by_the_texts_conditions_name() -> None:
@@ -120,7 +89,7 @@ def test_condition_inputs_that_are_plain_text_are_keyed_by_the_texts_conditions_
     conditions (one of the texts they compare it with, or any other plain text), not by
     every new result: results the conditions name must still take their own rules."""
     texts = variants("derived_ORU_R01_LRI_CBC_first20obx.hl7", 300, seed=17)
-    forget_everything()
+    forget_mappings()
     for text in texts:
         map_message(text)
     segs = texts[-1].split("\r")
@@ -131,8 +100,8 @@ def test_condition_inputs_that_are_plain_text_are_keyed_by_the_texts_conditions_
         segs[4 + k] = "|".join(f)
     text = "\r".join(segs)
     map_message(text)
-    warm = as_json(map_message(text))
-    assert warm == as_json(cold(text))
+    warm = mapped_json(map_message(text))
+    assert warm == mapped_json(cold(text))
     observations = [o for o in warm[0] if o["resourceType"] == "Observation"]
     assert "valueRatio" in observations[2]
     assert observations[6]["valueString"] == "<>"
