@@ -15,7 +15,7 @@ import orjson
 from fastapi import FastAPI, Request
 from fastapi.responses import Response
 
-from fhir_server.responses import FHIRError, negotiate, render
+from fhir_server.responses import negotiate, render
 
 _DATA = Path(__file__).with_name("data")
 DEFINITIONS = {"Patient-simulate": "operationdefinition-patient-simulate.json"}
@@ -28,11 +28,13 @@ def operation_definition(definition_id: str) -> dict[str, Any]:
 
 
 def register_operation_definitions(app: FastAPI) -> None:
-    """Serve the definitions (before the generic read route, which would look in the store)."""
+    """Serve the definitions (before the generic read route, which looks in the store: OperationDefinitions
+    clients stored there are read as any resource)."""
+    for rid in DEFINITIONS:
+        app.add_api_route(f"/fhir/OperationDefinition/{rid}", _reader(rid), methods=["GET"])
 
-    @app.get("/fhir/OperationDefinition/{rid}")
-    async def read_operation_definition(rid: str, request: Request) -> Response:
-        fmt = negotiate(request)
-        if rid not in DEFINITIONS:
-            raise FHIRError(404, f"OperationDefinition/{rid} not found", code="not-found")
-        return render(operation_definition(rid), fmt)
+
+def _reader(rid: str) -> Any:
+    async def read_operation_definition(request: Request) -> Response:
+        return render(operation_definition(rid), negotiate(request))
+    return read_operation_definition

@@ -188,7 +188,7 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--patient", required=True, help="Patient id")
         p.add_argument("--model", required=True, choices=MODEL_CHOICES)
         p.add_argument("--origin", help="fit on data with clinical time up to this dateTime (default: the latest glucose "
-                       "reading, or the latest vancomycin dose or level)")
+                       "reading, or the latest vancomycin dose, level, weight or creatinine)")
         if action == "simulate":
             p.add_argument("--horizon", help="e.g. 120min, 2h, 72h (default 2h glucose, 72h drugs)")
             p.add_argument("--scenario", type=Path, help="a $simulate Parameters JSON file with scenario events; its model, origin and "

@@ -253,11 +253,20 @@ def _vancomycin_history(
     return doses, levels
 
 
+COVARIATE_VIEWS = ("body_weight", "creatinine")
+"""The covariates a dosing fit reads by time (:func:`covariates`)."""
+
+
 def latest_vancomycin_time(store: Store, patient_id: str, until: datetime) -> datetime | None:
-    """Clinical time of the patient's most recent vancomycin dose start or level at or before ``until``
-    (None: never given vancomycin nor measured, so there is nothing to forecast from)."""
+    """Clinical time of the patient's most recent vancomycin dose start, level or covariate (weight,
+    creatinine) at or before ``until``: a creatinine measured after the last level changes the forecast.
+    None when the patient was never given vancomycin nor measured: there is nothing to forecast from."""
     doses, levels = _vancomycin_history(store, patient_id, until)
-    return max([t for t, _ in doses] + [t for t, _ in levels], default=None)
+    if not doses and not levels:
+        return None
+    times = [t for t, _ in doses] + [t for t, _ in levels]
+    times += [t for view in COVARIATE_VIEWS if (t := latest_time(store, view, "effective_time", patient_id, until))]
+    return max(times)
 
 
 def dosing_inputs(store: Store, patient_id: str, origin: datetime) -> tuple[DosingData, datetime, InputSet]:

@@ -225,8 +225,9 @@ def parse_request(parameters: dict[str, Any], now: datetime | None = None) -> Si
 
 def _check_against(model: str, origin: datetime, horizon: float | None, horizon_where: str,
                    events: list[_Event]) -> None:
-    """What only the whole request can tell: events the model takes, planned after the origin, a horizon
-    the model forecasts."""
+    """What only the whole request can tell: events the model takes, a horizon the model forecasts. Events
+    before the origin are allowed: they add to what the store holds (DESIGN.md), as an event given but not
+    yet charted would."""
     limit = MODEL_MAX_HORIZON_MIN.get(model)
     if horizon is not None and limit is not None and horizon > limit:
         raise ScenarioError(f"the {model} twin forecasts at most {limit:g} minutes ahead (asked {horizon:g})",
@@ -235,7 +236,3 @@ def _check_against(model: str, origin: datetime, horizon: float | None, horizon_
         if model in MODEL_EVENTS and event.name not in MODEL_EVENTS[model]:
             raise ScenarioError(f"the {model} twin takes {' and '.join(MODEL_EVENTS[model])} events, "
                                 f"not {event.name}", f"{event.where}.name")
-        if event.time < origin:
-            raise ScenarioError(f"a scenario plans events at or after the origin ({origin.isoformat()}); this "
-                                f"{event.name} is at {event.time.isoformat()} (past events belong in the record)",
-                                event.time_where)

@@ -214,15 +214,16 @@ def test_predictions_cite_the_fitted_parameters_by_their_full_url_in_the_bundle(
         assert entry["resource"]["device"]["identifier"]["value"].startswith("vancomycin")
 
 
-def test_a_scenario_event_before_the_origin_is_refused_where_it_is(base: str) -> None:
-    body = request("vancomycin", VANCO_ORIGIN, q(12, "h"),
-                   event("dose", "2026-03-03T08:00:00Z", amount=q(1250, "mg")),
-                   event("dose", "2026-03-02T20:00:00Z", amount=q(1250, "mg")))
-    resp = post(base, body)
-    assert resp.status_code == 400, resp.text
-    issue = resp.json()["issue"][0]
-    assert issue["expression"] == ["Parameters.parameter[3].part[1].part[0]"]
-    assert "origin" in issue["diagnostics"]
+def test_a_scenario_event_before_the_origin_adds_to_the_record(base: str) -> None:
+    """DESIGN: scenario events add to what the store holds up to the origin (a dose given, not yet
+    charted); only the origin limits what is read from the store."""
+    def levels(*events: dict) -> list[float]:
+        bundle = post(base, request("vancomycin", VANCO_ORIGIN, q(6, "h"), *events)).json()
+        return [e["resource"]["valueQuantity"]["value"] for e in bundle["entry"][1:]]
+
+    plain = levels()
+    charted_late = levels(event("dose", "2026-03-02T21:00:00Z", amount=q(1000, "mg"), infusion=q(60, "min")))
+    assert all(a > b for a, b in zip(charted_late, plain, strict=True))
 
 
 LATE = "2026-03-03T08:00:00Z"
@@ -351,3 +352,11 @@ def test_the_operation_definition_is_served_valid_and_lists_every_accepted_param
     assert events == {name: set(parts) for name, parts in EVENT_PARTS.items()}
     assert inputs["model"]["min"] == 1 and inputs["scenario"]["max"] == "*"
     assert httpx.get(f"{base}/OperationDefinition/Patient-nothing").status_code == 404
+
+
+def test_operation_definitions_clients_store_are_read_as_any_resource(base: str) -> None:
+    mine = {"resourceType": "OperationDefinition", "id": "mine", "name": "Mine", "status": "draft", "kind": "operation",
+            "code": "mine", "system": False, "type": False, "instance": True}
+    assert httpx.put(f"{base}/OperationDefinition/mine", json=mine).status_code == 201
+    assert httpx.get(f"{base}/OperationDefinition/mine").json()["name"] == "Mine"
+    assert httpx.get(f"{base}/OperationDefinition/Patient-simulate").json()["code"] == "simulate"

@@ -14,7 +14,7 @@ from support import FIXTURES
 from ingest.pipeline import Ingestor
 from mapping.validation import validate_resource
 from store.store import Store
-from twin.inputs import MissingData
+from twin.inputs import MissingData, latest_vancomycin_time, view_rows
 from twin.scenario import ScenarioError, parse_request
 from twin.service import TwinRefresher, TwinRegistry, publish, simulate, simulation_bundle
 
@@ -258,3 +258,29 @@ def test_a_forecast_that_is_not_a_number_is_refused_not_published() -> None:
         bad = Prediction(good.t, broken, ok - 10, ok + 10, ok - 20, ok + 20, "glucose-x", "1", "fp")
         with pytest.raises(MissingData, match="glucose-x twin gave no finite forecast for Patient/p1"):
             _finite(bad, "p1")
+
+
+@pytest.mark.parametrize(("patient", "model", "view"), [(VANCO_PATIENT, "vancomycin", "drug_levels"),
+                                                         (GLUCOSE_PATIENT, "glucose", "glucose_readings")])
+def test_published_forecasts_are_not_read_back_as_measurements(store: Store, patient: str, model: str,
+                                                                view: str) -> None:
+    """A forecast has the measured code: read back as data, each publish moved the next one's origin."""
+    rows = len(view_rows(store, view, patient))
+    first = publish(store, patient, model)
+    second = publish(store, patient, model)
+    assert len(view_rows(store, view, patient)) == rows
+    forecast = {w.id: w for w in first if w.resource_type == "Observation"}
+    assert forecast and {w.id for w in second if w.resource_type == "Observation"} == set(forecast)
+
+
+def test_a_creatinine_after_the_last_level_moves_the_vancomycin_origin(store: Store) -> None:
+    """The published fit starts at the latest data it reads, covariates included."""
+    last = latest_vancomycin_time(store, VANCO_PATIENT, datetime.now(UTC))
+    creatinine = next(r for r in view_rows(store, "creatinine", VANCO_PATIENT))
+    later = {"resourceType": "Observation", "id": "creatinine-after-levels", "status": "final",
+             "code": {"coding": [{"system": "http://loinc.org", "code": "2160-0"}]},
+             "subject": {"reference": f"Patient/{VANCO_PATIENT}"}, "effectiveDateTime": "2026-03-04T06:00:00Z",
+             "valueQuantity": {"value": 4.5, "unit": "mg/dL", "system": UCUM, "code": "mg/dL"}}
+    assert creatinine and last is not None and last < datetime(2026, 3, 4, 6, tzinfo=UTC)
+    with written(store, later):
+        assert latest_vancomycin_time(store, VANCO_PATIENT, datetime.now(UTC)) == datetime(2026, 3, 4, 6, tzinfo=UTC)
