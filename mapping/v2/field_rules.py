@@ -155,7 +155,7 @@ class WriteLog(list):
     single values apart. ``plain``: only memo entries and values outside lists, so the log
     without its values is the resource's shape (``shapes``)."""
 
-    __slots__ = ("values", "plain", "groups", "fresh")
+    __slots__ = ("values", "plain", "groups", "fresh", "replayed")
 
     def __init__(self) -> None:  # starts empty: list.__new__ made it so, no list.__init__ needed
         self.values: list[Any] = []
@@ -165,6 +165,10 @@ class WriteLog(list):
         self.fresh = False
         """Some item was made for this log alone (not one a replayed segment or a primitive
         conversion shares): its shape is not worth remembering by the items' identities."""
+        self.replayed: tuple[Any, int] | None = None
+        """``(steps, length)`` when one segment memo's steps wrote the whole log, every primitive
+        conversion among them logging all its items: those items are then the steps' own, so
+        the steps stand for them in the shape lookup (``shapes.shape_for``)."""
 
 
 WRITERS: list[Writer] = []
@@ -409,6 +413,7 @@ def direct_function(fp: FieldPlan, holds: tuple[bool, ...] | None) -> Callable[.
         lines.append("    return None")
         exec("\n".join(lines), scope)  # the source is built above from the compiled tables only
         fn = scope["direct"]
+        fn.width = sum(1 for j in range(len(fp.rules)) if f"ITEM{j}" in scope)
     _DIRECTS[key] = fn
     return fn
 

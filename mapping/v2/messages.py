@@ -99,7 +99,7 @@ class _Instance:
     """A resource under construction."""
 
     __slots__ = ("key", "type", "creator", "chain", "log", "links", "links_key", "node", "fallbacks", "shape",
-                 "shaped", "targets", "patient", "order_depths", "reference", "id", "alias", "merges", "bases",
+                 "shaped", "targets", "patient", "order", "reference", "id", "alias", "merges", "bases",
                  "chain_ids", "referrers")
 
     log: WriteLog
@@ -122,9 +122,9 @@ class _Instance:
     the resources: references both ways would make cycles only the garbage collector frees)."""
     patient: _Instance | None
     """The Patient the ``patient`` id token reads (not the resource itself)."""
-    order_depths: tuple[int, ...] | None
-    """The enclosing groups (innermost first, by depth) holding a segment that carries order
-    numbers: the only ones the ``order`` id token has to read (``None``: all of them)."""
+    order: str | None
+    """The ``order`` id token: the filler (else placer) order number of the innermost enclosing
+    group that has one, made by the plan once per run of such groups."""
     reference: str | None
     """``Type/id``, once the id is known (what templates put in for a reference)."""
     id: str | None
@@ -140,7 +140,8 @@ class _Instance:
         self.chain = chain
         self.log = WriteLog()
         self.links = self.links_key = self.fallbacks = self.targets = self.referrers = ()
-        self.node = self.shape = self.patient = self.order_depths = self.reference = self.id = self.alias = None
+        self.node = self.shape = self.patient = self.order = None
+        self.reference = self.id = self.alias = None
         self.bases = None
         self.shaped = False
         self.merges = 0
@@ -353,7 +354,11 @@ class _Plan:
     patients: list[int]
     targets: list[list[int]]
     keys: list[tuple[Any, ...]]
-    order_depths: list[tuple[int, ...]]
+    orders: list[tuple[int, tuple[int, ...]]]
+    """Per distinct run of enclosing groups carrying order numbers: a creating segment's position
+    in it and the depths (innermost first) of those groups."""
+    order_of: list[int]
+    """Per resource, its entry in ``orders``."""
     follow: Callable[..., tuple[list[_Instance], list[_Instance]]] | None = None
     """``follow(segs, chains, ctx, others)``: the instances with their logs written and their
     links, fallbacks, targets and keys set, and in id order (:func:`_follow_function`)."""
@@ -374,10 +379,12 @@ def _follow_function(plan: _Plan, seg_ids: list[str]
     apply the segment maps (their generated functions called directly), then give every
     resource its links, fallback references, targets, referrers, Patient and keys, all by
     constant positions. Returns the resources in message order and in the order ids are made."""
-    scope: dict[str, Any] = {"Instance": _Instance}
+    scope: dict[str, Any] = {"Instance": _Instance, "order_number": _order_number}
     lines = ["def follow(segs, chains, ctx, others):"]
+    for m, (i, depths) in enumerate(plan.orders):
+        lines.append(f"    o{m} = order_number(chains[{i}], {depths!r})" if depths else f"    o{m} = ''")
     for k, (key, rtype, i) in enumerate(plan.instances):
-        lines.append(f"    i{k} = Instance({key!r}, {rtype!r}, segs[{i}], chains[{i}])")
+        lines += [f"    i{k} = Instance({key!r}, {rtype!r}, segs[{i}], chains[{i}])", f"    i{k}.order = o{plan.order_of[k]}"]
     for n, (i, mapname, k, base) in enumerate(plan.steps):
         fn = segment_function(mapname, seg_ids[i])
         if fn is None:
@@ -385,8 +392,8 @@ def _follow_function(plan: _Plan, seg_ids: list[str]
         else:
             scope[f"S{n}"] = fn
             lines.append(f"    S{n}(segs[{i}], i{k}.log, ctx, others, {base})")
-    for k, (links, (pf, ef), p, targets, key, depths) in enumerate(
-            zip(plan.links, plan.fallbacks, plan.patients, plan.targets, plan.keys, plan.order_depths, strict=True)):
+    for k, (links, (pf, ef), p, targets, key) in enumerate(
+            zip(plan.links, plan.fallbacks, plan.patients, plan.targets, plan.keys, strict=True)):
         if links:
             items = []
             for j, (kind, what, t) in enumerate(links):
@@ -398,9 +405,9 @@ def _follow_function(plan: _Plan, seg_ids: list[str]
             lines.append(f"    i{k}.fallbacks = ({', '.join(fallbacks)})")
         if p >= 0:
             lines.append(f"    i{k}.patient = i{p}")
-        scope[f"K{k}"], scope[f"D{k}"] = key, depths
+        scope[f"K{k}"] = key
         lines += [f"    i{k}.targets = [{', '.join(f'i{t}' for t in targets)}]",
-                  f"    i{k}.links_key = K{k}", f"    i{k}.order_depths = D{k}"]
+                  f"    i{k}.links_key = K{k}"]
     referrers: dict[int, list[int]] = {}
     for k, targets in enumerate(plan.targets):
         for t in targets:
@@ -431,7 +438,6 @@ class _Mapper:
         self.by_scope: dict[tuple[str, int], _Instance] = {}
         self.refs: list[tuple[_Instance, dict[str, Any]]] = []
         self.first_seg: dict[str, SegmentLike] = {}
-        self.orders: dict[int, str] = {}
         self.by_key: dict[str, list[_Instance]] = {}
         self.found: dict[tuple[str, int], _Instance | None] = {}
         self.merged = False
@@ -546,9 +552,15 @@ class _Mapper:
                     key.append((f[0], distinct.index(f[1]), self.instances[f[1]].type))
             targets.append(distinct)
             keys.append(tuple(key))
+        depths = [_carrier_depths(inst.chain) for inst in self.instances]
+        orders: dict[tuple[int, ...], int] = {}  # the groups' identities → entry
+        order_of = [orders.setdefault(tuple(id(inst.chain[d]) for d in ds), len(orders))
+                    for inst, ds in zip(self.instances, depths, strict=True)]
+        first = {m: k for k, m in reversed(list(enumerate(order_of)))}
         plan = _Plan([(inst.key, inst.type, position[id(inst.creator)]) for inst in self.instances],
                      steps, links, fallbacks, patients, targets, keys,
-                     [_carrier_depths(inst.chain) for inst in self.instances])
+                     [(position[id(self.instances[first[m]].creator)], depths[first[m]]) for m in range(len(orders))],
+                     order_of)
         self.instances, self.refs, self.by_scope, self.by_key, self.found = [], [], {}, {}, {}
         return plan
 
@@ -652,18 +664,6 @@ class _Mapper:
             return shapes.id_key(shape.identifier, inst.log.values), shapes.id_key(shape.name, inst.log.values)
         parts = shapes.keyed_parts(inst.node or {})
         return identifier_key(parts, inst.type), name_key(parts)
-
-    def order_number(self, inst: _Instance) -> str:
-        """Filler (else placer) order number of the innermost group around ``inst`` that has one."""
-        chain = inst.chain
-        depths = inst.order_depths
-        for g in reversed(chain) if depths is None else map(chain.__getitem__, depths):
-            found = self.orders.get(id(g))
-            if found is None:
-                found = self.orders[id(g)] = _order_number_in(g)
-            if found:
-                return found
-        return ""
 
     def assign_ids(self) -> None:
         standard = self.ctx.delimiters[1:5] == STANDARD
@@ -797,7 +797,7 @@ def _id_function(rtype: str) -> IdFunction:
                 f, c = (int(x) for x in (spec.split(".") + ["1"])[:2])
                 lines.append(f"        {var} = {tok + '='!r} + named_value(inst, mapper.root, {seg_id!r}, {f}, {c})")
             elif tok == "order":
-                lines += [f"        {var} = mapper.order_number(inst)", f"        if not {var}: break"]
+                lines += [f"        {var} = inst.order", f"        if not {var}: break"]
             elif tok == "patient":
                 lines += [f"        {var} = (inst.patient.id or '') if inst.patient is not None else ''",
                           f"        if not {var}: break"]
@@ -878,6 +878,15 @@ def _order_number_in(group: Any) -> str:
                 v = item.get(fno, 1, 1) + "|" + item.get(fno, 1, 2)
                 if v.strip("|"):
                     return f"{label}:{v}"
+    return ""
+
+
+def _order_number(chain: tuple[Any, ...], depths: tuple[int, ...]) -> str:
+    """The order number of the innermost group at ``depths`` in ``chain`` that has one."""
+    for d in depths:
+        found = _order_number_in(chain[d])
+        if found:
+            return found
     return ""
 
 

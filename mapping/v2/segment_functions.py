@@ -79,13 +79,16 @@ def segment_function(mapname: str, seg_id: str) -> SegmentFunction | None:
              f"    whole = memos[{next(_SEGMENT_NUMBERS)}]",
              "    if whole.keep and standard:",
              *[f"        {line}" for line in _segment_key(plan, seg_id, masks, scope)],
-             "        steps = whole.get(skey)",
-             "        if steps is not None:",
+             "        hit = whole.get(skey)",
+             "        if hit is not None:",
              "            whole.hits += 1",
+             "            steps, n_values = hit",
+             "            whole_log = not log",
              "            for what, arg in steps:",
              "                if what is None: log.extend(arg)",
              "                elif what is CREATED: replay_created(arg, log, ctx, rep_base)",
              "                else: what(fields[arg].strip(), log, rep_base, tz)",
+             "            if whole_log and len(log.values) == n_values: log.replayed = (steps, len(log))",
              "            return",
              "    else:",
              "        skey = None",
@@ -260,7 +263,8 @@ def _linker(plan: tuple[FieldPlan, ...]) -> Callable[[MemoTable, SegmentMemo], N
 
 def _remember_segment(whole: SegmentMemo, skey: tuple[Any, ...], rec: list[Any], rep_base: int) -> None:
     """Store a segment's steps: runs of memo entries as ready log items, primitive conversions
-    as (function, field), entries that created resources as (``CREATED``, entry)."""
+    as (function, field), entries that created resources as (``CREATED``, entry); with them,
+    :func:`_shared_values`."""
     whole.misses += 1
     if whole.misses >= SEGMENT_MISSES and whole.hits < whole.misses:
         whole.keep = False
@@ -277,7 +281,23 @@ def _remember_segment(whole: SegmentMemo, skey: tuple[Any, ...], rec: list[Any],
         steps.append(step)
     if items:
         steps.append((None, tuple(items)))
-    whole.store(skey, tuple(steps))
+    whole.store(skey, (tuple(steps), _shared_values(steps, rep_base)))
+
+
+def _shared_values(steps: list[tuple[Any, Any]], rep_base: int) -> int:
+    """How many values the steps log when every primitive conversion logs all its rules' values,
+    if then every item they log is one the steps share (no created resources, no list offset);
+    else -1. A replay into an empty log that logs as many values logged only shared items, so
+    the steps stand for them (``WriteLog.replayed``)."""
+    if rep_base:
+        return -1
+    n_values = 0
+    for what, _ in steps:
+        if what is CREATED:
+            return -1
+        if what is not None:
+            n_values += what.width
+    return n_values
 
 
 _MISS = object()

@@ -91,6 +91,9 @@ SHAPES: dict[tuple[Any, ...], Shape] = {}
 _BY_IDENTITY: dict[tuple[Any, ...], tuple[Shape, tuple[Any, ...]]] = {}
 """The type, the identities of the links key and log items → shape and the key (which keeps
 those objects alive, so no other object can take their identities while the entry exists)."""
+_BY_STEPS: dict[tuple[Any, ...], tuple[Shape, tuple[Any, ...], tuple[Any, ...]]] = {}
+"""The type and the identities of the links key and of a segment memo's steps → shape, the links
+key and the steps (kept alive as in ``_BY_IDENTITY``)."""
 
 
 def shape_for(rtype: str, log: WriteLog, links_key: tuple[Any, ...], links: list[Any] | tuple[()],
@@ -102,6 +105,9 @@ def shape_for(rtype: str, log: WriteLog, links_key: tuple[Any, ...], links: list
     identities would only fill the table (and the garbage collector's passes)."""
     if not log.plain:
         return None
+    replayed = log.replayed
+    if replayed is not None and replayed[1] == len(log):
+        return _replayed_shape(rtype, log, links_key, links, fallbacks, targets, emit, replayed[0])
     if log.fresh:
         key = key_of(rtype, log, links_key)
         return None if key is None else shape_of(key, rtype, log, links, fallbacks, targets, emit)
@@ -120,10 +126,31 @@ def shape_for(rtype: str, log: WriteLog, links_key: tuple[Any, ...], links: list
     return shape
 
 
+def _replayed_shape(rtype: str, log: WriteLog, links_key: tuple[Any, ...], links: list[Any] | tuple[()],
+                    fallbacks: tuple[Any, ...], targets: list[Any], emit: frozenset[str],
+                    steps: tuple[Any, ...]) -> Shape | None:
+    """The shape of a log one segment memo's ``steps`` wrote whole (``WriteLog.replayed``): found
+    by the identities of the steps and the links key, without looking at the log's items."""
+    ident = (rtype, id(links_key), id(steps))
+    hit = _BY_STEPS.get(ident)
+    if hit is not None:
+        return hit[0] if _values_apart(log) else None
+    key = key_of(rtype, log, links_key)
+    if key is None:
+        return None
+    shape = shape_of(key, rtype, log, links, fallbacks, targets, emit)
+    if shape is not None:
+        if len(_BY_STEPS) >= SHAPE_LIMIT:
+            _BY_STEPS.clear()
+        _BY_STEPS[ident] = (shape, links_key, steps)
+    return shape
+
+
 def forget() -> None:
     """Drop every template."""
     SHAPES.clear()
     _BY_IDENTITY.clear()
+    _BY_STEPS.clear()
 
 
 def key_of(rtype: str, log: WriteLog, links_key: tuple[Any, ...]) -> tuple[Any, ...] | None:

@@ -179,3 +179,28 @@ def test_remembered_id_parts_and_row_conditions_map_as_a_cold_mapper() -> None:
     assert warm[298][0] and warm[299][0]
     first = [[r["id"] for r in result[0] if r["resourceType"] == "Observation"][0] for result in warm[298:300]]
     assert first[0] != first[1], "OBX-4 7^1 is one id part with other encoding characters, another with ^"
+
+
+def _without(text: str, seg_id: str) -> str:
+    return "\r".join(seg for seg in text.split("\r") if not seg.startswith(seg_id + "|"))
+
+
+@pytest.mark.parametrize("left_out", ["PID", "SPM"])
+def test_a_segment_replayed_into_other_links_takes_a_shape_of_its_own(left_out: str) -> None:
+    """Observations written whole by one OBX's replayed steps find their shape by those steps and
+    their links: the same OBX steps under a message without the patient (no subject fallback) or
+    without the specimen (no specimen link) must not take the shape the full message made."""
+    texts = variants("derived_ORU_R01_LRI_CBC_first20obx.hl7", 300, seed=37)
+    forget_mappings()
+    for text in texts:
+        map_message(text)
+    assert shapes._BY_STEPS, "shapes were found by replayed steps"
+    before = set(shapes._BY_STEPS)
+    last = [texts[-1], _without(texts[-1], left_out), texts[-1]]
+    warm = [mapped_json(map_message(text)) for text in last]
+    other_links = set(shapes._BY_STEPS) - before
+    assert {key[2] for key in other_links} & {key[2] for key in before}, "the same steps under other links"
+    for text, mapped in zip(last, warm, strict=True):
+        forget_mappings()
+        assert mapped == mapped_json(map_message(text))
+    assert warm[0] == warm[2]
