@@ -111,19 +111,8 @@ def shape_for(rtype: str, log: WriteLog, links_key: tuple[Any, ...], links: list
     if log.fresh:
         key = key_of(rtype, log, links_key)
         return None if key is None else shape_of(key, rtype, log, links, fallbacks, targets, emit)
-    ident = (rtype, id(links_key), *map(id, log))
-    hit = _BY_IDENTITY.get(ident)
-    if hit is not None:
-        return hit[0] if _values_apart(log) else None
-    key = key_of(rtype, log, links_key)
-    if key is None:
-        return None
-    shape = shape_of(key, rtype, log, links, fallbacks, targets, emit)
-    if shape is not None:
-        if len(_BY_IDENTITY) >= SHAPE_LIMIT:
-            _BY_IDENTITY.clear()
-        _BY_IDENTITY[ident] = (shape, key)
-    return shape
+    return _remembered(_BY_IDENTITY, (rtype, id(links_key), *map(id, log)), (), rtype, log, links_key, links,
+                       fallbacks, targets, emit)
 
 
 def _replayed_shape(rtype: str, log: WriteLog, links_key: tuple[Any, ...], links: list[Any] | tuple[()],
@@ -131,8 +120,16 @@ def _replayed_shape(rtype: str, log: WriteLog, links_key: tuple[Any, ...], links
                     steps: tuple[Any, ...]) -> Shape | None:
     """The shape of a log one segment memo's ``steps`` wrote whole (``WriteLog.replayed``): found
     by the identities of the steps and the links key, without looking at the log's items."""
-    ident = (rtype, id(links_key), id(steps))
-    hit = _BY_STEPS.get(ident)
+    return _remembered(_BY_STEPS, (rtype, id(links_key), id(steps)), (steps,), rtype, log, links_key, links,
+                       fallbacks, targets, emit)
+
+
+def _remembered(table: dict[tuple[Any, ...], tuple[Any, ...]], ident: tuple[Any, ...], alive: tuple[Any, ...],
+                rtype: str, log: WriteLog, links_key: tuple[Any, ...], links: list[Any] | tuple[()],
+                fallbacks: tuple[Any, ...], targets: list[Any], emit: frozenset[str]) -> Shape | None:
+    """The shape remembered in ``table`` under ``ident`` (object identities), else found by its key and
+    remembered there; the entry keeps the key and ``alive`` referenced, so the identities stay theirs."""
+    hit = table.get(ident)
     if hit is not None:
         return hit[0] if _values_apart(log) else None
     key = key_of(rtype, log, links_key)
@@ -140,9 +137,9 @@ def _replayed_shape(rtype: str, log: WriteLog, links_key: tuple[Any, ...], links
         return None
     shape = shape_of(key, rtype, log, links, fallbacks, targets, emit)
     if shape is not None:
-        if len(_BY_STEPS) >= SHAPE_LIMIT:
-            _BY_STEPS.clear()
-        _BY_STEPS[ident] = (shape, links_key, steps)
+        if len(table) >= SHAPE_LIMIT:
+            table.clear()
+        table[ident] = (shape, key, *alive)
     return shape
 
 
