@@ -66,7 +66,7 @@ def map_v2(msg: Message, timezone: str = DEFAULT_TIMEZONE) -> MapResult:
         if seg_id in required and msg.segment(seg_id) is None:
             raise HL7Error(f"required segment {seg_id} missing in {structure}",
                            code=ErrorCode.SEGMENT_SEQUENCE_ERROR, segment_id=seg_id, rejects=False)
-    return map_message(msg, default_tz=offset_at(timezone, msg.msh.get(7)))
+    return map_message(msg, default_tz=offset_at(timezone, msg.msh.get(7)), structure=structure)
 
 
 def default_mapper(timezone: str = DEFAULT_TIMEZONE) -> Mapper:
