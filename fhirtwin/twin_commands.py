@@ -41,7 +41,7 @@ def _origin(text: str | None) -> datetime | None:
 
 def default_origin(store: Store, patient_id: str, model: str) -> datetime:
     """The CLI's origin when neither ``--origin`` nor the scenario file gives one: the patient's latest
-    relevant data (glucose: the latest reading; vancomycin: the latest dose start or level), as published
+    relevant data (glucose: the latest reading; vancomycin: the latest dose, level or covariate), as published
     forecasts use; the wall clock only when there is none (``$simulate`` over HTTP defaults to now)."""
     now = datetime.now(UTC)
     latest = (latest_time(store, "glucose_readings", "effective_time", patient_id, now) if model == "glucose"

@@ -127,8 +127,9 @@ class GlucoseMeasure:
         return glucose_mg_dl / MG_DL_PER_MMOL_L if self.unit == "mmol/L" else glucose_mg_dl
 
 
-MG_DL_PER_MMOL_L = 18.016
-"""The glucose_readings view's factor (molar mass of glucose / 10)."""
+MG_DL_PER_MMOL_L = next(float(c["valueDecimal"]) for c in load_view("glucose_readings")["constant"]
+                        if c["name"] == "mg_dl_per_mmol_l")
+"""The glucose_readings view's factor (molar mass of glucose / 10), read from the view: one number."""
 
 
 def glucose_inputs(
