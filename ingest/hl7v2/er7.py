@@ -333,15 +333,18 @@ def split_segments(text: str) -> list[str]:
     if "\n" in text:
         text = text.replace("\r\n", "\r").replace("\n", "\r")
     lines = text.split("\r")
-    out = []
-    for line in lines:
-        if line and not line.isspace():
-            out.append(line.strip("\x0b\x1c") if line[0] in "\x0b\x1c" or line[-1] in "\x0b\x1c" else line)
-    return [line for line in out if line]
+    if "\x0b" in text or "\x1c" in text:
+        lines = [line.strip("\x0b\x1c") if line[:1] in "\x0b\x1c" or line[-1:] in "\x0b\x1c" else line
+                 for line in lines]
+    return [line for line in lines if line and not line.isspace()]
 
 
 def read_delimiters(header: str, seq: int = 1) -> Delimiters:
     """Delimiters from an MSH/FHS/BHS line: MSH-1 and the 4–5 characters of MSH-2."""
+    fsep = header[3:4]
+    known = _DECLARED.get(header[3:header.find(fsep, 4) + 1]) if fsep else None
+    if known is not None:
+        return known
     seg_id = header[:3]
     if len(header) < 8:
         raise HL7ParseError(
@@ -363,7 +366,27 @@ def read_delimiters(header: str, seq: int = 1) -> Delimiters:
             field=2,
         )
     d = Delimiters(fsep, enc[0], enc[1], enc[2], enc[3], enc[4] if len(enc) > 4 else "")
-    return DEFAULT_DELIMITERS if d == DEFAULT_DELIMITERS else d  # one shared object: cheap to compare
+    d = DEFAULT_DELIMITERS if d == DEFAULT_DELIMITERS else d  # one shared object: cheap to compare
+    if enc_end >= 0 and len(_DECLARED) < 64:
+        _DECLARED[header[3:enc_end + 1]] = d
+    return d
+
+
+_DECLARED: dict[str, Delimiters] = {}
+"""MSH-1, MSH-2 and the field separator after them, as a header declares them → the
+delimiters: a feed declares the same few, so they are read and checked once."""
+
+
+_VALID_IDS: set[str] = set()
+"""Segment ids already checked against :data:`_SEGMENT_ID` (a feed sends a few dozen)."""
+
+
+def _valid_id(seg_id: str) -> bool:
+    if not _SEGMENT_ID.match(seg_id):
+        return False
+    if len(_VALID_IDS) < 4096:
+        _VALID_IDS.add(seg_id)
+    return True
 
 
 def parse_segments(lines: list[str], raw: str = "") -> Message:
@@ -383,7 +406,7 @@ def parse_segments(lines: list[str], raw: str = "") -> Message:
     fsep = d.field
     for i, line in enumerate(lines, 1):
         seg_id = line[:3]
-        if not _SEGMENT_ID.match(seg_id) or (len(line) > 3 and line[3] != fsep):
+        if (seg_id not in _VALID_IDS and not _valid_id(seg_id)) or (len(line) > 3 and line[3] != fsep):
             raise HL7ParseError(
                 f"invalid segment id {line[:8]!r}",
                 code=ErrorCode.SEGMENT_SEQUENCE_ERROR,
@@ -407,6 +430,9 @@ def _check_header(msg: Message) -> None:
     """Refuse (AR) what HL7 says a receiver must not accept: required MSH fields missing, a processing id
     (MSH-11) or version id (MSH-12) outside HL7 tables 0103 and 0104."""
     msh = msg.msh
+    fields = msh.fields
+    if len(fields) > 12 and msh.has(9) and msh.has(10) and (fields[11], fields[12]) in _CHECKED_IDS:
+        return
     for field, what in ((9, "message type"), (10, "message control id"), (12, "version id")):
         if not msh.has(field):
             raise HL7ParseError(
@@ -429,6 +455,20 @@ def _check_header(msg: Message) -> None:
                 segment_seq=1,
                 field=field,
             )
+    if len(fields) > 12 and len(_CHECKED_IDS) < 256:
+        _CHECKED_IDS.add((fields[11], fields[12]))
+
+
+_CHECKED_IDS: set[tuple[str, str]] = set()
+"""MSH-11 and MSH-12 texts found in HL7 tables 0103 and 0104 (a feed sends a few)."""
+
+
+def forget() -> None:
+    """Drop what the parser remembers of headers and segment ids it has checked: it then checks
+    everything as on its first message (what its shortcuts are tested against)."""
+    _DECLARED.clear()
+    _VALID_IDS.clear()
+    _CHECKED_IDS.clear()
 
 
 @cache

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from ingest.hl7v2 import NULL, ErrorCode, HL7ParseError, parse_message, read_batch
+from ingest.hl7v2 import NULL, ErrorCode, HL7ParseError, er7, parse_message, read_batch
 
 REPO = Path(__file__).resolve().parents[2]
 FIXTURES = REPO / "fixtures" / "hl7v2"
@@ -127,9 +127,14 @@ def test_msh18_charset_decodes_latin1_bytes() -> None:
         (MSH + "\rPID|1\r" + MSH, ErrorCode.SEGMENT_SEQUENCE_ERROR, "MSH", 3, None),
     ],
 )
+@pytest.mark.parametrize("warm", [False, True], ids=["first message", "after valid ones"])
 def test_errors_carry_location_and_table_0357_code(
-    raw: str, code: ErrorCode, seg: str | None, seq: int | None, field: int | None
+    raw: str, code: ErrorCode, seg: str | None, seq: int | None, field: int | None, warm: bool
 ) -> None:
+    er7.forget()
+    if warm:  # the parser remembers the delimiters, MSH-11/12 and segment ids it has accepted
+        for ok in (MSH + "\rPID|1\rPV1|1", "MSH|^~\\&|A|B|C|D|2020||ADT^A01|1|P|2.5\rPID|1||X"):
+            parse_message(ok)
     with pytest.raises(HL7ParseError) as info:
         parse_message(raw)
     err = info.value
