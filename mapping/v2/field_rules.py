@@ -484,7 +484,9 @@ def condition_expression(cond: Any, refs: dict[tuple[str, int, int, int], int], 
     if op in ("count", "length"):
         if cond[2] not in ("<", ">", "<=", ">="):
             raise ValueError(f"unknown comparison {cond[2]}")
-        return f"({'float(c' if op == 'count' else 'len(v'}{k}) {cond[2]} {float(cond[3])!r})"
+        value = f"c{k}" if op == "count" else f"len(v{k})"
+        bound = float(cond[3])  # a count or length is an int: a whole bound is compared as an int
+        return f"({value} {cond[2]} {int(bound) if bound.is_integer() else bound!r})"
     if op == "valued":
         return f"bool(v{k})"
     if op == "not_valued":
