@@ -46,6 +46,7 @@ def placeholder_json(k: int) -> bytes:
     return f'"{placeholder(k)}"'.encode()
 
 
+_PLACEHOLDERS = [placeholder(k) for k in range(64)]
 _JSON_HOLES = [placeholder_json(k) for k in range(64)]
 
 
@@ -168,8 +169,7 @@ def masked(raw: str, holes: tuple[int, ...], d: DelimitersLike) -> tuple[str, li
     texts: list[str] = []
     groups: list[tuple[str, ...]] = []
     reps = raw.split(d.repetition)
-    comp = d.component
-    unsafe = (d.subcomponent, d.escape, MARK, '"')
+    comp, sub, esc = d.component, d.subcomponent, d.escape
     for r, rep in enumerate(reps):
         parts = rep.split(comp)
         first = len(texts)
@@ -179,9 +179,10 @@ def masked(raw: str, holes: tuple[int, ...], d: DelimitersLike) -> tuple[str, li
             text = parts[c - 1]
             if not text:
                 continue
-            if text != text.strip() or any(ch in text for ch in unsafe):
+            if sub in text or esc in text or MARK in text or '"' in text or text != text.strip():
                 return None
-            parts[c - 1] = placeholder(len(texts))
+            k = len(texts)
+            parts[c - 1] = _PLACEHOLDERS[k] if k < 64 else placeholder(k)
             texts.append(text)
         if len(texts) > first:
             group = tuple(texts[first:])

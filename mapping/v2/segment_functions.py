@@ -68,7 +68,7 @@ def segment_function(mapname: str, seg_id: str) -> SegmentFunction | None:
                              "replay_created": replay_created, "replay": replay, "PLAIN": PLAIN,
                              "STANDARD": STANDARD, "direct_function": direct_function, "MISS": _MISS,
                              "DIRECT_KEYS": DIRECT_KEYS, "plain_key": plain_key, "remember": _remember_segment,
-                             "CREATED": CREATED, "LINK": _linker(plan)}
+                             "CREATED": CREATED, "LINK": _linker(plan), "missed": _missed}
     masks = _maskable(plan, seg_id)
     lines = ["def apply(seg, log, ctx, others, rep_base):",
              "    fields = seg.fields",
@@ -176,7 +176,8 @@ def segment_function(mapname: str, seg_id: str) -> SegmentFunction | None:
         else:
             lines.append("    if raw:")
             lines += [f"        {line}" for line in body]
-    lines.append("    if skey is not None: remember(whole, skey, rec, rep_base)")
+    lines += ["    if skey is not None: remember(whole, skey, rec, rep_base)",
+              "    elif whole.keep: missed(whole)"]
     exec("\n".join(lines), scope)  # the source is built above from the compiled tables only
     return scope["apply"]
 
@@ -265,9 +266,7 @@ def _remember_segment(whole: SegmentMemo, skey: tuple[Any, ...], rec: list[Any],
     """Store a segment's steps: runs of memo entries as ready log items, primitive conversions
     as (function, field), entries that created resources as (``CREATED``, entry); with them,
     :func:`_shared_values`."""
-    whole.misses += 1
-    if whole.misses >= SEGMENT_MISSES and whole.hits < whole.misses:
-        whole.keep = False
+    if not _missed(whole):
         return
     steps: list[tuple[Any, Any]] = []
     items: list[tuple[int, bytes, int]] = []
@@ -282,6 +281,15 @@ def _remember_segment(whole: SegmentMemo, skey: tuple[Any, ...], rec: list[Any],
     if items:
         steps.append((None, tuple(items)))
     whole.store(skey, (tuple(steps), _shared_values(steps, rep_base)))
+
+
+def _missed(whole: SegmentMemo) -> bool:
+    """Count a segment not found in its memo, whether or not it can be remembered (a PID whose
+    identifier and names are new every time never can); False when the memo gives up then."""
+    whole.misses += 1
+    if whole.misses >= SEGMENT_MISSES and whole.hits < whole.misses:
+        whole.keep = False
+    return whole.keep
 
 
 def _shared_values(steps: list[tuple[Any, Any]], rep_base: int) -> int:

@@ -105,7 +105,10 @@ _DIGIT_LENGTHS = frozenset({4, 6, 8, 10, 12, 14})
 
 def tz_of(value: str) -> str | None:
     """The ``±hh:mm`` offset a DTM carries, if any."""
-    m = _DTM.match(value.strip())
+    text = value.strip()
+    if text.isdecimal():  # digits only: no offset, whether or not it is a valid DTM
+        return None
+    m = _DTM.match(text)
     if not m or not m.group("tz"):
         return None
     tz = m.group("tz")

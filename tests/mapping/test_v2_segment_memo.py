@@ -204,3 +204,27 @@ def test_a_segment_replayed_into_other_links_takes_a_shape_of_its_own(left_out: 
         forget_mappings()
         assert mapped == mapped_json(map_message(text))
     assert warm[0] == warm[2]
+
+
+def test_a_segment_never_found_again_stops_being_looked_up(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A PID with a new identifier and name every time can never be replayed (those texts go to
+    the field memos with holes): its segment memo counts it a miss and gives up, as it does for
+    segments it remembers and never finds again; the results keep being replayed."""
+    from mapping.v2 import segment_functions
+
+    monkeypatch.setattr(segment_functions, "SEGMENT_MISSES", 300)
+    texts = hl7_variants(FIXTURES / "derived_ORU_R01_LRI_CBC_first20obx.hl7", 320, seed=31)  # new patients only
+    forget_mappings()
+    for text in texts:
+        map_message(text)
+    def segment_memo(mapname: str, field: int) -> field_rules.SegmentMemo:
+        number = next(fp.number for fp in field_rules.segment_plan(mapname) or () if fp.field == field)
+        (memo,) = [table[number].segment for table in field_rules.MEMO_TABLES.values() if number in table]
+        return memo
+
+    pid, obx = segment_memo("PID[Patient]", 5), segment_memo("OBX[Observation]", 3)
+    assert (pid.keep, pid.hits, pid.misses) == (False, 0, 300), "the PID's segment memo gave up"
+    assert obx.keep and obx.hits > obx.misses, "the results are still replayed"
+    last = mapped_json(map_message(texts[-1]))
+    forget_mappings()
+    assert last == mapped_json(map_message(texts[-1]))
