@@ -232,7 +232,8 @@ _ENTITIES = (("&lt;", "<"), ("&gt;", ">"), ("&quot;", '"'), ("&apos;", "'"), ("&
 def _text_cond(q: _Sql, code: str, value: str) -> str:
     """``_text``: the narrative's text, its markup left out and entities decoded; ``_content``: the
     resource's string and number values (a term that is only an element's name, ``status`` say, matches
-    nothing). Case-insensitive."""
+    nothing), but not ``meta.versionId`` and ``meta.lastUpdated``, which the store writes (``_content=1``
+    would find every first version). Case-insensitive."""
     if code == "_text":
         like = f"ILIKE {q.arg('%' + _like_escape(value) + '%')} ESCAPE '\\'"
         texts = []
@@ -248,7 +249,9 @@ def _text_cond(q: _Sql, code: str, value: str) -> str:
     if re.fullmatch(_NUMBER_CHAR, value) and value:
         pattern = f"(?:{pattern}|[:,\\[]\\s*{_NUMBER_CHAR}{re.escape(value)}{_NUMBER_CHAR})"
     value_end = r"\s*[,\]}]"
-    return f"regexp_matches(json::VARCHAR, {q.arg('(?i)' + pattern + value_end)})"
+    # the values the sender gave, not the version and time this store keeps in meta
+    sent = """json_merge_patch(json, '{"meta": {"versionId": null, "lastUpdated": null}}')::VARCHAR"""
+    return f"regexp_matches({sent}, {q.arg('(?i)' + pattern + value_end)})"
 
 
 def _like_escape(text: str) -> str:

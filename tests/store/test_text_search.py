@@ -20,8 +20,22 @@ def store() -> Store:
         {"resourceType": "Patient", "id": "b", "name": [{"family": "back\\slash", "given": ["line\nbreak"]}]},
         {"resourceType": "Patient", "id": "c", "name": [{"family": "Smith", "given": ["status"]}],
          "multipleBirthInteger": 123},
+        {"resourceType": "Patient", "id": "d", "meta": {"tag": [{"code": "wombat-tag"}]}},
     ])
     return s
+
+
+def test_content_reads_what_was_sent_not_the_version_and_time_the_store_keeps(store: Store) -> None:
+    stored = store.read("Patient", "d")
+    assert stored is not None
+    day, version = stored["meta"]["lastUpdated"][:10], stored["meta"]["versionId"]
+
+    def found(term: str) -> list[str]:
+        return sorted(rid for _, rid in search(store, SearchRequest("Patient", [("_content", term)])).keys)
+
+    assert found(day) == []
+    assert found(version) == ["a", "c"]  # in the narrative's xmlns (1999) and multipleBirthInteger 123 only
+    assert found("wombat-tag") == ["d"]  # what the sender put in meta is searched
 
 
 @pytest.mark.parametrize(("code", "term", "found"), [
