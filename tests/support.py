@@ -128,12 +128,14 @@ def hl7_variants(path: Path, n: int, seed: int,
 
 
 def forget_mappings() -> None:
-    """Clear every memo, plan, template and grouping recipe of the v2 mapper: what it maps next, it
-    maps as a process that has seen nothing (the reference for its fast paths)."""
-    from ingest.hl7v2 import structure
+    """Clear every memo, plan, template and grouping recipe of the v2 mapper, and what the parser
+    remembers of headers: what it maps next, it maps as a process that has seen nothing (the
+    reference for its fast paths)."""
+    from ingest.hl7v2 import er7, structure
     from mapping.v2 import forget
 
     forget()
+    er7.forget()
     structure._RECIPES.clear()
 
 
