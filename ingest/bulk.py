@@ -16,7 +16,6 @@ Records the workers cannot settle alone go through the ordinary path in this pro
 from __future__ import annotations
 
 import multiprocessing
-import os
 from collections import deque
 from collections.abc import Iterator
 from concurrent.futures import Future, ProcessPoolExecutor
@@ -31,8 +30,6 @@ from ingest.records import Problem, Record
 from store.prepare import PreparedBatch, load_arrow_conversions, prepare
 
 CHUNK_LINES = 5000
-BYTES_PER_RESOURCE = 1000
-"""Size of a FHIR NDJSON line, roughly (Synthea's average is ~850 bytes), to estimate a file's resources."""
 
 
 @dataclass(slots=True)
@@ -92,17 +89,6 @@ def line_chunks(path: Path, lines_per_chunk: int = CHUNK_LINES) -> Iterator[tupl
                 first, lines = first + len(lines), []
         if lines:
             yield first, b"".join(lines)
-
-
-def estimated_resources(path: Path) -> int:
-    """Resources in an NDJSON file, estimated from its size: for gzip, the uncompressed size its
-    trailer records (modulo 4 GiB, so never less than the compressed size)."""
-    size = path.stat().st_size
-    if path.name.lower().endswith(".gz") and size >= 4:
-        with path.open("rb") as fh:
-            fh.seek(-4, os.SEEK_END)
-            size = max(size, int.from_bytes(fh.read(4), "little"))
-    return size // BYTES_PER_RESOURCE
 
 
 @contextmanager

@@ -310,9 +310,7 @@ class Ingestor:
         (:func:`ingest.bulk.worker_pool`), started for this file alone when not given.
 
         Refused lines are dead-lettered as on the in-process path; Bundles take that path, after
-        everything before them is committed (their conditional references search the store). A file
-        that at least doubles the store is written without the id indexes, built once at its end
-        (:meth:`Store.bulk_load`).
+        everything before them is committed (their conditional references search the store).
         The workers prepare the next chunks while the writer commits. ``on_lines(n)``: the lines up
         to ``n`` are done (reported per chunk).
         """
@@ -334,24 +332,23 @@ class Ingestor:
 
         chunks = bulk.prepared_chunks(path, validate=self.validator is not None, pool=pool,
                                       in_flight=4 * self.workers, lines_per_chunk=lines_per_chunk)
-        with self.store.bulk_load(bulk.estimated_resources(path)):
-            for first, chunk in chunks:
-                for refused in chunk.refused:
-                    self._refuse(bulk.refused_record(source, refused), summary)
-                if len(chunk.prepared):
-                    pending.append(chunk.prepared)
-                    pending_count += len(chunk.prepared)
-                if chunk.deferred:
-                    commit()
-                    summary.add(self.ingest_records(
-                        resources_from_json(orjson.loads(raw), source, line, raw, "ndjson", self.resolve_conditional)
-                        for line, raw in chunk.deferred
-                    ))
-                if pending_count >= commit_resources:
-                    commit()
-                if on_lines is not None:
-                    on_lines(first + lines_per_chunk - 1)
-            commit()
+        for first, chunk in chunks:
+            for refused in chunk.refused:
+                self._refuse(bulk.refused_record(source, refused), summary)
+            if len(chunk.prepared):
+                pending.append(chunk.prepared)
+                pending_count += len(chunk.prepared)
+            if chunk.deferred:
+                commit()
+                summary.add(self.ingest_records(
+                    resources_from_json(orjson.loads(raw), source, line, raw, "ndjson", self.resolve_conditional)
+                    for line, raw in chunk.deferred
+                ))
+            if pending_count >= commit_resources:
+                commit()
+            if on_lines is not None:
+                on_lines(first + lines_per_chunk - 1)
+        commit()
         return summary
 
     def replay_dead_letters(self) -> IngestSummary:

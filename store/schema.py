@@ -5,8 +5,6 @@ replaces the row in ``resources_current``; the ``resources`` view is what the
 view engine, search and twins read (current, not deleted). Search index tables
 are filled by the writer in the same transaction as the resource rows, so a
 search never sees a resource without its index entries or the other way round.
-The ART indexes on ``id`` (``resources_current`` and the index tables) are made by
-``store.search_index.install``, which a bulk import may drop and build again.
 """
 
 from __future__ import annotations
@@ -22,6 +20,7 @@ RESOURCE_COLUMNS = (
 DDL = f"""
 CREATE TABLE IF NOT EXISTS resource_versions ({RESOURCE_COLUMNS});
 CREATE TABLE IF NOT EXISTS resources_current ({RESOURCE_COLUMNS});
+CREATE INDEX IF NOT EXISTS resources_current_id ON resources_current (id);
 CREATE OR REPLACE VIEW resources AS
     SELECT resource_type, id, version_id, last_updated, deleted, patient_id, json
     FROM resources_current WHERE NOT deleted;

@@ -37,7 +37,12 @@ CREATE TABLE IF NOT EXISTS idx_number (rt VARCHAR, id VARCHAR, param VARCHAR, va
 CREATE TABLE IF NOT EXISTS idx_quantity (rt VARCHAR, id VARCHAR, param VARCHAR, value DOUBLE, system VARCHAR,
     code VARCHAR, unit VARCHAR, canon_value DOUBLE, canon_unit VARCHAR, analyte VARCHAR, pid VARCHAR);
 CREATE TABLE IF NOT EXISTS idx_uri (rt VARCHAR, id VARCHAR, param VARCHAR, value VARCHAR, pid VARCHAR);
-"""
+""" + "".join(
+    # Point lookups by resource id (updates delete a resource's old rows, _include, sort joins) use
+    # these ART indexes instead of scanning tables that grow to tens of millions of rows.
+    f"CREATE INDEX IF NOT EXISTS {t}_id ON {t} (id);\n"
+    for t in ("idx_token", "idx_string", "idx_reference", "idx_date", "idx_number", "idx_quantity", "idx_uri")
+)
 
 _S, _TS, _F = pa.string(), pa.timestamp("us", tz="UTC"), pa.float64()
 # Index table -> (columns after rt/id/param with their Arrow types, splitter appending an element list's rows).
@@ -58,20 +63,6 @@ _TABLES: dict[str, tuple[tuple[tuple[str, pa.DataType], ...], Sink]] = {
     "idx_uri": ((("value", _S),), rows.uri_into),
 }
 INDEX_TABLES = tuple(_TABLES)
-ID_INDEXED = ("resources_current", *INDEX_TABLES)
-"""Tables with an ART index on ``id``: point lookups by resource id (updates delete a resource's old
-rows, reads of what the map of current versions no longer holds, _include, sort joins) use it instead
-of scanning tables that grow to tens of millions of rows."""
-
-
-def create_id_index(con: duckdb.DuckDBPyConnection, table: str) -> None:
-    """The ART index on ``id`` of ``table`` (one of :data:`ID_INDEXED`), unless it exists."""
-    con.execute(f"CREATE INDEX IF NOT EXISTS {table}_id ON {table} (id)")
-
-
-def drop_id_index(con: duckdb.DuckDBPyConnection, table: str) -> None:
-    """Drop the ART index on ``id`` of ``table``, for an import that builds it again afterwards."""
-    con.execute(f"DROP INDEX IF EXISTS {table}_id")
 TABLE_OF = {
     "token": "idx_token", "string": "idx_string", "reference": "idx_reference", "date": "idx_date",
     "number": "idx_number", "quantity": "idx_quantity", "uri": "idx_uri",
@@ -107,8 +98,6 @@ _CLUSTER = {
 def install(con: duckdb.DuckDBPyConnection) -> None:
     """Create the index tables (idempotent), adding the patient column to tables from older files."""
     con.execute(INDEX_DDL)
-    for table in ID_INDEXED:
-        create_id_index(con, table)
     for table in INDEX_TABLES:
         cols = {r[0] for r in con.execute(f"DESCRIBE {table}").fetchall()}
         if "pid" not in cols:
@@ -126,7 +115,7 @@ CLUSTERED = {**_CLUSTER, "resources_current": "patient_id, resource_type, id"}
 def cluster(con: duckdb.DuckDBPyConnection, table: str) -> None:
     """Rewrite ``table`` (one of :data:`CLUSTERED`) sorted by patient, then type and value."""
     con.execute(f"CREATE OR REPLACE TABLE {table} AS SELECT * FROM {table} ORDER BY {CLUSTERED[table]}")
-    create_id_index(con, table)
+    con.execute(f"CREATE INDEX IF NOT EXISTS {table}_id ON {table} (id)")
 
 
 # Indexed from the commit timestamp by the writer (``stamp_rows``), not from the resource: prepared rows

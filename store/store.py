@@ -219,7 +219,6 @@ class Store:
         self._con.execute("SET TimeZone = 'UTC'")
         load_arrow_conversions()
         self._write_lock = threading.RLock()
-        self._bulk_unindexed = False  # within a bulk_load that dropped the id indexes
         self._last_ts = datetime.min.replace(tzinfo=UTC)
         self._current = CurrentCache(int(cache_mb * 2**20), self._load_rows)
         self._listeners: list[Any] = []
@@ -424,33 +423,6 @@ class Store:
             con.execute("ROLLBACK")
             raise
         con.execute("COMMIT")
-
-    @contextmanager
-    def bulk_load(self, resources: int) -> Iterator[bool]:
-        """Scope of a bulk import of about ``resources`` new resources; yields whether it runs without the
-        ART indexes on ``id`` (:data:`store.search_index.ID_INDEXED`), built again once when it ends.
-
-        Keeping those indexes up to date costs DuckDB ~30 µs of CPU per appended resource (its ~14
-        index rows, inserted one by one at commit), building them from scratch ~13 µs per resource the
-        store then holds (docs/benchmarks/ingest.md). So they are dropped when the import at least
-        doubles the store. Meanwhile every query stays correct; lookups by id scan instead (a bulk
-        import writes large transactions, which join on their staged rows anyway). A process stopped
-        half-way leaves the file without them: opening it for writing builds them again.
-        """
-        with self._write_lock:
-            drop = not self._bulk_unindexed and resources > 0 and resources >= self._current_rows()
-            if drop:
-                for table in search_index.ID_INDEXED:
-                    search_index.drop_id_index(self._con, table)
-                self._bulk_unindexed = True
-        try:
-            yield drop
-        finally:
-            if drop:
-                with self._write_lock:
-                    for table in search_index.ID_INDEXED:
-                        search_index.create_id_index(self._con, table)
-                    self._bulk_unindexed = False
 
     @contextmanager
     def write_transaction(self) -> Iterator[duckdb.DuckDBPyConnection]:
