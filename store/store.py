@@ -30,6 +30,7 @@ import pyarrow as pa
 from store import search_index
 from store.compartment import patients_of
 from store.current_cache import ENTRY_OVERHEAD_BYTES, EVICT_TO, Current, CurrentCache, entry_bytes
+from store.gc_pause import paused_gc
 from store.ids import stable_id
 from store.merge import Merge, merged
 from store.prepare import (
@@ -489,7 +490,7 @@ class Store:
         appends of a row group or more are compressed straight into the file instead of going
         through the write-ahead log first.
         """
-        with self._write_lock:
+        with self._write_lock, paused_gc():
             rows = _Rows()
             overlay: dict[tuple[str, str], Current] = {}
             out: list[list[WriteResult]] = []
