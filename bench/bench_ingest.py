@@ -112,6 +112,7 @@ def stage_profile(path: Path, sample: int, db: Path) -> list[tuple[str, float]]:
         t4 = clock()
         index_tables(resources, [None] * n)
         t5 = clock()
+        del resources  # freed before the collector resumes, as a worker's chunk is
     store = Store(db)
     store.write_prepared_many(batches)
     t6 = clock()
