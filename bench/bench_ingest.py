@@ -36,6 +36,7 @@ from synthea_replicate import replicas  # noqa: E402
 
 from ingest.pipeline import Ingestor  # noqa: E402
 from ingest.r4_check import r4_validator  # noqa: E402
+from store.gc_pause import paused_gc  # noqa: E402
 from store.prepare import identify, prepare  # noqa: E402
 from store.search_index import index_tables  # noqa: E402
 from store.store import Store  # noqa: E402
@@ -97,19 +98,21 @@ def stage_profile(path: Path, sample: int, db: Path) -> list[tuple[str, float]]:
         lines = [line for _, line in zip(range(sample), fh, strict=False)]
     n = len(lines)
     clock = time.process_time  # CPU of every thread of this process (DuckDB's included)
-    t0 = clock()
-    resources = [orjson.loads(line) for line in lines]
-    t1 = clock()
-    for res in resources:
-        r4_validator(res)
-    t2 = clock()
-    for res in resources:
-        identify(res)
-    t3 = clock()
-    batches = [prepare(resources[i : i + 5000])[0] for i in range(0, n, 5000)]
-    t4 = clock()
-    index_tables(resources, [None] * n)
-    t5 = clock()
+    with paused_gc():  # as in the import's workers (ingest.bulk.prepare_chunk)
+        t0 = clock()
+        resources = [orjson.loads(line) for line in lines]
+        t1 = clock()
+        for res in resources:
+            r4_validator(res)
+        t2 = clock()
+        for res in resources:
+            identify(res)
+        t3 = clock()
+        batches = [prepare(resources[i : i + 5000])[0] for i in range(0, n, 5000)]
+        t4 = clock()
+        index_tables(resources, [None] * n)
+        t5 = clock()
+        del resources  # freed before the collector resumes, as a worker's chunk is
     store = Store(db)
     store.write_prepared_many(batches)
     t6 = clock()

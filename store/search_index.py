@@ -113,8 +113,15 @@ CLUSTERED = {**_CLUSTER, "resources_current": "patient_id, resource_type, id"}
 
 
 def cluster(con: duckdb.DuckDBPyConnection, table: str) -> None:
-    """Rewrite ``table`` (one of :data:`CLUSTERED`) sorted by patient, then type and value."""
-    con.execute(f"CREATE OR REPLACE TABLE {table} AS SELECT * FROM {table} ORDER BY {CLUSTERED[table]}")
+    """Rewrite ``table`` (one of :data:`CLUSTERED`) sorted by patient, then type and value, into a table
+    of the same definition (``CREATE TABLE … AS`` would drop the columns' compression settings)."""
+    ddl = con.execute("SELECT sql FROM duckdb_tables() WHERE table_name = ? AND schema_name = current_schema()",
+                      [table]).fetchone()[0]
+    con.execute(f"DROP INDEX IF EXISTS {table}_id")
+    con.execute(f"ALTER TABLE {table} RENAME TO {table}_unsorted")
+    con.execute(ddl)
+    con.execute(f"INSERT INTO {table} SELECT * FROM {table}_unsorted ORDER BY {CLUSTERED[table]}")
+    con.execute(f"DROP TABLE {table}_unsorted")
     con.execute(f"CREATE INDEX IF NOT EXISTS {table}_id ON {table} (id)")
 
 

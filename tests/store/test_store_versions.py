@@ -132,6 +132,31 @@ def test_reopen_file_keeps_current_versions(tmp_path: Path) -> None:
         assert r.outcome == "unchanged"
 
 
+def _body_compression(store: Store) -> dict[str, set[str]]:
+    """Compression of the stored bodies per resource table (DuckDB's segments, after a checkpoint)."""
+    con = store.cursor()
+    con.execute("CHECKPOINT")
+    return {table: {row[0] for row in con.execute(
+        f"SELECT compression FROM pragma_storage_info('{table}') WHERE column_name = 'json' AND segment_type = 'JSON'"
+    ).fetchall()} for table in ("resource_versions", "resources_current")}
+
+
+def test_bodies_are_zstd_compressed_and_stay_so_when_clustered(tmp_path: Path) -> None:
+    db = tmp_path / "s.duckdb"
+    with Store(db) as s:
+        s.write([patient(f"p{i}", f"Doe{i}") for i in range(50)])
+        s.write([patient("p1", "Roe")])
+        assert _body_compression(s) == {"resource_versions": {"ZSTD"}, "resources_current": {"ZSTD"}}
+        before = _stored(s)
+        s.optimize()  # rewrites resources_current sorted by patient
+        assert _body_compression(s) == {"resource_versions": {"ZSTD"}, "resources_current": {"ZSTD"}}
+        assert _stored(s) == before
+    with Store(db) as s:
+        assert s.read("Patient", "p1")["name"][0]["family"] == "Roe"
+        assert s.vread("Patient", "p1", 1)[1]["name"][0]["family"] == "Doe1"
+        assert _stored(s) == before
+
+
 def _stored(store: Store) -> list[tuple]:
     """Versions and index rows, without commit timestamps (they differ between stores)."""
     con = store.cursor()
