@@ -110,6 +110,23 @@ class CurrentCache:
         if self._bytes > self.budget_bytes:
             self._evict()
 
+    def put_many(self, entries: Iterable[tuple[Key, Current]]) -> None:
+        """:meth:`put` for each entry in turn (a bulk commit's current versions), in one loop."""
+        held, written = self._map, self._written
+        added = 0
+        for key, cur in entries:
+            old = held.get(key)
+            held[key] = cur
+            if old is not None:
+                added -= ENTRY_OVERHEAD_BYTES + (len(old.json) if old.json is not None else 0)
+                written.move_to_end(key)
+            else:
+                written[key] = None
+            added += ENTRY_OVERHEAD_BYTES + (len(cur.json) if cur.json is not None else 0)
+        self._bytes += added
+        if self._bytes > self.budget_bytes:
+            self._evict()
+
     def fill(self, entries: Iterable[tuple[Key, Current]], complete: bool) -> None:
         """Start from ``entries`` (oldest first), e.g. the database's current rows at start."""
         for key, cur in entries:

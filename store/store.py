@@ -20,7 +20,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import duckdb
 import numpy as np
@@ -69,9 +69,11 @@ def default_db_memory_mb() -> float:
     return available / 2**20 / 2
 
 
-@dataclass(frozen=True, slots=True)
-class WriteResult:
-    """Outcome of writing one resource: what happened and which version is now current."""
+class WriteResult(NamedTuple):
+    """Outcome of writing one resource: what happened and which version is now current.
+
+    A named tuple, not a frozen dataclass: a bulk transaction makes one per resource, and a frozen
+    dataclass's ``__init__`` sets each field through ``object.__setattr__`` (~0.8 µs against ~0.2)."""
 
     resource_type: str
     id: str
@@ -632,10 +634,9 @@ class Store:
                                          {rtype for rtype, _ in rows.latest})
             finally:
                 con.unregister("_staged")
-        deleted = rows.deleted
-        put = self._current.put
-        for key, i in rows.latest.items():
-            put(key, Current(rows.versions[i], rows.hashes[i], rows.stamps[i], deleted, rows.blobs[i]))
+        deleted, versions, hashes, stamps, blobs = rows.deleted, rows.versions, rows.hashes, rows.stamps, rows.blobs
+        self._current.put_many((key, Current(versions[i], hashes[i], stamps[i], deleted, blobs[i]))
+                               for key, i in rows.latest.items())
 
     def _notify(self, results: list[WriteResult]) -> None:
         changed = [r for r in results if r.outcome in ("created", "updated", "deleted")]
