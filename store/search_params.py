@@ -18,8 +18,6 @@ from mapping.fhirpath.values import as_list, render, to_kind
 _TABLE = Path(__file__).with_name("data") / "search_parameters.json"
 _GENERIC_BASES = ("Resource", "DomainResource")
 
-# Parameters answered from store columns rather than the index tables.
-COLUMN_PARAMS = {"_id", "_lastUpdated"}
 # Indexed param types and the table each lands in.
 INDEXED_TYPES = ("token", "string", "reference", "date", "number", "quantity", "uri")
 # Specification parameters this server does not answer, left out so a search using one is reported as
