@@ -61,8 +61,8 @@ def parse_date(text: str) -> DateRange:
             lo = datetime(y, mo, d, tzinfo=UTC)
             return DateRange(lo, lo + timedelta(days=1))
         sec = int(g["S"] or 0)
-        frac = float(g["f"]) if g["f"] else 0.0
-        lo = datetime(y, mo, d, int(g["H"]), int(g["M"]), sec, int(frac * 1e6), tzinfo=tz).astimezone(UTC)
+        micros = int(g["f"][1:7].ljust(6, "0")) if g["f"] else 0  # digits, not a float: .252231 stays 252231
+        lo = datetime(y, mo, d, int(g["H"]), int(g["M"]), sec, micros, tzinfo=tz).astimezone(UTC)
     except ValueError as exc:
         raise ValueError(f"invalid date {text!r}: {exc}") from None
     step = timedelta(minutes=1) if g["S"] is None else timedelta(seconds=1) if not g["f"] else timedelta(
