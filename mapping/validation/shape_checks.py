@@ -69,7 +69,7 @@ class ShapeChecks:
         self._inline: list[str] = []  # per primitive: expression template, ``{v}`` is the value
         self._namespace: dict[str, Any] = {"isfinite": math.isfinite}
         for type_name, index in self._ids.items():
-            self._namespace[f"F{index}"] = self._object_check(type_name)
+            self._add_type(type_name, index)
         for checker, name in primitive_names.items():
             self._add_primitive(checker, name)
         self._add_resource_checks()
@@ -97,8 +97,8 @@ class ShapeChecks:
         namespace = self._namespace
         inline = _INLINE.get(name)
         if inline is None and name in _NOT_REMEMBERED:
-            namespace[f"C{index}"] = checker
-            inline = f"C{index}({{v}}) is None"
+            namespace[f"X{index}"] = checker
+            inline = f"X{index}({{v}}) is None"
         elif inline is None:
             good: set[str] = set()
             self._remembered.append(good)
@@ -136,22 +136,31 @@ class ShapeChecks:
         namespace["R1"] = one
         namespace["RL"] = many
 
-    def _object_check(self, type_name: str) -> ObjectCheck:
+    def _add_type(self, type_name: str, index: int) -> None:
+        """H: compiled shapes by key tuple; N: a dict whose shape is not compiled yet; F: any value; L: arrays."""
         shapes = self._shapes[type_name]
         compile_shape = self._compile_shape
 
-        def check(obj: object) -> bool:
-            if type(obj) is not dict:
-                return False
-            keys = tuple(obj)
-            shape = shapes.get(keys)
-            if shape is None:
-                shape = compile_shape(type_name, keys)
-                if shape is None:
-                    return False
-            return shape(obj)
+        def new_shape(obj: dict[str, Any]) -> bool:
+            shape = compile_shape(type_name, tuple(obj))
+            return shape is not None and shape(obj)
 
-        return check
+        def check(obj: object) -> bool:
+            return type(obj) is dict and (shapes.get(tuple(obj)) or new_shape)(obj)
+
+        def check_all(items: object) -> bool:
+            if type(items) is not list or not items:
+                return False
+            for obj in items:
+                if type(obj) is not dict or not (shapes.get(tuple(obj)) or new_shape)(obj):
+                    return False
+            return True
+
+        namespace = self._namespace
+        namespace[f"H{index}"] = shapes
+        namespace[f"N{index}"] = new_shape
+        namespace[f"F{index}"] = check
+        namespace[f"L{index}"] = check_all
 
     def _compile_shape(self, type_name: str, keys: tuple[str, ...]) -> ObjectCheck | None:
         """A check for objects of ``type_name`` with exactly these keys, None if no such object is valid."""
@@ -195,9 +204,10 @@ class ShapeChecks:
         if kind == KIND_COMPLEX:
             index = self._ids[target]
             if maximum == 1:
-                return f"F{index}({name})"
-            bound = f" and len({name}) <= {maximum}" if maximum > 0 else ""
-            return f"(type({name}) is list and {name} != [] and all(map(F{index}, {name})){bound})"
+                return f"(type({name}) is dict and (H{index}.get(tuple({name})) or N{index})({name}))"
+            one = f"(H{index}.get(tuple({name}[0])) or N{index})({name}[0])"  # the common single item, inline
+            many = f"(L{index}({name}) and len({name}) <= {maximum})" if maximum > 0 else f"L{index}({name})"
+            return f"(type({name}) is list and len({name}) == 1 and type({name}[0]) is dict and {one} or {many})"
         if kind == KIND_RESOURCE:
             return f"R1({name})" if maximum == 1 else f"RL({name})"
         return None  # resourceType of a resource: checked on entry
