@@ -73,7 +73,7 @@ class ShapeChecks:
         for checker, name in primitive_names.items():
             self._add_primitive(checker, name)
         self._add_resource_checks()
-        self._object_checks = {name: self._namespace[f"F{index}"] for name, index in self._ids.items()}
+        self._new_shape = {name: self._namespace[f"N{index}"] for name, index in self._ids.items()}
 
     def resource_is_valid(self, resource: dict[str, Any]) -> bool:
         """True only if the thorough walk would report nothing for this resource's structure.
@@ -81,8 +81,9 @@ class ShapeChecks:
         ``resource`` must already be known to be a dict with a known ``resourceType``; the
         dom-3 check of root ``contained`` references is the caller's.
         """
+        resource_type = resource["resourceType"]
         try:
-            return self._object_checks[resource["resourceType"]](resource)
+            return (self._shapes[resource_type].get(tuple(resource)) or self._new_shape[resource_type])(resource)
         except RecursionError:  # absurdly deep nesting: the iterative walk will say what is wrong
             return False
 
