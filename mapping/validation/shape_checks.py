@@ -25,13 +25,12 @@ import math
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
+from mapping.validation.primitives import INT32_MAX, INT32_MIN, Checker
 from mapping.validation.structures import KIND_COMPLEX, KIND_PRIMITIVE, KIND_RESOURCE
 
 SHAPES_PER_TYPE = 256
 VALUES_PER_PRIMITIVE = 4096
-INT32_MAX = 2**31 - 1
 
-Checker = Callable[[object], str | None]
 # (kind, target, minimum, maximum, choice): the validator's compiled element spec
 Spec = tuple[int, Any, int, int, str | None]
 Invariant = Callable[[Any, str, list[dict[str, Any]]], None]
@@ -41,7 +40,7 @@ ObjectCheck = Callable[[object], bool]
 _INLINE = {
     "boolean": "type({v}) is bool",
     "decimal": "(type({v}) is int or (type({v}) is float and isfinite({v})))",
-    "integer": f"(type({{v}}) is int and {-(2**31)} <= {{v}} <= {INT32_MAX})",
+    "integer": f"(type({{v}}) is int and {INT32_MIN} <= {{v}} <= {INT32_MAX})",
     "unsignedInt": f"(type({{v}}) is int and 0 <= {{v}} <= {INT32_MAX})",
     "positiveInt": f"(type({{v}}) is int and 1 <= {{v}} <= {INT32_MAX})",
     "string": '(type({v}) is str and {v} != "")',

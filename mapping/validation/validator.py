@@ -2,10 +2,10 @@
 
 The element tables compiled from the R4 StructureDefinitions are turned, once, into
 plain dicts of tuples ``(kind, target, minimum, maximum, choice)`` keyed by JSON
-property name, so checking one property is a dict lookup plus a type test. The walk is
-iterative (an explicit stack), builds location strings only for nodes it descends into,
-and allocates nothing for valid primitives. That is what makes it an order of magnitude
-faster than building model objects (see docs/validation.md).
+property name. A resource first goes through the yes/no checks compiled per object shape
+(``shape_checks``); only when they say no does the thorough walk run, which builds the
+issues. The walk is iterative (an explicit stack) and builds location strings only for
+nodes it descends into (see docs/validation.md).
 
 Checked: resourceType, unknown properties, JSON types, cardinality (array vs single,
 min/max, empty arrays, nulls), required elements (a ``_name`` extension satisfies
