@@ -14,8 +14,8 @@ resource through the thorough walk in ``validator.py``, which builds the issues,
 come from one place only; a "yes" must imply that the thorough walk finds nothing, which the
 tests check on thousands of damaged resources.
 
-Memory is bounded: at most ``SHAPES_PER_TYPE`` compiled shapes per type (beyond that, new
-shapes take the thorough walk) and ``VALUES_PER_PRIMITIVE`` remembered good values per
+Memory is bounded: at most ``SHAPES_PER_TYPE`` compiled shapes per type and ``SHAPES`` in all
+(beyond that, new shapes take the thorough walk) and ``VALUES_PER_PRIMITIVE`` remembered good values per
 primitive type (the set is emptied when full: the values that repeat come back at once).
 """
 
@@ -29,6 +29,7 @@ from mapping.validation.primitives import INT32_MAX, INT32_MIN, Checker
 from mapping.validation.structures import KIND_COMPLEX, KIND_PRIMITIVE, KIND_RESOURCE
 
 SHAPES_PER_TYPE = 256
+SHAPES = 4096
 VALUES_PER_PRIMITIVE = 4096
 
 # (kind, target, minimum, maximum, choice): the validator's compiled element spec
@@ -63,6 +64,7 @@ class ShapeChecks:
         self._ids = {type_name: index for index, type_name in enumerate(tables)}
         self._resource_types = frozenset(resource_types)
         self._shapes: dict[str, dict[tuple[str, ...], ObjectCheck]] = {name: {} for name in tables}
+        self._compiled = 0
         self._primitive_ids: dict[Checker, int] = {}
         self._remembered: list[set[str]] = []
         self._inline: list[str] = []  # per primitive: expression template, ``{v}`` is the value
@@ -165,7 +167,8 @@ class ShapeChecks:
     def _compile_shape(self, type_name: str, keys: tuple[str, ...]) -> ObjectCheck | None:
         """A check for objects of ``type_name`` with exactly these keys, None if no such object is valid."""
         shapes = self._shapes[type_name]
-        if len(shapes) >= SHAPES_PER_TYPE or not self._keys_are_valid(type_name, keys):
+        if (len(shapes) >= SHAPES_PER_TYPE or self._compiled >= SHAPES
+                or not self._keys_are_valid(type_name, keys)):
             return None
         table = self._tables[type_name]
         names = [f"v{position}" for position in range(len(keys))]
@@ -175,6 +178,7 @@ class ShapeChecks:
         source = f"def S(o):\n    {unpack}= o.values()\n    return {' and '.join(tests) or 'True'}\n"
         shape = _compile(source, "S", self._namespace, f"<{type_name} shape>")
         shapes[keys] = shape
+        self._compiled += 1
         return shape
 
     def _keys_are_valid(self, type_name: str, keys: tuple[str, ...]) -> bool:

@@ -161,12 +161,14 @@ def test_the_agreement_check_catches_a_broken_fast_path(broken: str) -> None:
 
 def test_bounded_caches_do_not_change_results(monkeypatch: pytest.MonkeyPatch) -> None:
     """With no room for compiled shapes or remembered values, the answers stay the same."""
-    monkeypatch.setattr(shape_checks, "SHAPES_PER_TYPE", 0)
     monkeypatch.setattr(shape_checks, "VALUES_PER_PRIMITIVE", 1)
-    checks = ShapeChecks(validator._TABLES, validator._REQUIRED, validator._INVARIANTS, validator._PRIMITIVE_NAMES,
-                         validator.RESOURCE_TYPES)
-    assert not any(checks.resource_is_valid(document) for document in DOCUMENTS)
-    monkeypatch.setattr(shape_checks, "SHAPES_PER_TYPE", 256)
+    for limit in ("SHAPES_PER_TYPE", "SHAPES"):
+        monkeypatch.setattr(shape_checks, limit, 0)
+        checks = ShapeChecks(validator._TABLES, validator._REQUIRED, validator._INVARIANTS,
+                             validator._PRIMITIVE_NAMES, validator.RESOURCE_TYPES)
+        assert not any(checks.resource_is_valid(document) for document in DOCUMENTS)
+        monkeypatch.undo()
+        monkeypatch.setattr(shape_checks, "VALUES_PER_PRIMITIVE", 1)
     for _round in range(2):
         assert all(checks.resource_is_valid(document) for document in DOCUMENTS)
     assert _disagreements(checks, SAMPLE[:3]) == []
