@@ -7,6 +7,7 @@ before each pass the validator forgets the primitive values it remembered as val
 repeated pass costs what a first pass over new data costs. Prints a table::
 
     .venv/bin/python bench/bench_validation.py [--sample 6000] [--repeat 3] [--decoder json]
+        [--bulk-stage-lines 20000]
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from typing import Any
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
+sys.path.insert(0, str(REPO / "bench"))
 
 from mapping.validation import validate_resource, validator  # noqa: E402
 
@@ -83,12 +85,40 @@ def measure(check: Callable[[dict[str, Any]], bool], resources: list[dict[str, A
     return best, rejected
 
 
+def bulk_stage(lines: int) -> tuple[float, float]:
+    """CPU µs per resource of ``ingest.r4_check.r4_validator`` over the first ``lines`` replicated
+    Synthea lines, as the bulk import's stage profile runs it (orjson, collector paused, one pass):
+    a first pass (shapes compiled on the way) and a second over freshly decoded copies."""
+    import gc
+
+    import orjson
+    from synthea_replicate import replicas
+
+    from ingest.r4_check import r4_validator
+
+    encoded = [orjson.dumps(resource) for resource in replicas(lines)]
+    passes = []
+    gc.disable()
+    try:
+        for _ in range(2):
+            resources = [orjson.loads(line) for line in encoded]
+            start = time.process_time()
+            for resource in resources:
+                r4_validator(resource)
+            passes.append((time.process_time() - start) / len(resources) * 1e6)
+    finally:
+        gc.enable()
+    return passes[0], passes[1]
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--sample", type=int, default=6000, help="resources in the shared sample (0 = all)")
     parser.add_argument("--repeat", type=int, default=3, help="passes per tool; the best counts")
     parser.add_argument("--decoder", choices=("json", "orjson"), default="json", help="JSON decoder for the lines")
     parser.add_argument("--ndjson", type=Path, default=NDJSON_DIR, help="folder of Synthea NDJSON files")
+    parser.add_argument("--bulk-stage-lines", type=int, default=0,
+                        help="also time the bulk import's validation stage on this many replicated lines")
     args = parser.parse_args()
     decode = json.loads if args.decoder == "json" else __import__("orjson").loads
     resources = load_sample(args.sample, args.ndjson, decode)
@@ -113,6 +143,10 @@ def main() -> int:
         seconds, rejected = measure(check, batch, args.repeat)
         print(f"{name:42} {len(batch):9d} {seconds:8.3f} {len(batch) / seconds:12,.0f} "
               f"{seconds / len(batch) * 1e6:11.2f} {rejected:8d}")
+    if args.bulk_stage_lines:
+        first, second = bulk_stage(args.bulk_stage_lines)
+        print(f"bulk import validation stage (ingest.r4_check), {args.bulk_stage_lines} replicated lines: "
+              f"{first:.2f} us/resource first pass, {second:.2f} second pass")
     return 0
 
 
