@@ -182,6 +182,7 @@ class ShapeChecks:
         return shape
 
     def _keys_are_valid(self, type_name: str, keys: tuple[str, ...]) -> bool:
+        """The walk's key-only checks, for one key tuple (``_name`` keys are left to the walk)."""
         table = self._tables[type_name]
         if not keys or any(key not in table for key in keys):  # ele-1, unknown and ``_name`` keys
             return False
@@ -201,6 +202,7 @@ class ShapeChecks:
         return True
 
     def _value_test(self, spec: Spec, name: str) -> str | None:
+        """The inline test of local ``name`` for one element; None when there is nothing to test."""
         kind, target, _minimum, maximum, _choice = spec
         if kind == KIND_PRIMITIVE:
             index = self._primitive_ids[target]
@@ -233,6 +235,11 @@ def _remembering(checker: Checker, good: set[str]) -> Callable[[object], bool]:
 
 
 def _compile(source: str, name: str, namespace: dict[str, Any], filename: str) -> Any:
+    """Define function ``name`` from ``source``, whose globals are ``namespace``.
+
+    The source is built from the R4 tables only: an object's keys select table entries but
+    never appear in it (values are named by position), so input cannot inject code.
+    """
     local: dict[str, Any] = {}
-    exec(compile(source, filename, "exec"), namespace, local)  # noqa: S102 - source built from the R4 tables
+    exec(compile(source, filename, "exec"), namespace, local)
     return local[name]
