@@ -60,6 +60,9 @@ def _wrong_type(value: Any) -> Any:
     return "x"
 
 
+DELETE = object()
+
+
 def _changes(obj: Resource) -> Iterator[tuple[str, str, Any]]:
     """(what, key, new value or the sentinel DELETE) for one object."""
     yield "unknown element", "zz", 1
@@ -82,8 +85,6 @@ def _changes(obj: Resource) -> Iterator[tuple[str, str, Any]]:
             yield "empty array", key, []
             yield "null item", key, [None, *value[1:]]
 
-
-DELETE = object()
 
 
 def _damaged(document: Resource) -> Iterator[Resource]:
