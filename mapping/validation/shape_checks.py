@@ -15,8 +15,9 @@ come from one place only; a "yes" must imply that the thorough walk finds nothin
 tests check on thousands of damaged resources.
 
 Memory is bounded: at most ``SHAPES_PER_TYPE`` compiled shapes per type and ``SHAPES`` in all
-(beyond that, new shapes take the thorough walk) and ``VALUES_PER_PRIMITIVE`` remembered good values per
-primitive type (the set is emptied when full: the values that repeat come back at once).
+(beyond that, new shapes take the thorough walk) and ``VALUES_PER_PRIMITIVE`` remembered good values
+of at most ``REMEMBERED_LENGTH`` characters per primitive type (the set is emptied when full: the
+values that repeat come back at once).
 """
 
 from __future__ import annotations
@@ -31,6 +32,7 @@ from mapping.validation.structures import KIND_COMPLEX, KIND_PRIMITIVE, KIND_RES
 SHAPES_PER_TYPE = 256
 SHAPES = 4096
 VALUES_PER_PRIMITIVE = 4096
+REMEMBERED_LENGTH = 256  # characters; longer good values are not remembered
 
 # (kind, target, minimum, maximum, choice): the validator's compiled element spec
 Spec = tuple[int, Any, int, int, str | None]
@@ -48,7 +50,9 @@ _INLINE = {
     "markdown": '(type({v}) is str and {v} != "")',
 }
 # Resource ids are unique by definition: remembering them would only evict values that repeat.
-_NOT_REMEMBERED = frozenset({"id"})
+# Attachment data and narratives can be megabytes: hashing them to look them up costs, and
+# remembering them would hold them in memory.
+_NOT_REMEMBERED = frozenset({"id", "base64Binary", "xhtml"})
 
 
 class ShapeChecks:
@@ -225,7 +229,7 @@ def _remembering(checker: Checker, good: set[str]) -> Callable[[object], bool]:
     def check(value: object) -> bool:
         if checker(value) is not None:
             return False
-        if type(value) is str:
+        if type(value) is str and len(value) <= REMEMBERED_LENGTH:
             if len(good) >= VALUES_PER_PRIMITIVE:
                 good.clear()
             good.add(value)

@@ -183,3 +183,16 @@ def test_deep_nesting_falls_back_to_the_walk() -> None:
     assert validate_resource(resource) == []
     extension["extension"][0]["url"] = ""
     assert validate_resource(resource) == validator._walk(resource, resource["resourceType"]) != []
+
+
+def test_long_values_are_checked_but_not_remembered() -> None:
+    """Attachment data, narratives and long strings must not be held in memory by the fast path."""
+    long_uri = "http://example.org/" + "a" * 1000
+    data = "QUJD" * 1000
+    resource = copy.deepcopy(SAMPLE[0])
+    resource["extension"] = [{"url": long_uri, "valueBase64Binary": data}]
+    checks = validator._SHAPE_CHECKS
+    assert checks.resource_is_valid(resource)
+    assert not any(long_uri in good or data in good for good in checks._remembered)
+    resource["extension"][0]["url"] = long_uri + " x"
+    assert not checks.resource_is_valid(resource)
