@@ -2,10 +2,10 @@
 
 The element tables compiled from the R4 StructureDefinitions are turned, once, into
 plain dicts of tuples ``(kind, target, minimum, maximum, choice)`` keyed by JSON
-property name, so checking one property is a dict lookup plus a type test. The walk is
-iterative (an explicit stack), builds location strings only for nodes it descends into,
-and allocates nothing for valid primitives. That is what makes it an order of magnitude
-faster than building model objects (see docs/validation.md).
+property name. A resource first goes through the yes/no checks compiled per object shape
+(``shape_checks``); only when they say no does the thorough walk run, which builds the
+issues. The walk is iterative (an explicit stack) and builds location strings only for
+nodes it descends into (see docs/validation.md).
 
 Checked: resourceType, unknown properties, JSON types, cardinality (array vs single,
 min/max, empty arrays, nulls), required elements (a ``_name`` extension satisfies
@@ -19,10 +19,11 @@ cheap half (a ``#id`` reference names a contained resource). No terminology bind
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from typing import Any
 
 from mapping.validation.primitives import Checker, build_checkers, reference_checker
+from mapping.validation.shape_checks import ShapeChecks
 from mapping.validation.structures import KIND_COMPLEX, KIND_PRIMITIVE, KIND_RESOURCE, load_structures
 
 Issue = dict[str, Any]
@@ -34,7 +35,8 @@ RESOURCE_TYPES: frozenset[str] = _structures.resource_types
 _CHECKERS: dict[str, Checker] = build_checkers(_structures.primitive_regexes)
 
 
-def _compile_tables() -> tuple[dict[str, dict[str, _Spec]], dict[str, tuple[tuple[str, tuple[str, ...]], ...]]]:
+def _compile_tables() -> tuple[dict[str, dict[str, _Spec]], dict[str, tuple[tuple[str, tuple[str, ...]], ...]],
+                             dict[Checker, str]]:
     tables: dict[str, dict[str, _Spec]] = {}
     required: dict[str, tuple[tuple[str, tuple[str, ...]], ...]] = {}
     for type_name, elements in _structures.types.items():
@@ -53,25 +55,30 @@ def _compile_tables() -> tuple[dict[str, dict[str, _Spec]], dict[str, tuple[tupl
             required[type_name] = tuple((label, tuple(names)) for label, names in needs.items())
     check_reference = reference_checker(RESOURCE_TYPES)
     tables["Reference"]["reference"] = (KIND_PRIMITIVE, check_reference, 0, 1, None)
-    return tables, required
+    primitive_names = {checker: name for name, checker in _CHECKERS.items()}
+    primitive_names[check_reference] = "Reference.reference"
+    return tables, required, primitive_names
 
 
-_TABLES, _REQUIRED = _compile_tables()
+_TABLES, _REQUIRED, _PRIMITIVE_NAMES = _compile_tables()
 
 
 def _issue(issues: list[Issue], code: str, location: str, diagnostics: str, severity: str = "error") -> None:
     issues.append({"severity": severity, "code": code, "diagnostics": diagnostics, "expression": [location]})
 
 
-def _check_extension(obj: dict[str, Any], location: str, issues: list[Issue]) -> None:
-    has_value = any(key.startswith("value") for key in obj)
-    if has_value == ("extension" in obj):
+def _check_extension(keys: Iterable[str], location: str, issues: list[Issue]) -> None:
+    has_value = any(key.startswith("value") for key in keys)
+    if has_value == ("extension" in keys):
         _issue(issues, "invariant", location,
                "ext-1: an extension must have either extensions or a value[x], not both" if has_value
                else "ext-1: an extension must have either extensions or a value[x]")
 
 
-_INVARIANTS: dict[str, Callable[[dict[str, Any], str, list[Issue]], None]] = {"Extension": _check_extension}
+# Invariants that depend on an object's keys only (its dict or the tuple of its keys), so the
+# fast path can decide them once per object shape.
+_INVARIANTS: dict[str, Callable[[Any, str, list[Issue]], None]] = {"Extension": _check_extension}
+_SHAPE_CHECKS = ShapeChecks(_TABLES, _REQUIRED, _INVARIANTS, _PRIMITIVE_NAMES, RESOURCE_TYPES)
 
 
 def _enter_resource(value: object, location: str, stack: list[tuple[dict[str, Any], str, str]],
@@ -149,9 +156,20 @@ def validate_resource(resource: object) -> list[Issue]:
     ``diagnostics`` and ``expression`` (a one-element list with the FHIRPath location,
     e.g. ``Observation.component[1].valueQuantity.value``).
     """
+    root_type = resource.get("resourceType") if type(resource) is dict else None
+    if type(root_type) is str and root_type in RESOURCE_TYPES and _SHAPE_CHECKS.resource_is_valid(resource):
+        if "contained" not in resource:  # type: ignore[operator]
+            return []
+        found: list[Issue] = []
+        _check_local_references(resource, found)  # type: ignore[arg-type]
+        return found
+    return _walk(resource, root_type)
+
+
+def _walk(resource: object, root_type: object) -> list[Issue]:
+    """The thorough walk: every issue, at its FHIRPath location."""
     issues: list[Issue] = []
     stack: list[tuple[dict[str, Any], str, str]] = []
-    root_type = resource.get("resourceType") if type(resource) is dict else None
     _enter_resource(resource, root_type if type(root_type) is str and root_type else "Resource", stack,
                     issues, contained=False)
     tables = _TABLES
@@ -248,6 +266,12 @@ def validate_resource(resource: object) -> list[Issue]:
     if type(resource) is dict and "contained" in resource:
         _check_local_references(resource, issues)  # type: ignore[arg-type]
     return issues
+
+
+def forget_remembered_values() -> None:
+    """Forget the primitive values remembered as valid, so a benchmark pass over data already seen
+    costs what the first pass over new data costs (results never depend on it)."""
+    _SHAPE_CHECKS.forget_values()
 
 
 def operation_outcome(issues: list[Issue]) -> dict[str, Any]:
