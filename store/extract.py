@@ -297,16 +297,19 @@ def type_indexer(
     (``code`` and ``combo-code`` of an Observation without components) select the same list, whose
     rows are then copied rather than split again.
     """
-    general = _indexer(resource_type, targets, None)
     by_order: dict[tuple[str, ...], Indexer] = {}
     by_keys: dict[frozenset[str], Indexer] = {}
+
+    @cache
+    def general() -> Indexer:
+        return _indexer(resource_type, targets, None)
 
     def shaped(keys: tuple[str, ...]) -> Indexer:
         present = frozenset(keys)
         fn = by_keys.get(present)
         if fn is None:
             if len(by_keys) >= MAX_SHAPES:
-                return general
+                return general()
             fn = by_keys[present] = _indexer(resource_type, targets, present)
         if len(by_order) < _MAX_ORDERS:
             by_order[keys] = fn
