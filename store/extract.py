@@ -16,7 +16,6 @@ indexed through the FHIRPath→SQL compiler instead (``store.search_index``).
 from __future__ import annotations
 
 import re
-from collections import Counter
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from functools import cache
@@ -75,6 +74,7 @@ class _CodeGen:
         self.consts: dict[str, Any] = {}
         self.memo: dict[Node, _Slot] = {}
         self.n = 0
+        self.filters: dict[str, str] = {}  # variable -> the one it keeps some elements of, in order
 
     def _new(self, expr: str) -> str:
         if expr == EMPTY or expr.isidentifier():  # nothing to compute, or another name for a variable
@@ -103,6 +103,12 @@ class _CodeGen:
             f"([y for x in {src} if type(x) is dict and (z := x.get({key!r})) is not None "
             f"for y in (z if type(z) is list else (z,))] if {src} else [])"
         )
+
+    def _filter(self, src: str, condition: str) -> str:
+        """A variable with the elements of ``src`` meeting ``condition`` (on ``x``)."""
+        var = self._new(f"[x for x in {src} if {condition}]")
+        self.filters[var] = src
+        return var
 
     def materialize(self, slot: _Slot) -> str:
         if slot.var is not None:
@@ -161,7 +167,7 @@ class _CodeGen:
             if src == EMPTY:
                 return _Slot(EMPTY, base)
             want = self._const(base)
-            return _Slot(self._new(f"[x for x in {src} if type(x) is dict and x.get('resourceType') == {want}]"), base)
+            return _Slot(self._filter(src, f"type(x) is dict and x.get('resourceType') == {want}"), base)
         raise Unsupported(f"as {type_name}")
 
     def _call(self, node: Call) -> _Slot:
@@ -190,18 +196,15 @@ class _CodeGen:
             ):
                 name = cond.type_name.split(".")[-1]
                 pattern = self._const(re.compile(rf"(?:^|/){re.escape(name)}/[^/]+(?:/_history/[^/]*)?$"))
-                return _Slot(self._new(
-                    f"[x for x in {src} if type(x) is dict and type(x.get('reference')) is str "
-                    f"and {pattern}.search(x['reference'])]"
+                return _Slot(self._filter(
+                    src, f"type(x) is dict and type(x.get('reference')) is str and {pattern}.search(x['reference'])"
                 ), target.ftype)
             if (
                 isinstance(cond, Binary) and cond.op == "=" and isinstance(cond.left, Member)
                 and cond.left.target is None and isinstance(cond.right, Literal)
             ):
                 key, want = cond.left.name, self._const(cond.right.value)
-                return _Slot(self._new(
-                    f"[x for x in {src} if type(x) is dict and x.get({key!r}) == {want}]"
-                ), target.ftype)
+                return _Slot(self._filter(src, f"type(x) is dict and x.get({key!r}) == {want}"), target.ftype)
         raise Unsupported(f"{node.name}()")
 
 
@@ -239,12 +242,12 @@ def _generate(
     gen = _CodeGen(resource_type, present)
     outputs: list[str | None] = []
     for expr in expressions:
-        mark = (len(gen.lines), dict(gen.memo), gen.n)
+        mark = (len(gen.lines), dict(gen.memo), gen.n, dict(gen.filters))
         try:
             outputs.append(gen.materialize(gen.compile(parse(expr))))
         except (Unsupported, FhirPathError):
             gen.lines = gen.lines[: mark[0]]
-            gen.memo, gen.n = mark[1], mark[2]
+            gen.memo, gen.n, gen.filters = mark[1], mark[2], mark[3]
             outputs.append(None)
     return gen, outputs
 
@@ -328,23 +331,35 @@ def _indexer(
     """The indexer of :func:`type_indexer` for resources with the keys ``present`` (None: any)."""
     gen, outputs = _generate(resource_type, tuple(expr for expr, _, _, _ in targets), present)
     namespace: dict[str, Any] = {"repeat_rows": repeat_rows}
-    tail: list[str] = []
-    first: dict[tuple[str, int, Sink], int] = {}
     live = [(k, sink, number, code, out) for k, ((_, sink, number, code), out) in
             enumerate(zip(targets, outputs, strict=True)) if out is not None and out != EMPTY]
-    repeated = Counter((out, number, sink) for _, sink, number, _, out in live)
+    # Targets whose rows may be those of an earlier target into the same table: the same list (always),
+    # or a list one of the two keeps some elements of (when they hold as many: ``patient`` and
+    # ``subject`` of a resource about a Patient).
+    split: dict[tuple[int, Sink], list[tuple[int, str]]] = {}  # (table, sink) -> targets that split
+    source: dict[int, tuple[int, str, bool]] = {}  # target -> (earlier target, its list, always)
+    for k, sink, number, _, out in live:
+        earlier = split.setdefault((number, sink), [])
+        same = [(j, prev) for j, prev in earlier if prev == out]
+        kept = [(j, prev) for j, prev in earlier if gen.filters.get(out) == prev or gen.filters.get(prev) == out]
+        if same or kept:
+            j, prev = (same or kept)[0]
+            source[k] = (j, prev, bool(same))
+        else:
+            earlier.append((k, out))
+    sources = {j for j, _, _ in source.values()}
+    tail: list[str] = []
     for k, sink, number, code, out in live:
-        key = (out, number, sink)
-        if key in first:  # the same elements into the same table: the rows of the first, again
-            j = first[key]
-            tail.append(f"    if {out}:\n        repeat_rows(cols[{number}], b{j}, e{j}, i, {code!r})")
-            continue
-        first[key] = k
         namespace[f"s{k}"] = sink
         call = f"s{k}(cols[{number}], {out}, i, {code!r}, extra)"
-        if repeated[key] > 1:
+        if k in sources:
             size = f"len(cols[{number}][{VALUES}])"
             call = f"b{k} = {size}\n        {call}\n        e{k} = {size}"
+        if k in source:
+            j, prev, always = source[k]
+            again = f"repeat_rows(cols[{number}], b{j}, e{j}, i, {code!r})"
+            call = again if always else (
+                f"if len({out}) == len({prev}):\n            {again}\n        else:\n            {call}")
         tail.append(f"    if {out}:\n        {call}")
     return _define(gen, "def index(r, i, cols, extra):", tail or ["    return None"], namespace)
 

@@ -59,7 +59,8 @@ def fresh_indexers() -> Iterator[None]:
 
 def odd_shapes(resources: list[dict]) -> list[dict]:
     """Resources of shapes the fixture lacks: keys dropped one at a time, keys in reverse order, values
-    of unexpected JSON types where elements were (validation may be off)."""
+    of unexpected JSON types where elements were (validation may be off), subjects that are not all
+    Patients."""
     out = []
     for k, res in enumerate(resources[::25]):
         keys = [key for key in res if key not in ("resourceType", "id")]
@@ -72,6 +73,9 @@ def odd_shapes(resources: list[dict]) -> list[dict]:
         for key in keys[:3]:
             odd[key] = [odd[key], None, 7, "text", True] if k % 2 else {"text": str(odd[key])[:20]}
         out.append(odd)
+        if "subject" in res:  # ``patient`` keeps fewer of the subjects than there are, or none
+            out.append({**res, "subject": {"reference": "Group/g1"}})
+            out.append({**res, "subject": [res["subject"], {"reference": "Group/g1"}]})
     return out
 
 
