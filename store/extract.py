@@ -92,18 +92,15 @@ class _CodeGen:
     def _step(self, src: str, key: str) -> str:
         """List of the values under ``key`` of every dict in list ``src`` (arrays flattened).
 
-        A comprehension is a function call; most steps start at the resource itself, at an empty list
-        or at a single element (``meta``, ``code``), so those get a plain expression (a copy of the
-        element's own array: callers own it).
+        A comprehension is a function call; most steps start at the resource itself or at an empty
+        list, so those get a plain expression (a copy of the resource's own array: callers own it).
         """
         if src == EMPTY or (src == "root" and self.present is not None and key not in self.present):
             return EMPTY
         if src == "root":
             return f"(z[:] if type(z := r.get({key!r})) is list else [] if z is None else [z])"
         return (
-            f"((z[:] if type(z := x.get({key!r})) is list else [] if z is None else [z]) "
-            f"if len({src}) == 1 and type(x := {src}[0]) is dict else "
-            f"[y for x in {src} if type(x) is dict and (z := x.get({key!r})) is not None "
+            f"([y for x in {src} if type(x) is dict and (z := x.get({key!r})) is not None "
             f"for y in (z if type(z) is list else (z,))] if {src} else [])"
         )
 
