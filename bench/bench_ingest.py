@@ -104,6 +104,13 @@ def stage_profile(path: Path, sample: int, db: Path) -> list[tuple[str, float]]:
     n = len(lines)
     clock = time.process_time  # CPU of every thread of this process (DuckDB's included)
     with paused_gc():  # as in the import's workers (ingest.bulk.prepare_chunk)
+        # Warm up as a worker is after its first chunk: validator tables and the generated indexers of
+        # the sample's types and shapes are built once per process, not per resource.
+        warm = [orjson.loads(line) for line in lines]
+        for res in warm:
+            r4_validator(res)
+        prepare(warm)
+        del warm
         t0 = clock()
         resources = [orjson.loads(line) for line in lines]
         t1 = clock()
