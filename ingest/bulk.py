@@ -63,27 +63,29 @@ def prepare_chunk(source: str, first_line: int, data: bytes, validate: bool) -> 
 
 def _prepare_chunk(source: str, first_line: int, data: bytes, validate: bool) -> ChunkResult:
     accepted: list[dict[str, Any]] = []
-    records: list[Record] = []
+    lines: list[tuple[int, bytes]] = []  # (line, raw) of each accepted resource
     out = ChunkResult(PreparedBatch())
     for lineno, raw, obj, problem in ndjson_lines(data.split(b"\n"), first_line):
         if problem is not None:
             out.refused.append(Refused(lineno, raw, [problem]))
             continue
-        if isinstance(obj, dict) and obj.get("resourceType") == "Bundle":
+        rtype = obj.get("resourceType") if isinstance(obj, dict) else None
+        if rtype == "Bundle":
             out.deferred.append((lineno, raw))
             continue
-        rec = resources_from_json(obj, source, lineno, raw, "ndjson")
-        if rec.ok and validate:
-            rec.problems += r4_validator(rec.resources[0])
-        if rec.ok:
-            accepted += rec.resources
-            records.append(rec)
-        else:
-            out.refused.append(Refused(lineno, raw, rec.problems))
+        if not (rtype and isinstance(rtype, str)):  # the plain reader's record says what is wrong
+            out.refused.append(Refused(lineno, raw, resources_from_json(obj, source, lineno, raw, "ndjson").problems))
+            continue
+        problems = r4_validator(obj) if validate else None
+        if problems:
+            out.refused.append(Refused(lineno, raw, problems))
+            continue
+        accepted.append(obj)
+        lines.append((lineno, raw))
     out.prepared, store_refused = prepare(accepted)
     for pos, exc in store_refused:
-        rec = records[pos]
-        out.refused.append(Refused(rec.line or 0, bytes(rec.raw), [Problem(str(exc), exc.expression, exc.code)]))
+        lineno, raw = lines[pos]
+        out.refused.append(Refused(lineno, raw, [Problem(str(exc), exc.expression, exc.code)]))
     out.refused.sort(key=lambda r: r.line)
     return out
 

@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 _TABLE = Path(__file__).with_name("data") / "patient_compartment.json"
+_CONTAINER = dict | list  # built once: ``dict | list`` in place is evaluated at every test
 
 
 @cache
@@ -25,7 +26,7 @@ def _patient_refs(value: Any, out: list[str]) -> None:
             if pid not in out:
                 out.append(pid)
         for key, sub in value.items():
-            if key != "reference" and isinstance(sub, dict | list):
+            if key != "reference" and isinstance(sub, _CONTAINER):
                 _patient_refs(sub, out)
     elif isinstance(value, list):
         for item in value:

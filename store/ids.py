@@ -26,7 +26,7 @@ def stable_id(*parts: str) -> str:
 def content_without_meta(resource: dict[str, Any]) -> dict[str, Any]:
     """The resource without the store-maintained meta fields (shallow copy)."""
     meta = resource.get("meta")
-    if not meta or not any(k in meta for k in _VOLATILE_META):
+    if not meta or ("versionId" not in meta and "lastUpdated" not in meta):  # _VOLATILE_META, unrolled
         return resource
     trimmed = {k: v for k, v in meta.items() if k not in _VOLATILE_META}
     out = dict(resource)

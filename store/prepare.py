@@ -134,6 +134,7 @@ def prepare(resources: list[dict[str, Any]], if_absent: Collection[int] = (),
     absent: set[int] = set()
     kept: list[dict[str, Any]] = []
     refused: list[tuple[int, StoreError]] = []
+    types, ids, hashes, patients, bodies = batch.types, batch.ids, batch.hashes, batch.patients, batch.bodies
     for i, res in enumerate(resources):
         try:
             rtype, rid, chash = identify(res)
@@ -145,12 +146,12 @@ def prepare(resources: list[dict[str, Any]], if_absent: Collection[int] = (),
         if merges and i in merges:
             batch.merges[len(kept)] = merges[i]
         kept.append(res)
-        batch.types.append(rtype)
-        batch.ids.append(rid)
-        batch.hashes.append(chash)
-        batch.patients.append(tuple(patients_of(res)))
+        types.append(rtype)
+        ids.append(rid)
+        hashes.append(chash)
+        patients.append(tuple(patients_of(res)))
         stamp_meta(res, _VERSION_MARK, _UPDATED_MARK)
-        batch.bodies.append(_split_at_marks(orjson.dumps(res)))
+        bodies.append(_split_at_marks(orjson.dumps(res)))
     batch.index = search_index.index_tables(kept, [first_patient(p) for p in batch.patients])
     batch.if_absent = frozenset(absent)
     return batch, refused
