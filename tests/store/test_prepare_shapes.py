@@ -18,9 +18,10 @@ from store.prepare import PreparedBatch, prepare
 NDJSON = Path(__file__).resolve().parents[2] / "fixtures" / "synthea" / "ndjson"
 LINES_PER_TYPE = 300
 # sha256 of :func:`digest` over the first LINES_PER_TYPE lines of every fixture file, as prepared by the
-# code before the shape-specialized indexers and inlined splitters (commit fba4f4a): those changes must
-# not alter a single id, hash, body or index row.
-SYNTHEA_DIGEST = "a255eaa8bea58c596579b3319cf3382c121764eaa8d6acc0b760026cc6cd3979"
+# code before the shape-specialized indexers and inlined splitters (commit fba4f4a), less the ``_id``
+# index rows the store stopped writing (with them, ``search_index.UNINDEXED`` emptied, the digest is that
+# code's, a255eaa8…): those changes must not alter a single id, hash, body or index row.
+SYNTHEA_DIGEST = "7620260278b70366b6fe1a3d6dc2c587c7bd4b5af10ad50b99cc5659002397fb"
 
 
 def fixture_resources() -> list[dict]:
