@@ -123,13 +123,36 @@ def _interned(values: list[Any]) -> tuple[Any, ...]:
     return tuple(sys.intern(v) if type(v) is str else v for v in values)
 
 
+LAST_UPDATED = "_lastUpdated"
+
+
+def _stamp_rows(entries: list[PatientRows], rtype: str) -> None:
+    """``_lastUpdated`` rows of ``rtype`` from the commit times the entries hold (the store writes no
+    index rows for it): the range of the FHIR instant the store renders, one microsecond, or one
+    second when the time falls on a whole second."""
+    for entry in entries:
+        if (rtype, LAST_UPDATED) in entry.loaded:
+            continue
+        entry.rows[(rtype, LAST_UPDATED)] = {
+            rid: [(ts, ts + (_SECOND if ts.microsecond == 0 else _MICROSECOND))]
+            for rid, ts in entry.by_type.get(rtype, {}).items()
+        }
+        entry.loaded.add((rtype, LAST_UPDATED))
+
+
+_SECOND, _MICROSECOND = timedelta(seconds=1), timedelta(microseconds=1)
+
+
 def load_params(entries: list[PatientRows], rtype: str, params: list[str]) -> None:
     """Index rows of ``rtype``'s ``params`` for the patients that lack them: one scan per index table
     for all of them (the tables are clustered by patient, so the scan reads their row groups only)."""
     known = params_for(rtype)
     by_table: dict[str, list[str]] = {}
     for param in dict.fromkeys(params):
-        if param in known and (table := INDEX_TABLE_OF.get(known[param].type)) is not None:
+        if param == LAST_UPDATED and entries:
+            with entries[0].lock:
+                _stamp_rows(entries, rtype)
+        elif param in known and (table := INDEX_TABLE_OF.get(known[param].type)) is not None:
             by_table.setdefault(table, []).append(param)
     if not entries or not by_table:
         return

@@ -125,12 +125,10 @@ def cluster(con: duckdb.DuckDBPyConnection, table: str) -> None:
     con.execute(f"CREATE INDEX IF NOT EXISTS {table}_id ON {table} (id)")
 
 
-# Indexed from the commit timestamp by the writer (``stamp_rows``), not from the resource: prepared rows
-# must not depend on the version the store has yet to assign.
-STAMPED = "_lastUpdated"
-UNINDEXED = frozenset({"_id"})
-"""Parameters without index rows: every search path reads the resource's id column (a row per
-resource in ``idx_token`` that nothing read cost the writer and the workers ~2 µs per resource)."""
+UNINDEXED = frozenset({"_id", "_lastUpdated"})
+"""Parameters without index rows: every search path reads the resource's id and commit time (SQL
+from the resources' columns, the patient cache from the times it holds), so a row per resource for
+each, which the writer and the workers made for nothing, is left out."""
 
 
 @cache
@@ -152,7 +150,7 @@ def _plan(resource_type: str) -> tuple[Indexer, tuple[tuple[str, str], ...], tup
     indexer = type_indexer(resource_type, tuple(
         (expr, _TABLES[table][1], INDEX_TABLES.index(table), code)
         for (code, table, expr), ok in zip(params, supported, strict=True)
-        if ok and code != STAMPED
+        if ok
     ))
     return indexer, fast, slow
 
@@ -234,18 +232,11 @@ def _fallback_tables(con: duckdb.DuckDBPyConnection, staged: str, rtypes: set[st
     return _arrow_tables(column_sets, rt, ids, pids)
 
 
-def _insert(con: duckdb.DuckDBPyConnection, table: str, rows_table: pa.Table | None, extra: str = "") -> None:
-    """Insert index rows, and the rows of ``extra`` (a SELECT of the table's columns) in the same
-    statement: each statement costs DuckDB about a millisecond on a small write.
-
-    The rows are read by their variable's name (DuckDB's replacement scan of the calling frame):
-    registering and unregistering them as a view cost ~0.6 ms more per table."""
-    if rows_table is None:
-        con.execute(f"INSERT INTO {table} BY NAME {extra}")
-        return
+def _insert(con: duckdb.DuckDBPyConnection, table: str, rows_table: pa.Table) -> None:
+    """Insert index rows. They are read by their variable's name (DuckDB's replacement scan of the
+    calling frame): registering and unregistering them as a view cost ~0.6 ms more per table."""
     _index_rows = rows_table  # noqa: F841 - read by name in the statement below
-    union = f" UNION ALL BY NAME {extra}" if extra else ""
-    con.execute(f"INSERT INTO {table} BY NAME SELECT * EXCLUDE (pos) FROM _index_rows{union}")
+    con.execute(f"INSERT INTO {table} BY NAME SELECT * EXCLUDE (pos) FROM _index_rows")
 
 
 def index_batch(
@@ -258,8 +249,8 @@ def index_batch(
     """Index the current rows (``is_current``, of types ``rtypes``) of a staged transaction whose
     Python-extracted rows are ``tables`` (one dict per source batch); first drop the entries of the
     resources it replaces.
-    The SQL-compiled parameters are read from the staged JSON, and every current resource gets the
-    ``_lastUpdated`` range of its commit timestamp. ``tables`` None: deletions, nothing to index."""
+    The SQL-compiled parameters are read from the staged JSON (see :data:`UNINDEXED` for what gets no
+    rows). ``tables`` None: deletions, nothing to index."""
     if replaced:
         predicate = keys_predicate(replaced, staged)
         for table in INDEX_TABLES:
@@ -271,15 +262,5 @@ def index_batch(
         for table, rows_table in batch_tables.items():
             if len(rows_table):
                 parts.setdefault(table, []).append(rows_table)
-    stamped = sorted(t for t in rtypes if STAMPED in params_for(t))
-    # The range date_range() gives the commit's FHIR instant: one microsecond, one second on a whole second.
-    stamps = (
-        f"SELECT resource_type AS rt, id, '{STAMPED}' AS param, last_updated AS lo, last_updated + CASE WHEN "
-        "epoch_us(last_updated) % 1000000 = 0 THEN INTERVAL 1 SECOND ELSE INTERVAL 1 MICROSECOND END AS hi, "
-        f"patient_id AS pid FROM {staged} WHERE is_current AND resource_type IN "
-        f"({', '.join(sql_string(t) for t in stamped)})"
-    ) if stamped else ""
-    for table in INDEX_TABLES:
-        extra = stamps if table == "idx_date" else ""
-        if table in parts or extra:
-            _insert(con, table, pa.concat_tables(parts[table]) if table in parts else None, extra)
+    for table, tables_of in parts.items():
+        _insert(con, table, pa.concat_tables(tables_of))

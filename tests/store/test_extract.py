@@ -47,7 +47,7 @@ def test_python_and_sql_extraction_agree_on_synthea(rtype: str, synthea_resource
 @pytest.mark.parametrize("rtype", COVERED)
 def test_every_indexed_parameter_is_covered(rtype: str) -> None:
     """Each parameter is extracted in Python or, failing that, by compiled SQL: none is left out but
-    ``_id``, which searches read from the resources' id column."""
+    ``_id`` and ``_lastUpdated``, which searches read from the resources' id and commit time."""
     _, fast, slow = _plan(rtype)
     indexed = {c for c, _ in fast} | {c for c, _, _ in slow}
     expected = {c for c, p in params_for(rtype).items()

@@ -177,3 +177,19 @@ def test_in_memory_search_never_touches_duckdb(store: Store) -> None:
     assert search_in_memory(store, SearchRequest("Observation", included)).included
     cache_for(store)._types.pop("Patient", None)
     assert search_in_memory(store, SearchRequest("Patient", [("family", "a")])) is None  # type not cached
+
+
+def test_last_updated_filters_equal_sql(store: Store) -> None:
+    """``_lastUpdated`` has no index rows: the patient cache reads the commit times it holds, with the
+    range of the instant the store renders, and answers what SQL answers from the resources' column."""
+    written = store.write([{"resourceType": "Observation", "id": f"lu{k}", "status": "final",
+                            "code": {"coding": [{"system": "http://loinc.org", "code": "8302-2"}]},
+                            "subject": {"reference": f"Patient/{PID}"}} for k in range(3)])
+    instant = store.read("Observation", "lu1")["meta"]["lastUpdated"]  # type: ignore[index]
+    later = written[0].last_updated.year + 1
+    for value in (instant, f"eq{instant}", f"ne{instant}", f"ge{instant}", f"lt{instant}", f"gt{instant}",
+                  instant[:19] + "Z", instant[:10], f"lt{later}", f"ge{later}"):
+        fast, slow = both(store, "Observation", [("patient", PID), ("_lastUpdated", value)], count=500)
+        assert fast == slow, value
+    fast, _ = both(store, "Observation", [("patient", PID), ("_lastUpdated", instant)])
+    assert ("Observation", "lu1") in fast[1]

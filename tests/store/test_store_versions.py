@@ -167,11 +167,7 @@ def _stored(store: Store) -> list[tuple]:
     current = con.execute("SELECT resource_type, id, version_id FROM resources_current ORDER BY ALL").fetchall()
     tokens = con.execute("SELECT rt, id, param, code FROM idx_token ORDER BY ALL").fetchall()
     strings = con.execute("SELECT rt, id, param, value FROM idx_string ORDER BY ALL").fetchall()
-    stamps = con.execute(
-        "SELECT d.id FROM idx_date d JOIN resources_current r ON d.rt = r.resource_type AND d.id = r.id "
-        "AND d.lo = r.last_updated WHERE d.param = '_lastUpdated' ORDER BY ALL"
-    ).fetchall()
-    return [versions, current, tokens, strings, stamps]
+    return [versions, current, tokens, strings]
 
 
 def test_prepared_batches_in_one_transaction_store_what_batch_by_batch_writes_store() -> None:
