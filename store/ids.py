@@ -14,7 +14,7 @@ from typing import Any
 import orjson
 
 FHIR_ID = re.compile(r"^[A-Za-z0-9\-.]{1,64}$")
-_VOLATILE_META = ("versionId", "lastUpdated")
+_VOLATILE_META = frozenset({"versionId", "lastUpdated"})
 
 
 def stable_id(*parts: str) -> str:
@@ -26,7 +26,7 @@ def stable_id(*parts: str) -> str:
 def content_without_meta(resource: dict[str, Any]) -> dict[str, Any]:
     """The resource without the store-maintained meta fields (shallow copy)."""
     meta = resource.get("meta")
-    if not meta or ("versionId" not in meta and "lastUpdated" not in meta):  # _VOLATILE_META, unrolled
+    if not meta or _VOLATILE_META.isdisjoint(meta):  # one C call, no generator per resource
         return resource
     trimmed = {k: v for k, v in meta.items() if k not in _VOLATILE_META}
     out = dict(resource)
