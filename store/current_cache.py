@@ -99,38 +99,31 @@ class CurrentCache:
 
     def put(self, key: Key, cur: Current) -> None:
         """Record a committed version (writer only)."""
-        old = self._map.get(key)
-        self._map[key] = cur  # one assignment: readers see the old version or the new one
-        if old is not None:
-            self._bytes -= entry_bytes(old)
-            self._written.move_to_end(key)
-        else:
-            self._written[key] = None
-        self._bytes += entry_bytes(cur)
-        if self._bytes > self.budget_bytes:
-            self._evict()
+        self.put_many(((key, cur),))
 
     def put_many(self, entries: Iterable[tuple[Key, Current]]) -> None:
-        """:meth:`put` for each entry in turn (a bulk commit's current versions), in one loop."""
+        """Record committed versions (writer only), in one loop: a bulk commit has a hundred thousand
+        (the map may exceed its budget by one call's entries before it evicts)."""
         held, written = self._map, self._written
         added = 0
         for key, cur in entries:
             old = held.get(key)
-            held[key] = cur
+            held[key] = cur  # one assignment: readers see the old version or the new one
             if old is not None:
-                added -= ENTRY_OVERHEAD_BYTES + (len(old.json) if old.json is not None else 0)
+                added -= entry_bytes(old)
                 written.move_to_end(key)
             else:
                 written[key] = None
-            added += ENTRY_OVERHEAD_BYTES + (len(cur.json) if cur.json is not None else 0)
+            added += entry_bytes(cur)
         self._bytes += added
         if self._bytes > self.budget_bytes:
             self._evict()
 
     def fill(self, entries: Iterable[tuple[Key, Current]], complete: bool) -> None:
-        """Start from ``entries`` (oldest first), e.g. the database's current rows at start."""
-        for key, cur in entries:
-            self.put(key, cur)
+        """Start from ``entries`` (oldest first), e.g. the database's current rows at start: one at a
+        time, so a database larger than the budget is never held whole."""
+        for entry in entries:
+            self.put_many((entry,))
         self.complete = self.complete and complete
 
     def _evict(self) -> None:
