@@ -6,8 +6,9 @@ the cost of an import. Worker processes compute them for chunks of lines
 (:func:`store.prepare.prepare`) and send back a :class:`~store.prepare.PreparedBatch` (a few lists
 and Arrow tables per chunk, not objects per row). The single writer keeps what must be
 serialized: the comparison with current versions, version numbers, the commit timestamp and the
-DuckDB transaction. While DuckDB commits one chunk (it releases the GIL), the workers already
-prepare the next ones; a bounded window of chunks in flight keeps memory flat for any file size.
+DuckDB transaction, on a thread of its own (:class:`WriterThread`). While DuckDB inserts one chunk
+(it releases the GIL), the workers, or this process's main thread, already prepare the next ones; a
+bounded window of chunks in flight keeps memory flat for any file size.
 
 Records the workers cannot settle alone go through the ordinary path in this process: Bundles
 (their conditional references are resolved against the store).
@@ -17,18 +18,21 @@ from __future__ import annotations
 
 import multiprocessing
 from collections import deque
-from collections.abc import Iterator
-from concurrent.futures import Future, ProcessPoolExecutor
+from collections.abc import Callable, Iterator
+from concurrent.futures import Future, ProcessPoolExecutor, ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ingest.fhir_files import ndjson_lines, open_file, resources_from_json
 from ingest.r4_check import r4_validator
 from ingest.records import Problem, Record
 from store.gc_pause import paused_gc
 from store.prepare import PreparedBatch, load_arrow_conversions, prepare
+
+if TYPE_CHECKING:  # workers import this module: not the store, which they do not use
+    from store.store import Store, WriteResult
 
 CHUNK_LINES = 5000
 
@@ -144,3 +148,70 @@ def prepared_chunks(
 def refused_record(source: str, refused: Refused) -> Record:
     """The dead-letter record of a refused line, as the plain reader would have built it."""
     return Record(source=source, line=refused.line, raw=refused.raw, problems=refused.problems, format="ndjson")
+
+
+class WriterThread:
+    """An import's store writes, on one thread of their own, in the order they are given.
+
+    Prepared chunks are added to one :class:`~store.store.WriteGroup` (one DuckDB transaction per
+    ``commit_resources``): its inserts of one chunk run beside the preparation of the next ones
+    instead of after them. The group holds the store's writer lock until it commits, and the lock is
+    the thread's that took it, so everything the import writes meanwhile, dead letters included, goes
+    through :meth:`call`. At most ``queued`` calls wait. When a call fails, the open group is rolled
+    back at once and the calls after it do nothing; its error is raised by a later :meth:`call`,
+    :meth:`commit` or the end of the ``with`` block.
+    """
+
+    def __init__(self, store: Store, commit_resources: int, queued: int = 4) -> None:
+        self._thread = ThreadPoolExecutor(1, thread_name_prefix="fhirtwin-writer")
+        self._group = store.write_group()
+        self._commit_resources = commit_resources
+        self._queued = queued
+        self._pending: deque[Future[None]] = deque()
+        self._failed = False
+
+    def __enter__(self) -> WriterThread:
+        return self
+
+    def __exit__(self, exc_type: type[BaseException] | None, *_: object) -> None:
+        try:
+            if exc_type is None:
+                self.commit()
+                return
+            for fut in self._pending:
+                fut.cancel()
+            self._thread.submit(self._group.rollback).result()
+        finally:
+            self._thread.shutdown()
+
+    def call(self, fn: Callable[..., object], *args: object) -> None:
+        """Run ``fn(*args)`` on the writer thread after the calls before it."""
+        self._pending.append(self._thread.submit(self._run, fn, args))
+        while self._pending and (len(self._pending) > self._queued or self._pending[0].done()):
+            self._pending.popleft().result()
+
+    def _run(self, fn: Callable[..., object], args: tuple[object, ...]) -> None:
+        if self._failed:
+            return
+        try:
+            fn(*args)
+        except BaseException:
+            self._failed = True
+            self._group.rollback()
+            raise
+
+    def write(self, batch: PreparedBatch, then: Callable[[list[WriteResult]], None]) -> None:
+        """Add ``batch`` to the open group, hand its results to ``then`` (on the writer thread) and
+        commit once the group holds ``commit_resources``."""
+        self.call(self._write, batch, then)
+
+    def _write(self, batch: PreparedBatch, then: Callable[[list[WriteResult]], None]) -> None:
+        then(self._group.add(batch))
+        if len(self._group) >= self._commit_resources:
+            self._group.commit()
+
+    def commit(self) -> None:
+        """Commit what was written so far and wait until it is."""
+        self.call(self._group.commit)
+        while self._pending:
+            self._pending.popleft().result()

@@ -29,7 +29,6 @@ from ingest.hl7v2.timezone import DEFAULT_TIMEZONE
 from ingest.hl7v2.write_policy import create_only, in_one_write, merges
 from ingest.r4_check import r4_validator
 from ingest.records import Problem, Record
-from store.prepare import PreparedBatch
 from store.search import SearchError, SearchRequest, search
 from store.store import Store, StoreError
 
@@ -311,7 +310,7 @@ class Ingestor:
 
         Refused lines are dead-lettered as on the in-process path; Bundles take that path, after
         everything before them is committed (their conditional references search the store).
-        The workers prepare the next chunks while the writer commits. ``on_lines(n)``: the lines up
+        The writer thread inserts chunks while the next ones are prepared (:class:`ingest.bulk.WriterThread`). ``on_lines(n)``: the lines up
         to ``n`` are done (reported per chunk).
         """
         if pool is None and self.workers > 0:
@@ -319,36 +318,22 @@ class Ingestor:
                 return self.ingest_ndjson_parallel(path, lines_per_chunk, commit_resources, own, on_lines)
         summary = IngestSummary()
         source = str(path)
-        pending: list[PreparedBatch] = []
-        pending_count = 0
-
-        def commit() -> None:
-            nonlocal pending_count
-            if pending:
-                for results in self.store.write_prepared_many(pending):
-                    self._tally(results, summary)
-            pending.clear()
-            pending_count = 0
-
         chunks = bulk.prepared_chunks(path, validate=self.validator is not None, pool=pool,
                                       in_flight=4 * self.workers, lines_per_chunk=lines_per_chunk)
-        for first, chunk in chunks:
-            for refused in chunk.refused:
-                self._refuse(bulk.refused_record(source, refused), summary)
-            if len(chunk.prepared):
-                pending.append(chunk.prepared)
-                pending_count += len(chunk.prepared)
-            if chunk.deferred:
-                commit()
-                summary.add(self.ingest_records(
-                    resources_from_json(orjson.loads(raw), source, line, raw, "ndjson", self.resolve_conditional)
-                    for line, raw in chunk.deferred
-                ))
-            if pending_count >= commit_resources:
-                commit()
-            if on_lines is not None:
-                on_lines(first + lines_per_chunk - 1)
-        commit()
+        with bulk.WriterThread(self.store, commit_resources) as writer:
+            for first, chunk in chunks:
+                for refused in chunk.refused:
+                    writer.call(self._refuse, bulk.refused_record(source, refused), summary)
+                if len(chunk.prepared):
+                    writer.write(chunk.prepared, partial(self._tally, summary=summary))
+                if chunk.deferred:
+                    writer.commit()
+                    summary.add(self.ingest_records(
+                        resources_from_json(orjson.loads(raw), source, line, raw, "ndjson", self.resolve_conditional)
+                        for line, raw in chunk.deferred
+                    ))
+                if on_lines is not None:
+                    on_lines(first + lines_per_chunk - 1)
         return summary
 
     def replay_dead_letters(self) -> IngestSummary:

@@ -172,6 +172,11 @@ class _Rows:
             schema=_ARROW_SCHEMA,
         )
 
+    def current_entries(self) -> list[tuple[tuple[str, str], Current]]:
+        """The map entries of the versions that became current (for after the commit)."""
+        deleted, versions, hashes, stamps, blobs = self.deleted, self.versions, self.hashes, self.stamps, self.blobs
+        return [(key, Current(versions[i], hashes[i], stamps[i], deleted, blobs[i])) for key, i in self.latest.items()]
+
     def current_index(self) -> list[dict[str, pa.Table]]:
         """Index rows of the current rows only: a batch's rows of resources it did not store (unchanged,
         or changed again by a later batch) are dropped."""
@@ -187,6 +192,31 @@ class _Rows:
                 tables = {t: rows.filter(keep[rows["pos"].to_numpy()]) for t, rows in tables.items()}
             out.append(tables)
         return out
+
+
+def _insert_rows(con: duckdb.DuckDBPyConnection, rows: _Rows) -> None:
+    """Insert rows in the open transaction: new versions, current rows in place of the ones they
+    replace, index rows (none for deletions)."""
+    replaced = sorted(rows.replaced)
+    con.register("_staged", rows.arrow())
+    try:
+        con.execute(
+            "INSERT INTO resource_versions SELECT resource_type, id, version_id, last_updated, deleted, "
+            "patient_id, content_hash, json FROM _staged"
+        )
+        if replaced:
+            con.execute(
+                "DELETE FROM resources_current WHERE "
+                + search_index.keys_predicate(replaced, "_staged", rt="resource_type")
+            )
+        con.execute(
+            "INSERT INTO resources_current SELECT resource_type, id, version_id, last_updated, deleted, "
+            "patient_id, content_hash, json FROM _staged WHERE is_current"
+        )
+        search_index.index_batch(con, "_staged", None if rows.deleted else rows.current_index(), replaced,
+                                 {rtype for rtype, _ in rows.latest})
+    finally:
+        con.unregister("_staged")
 
 
 _LOCK_HOLDER = re.compile(r"Conflicting lock is held in .* \(PID (?P<pid>\d+)\)")
@@ -488,40 +518,28 @@ class Store:
 
         Versions, bodies, index rows and results are those of :meth:`write_prepared` called on each
         batch in turn (each batch has its own ``lastUpdated``; a resource changed by two batches gets
-        two versions), but DuckDB sees one large append: a bulk import pays for one commit, and
-        appends of a row group or more are compressed straight into the file instead of going
-        through the write-ahead log first.
+        two versions), but DuckDB sees large appends: a bulk import pays for one commit, and appends
+        of a row group or more are compressed straight into the file instead of going through the
+        write-ahead log first.
         """
-        with self._write_lock, paused_gc():
-            rows = _Rows()
-            overlay: dict[tuple[str, str], Current] = {}
-            out: list[list[WriteResult]] = []
-            for batch in batches:
-                if batch.merges:
-                    batch = self._merged_batch(batch, rows)
-                ts = self._next_timestamp()
-                staged, results, replaced = self._stage(list(zip(batch.types, batch.ids, batch.hashes, strict=True)),
-                                                        ts, overlay, batch.patients, batch.if_absent)
-                rows.replaced |= replaced
-                out.append(results)
-                stamp = fhir_instant(ts)
-                first = len(rows)
-                for key, (pos, version) in staged.items():
-                    chash = batch.hashes[pos]
-                    rows.add(key, version, chash, first_patient(batch.patients[pos]), batch.body(pos, str(version), stamp), ts)
-                    overlay[key] = Current(version, chash, ts, False, None)
-                rows.index.append(batch.index)
-                rows.index_rows.append((first, [pos for pos, _ in staged.values()], len(batch)))
-            if rows:
-                self._commit(rows)
-            for results in out:
-                self._notify(results)
-            return out
+        group = self.write_group()
+        try:
+            out = [group.add(batch) for batch in batches]
+        except BaseException:
+            group.rollback()
+            raise
+        group.commit()
+        return out
 
-    def _merged_batch(self, batch: PreparedBatch, pending: _Rows) -> PreparedBatch:
+    def write_group(self) -> WriteGroup:
+        """A transaction that prepared batches are added to one by one and inserted as they come
+        (:class:`WriteGroup`): a bulk import inserts while its next chunks are being prepared."""
+        return WriteGroup(self)
+
+    def _merged_batch(self, batch: PreparedBatch, written: Mapping[tuple[str, str], bytes | None]) -> PreparedBatch:
         """``batch`` with its ``merges`` applied (prepared again: rare, a merge has a stored base only
-        after the records it merges were written); ``pending`` holds the transaction's earlier rows."""
-        written = {key: pending.blobs[i] for key, i in pending.latest.items()}
+        after the records it merges were written); ``written``: the bodies the transaction wrote before
+        (None: deleted)."""
         keys = {(batch.types[pos], batch.ids[pos]) for pos in batch.merges}
         last = max(batch.merges)
         if not (keys & {key for key, blob in written.items() if blob is not None}
@@ -612,31 +630,9 @@ class Store:
 
     def _commit(self, rows: _Rows) -> None:
         """One transaction: new versions, current rows, index rows (none for deletions)."""
-        batch = rows.arrow()
-        replaced = sorted(rows.replaced)
         with self._transaction() as con:
-            con.register("_staged", batch)
-            try:
-                con.execute(
-                    "INSERT INTO resource_versions SELECT resource_type, id, version_id, last_updated, deleted, "
-                    "patient_id, content_hash, json FROM _staged"
-                )
-                if replaced:
-                    con.execute(
-                        "DELETE FROM resources_current WHERE "
-                        + search_index.keys_predicate(replaced, "_staged", rt="resource_type")
-                    )
-                con.execute(
-                    "INSERT INTO resources_current SELECT resource_type, id, version_id, last_updated, deleted, "
-                    "patient_id, content_hash, json FROM _staged WHERE is_current"
-                )
-                search_index.index_batch(con, "_staged", None if rows.deleted else rows.current_index(), replaced,
-                                         {rtype for rtype, _ in rows.latest})
-            finally:
-                con.unregister("_staged")
-        deleted, versions, hashes, stamps, blobs = rows.deleted, rows.versions, rows.hashes, rows.stamps, rows.blobs
-        self._current.put_many((key, Current(versions[i], hashes[i], stamps[i], deleted, blobs[i]))
-                               for key, i in rows.latest.items())
+            _insert_rows(con, rows)
+        self._current.put_many(rows.current_entries())
 
     def _notify(self, results: list[WriteResult]) -> None:
         changed = [r for r in results if r.outcome in ("created", "updated", "deleted")]
@@ -702,3 +698,127 @@ class Store:
         """Record that a dead letter was re-ingested successfully."""
         with self._write_lock:
             self._con.execute("UPDATE dead_letters SET replayed = true WHERE dl_id = ?", [dl_id])
+
+
+FLUSH_RESOURCES = 20_000
+"""Staged resources a :class:`WriteGroup` inserts at once (four chunks of a bulk import; smaller writes,
+a REST transaction or an MLLP round, are inserted whole at their commit). An insert takes the GIL a
+few times per statement (DuckDB's Arrow scans are set up in Python), each time waiting for the thread
+preparing chunks to let go of it: fewer, larger inserts wait less (docs/benchmarks/ingest.md)."""
+
+
+class WriteGroup:
+    """Prepared batches written in one DuckDB transaction, inserted as they are added.
+
+    :meth:`add` stages a batch at once (compared with the current versions and the group's earlier
+    batches, versions numbered, results final) and inserts the staged rows once ``FLUSH_RESOURCES``
+    have gathered: a bulk import's inserts run while its next chunks are prepared (DuckDB releases the
+    GIL), and only the commit is left at the end. Inserting chunk by chunk into one transaction costs
+    DuckDB what one large insert does (docs/benchmarks/ingest.md); committing each chunk would cost
+    ~40 % more, through the write-ahead log.
+
+    The group holds the store's single-writer lock from its first batch to :meth:`commit` or
+    :meth:`rollback`, which must come from the thread that added it (the lock is that thread's). The
+    map of current versions and the commit listeners learn of the group's versions at the commit. After
+    either, the group starts afresh.
+    """
+
+    def __init__(self, store: Store) -> None:
+        self._store = store
+        self._reset()
+
+    def _reset(self) -> None:
+        self._rows = _Rows()
+        self._overlay: dict[tuple[str, str], Current] = {}  # the group's versions, for staging
+        self._inserted: set[tuple[str, str]] = set()  # keys whose current row an earlier insert holds
+        self._entries: list[tuple[tuple[str, str], Current]] = []  # for the map, after the commit
+        self._results: list[list[WriteResult]] = []
+        self._locked = self._began = False
+        self.resources = 0
+
+    def __len__(self) -> int:
+        """Resources added since the group began (changed or not)."""
+        return self.resources
+
+    def add(self, batch: PreparedBatch) -> list[WriteResult]:
+        """Stage ``batch`` (as :meth:`Store.write_prepared` would write it) and return its results,
+        which hold once the group commits."""
+        store = self._store
+        if not self._locked:
+            store._write_lock.acquire()
+            self._locked = True
+        with paused_gc():
+            rows = self._rows
+            if batch.merges:
+                batch = store._merged_batch(batch, self._written())
+            ts = store._next_timestamp()
+            staged, results, replaced = store._stage(list(zip(batch.types, batch.ids, batch.hashes, strict=True)),
+                                                     ts, self._overlay, batch.patients, batch.if_absent)
+            rows.replaced |= replaced
+            rows.replaced.update(key for key in staged if key in self._inserted)
+            stamp = fhir_instant(ts)
+            first = len(rows)
+            for key, (pos, version) in staged.items():
+                chash = batch.hashes[pos]
+                rows.add(key, version, chash, first_patient(batch.patients[pos]), batch.body(pos, str(version), stamp), ts)
+                self._overlay[key] = Current(version, chash, ts, False, None)
+            rows.index.append(batch.index)
+            rows.index_rows.append((first, [pos for pos, _ in staged.values()], len(batch)))
+            self._results.append(results)
+            self.resources += len(batch)
+            if len(rows) >= FLUSH_RESOURCES:
+                self._insert()
+        return results
+
+    def _written(self) -> dict[tuple[str, str], bytes | None]:
+        """Bodies of the group's current versions (None: deleted)."""
+        written = {key: cur.json for key, cur in self._entries}
+        written.update((key, self._rows.blobs[i]) for key, i in self._rows.latest.items())
+        return written
+
+    def _insert(self) -> None:
+        rows = self._rows
+        if not rows:
+            return
+        con = self._store._con
+        if not self._began:
+            con.execute("BEGIN TRANSACTION")
+            self._began = True
+        with paused_gc():
+            _insert_rows(con, rows)
+        self._inserted.update(rows.latest)
+        self._entries += rows.current_entries()
+        self._rows = _Rows()
+
+    def commit(self) -> None:
+        """Insert what is left and commit; then update the map of current versions and tell the commit
+        listeners. On a failure the group is rolled back and the error raised."""
+        if not self._locked:
+            return
+        store = self._store
+        try:
+            self._insert()
+            if self._began:
+                store._con.execute("COMMIT")
+        except BaseException:
+            self.rollback()
+            raise
+        try:
+            with paused_gc():
+                store._current.put_many(self._entries)
+            for results in self._results:
+                store._notify(results)
+        finally:
+            self._reset()
+            store._write_lock.release()
+
+    def rollback(self) -> None:
+        """Drop everything added since the group began."""
+        if not self._locked:
+            return
+        try:
+            if self._began:
+                self._store._con.execute("ROLLBACK")
+        finally:
+            self._reset()
+            self._store._write_lock.release()

@@ -11,6 +11,8 @@ import pytest
 from ingest import bulk
 from ingest.bulk import line_chunks, prepare_chunk
 from ingest.pipeline import Ingestor, IngestSummary
+from store import store as store_module
+from store.prepare import prepare
 from store.search_index import INDEX_TABLES
 from store.store import DEFAULT_CACHE_MB, Store
 
@@ -73,13 +75,18 @@ def plain(bulk_file: Path) -> tuple[Store, IngestSummary]:
     return store, ingestor.ingest_paths([bulk_file])
 
 
-# Worker processes and one transaction for the whole file; chunks prepared in process and several; and
-# with room in memory for ~100 current versions only, so that most comparisons read the database.
-@pytest.mark.parametrize(("workers", "commit_resources", "cache_mb"),
-                         [(2, 50_000, DEFAULT_CACHE_MB), (0, 3_000, DEFAULT_CACHE_MB), (0, 3_000, 0.2)])
+# Worker processes and one transaction for the whole file, its chunks inserted as they come (a flush
+# per 500 resources: the resource the last line changes was inserted by the first); chunks prepared in
+# process and several transactions; and with room in memory for ~100 current versions only, so that
+# most comparisons read the database.
+@pytest.mark.parametrize(("workers", "commit_resources", "cache_mb", "flush"),
+                         [(2, 50_000, DEFAULT_CACHE_MB, 500), (0, 3_000, DEFAULT_CACHE_MB, 20_000),
+                          (0, 3_000, 0.2, 20_000)])
 def test_bulk_path_stores_what_the_plain_path_stores(
-    bulk_file: Path, plain: tuple[Store, IngestSummary], workers: int, commit_resources: int, cache_mb: float
+    bulk_file: Path, plain: tuple[Store, IngestSummary], workers: int, commit_resources: int, cache_mb: float,
+    flush: int, monkeypatch: pytest.MonkeyPatch,
 ) -> None:
+    monkeypatch.setattr(store_module, "FLUSH_RESOURCES", flush)
     plain, plain_summary = plain
     parallel = Store(":memory:", cache_mb=cache_mb)
     assert parallel.cache.complete
@@ -139,3 +146,25 @@ def test_folder_of_bulk_files_shares_one_pool_and_stores_what_the_plain_path_sto
     assert _summary(got) == _summary(expected) and got.files == expected.files == 2
     assert got.rejected == 4 and pools == [2]
     assert _content(bulk_store)["versions"] == _content(plain)["versions"]
+
+
+def test_a_failed_write_rolls_the_import_back_and_frees_the_writer() -> None:
+    """A failure on the writer thread rolls the open transaction back at once and nothing after it is
+    written; the error reaches the importing thread, and the store takes writes again."""
+    store = Store(":memory:")
+
+    def refuse(_results: object) -> None:
+        raise RuntimeError("tally failed")
+
+    def batch(rid: str) -> Any:
+        return prepare([{"resourceType": "Patient", "id": rid}])[0]
+
+    with bulk.WriterThread(store, 1_000_000) as writer:
+        with pytest.raises(RuntimeError, match="tally failed"):  # raised by whichever call comes after it
+            writer.write(batch("p1"), lambda _results: None)
+            writer.write(batch("p2"), refuse)
+            writer.write(batch("p3"), lambda _results: None)
+            writer.commit()
+        writer.commit()  # waits for what was queued behind the failure: it writes nothing
+    assert [store.read("Patient", rid) for rid in ("p1", "p2", "p3")] == [None, None, None]
+    assert store.write([{"resourceType": "Patient", "id": "p4"}])[0].outcome == "created"

@@ -30,3 +30,25 @@ def test_paused_gc_leaves_a_disabled_collector_disabled() -> None:
         assert not gc.isenabled()
     finally:
         gc.enable()
+
+
+def test_pauses_of_two_threads_overlap_without_resuming_the_collector_early() -> None:
+    """A bulk import pauses from its preparing thread and its writer thread: the collector stays paused
+    until the last pause ends, whichever began first."""
+    import threading
+
+    started, release = threading.Event(), threading.Event()
+
+    def other() -> None:
+        with paused_gc():
+            started.set()
+            release.wait()
+
+    thread = threading.Thread(target=other)
+    with paused_gc():
+        thread.start()
+        started.wait()
+    assert not gc.isenabled()  # the other thread's pause goes on
+    release.set()
+    thread.join()
+    assert gc.isenabled()

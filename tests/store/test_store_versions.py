@@ -170,8 +170,16 @@ def _stored(store: Store) -> list[tuple]:
     return [versions, current, tokens, strings]
 
 
-def test_prepared_batches_in_one_transaction_store_what_batch_by_batch_writes_store() -> None:
+@pytest.mark.parametrize("flush", [20_000, 1])
+def test_prepared_batches_in_one_transaction_store_what_batch_by_batch_writes_store(
+    flush: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Also with every batch inserted as it is added (``flush`` 1): a resource inserted earlier in the
+    transaction and changed by a later batch keeps one current row and the index rows of its last version."""
+    import store.store as store_module
     from store.prepare import prepare
+
+    monkeypatch.setattr(store_module, "FLUSH_RESOURCES", flush)
 
     rounds = [
         [patient("a", "Doe"), patient("b", "Roe")],
@@ -233,3 +241,35 @@ def test_history_at_gives_the_versions_current_then(store: Store) -> None:
     assert versions((stamps[0], stamps[2] + tick)) == [("p1", 3), ("p1", 2), ("p1", 1)]
     assert versions(other.last_updated, None) == [("p2", 1), ("p1", 3)]  # type history
     assert store.history("Patient", "p1", at=(stamps[0], deleted), since=stamps[1])[0] == 1  # with _since
+
+
+def test_a_write_group_holds_the_writer_until_it_commits_and_a_rollback_drops_its_inserted_rows(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    import threading
+
+    import store.store as store_module
+    from store.prepare import prepare
+
+    monkeypatch.setattr(store_module, "FLUSH_RESOURCES", 1)  # every batch inserted as it is added
+    s = Store(":memory:")
+    group = s.write_group()
+    assert [r.outcome for r in group.add(prepare([patient("a", "Doe")])[0])] == ["created"]
+    assert [(r.version_id, r.outcome) for r in group.add(prepare([patient("a", "Roe")])[0])] == [(2, "updated")]
+    other = threading.Thread(target=s.write, args=([patient("x", "Other")],))
+    other.start()
+    other.join(0.3)
+    assert other.is_alive()  # the group's transaction is open: other writers wait for it
+    assert s.read("Patient", "a") is None  # nothing is visible before the commit
+    group.rollback()
+    other.join()
+    assert s.read("Patient", "a") is None and s.read("Patient", "x")["name"][0]["family"] == "Other"
+    assert s.cursor().execute("SELECT count(*) FROM resource_versions WHERE id = 'a'").fetchone()[0] == 0
+    assert s.cursor().execute("SELECT count(*) FROM idx_string WHERE id = 'a'").fetchone()[0] == 0
+    # The group starts afresh: the same batches again make versions 1 and 2.
+    group.add(prepare([patient("a", "Doe")])[0])
+    group.add(prepare([patient("a", "Roe")])[0])
+    group.commit()
+    assert s.read("Patient", "a")["meta"]["versionId"] == "2"
+    assert s.cursor().execute(
+        "SELECT id, value FROM idx_string WHERE param = 'family' AND id = 'a'").fetchall() == [("a", "roe")]
