@@ -6,9 +6,9 @@ the cost of an import. Worker processes compute them for chunks of lines
 (:func:`store.prepare.prepare`) and send back a :class:`~store.prepare.PreparedBatch` (a few lists
 and Arrow tables per chunk, not objects per row). The single writer keeps what must be
 serialized: the comparison with current versions, version numbers, the commit timestamp and the
-DuckDB transaction, on a thread of its own (:class:`WriterThread`). While DuckDB inserts one chunk
-(it releases the GIL), the workers, or this process's main thread, already prepare the next ones; a
-bounded window of chunks in flight keeps memory flat for any file size.
+DuckDB transaction, on a thread of its own (:class:`ImportWriter`). While DuckDB inserts one chunk
+(it releases the GIL), the workers already prepare the next ones; a bounded window of chunks in
+flight keeps memory flat for any file size.
 
 Records the workers cannot settle alone go through the ordinary path in this process: Bundles
 (their conditional references are resolved against the store).
@@ -150,27 +150,31 @@ def refused_record(source: str, refused: Refused) -> Record:
     return Record(source=source, line=refused.line, raw=refused.raw, problems=refused.problems, format="ndjson")
 
 
-class WriterThread:
-    """An import's store writes, on one thread of their own, in the order they are given.
+class ImportWriter:
+    """An import's store writes, in the order they are given: on a thread of their own when worker
+    processes prepare the chunks, else in the calling thread.
 
     Prepared chunks are added to one :class:`~store.store.WriteGroup` (one DuckDB transaction per
-    ``commit_resources``): its inserts of one chunk run beside the preparation of the next ones
-    instead of after them. The group holds the store's writer lock until it commits, and the lock is
-    the thread's that took it, so everything the import writes meanwhile, dead letters included, goes
-    through :meth:`call`. At most ``queued`` calls wait. When a call fails, the open group is rolled
-    back at once and the calls after it do nothing; its error is raised by a later :meth:`call`,
-    :meth:`commit` or the end of the ``with`` block.
+    ``commit_resources``): on its thread, its inserts of one chunk run beside the preparation of the
+    next ones instead of after them. When this process prepares the chunks itself, a thread would only
+    make the two take turns at the GIL (DuckDB sets up each insert's Arrow scan in Python): measured
+    ~10 µs more CPU per resource and no faster (docs/benchmarks/ingest.md), so it writes inline. The
+    group holds the store's writer lock until it commits, and the lock is the thread's that took it,
+    so everything the import writes meanwhile, dead letters included, goes through :meth:`call`. At
+    most ``queued`` calls wait. When a call fails, the open group is rolled back at once and the calls
+    after it do nothing; its error is raised by a later :meth:`call`, :meth:`commit` or the end of the
+    ``with`` block.
     """
 
-    def __init__(self, store: Store, commit_resources: int, queued: int = 4) -> None:
-        self._thread = ThreadPoolExecutor(1, thread_name_prefix="fhirtwin-writer")
+    def __init__(self, store: Store, commit_resources: int, *, threaded: bool, queued: int = 4) -> None:
+        self._thread = ThreadPoolExecutor(1, thread_name_prefix="fhirtwin-writer") if threaded else None
         self._group = store.write_group()
         self._commit_resources = commit_resources
         self._queued = queued
         self._pending: deque[Future[None]] = deque()
         self._failed = False
 
-    def __enter__(self) -> WriterThread:
+    def __enter__(self) -> ImportWriter:
         return self
 
     def __exit__(self, exc_type: type[BaseException] | None, *_: object) -> None:
@@ -180,12 +184,19 @@ class WriterThread:
                 return
             for fut in self._pending:
                 fut.cancel()
-            self._thread.submit(self._group.rollback).result()
+            if self._thread is None:
+                self._group.rollback()
+            else:
+                self._thread.submit(self._group.rollback).result()
         finally:
-            self._thread.shutdown()
+            if self._thread is not None:
+                self._thread.shutdown()
 
     def call(self, fn: Callable[..., object], *args: object) -> None:
-        """Run ``fn(*args)`` on the writer thread after the calls before it."""
+        """Run ``fn(*args)`` after the calls before it."""
+        if self._thread is None:
+            self._run(fn, args)
+            return
         self._pending.append(self._thread.submit(self._run, fn, args))
         while self._pending and (len(self._pending) > self._queued or self._pending[0].done()):
             self._pending.popleft().result()
@@ -201,7 +212,7 @@ class WriterThread:
             raise
 
     def write(self, batch: PreparedBatch, then: Callable[[list[WriteResult]], None]) -> None:
-        """Add ``batch`` to the open group, hand its results to ``then`` (on the writer thread) and
+        """Add ``batch`` to the open group, hand its results to ``then`` (on the writer's thread) and
         commit once the group holds ``commit_resources``."""
         self.call(self._write, batch, then)
 

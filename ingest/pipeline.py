@@ -310,8 +310,9 @@ class Ingestor:
 
         Refused lines are dead-lettered as on the in-process path; Bundles take that path, after
         everything before them is committed (their conditional references search the store).
-        The writer thread inserts chunks while the next ones are prepared (:class:`ingest.bulk.WriterThread`). ``on_lines(n)``: the lines up
-        to ``n`` are done (reported per chunk).
+        With workers, a writer thread inserts chunks while the next ones are prepared
+        (:class:`ingest.bulk.ImportWriter`). ``on_lines(n)``: the lines up to ``n`` are done (reported
+        per chunk).
         """
         if pool is None and self.workers > 0:
             with bulk.worker_pool(self.workers) as own:
@@ -320,7 +321,7 @@ class Ingestor:
         source = str(path)
         chunks = bulk.prepared_chunks(path, validate=self.validator is not None, pool=pool,
                                       in_flight=4 * self.workers, lines_per_chunk=lines_per_chunk)
-        with bulk.WriterThread(self.store, commit_resources) as writer:
+        with bulk.ImportWriter(self.store, commit_resources, threaded=pool is not None) as writer:
             for first, chunk in chunks:
                 for refused in chunk.refused:
                     writer.call(self._refuse, bulk.refused_record(source, refused), summary)

@@ -148,7 +148,8 @@ def test_folder_of_bulk_files_shares_one_pool_and_stores_what_the_plain_path_sto
     assert _content(bulk_store)["versions"] == _content(plain)["versions"]
 
 
-def test_a_failed_write_rolls_the_import_back_and_frees_the_writer() -> None:
+@pytest.mark.parametrize("threaded", [True, False])
+def test_a_failed_write_rolls_the_import_back_and_frees_the_writer(threaded: bool) -> None:
     """A failure on the writer thread rolls the open transaction back at once and nothing after it is
     written; the error reaches the importing thread, and the store takes writes again."""
     store = Store(":memory:")
@@ -159,7 +160,7 @@ def test_a_failed_write_rolls_the_import_back_and_frees_the_writer() -> None:
     def batch(rid: str) -> Any:
         return prepare([{"resourceType": "Patient", "id": rid}])[0]
 
-    with bulk.WriterThread(store, 1_000_000) as writer:
+    with bulk.ImportWriter(store, 1_000_000, threaded=threaded) as writer:
         with pytest.raises(RuntimeError, match="tally failed"):  # raised by whichever call comes after it
             writer.write(batch("p1"), lambda _results: None)
             writer.write(batch("p2"), refuse)
