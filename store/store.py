@@ -809,8 +809,7 @@ class WriteGroup:
             for results in self._results:
                 store._notify(results)
         finally:
-            self._reset()
-            store._write_lock.release()
+            self._release()
 
     def rollback(self) -> None:
         """Drop everything added since the group began."""
@@ -820,5 +819,8 @@ class WriteGroup:
             if self._began:
                 self._store._con.execute("ROLLBACK")
         finally:
-            self._reset()
-            self._store._write_lock.release()
+            self._release()
+
+    def _release(self) -> None:
+        self._reset()
+        self._store._write_lock.release()
