@@ -169,3 +169,19 @@ def test_a_failed_write_rolls_the_import_back_and_frees_the_writer(threaded: boo
         writer.commit()  # waits for what was queued behind the failure: it writes nothing
     assert [store.read("Patient", rid) for rid in ("p1", "p2", "p3")] == [None, None, None]
     assert store.write([{"resourceType": "Patient", "id": "p4"}])[0].outcome == "created"
+
+
+def test_the_collector_is_paused_for_the_whole_bulk_import(bulk_file: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Between chunks too (the import makes no reference cycles; its passes walked the map of current
+    versions again and again), and it runs again afterwards."""
+    import gc
+
+    seen: list[bool] = []
+    tally = Ingestor._tally
+    monkeypatch.setattr(Ingestor, "_tally", staticmethod(lambda results, summary: (seen.append(gc.isenabled()),
+                                                                                 tally(results, summary))))
+    monkeypatch.setattr(bulk, "prepare_chunk", lambda *args: (seen.append(gc.isenabled()), prepare_chunk(*args))[1])
+    assert gc.isenabled()
+    Ingestor(Store(":memory:"), workers=0).ingest_ndjson_parallel(bulk_file, lines_per_chunk=700)
+    assert len(seen) > 4 and not any(seen)
+    assert gc.isenabled()
