@@ -158,7 +158,7 @@ class ImportWriter:
     ``commit_resources``): on its thread, its inserts of one chunk run beside the preparation of the
     next ones instead of after them. When this process prepares the chunks itself, a thread would only
     make the two take turns at the GIL (DuckDB sets up each insert's Arrow scan in Python): measured
-    ~10 µs more CPU per resource and no faster (docs/benchmarks/ingest.md), so it writes inline. The
+    2–12 µs more CPU per resource and no faster (docs/benchmarks/ingest.md), so it writes inline. The
     group holds the store's writer lock until it commits, and the lock is the thread's that took it,
     so everything the import writes meanwhile, dead letters included, goes through :meth:`call`. At
     most ``queued`` calls wait. When a call fails, the open group is rolled back at once and the calls
