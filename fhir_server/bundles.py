@@ -77,15 +77,16 @@ def history_bundle(
     total: int,
     count: int,
     offset: int,
-    rows: list[tuple[str, str, int, datetime, bool, dict[str, Any] | None]],
+    rows: list[tuple[str, str, int, datetime, bool, dict[str, Any] | None, str | None]],
 ) -> bytes:
-    """A history Bundle: each version with the request that made it and its response."""
+    """A history Bundle: each version with the request that made it and its response. Versions no REST
+    interaction wrote (imports, messages, twins) show a create as POST and later versions as PUT."""
     parts = []
-    for rtype, rid, version, ts, deleted, resource in rows:
+    for rtype, rid, version, ts, deleted, resource, sent_by in rows:
         entry: dict[str, Any] = {"fullUrl": f"{base}/{rtype}/{rid}"}
         if resource is not None and not deleted:
             entry["resource"] = resource
-        method = "DELETE" if deleted else ("POST" if version == 1 else "PUT")
+        method = "DELETE" if deleted else (sent_by or ("POST" if version == 1 else "PUT"))
         entry["request"] = {"method": method, "url": rtype if method == "POST" else f"{rtype}/{rid}"}
         entry["response"] = {
             "status": "201" if version == 1 and not deleted else "200",  # a REST delete answers 200

@@ -184,10 +184,11 @@ class FhirService:
             raise FHIRError(422, "resource is invalid", code="processing", issues=issues)
         return body
 
-    def write(self, resources: list[dict[str, Any]]) -> list[WriteResult]:
-        """One all-or-nothing store write; a refusal by the store is the client's error."""
+    def write(self, resources: list[dict[str, Any]], methods: list[str]) -> list[WriteResult]:
+        """One all-or-nothing store write of what ``methods`` (POST, PUT, PATCH: history reports them)
+        sent; a refusal by the store is the client's error."""
         try:
-            return self.store.write(resources)
+            return self.store.write(resources, methods=methods)
         except StoreError as exc:
             raise FHIRError(400, str(exc), code=exc.code, expression=exc.expression) from None
 
@@ -215,14 +216,16 @@ class FhirService:
                 if found:
                     return self.existing(rtype, found[0])
             body["id"] = new_id()
-            return self.written(self.write([body])[0])
+            return self.written(self.write([body], ["POST"])[0])
 
-    def update(self, rtype: str, rid: str, resource: dict[str, Any], if_match: int | None = None) -> Written:
-        """PUT Type/id: update, or create with the client's id; If-Match must name the current version."""
+    def update(self, rtype: str, rid: str, resource: dict[str, Any], if_match: int | None = None,
+               method: str = "PUT") -> Written:
+        """PUT Type/id: update, or create with the client's id; If-Match must name the current version.
+        ``method``: the interaction history reports (a patch is written as an update)."""
         body = self.prepare(rtype, resource, rid)
         with self.lock:
             self.check_version(rtype, rid, if_match)
-            return self.written(self.write([body])[0])
+            return self.written(self.write([body], [method])[0])
 
     def check_version(self, rtype: str, rid: str, if_match: int | None) -> None:
         """412 when the client's version is not the current one (lost-update protection).
@@ -284,7 +287,7 @@ class FhirService:
             patched = apply_patch(orjson.loads(cur.json or b"{}"), patch)
             if patched.get("id") != rid or patched.get("resourceType") != rtype:
                 raise FHIRError(422, "a patch must not change resourceType or id", code="processing")
-            return self.update(rtype, rid, patched)
+            return self.update(rtype, rid, patched, method="PATCH")
 
     def conditional_patch(self, rtype: str, criteria: list[tuple[str, str]], patch: Any,
                           if_match: int | None = None) -> Written:

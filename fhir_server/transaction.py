@@ -291,7 +291,7 @@ def run_steps(service: FhirService, steps: list[Step], base: str, prefer: str) -
                             code="duplicate")
         touched.add(key)
     staged = [(step, body) for step in writes if (body := _prepared(service, step, ids)) is not None]
-    results = service.write([body for _, body in staged]) if staged else []
+    results = service.write([body for _, body in staged], [step.method for step, _ in staged]) if staged else []
     out: dict[int, dict[str, Any]] = {}
     for (step, _), result in zip(staged, results, strict=True):
         out[step.index] = _written_entry(base, service.written(result), prefer)

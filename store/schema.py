@@ -23,7 +23,7 @@ RESOURCE_COLUMNS = (
 )
 
 DDL = f"""
-CREATE TABLE IF NOT EXISTS resource_versions ({RESOURCE_COLUMNS});
+CREATE TABLE IF NOT EXISTS resource_versions ({RESOURCE_COLUMNS}, method VARCHAR);
 CREATE TABLE IF NOT EXISTS resources_current ({RESOURCE_COLUMNS});
 CREATE INDEX IF NOT EXISTS resources_current_id ON resources_current (id);
 CREATE OR REPLACE VIEW resources AS
@@ -41,3 +41,13 @@ def ensure_schema(con: duckdb.DuckDBPyConnection) -> None:
     """Create the store's tables if the database is new; idempotent."""
     con.execute("SET TimeZone = 'UTC'")
     con.execute(DDL)
+    if not has_column(con, "resource_versions", "method"):  # a file from before history kept the REST method
+        con.execute("ALTER TABLE resource_versions ADD COLUMN method VARCHAR")
+
+
+def has_column(con: duckdb.DuckDBPyConnection, table: str, column: str) -> bool:
+    """Whether ``table`` of the current schema has ``column``."""
+    return con.execute(
+        "SELECT count(*) FROM duckdb_columns() WHERE schema_name = current_schema() AND table_name = ? "
+        "AND column_name = ?", [table, column]
+    ).fetchone()[0] > 0

@@ -22,6 +22,7 @@ import pyarrow as pa
 from mapping.fhirpath.values import sql_string
 from store import index_rows as rows
 from store.extract import Indexer, Sink, type_extractor, type_indexer
+from store.schema import has_column
 from store.search_params import params_for
 
 INDEX_DDL = """
@@ -99,8 +100,7 @@ def install(con: duckdb.DuckDBPyConnection) -> None:
     """Create the index tables (idempotent), adding the patient column to tables from older files."""
     con.execute(INDEX_DDL)
     for table in INDEX_TABLES:
-        cols = {r[0] for r in con.execute(f"DESCRIBE {table}").fetchall()}
-        if "pid" not in cols:
+        if not has_column(con, table, "pid"):
             con.execute(f"ALTER TABLE {table} ADD COLUMN pid VARCHAR")
             con.execute(
                 f"UPDATE {table} SET pid = r.patient_id FROM resources_current r "

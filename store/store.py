@@ -42,7 +42,7 @@ from store.prepare import (
     prepare,
     stamp_meta,
 )
-from store.schema import ensure_schema
+from store.schema import ensure_schema, has_column
 
 __all__ = ["DEFAULT_CACHE_MB", "Current", "PreparedBatch", "Store", "StoreError", "StoreInUse", "WriteResult",
            "fhir_instant"]
@@ -103,6 +103,7 @@ _ARROW_SCHEMA = pa.schema(
         # again, as a cast from VARCHAR does.
         ("json", pa.json_()),
         ("is_current", pa.bool_()),
+        ("method", pa.string()),
     ]
 )
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
@@ -136,13 +137,19 @@ class _Rows:
     # prepared whole (not only its changed resources), (first row, staged positions, batch length).
     index: list[dict[str, pa.Table]] = field(default_factory=list)
     index_rows: list[tuple[int, list[int], int]] = field(default_factory=list)
+    # Row -> the REST interaction (POST, PUT, PATCH) that sent it, kept for history; the rows of
+    # imports, messages and twins have none (a dict: bulk transactions add no column of Nones).
+    methods: dict[int, str] = field(default_factory=dict)
 
     def __len__(self) -> int:
         return len(self.keys)
 
     def add(
-        self, key: tuple[str, str], version: int, chash: str, pid: str | None, blob: bytes | None, ts: datetime
+        self, key: tuple[str, str], version: int, chash: str, pid: str | None, blob: bytes | None, ts: datetime,
+        method: str | None = None,
     ) -> None:
+        if method is not None:
+            self.methods[len(self.keys)] = method
         self.latest[key] = len(self.keys)
         self.keys.append(key)
         self.versions.append(version)
@@ -168,6 +175,7 @@ class _Rows:
                 self.hashes,
                 pa.ExtensionArray.from_storage(pa.json_(), pa.array(self.blobs, pa.string())),
                 current,
+                [self.methods.get(i) for i in range(n)] if self.methods else pa.nulls(n, pa.string()),
             ],
             schema=_ARROW_SCHEMA,
         )
@@ -202,7 +210,7 @@ def _insert_rows(con: duckdb.DuckDBPyConnection, rows: _Rows) -> None:
     try:
         con.execute(
             "INSERT INTO resource_versions SELECT resource_type, id, version_id, last_updated, deleted, "
-            "patient_id, content_hash, json FROM _staged"
+            "patient_id, content_hash, json, method FROM _staged"
         )
         if replaced:
             con.execute(
@@ -253,6 +261,8 @@ class Store:
             search_index.install(self._con)
         self._con.execute("SET TimeZone = 'UTC'")
         load_arrow_conversions()
+        # A file opened read-only may be older than the method column (history then infers it).
+        self._method_column = "method" if has_column(self._con, "resource_versions", "method") else "NULL"
         self._write_lock = threading.RLock()
         self._last_ts = datetime.min.replace(tzinfo=UTC)
         self._current = CurrentCache(int(cache_mb * 2**20), self._load_rows)
@@ -374,8 +384,9 @@ class Store:
         at: datetime | tuple[datetime, datetime] | None = None,
         limit: int = 100,
         offset: int = 0,
-    ) -> tuple[int, list[tuple[str, str, int, datetime, bool, dict[str, Any] | None]]]:
-        """Versions newest first: (total, rows of type, id, version, lastUpdated, deleted, resource).
+    ) -> tuple[int, list[tuple[str, str, int, datetime, bool, dict[str, Any] | None, str | None]]]:
+        """Versions newest first: (total, rows of type, id, version, lastUpdated, deleted, resource, the REST
+        method that wrote it or None).
 
         ``since``: versions written after it. ``at``: versions that were current at that instant, or at
         some time in the half-open period ``(start, end)`` (FHIR ``_at``, a date of day precision being
@@ -403,11 +414,13 @@ class Store:
         cur = self.cursor()
         total = cur.execute(f"SELECT count(*) FROM {source} {clause}", args).fetchone()[0]
         rows = cur.execute(
-            f"SELECT resource_type, id, version_id, last_updated, deleted, json FROM {source} {clause} "
+            f"SELECT resource_type, id, version_id, last_updated, deleted, json, {self._method_column} "
+            f"FROM {source} {clause} "
             "ORDER BY last_updated DESC, id, version_id DESC LIMIT ? OFFSET ?",
             [*args, limit, offset],
         ).fetchall()
-        return total, [(t, i, v, ts, d, orjson.loads(j) if j is not None else None) for t, i, v, ts, d, j in rows]
+        return total, [(t, i, v, ts, d, orjson.loads(j) if j is not None else None, m)
+                       for t, i, v, ts, d, j, m in rows]
 
     def count(self, resource_type: str | None = None) -> int:
         """Number of current, non-deleted resources (of one type)."""
@@ -469,7 +482,7 @@ class Store:
             yield con
 
     def write(self, resources: Iterable[dict[str, Any]], *, if_absent: Collection[int] = (),
-              merge: Mapping[int, Merge] | None = None) -> list[WriteResult]:
+              merge: Mapping[int, Merge] | None = None, methods: Sequence[str] | None = None) -> list[WriteResult]:
         """Write resources as one all-or-nothing batch; identical content makes no new version.
 
         The resources at the positions ``if_absent`` are written only when they have no current version
@@ -477,6 +490,8 @@ class Store:
         lab message's Patient, say, must not replace the demographics an admission message wrote).
         Those at the positions of ``merge`` are combined, by its rule, with the version they update
         (:mod:`store.merge`: an HL7 merge names the record merged away without its demographics).
+        ``methods``: the REST interaction that sent each resource (POST, PUT, PATCH), which history
+        reports; without it history tells a first version's create from the version number alone.
 
         Resources are modified in place: ``id`` assigned if missing, merged content, and ``meta``
         versionId/lastUpdated set for those that changed.
@@ -496,7 +511,8 @@ class Store:
                     stamp_meta(res, str(version), stamp)
                 rows = _Rows(replaced=replaced)
                 for (key, (pos, version)), res in zip(staged.items(), chosen, strict=True):
-                    rows.add(key, version, keys[pos][2], first_patient(patients[pos]), orjson.dumps(res), ts)
+                    rows.add(key, version, keys[pos][2], first_patient(patients[pos]), orjson.dumps(res), ts,
+                             methods[pos] if methods else None)
                 rows.index.append(search_index.index_tables(chosen, rows.pids))
                 self._commit(rows)
             for res, written in zip(given, batch, strict=True):

@@ -279,10 +279,41 @@ def test_history_delete_entry_agrees_with_the_rest_delete(http: httpx.Client) ->
     assert http.put("Basic/h13", json={**basic, "code": {"text": "y"}}).status_code == 200
     assert http.delete("Basic/h13").status_code == 200
     entries = http.get("Basic/h13/_history").json()["entry"]
-    # The first version's method is not asserted: the store does not record whether POST or PUT made it.
-    assert [(e["request"]["method"], e["response"]["status"]) for e in entries[:2]] == [
-        ("DELETE", "200"), ("PUT", "200")]
+    assert [(e["request"]["method"], e["response"]["status"]) for e in entries] == [
+        ("DELETE", "200"), ("PUT", "200"), ("PUT", "201")]  # created by PUT with the client's id
     assert "resource" not in entries[0] and entries[0]["request"]["url"] == "Basic/h13"
+    assert entries[2]["request"]["url"] == "Basic/h13"
+
+
+def test_history_reports_the_interaction_that_wrote_each_version(
+    http: httpx.Client, server: tuple[Any, str]
+) -> None:
+    """POST, PUT and PATCH as sent, over REST and in a transaction; versions no REST interaction wrote
+    (an import, a message, a twin) show a create as POST and later versions as PUT."""
+    basic = {"resourceType": "Basic", "code": {"text": "x"}}
+    rid = http.post("Basic", json=basic).json()["id"]
+    patched = http.patch(f"Basic/{rid}", content=b'[{"op": "replace", "path": "/code/text", "value": "y"}]',
+                         headers={"Content-Type": "application/json-patch+json"})
+    assert patched.status_code == 200
+    assert http.put(f"Basic/{rid}", json={**basic, "id": rid, "code": {"text": "z"}}).status_code == 200
+
+    def methods(path: str) -> list[tuple[str, str]]:
+        return [(e["request"]["method"], e["request"]["url"]) for e in http.get(path).json()["entry"]]
+
+    assert methods(f"Basic/{rid}/_history") == [("PUT", f"Basic/{rid}"), ("PATCH", f"Basic/{rid}"), ("POST", "Basic")]
+    bundle = {"resourceType": "Bundle", "type": "transaction", "entry": [
+        {"resource": {**basic, "id": "h-tx-put"}, "request": {"method": "PUT", "url": "Basic/h-tx-put"}},
+        {"fullUrl": "urn:uuid:0b0e6a52-7c1f-4d0e-9a50-3f3c1a2b4c5d", "resource": basic,
+         "request": {"method": "POST", "url": "Basic"}},
+    ]}
+    answer = http.post("", json=bundle).json()
+    posted = answer["entry"][1]["response"]["location"].split("/")[1]
+    assert methods("Basic/h-tx-put/_history") == [("PUT", "Basic/h-tx-put")]
+    assert methods(f"Basic/{posted}/_history") == [("POST", "Basic")]
+    store = server[0]
+    store.write([{**basic, "id": "h-imported"}])
+    store.write([{**basic, "id": "h-imported", "code": {"text": "again"}}])
+    assert methods("Basic/h-imported/_history") == [("PUT", "Basic/h-imported"), ("POST", "Basic")]
 
 
 def test_if_match_on_a_missing_or_deleted_resource_is_412_saying_so(http: httpx.Client) -> None:

@@ -55,7 +55,7 @@ def test_delete_then_history_and_recreate(store: Store) -> None:
     assert store.delete("Patient", "nobody").outcome == "not-found"
     total, rows = store.history("Patient", "p1")
     assert total == 2
-    assert [(v, d) for _, _, v, _, d, _ in rows] == [(2, True), (1, False)]
+    assert [(v, d) for _, _, v, _, d, _, _ in rows] == [(2, True), (1, False)]
     (again,) = store.write([patient()])
     assert (again.outcome, again.version_id) == ("created", 3)
 
@@ -273,3 +273,26 @@ def test_a_write_group_holds_the_writer_until_it_commits_and_a_rollback_drops_it
     assert s.read("Patient", "a")["meta"]["versionId"] == "2"
     assert s.cursor().execute(
         "SELECT id, value FROM idx_string WHERE param = 'family' AND id = 'a'").fetchall() == [("a", "roe")]
+
+
+def test_a_file_from_before_history_kept_the_method_gets_the_column(tmp_path: Path) -> None:
+    """Opened for writing, an older file gains the column (its versions have none: history infers them);
+    opened read-only, it is left as it is and history still answers."""
+    import duckdb
+
+    from store.schema import RESOURCE_COLUMNS
+
+    db = tmp_path / "old.duckdb"
+    with Store(db) as s:
+        s.write([patient("p1", "Doe")], methods=["PUT"])
+    con = duckdb.connect(str(db))  # the table as such files had it
+    con.execute(f"CREATE TABLE old_versions ({RESOURCE_COLUMNS})")
+    con.execute("INSERT INTO old_versions SELECT * EXCLUDE (method) FROM resource_versions")
+    con.execute("DROP TABLE resource_versions")
+    con.execute("ALTER TABLE old_versions RENAME TO resource_versions")
+    con.close()
+    with Store(db, read_only=True) as old:
+        assert [(r[2], r[6]) for r in old.history("Patient", "p1")[1]] == [(1, None)]
+    with Store(db) as s:
+        s.write([patient("p1", "Roe")], methods=["PATCH"])
+        assert [(r[2], r[6]) for r in s.history("Patient", "p1")[1]] == [(2, "PATCH"), (1, None)]
