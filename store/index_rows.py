@@ -125,8 +125,13 @@ def string_into(cols: Columns, elements: list[Any], i: int, code: str, analyte: 
 
 @lru_cache(maxsize=65536)
 def _target(ref: str) -> tuple[str | None, str | None]:
-    """(type, id) a reference names; the same few references (a patient, an encounter) recur across
-    a patient's resources, so the regular expression runs once for each."""
+    """(type, id) of the local resource a relative reference names; none for an absolute URL, which
+    names a resource of the server at that URL (the store cannot know its own base when it writes,
+    so, as for the Patient compartment, only relative references are local; an absolute URL matches
+    searches for that URL). The same few references (a patient, an encounter) recur across a
+    patient's resources, so the regular expression runs once for each."""
+    if "://" in ref or ref.startswith("urn:"):
+        return None, None
     m = _REF.search(ref)
     return (m.group(1), m.group(2)) if m else (None, None)
 

@@ -155,6 +155,12 @@ def test_reference_to_another_server(http: httpx.Client, written: dict[str, Any]
         assert sorted(matches(local)) == sorted(written["oids"])
     posted = http.post("_search", data={"_type": "Observation", "subject": foreign_url}).json()
     assert matches(posted) == [foreign_id]
+    # The other server's Patient with the same id is not this one: no local search or chain reaches it.
+    for params in ({"subject": f"Patient/{written['pid']}"}, {"patient": written["pid"]},
+                   {"subject.family": "Quokka"}, {"subject:Patient.family": "Quokka"}):
+        assert foreign_id not in matches(http.get("Observation", params={**params, "_count": "100"}).json()), params
+    included = http.get("Observation", params={"_id": foreign_id, "_include": "Observation:subject"}).json()
+    assert matches(included) == [foreign_id] and len(included["entry"]) == 1
 
 
 def test_patient_compartment_search(http: httpx.Client, written: dict[str, Any], observation: Any) -> None:
