@@ -162,7 +162,9 @@ class TypeColumnsCache:
             self._build_lock.release()
             raise Unsupported("store closed")
         if LOAD_IN_BACKGROUND:
-            threading.Thread(target=self._load_in_background, args=(rtype, keys), daemon=True,
+            # Not a daemon: at the interpreter's exit a daemon thread is stopped wherever it is, and
+            # stopped inside a DuckDB scan it aborted the process (a store left open by a script).
+            threading.Thread(target=self._load_in_background, args=(rtype, keys), daemon=False,
                              name=f"columns-{rtype}").start()
             raise Unsupported(f"{rtype} columns being loaded")
         try:

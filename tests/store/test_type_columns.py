@@ -203,3 +203,37 @@ def test_the_event_loop_path_uses_loaded_columns_only(store: Store, synthea_reso
     assert quick is not None and (quick.total, quick.keys) == (full.total, full.keys) and full.total > 0
     rev = [("subject", f"{PID},{OTHER}"), ("_revinclude", "Provenance:target")]
     assert search_in_memory(store, SearchRequest("Observation", rev)) is None  # includes need DuckDB
+
+
+def test_a_background_load_finishes_before_the_interpreter_exits() -> None:
+    """A script that searches and ends without closing its store: the load it started is not stopped
+    half-way at the exit (stopped inside a DuckDB scan it aborted the process)."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    code = (
+        "import time\n"
+        "import store.type_columns as tc\n"
+        "from store.patient_cache import Unsupported\n"
+        "from store.store import Store\n"
+        "s = Store(':memory:')\n"
+        "s.write([{'resourceType': 'Observation', 'id': f'o{i}', 'status': 'final',\n"
+        "          'code': {'coding': [{'system': 'http://loinc.org', 'code': '8302-2'}]}} for i in range(50)])\n"
+        "cache = tc.TypeColumnsCache(s)\n"
+        "load = cache._load_ranks\n"
+        "def slow(rtype):\n"
+        "    time.sleep(0.3)\n"
+        "    out = load(rtype)\n"
+        "    print('loaded', flush=True)\n"
+        "    return out\n"
+        "cache._load_ranks = slow\n"
+        "try:\n"
+        "    cache.columns('Observation', [('code', 1)])\n"
+        "except Unsupported:\n"
+        "    print('started', flush=True)\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60,
+                         cwd=Path(__file__).resolve().parents[2])
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.split() == ["started", "loaded"]
