@@ -640,12 +640,27 @@ def _in_compartment(rtype: str, pid: str) -> str:
     return conds[0] if len(conds) == 1 else "(" + " OR ".join(conds) + ")"
 
 
+def _value_params(rtype: str, name: str) -> tuple[list[SearchParam], str]:
+    """The parameters a search name's value is for (the last link's of a chain, on every type the links
+    before it may reach) and that link's modifier."""
+    types, links = {rtype}, name.split(".")
+    for link in links[:-1]:
+        code, _, modifier = link.partition(":")
+        if modifier in R4_RESOURCE_TYPES:
+            types = {modifier}
+        else:
+            types = {t for rt in types if (p := params_for(rt).get(code)) is not None for t in p.targets}
+    code, _, modifier = links[-1].partition(":")
+    return [p for rt in sorted(types) if (p := params_for(rt).get(code)) is not None], modifier
+
+
 def _local_references(rtype: str, name: str, value: str, base: str) -> str:
-    """A reference parameter's value with URLs on this server's base made relative (see
+    """A reference parameter's value (a chain's too) with URLs on this server's base made relative (see
     :func:`store.search_values.local_reference`); other parameters' values unchanged."""
-    code, _, modifier = name.partition(":")
-    p = params_for(rtype).get(code)
-    if p is None or p.type != "reference" or modifier == "identifier" or base not in value:
+    if base not in value:
+        return value
+    params, modifier = _value_params(rtype, name)
+    if modifier == "identifier" or not any(p.type == "reference" for p in params):
         return value
     return ",".join(local_reference(alt, base).replace("\\", "\\\\").replace(",", "\\,")
                     for alt in split_or(value))

@@ -300,3 +300,28 @@ def test_composite_inside_has_stays_per_component(synthea_store: Store, synthea_
     expected = {o["subject"]["reference"].split("/")[1] for o in of_type(synthea_resources, "Observation")
                 if any(c == "8480-6" and v > 100 for c, v in _component_values(o))}
     assert {i for _, i in res.keys} >= expected
+
+
+def test_references_are_local_when_relative_and_values_on_this_base_are_made_relative() -> None:
+    """A stored absolute URL names another server's resource: only a search for that URL finds it, not
+    ``Type/id``, a chain or ``_include``. A value on this server's base is the relative reference,
+    at the end of a chain too."""
+    base = "http://me.example/fhir"
+    s = Store()
+    s.write([
+        {"resourceType": "Organization", "id": "o1", "name": "Org"},
+        {"resourceType": "Patient", "id": "p1", "name": [{"family": "Local"}],
+         "managingOrganization": {"reference": "Organization/o1"}},
+        {"resourceType": "Encounter", "id": "e1", "status": "finished", "class": {"code": "AMB"}},
+        *({"resourceType": "Observation", "id": oid, "status": "final", "code": {"text": "x"},
+           "subject": {"reference": f"{prefix}Patient/p1"}, "encounter": {"reference": f"{prefix}Encounter/e1"}}
+          for oid, prefix in (("local", ""), ("foreign", "http://other.example/fhir/"))),
+    ])
+    for params in ([("subject", "Patient/p1")], [("encounter", "Encounter/e1")], [("encounter", f"{base}/Encounter/e1")],
+                   [("subject.family", "Local")], [("encounter.status", "finished")],
+                   [("subject.organization", f"{base}/Organization/o1")],
+                   [("subject:Patient.organization", f"{base}/Organization/o1")]):
+        assert ids(s, "Observation", params, base=base) == {"local"}, params
+    assert ids(s, "Observation", [("encounter", "http://other.example/fhir/Encounter/e1")], base=base) == {"foreign"}
+    included = search(s, SearchRequest("Observation", [("_id", "foreign"), ("_include", "Observation:subject")]))
+    assert [k[1] for k in included.keys] == ["foreign"] and not included.included
