@@ -35,15 +35,13 @@ def _operations(rtype: str) -> list[dict[str, str]]:
 
 @cache
 def _resources() -> tuple[dict[str, Any], ...]:
-    """One entry per R4 4.0.1 type served; types outside 4.0.1 (ViewDefinition, a SQL on FHIR model) are
-    served but not listed, and parameters of a type the search does not answer (``near``) are left out."""
+    """One entry per R4 4.0.1 type served, with every search parameter of its type; types outside 4.0.1
+    (ViewDefinition, a SQL on FHIR model) are served but not listed."""
     table = _table()
     flags = table["conditional"]
-    unsupported = set(table["unsupported_param_types"])
     out = []
     for rtype in sorted(SUPPORTED_TYPES - set(table["not_advertised_types"])):
-        params = [{"name": p.code, "type": p.type} for p in sorted(params_for(rtype).values(), key=lambda p: p.code)
-                  if p.type not in unsupported]
+        params = [{"name": p.code, "type": p.type} for p in sorted(params_for(rtype).values(), key=lambda p: p.code)]
         params += [{"name": n, "type": t, "documentation": d} for n, t, d in table["result_params"]]
         entry: dict[str, Any] = {
             "type": rtype,

@@ -25,6 +25,7 @@ from store import patient_cache, type_columns
 from store.compartment import compartment_elements
 from store.composite import composite_predicate
 from store.index_rows import norm
+from store.near import near_sql, parse_near
 from store.search_params import SearchParam, params_for
 from store.search_values import (
     local_reference,
@@ -454,6 +455,8 @@ class _Builder:
             return f"id {'NOT ' if value == 'true' else ''}IN ({present})"
         if p.type == "composite":
             return self._composite(rtype, p, value)
+        if p.type == "special" and code == "near":
+            return self._near(rtype, name, modifier, value)
         table = _INDEX_OF.get(p.type)
         if table is None:
             raise SearchError(f"search parameter {code!r} of type {p.type} is not supported", param=code)
@@ -466,6 +469,20 @@ class _Builder:
             inner = " OR ".join(f"({self._cond(rtype, p, modifier, v)})" for v in alts)
         sub = self.ids_where(table, rtype, code, inner)
         return f"id {'NOT ' if negate else ''}IN ({sub})"
+
+    def _near(self, rtype: str, name: str, modifier: str | None, value: str) -> str:
+        """``near`` (Location.position): read from the stored positions (see :mod:`store.near`)."""
+        if modifier:
+            raise SearchError(f"modifier :{modifier} is not supported on near", param=name)
+        try:
+            points = [parse_near(v) for v in split_or(value)]
+        except ValueError as exc:
+            raise SearchError(str(exc), param=name) from None
+        q = self.q
+        lat, lon = ("TRY_CAST(json->>'$.position.latitude' AS DOUBLE)",
+                    "TRY_CAST(json->>'$.position.longitude' AS DOUBLE)")
+        within = " OR ".join(f"({near_sql(p, lat, lon, q.arg)})" for p in points)
+        return f"id IN (SELECT id FROM resources WHERE resource_type = {q.arg(rtype)} AND ({within}))"
 
     @staticmethod
     def _modifier_ok(ptype: str, modifier: str, p: SearchParam) -> bool:

@@ -192,7 +192,9 @@ def test_metadata_advertises_only_what_is_served(http: httpx.Client) -> None:
     resources = {r["type"]: r for r in http.get("metadata").json()["rest"][0]["resource"]}
     assert "SubscriptionStatus" not in resources and "ViewDefinition" not in resources
     assert "Patient" in resources and "Binary" in resources
-    assert "near" not in {p["name"] for p in resources["Location"]["searchParam"]}
+    assert {"name": "near", "type": "special"} in resources["Location"]["searchParam"]
+    refused = http.get("Location", params={"near": "91|0"})
+    assert refused.status_code == 400 and refused.json()["issue"][0]["expression"] == ["near"]
     view = {"resourceType": "ViewDefinition", "resource": "Patient", "status": "active",
             "select": [{"column": [{"name": "id", "path": "id"}]}]}
     run = http.post("ViewDefinition/$run", json={"resourceType": "Parameters",

@@ -325,3 +325,45 @@ def test_references_are_local_when_relative_and_values_on_this_base_are_made_rel
     assert ids(s, "Observation", [("encounter", "http://other.example/fhir/Encounter/e1")], base=base) == {"foreign"}
     included = search(s, SearchRequest("Observation", [("_id", "foreign"), ("_include", "Observation:subject")]))
     assert [k[1] for k in included.keys] == ["foreign"] and not included.included
+
+
+def _great_circle_m(a: tuple[float, float], b: tuple[float, float]) -> float:
+    """Haversine distance on the IUGG mean sphere, computed here apart from the SQL."""
+    import math
+
+    (lat1, lon1), (lat2, lon2) = [(math.radians(x), math.radians(y)) for x, y in (a, b)]
+    h = math.sin((lat2 - lat1) / 2) ** 2 + math.cos(lat1) * math.cos(lat2) * math.sin((lon2 - lon1) / 2) ** 2
+    return 2 * 6_371_008.8 * math.asin(math.sqrt(h))
+
+
+def test_location_near_selects_positions_within_the_distance() -> None:
+    import random
+
+    boston = (42.3601, -71.0589)
+    places = {"boston": boston, "cambridge": (42.3736, -71.1097), "nyc": (40.7128, -74.0060)}
+    rng = random.Random(7)
+    places |= {f"r{i}": (boston[0] + rng.uniform(-3, 3), boston[1] + rng.uniform(-3, 3)) for i in range(60)}
+    s = Store()
+    s.write([{"resourceType": "Location", "id": k, "position": {"latitude": lat, "longitude": lon}}
+             for k, (lat, lon) in places.items()] + [{"resourceType": "Location", "id": "nowhere", "name": "x"}])
+    point = "42.3601|-71.0589"
+    assert ids(s, "Location", [("near", f"{point}|1|km")]) == {"boston"}
+    assert ids(s, "Location", [("near", point)]) == {"boston", "cambridge"}  # the default: 10 km
+    assert "nyc" in ids(s, "Location", [("near", f"{point}|200|[mi_i]")])  # ~306 km
+    assert "nyc" not in ids(s, "Location", [("near", f"{point}|180|[mi_i]")])
+    for meters in (5_000, 50_000, 150_000, 300_000):
+        expected = {k for k, p in places.items() if _great_circle_m(boston, p) <= meters}
+        assert ids(s, "Location", [("near", f"{point}|{meters}|m")]) == expected, meters
+        assert ids(s, "Location", [("near", f"{point}|{meters / 1000}")]) == expected, meters
+    assert ids(s, "Location", [("near", f"0|0|1|km,{point}|1|km")]) == {"boston"}  # an OR of points
+
+
+@pytest.mark.parametrize(("value", "problem"), [
+    ("42.3", "latitude|longitude"), ("north|-71", "latitude must be a number"), ("91|0", "within ±90"),
+    ("42|-71|far", "distance must be a number"), ("42|-71|5|kg", "not a UCUM unit of length"),
+    ("42|-71|-5|km", "must not be negative"),
+])
+def test_a_malformed_near_is_refused_saying_why(value: str, problem: str) -> None:
+    with pytest.raises(SearchError, match=problem) as refused:
+        ids(Store(), "Location", [("near", value)])
+    assert refused.value.param == "near"
