@@ -659,7 +659,10 @@ def _in_compartment(rtype: str, pid: str) -> str:
 
 def _value_params(rtype: str, name: str) -> tuple[list[SearchParam], str]:
     """The parameters a search name's value is for (the last link's of a chain, on every type the links
-    before it may reach) and that link's modifier."""
+    before it may reach; the tail's of ``_has:Type:reference:tail``) and that link's modifier."""
+    if name.startswith("_has:"):
+        parts = name.split(":", 3)
+        return _value_params(parts[1], parts[3]) if len(parts) == 4 and parts[1] in R4_RESOURCE_TYPES else ([], "")
     types, links = {rtype}, name.split(".")
     for link in links[:-1]:
         code, _, modifier = link.partition(":")

@@ -323,6 +323,7 @@ def test_references_are_local_when_relative_and_values_on_this_base_are_made_rel
                    [("subject:Patient.organization", f"{base}/Organization/o1")]):
         assert ids(s, "Observation", params, base=base) == {"local"}, params
     assert ids(s, "Observation", [("encounter", "http://other.example/fhir/Encounter/e1")], base=base) == {"foreign"}
+    assert ids(s, "Patient", [("_has:Observation:subject:encounter", f"{base}/Encounter/e1")], base=base) == {"p1"}
     included = search(s, SearchRequest("Observation", [("_id", "foreign"), ("_include", "Observation:subject")]))
     assert [k[1] for k in included.keys] == ["foreign"] and not included.included
 
