@@ -313,9 +313,9 @@ class Ingestor:
         everything before them is committed (their conditional references search the store).
         With workers, a writer thread inserts chunks while the next ones are prepared
         (:class:`ingest.bulk.ImportWriter`). The cyclic collector is paused throughout: between the
-        writer's own pauses its passes walked the map of current versions again as this thread unpickled
-        the workers' chunks (~2–4 µs per resource; the import makes no reference cycles). ``on_lines(n)``: the lines up to ``n`` are done (reported
-        per chunk).
+        writer's own pauses its passes walked the map of current versions again as this thread
+        unpickled the workers' chunks (~2–4 µs per resource; the import makes no reference cycles).
+        ``on_lines(n)``: the lines up to ``n`` are done (reported per chunk).
         """
         if pool is None and self.workers > 0:
             with bulk.worker_pool(self.workers) as own:

@@ -567,10 +567,10 @@ class _Builder:
 
     def _has(self, rtype: str, name: str, value: str) -> str:
         # _has:Observation:patient:code=... (nested _has allowed in the tail)
-        parts = name.split(":", 3)
-        if len(parts) < 4:
+        parts = _has_parts(name)
+        if parts is None:
             raise SearchError(f"malformed {name!r}: expected _has:Type:reference:param", param=name)
-        _, other, ref_param, rest = parts
+        other, ref_param, rest = parts
         if other not in R4_RESOURCE_TYPES:
             raise SearchError(f"unknown resource type {other!r} in _has", param=name)
         ref = self.param(other, ref_param)
@@ -657,12 +657,18 @@ def _in_compartment(rtype: str, pid: str) -> str:
     return conds[0] if len(conds) == 1 else "(" + " OR ".join(conds) + ")"
 
 
+def _has_parts(name: str) -> tuple[str, str, str] | None:
+    """(type, reference parameter, tail) of ``_has:Type:reference:tail``; None when malformed."""
+    parts = name.split(":", 3)
+    return (parts[1], parts[2], parts[3]) if len(parts) == 4 else None
+
+
 def _value_params(rtype: str, name: str) -> tuple[list[SearchParam], str]:
     """The parameters a search name's value is for (the last link's of a chain, on every type the links
     before it may reach; the tail's of ``_has:Type:reference:tail``) and that link's modifier."""
     if name.startswith("_has:"):
-        parts = name.split(":", 3)
-        return _value_params(parts[1], parts[3]) if len(parts) == 4 and parts[1] in R4_RESOURCE_TYPES else ([], "")
+        parts = _has_parts(name)
+        return _value_params(parts[0], parts[2]) if parts and parts[0] in R4_RESOURCE_TYPES else ([], "")
     types, links = {rtype}, name.split(".")
     for link in links[:-1]:
         code, _, modifier = link.partition(":")
